@@ -1,0 +1,331 @@
+//! The broker's TOML configuration. Every section refuses unknown keys, and
+//! [`Config::validate`] names the key path of anything out of range.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the store keeps its data.
+    pub data_dir: PathBuf,
+    pub store: StoreConfig,
+    pub plugins: PluginsConfig,
+    pub dispatch: DispatchConfig,
+    /// Channels by name (`sms`, `whatsapp`…): what campaigns send through.
+    pub channels: BTreeMap<String, ChannelConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("mhero-data"),
+            store: StoreConfig::default(),
+            plugins: PluginsConfig::default(),
+            dispatch: DispatchConfig::default(),
+            channels: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// A folder of external plugins, one sub-folder each with a
+    /// `plugin.toml` and its component. The built-in plugins always load.
+    pub dir: Option<PathBuf>,
+    /// Where compiled components are cached; default `<data_dir>/plugin-cache`.
+    pub cache_dir: Option<PathBuf>,
+    /// Settings per plugin, overriding its manifest's `[config]`:
+    /// `[plugins.config.<name>]`.
+    pub config: BTreeMap<String, toml::Table>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// Country (ISO 3166 alpha-2) for phone numbers written without one.
+    pub default_country: String,
+    /// Recipients expanded per fan-out step.
+    pub fanout_page: u32,
+    /// Most deliveries of one campaign waiting in queues before fan-out
+    /// pauses: memory stays bounded whatever the audience size.
+    pub fanout_ahead: u64,
+    /// Most deliveries one channel leases at a time.
+    pub lease_max: usize,
+    /// How often receipts are collected from simulated gateways (ms).
+    pub receipt_poll_ms: u64,
+    /// Housekeeping period: due retries, expiry, gauges (ms).
+    pub tick_ms: u64,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            default_country: "LR".into(),
+            fanout_page: 2000,
+            fanout_ahead: 20_000,
+            lease_max: 1000,
+            receipt_poll_ms: 50,
+            tick_ms: 20,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelConfig {
+    /// The connector plugin that talks to the gateway.
+    pub connector: String,
+    /// Messages (or SMS segments, see `count_segments`) per second; 0: no
+    /// limit.
+    pub rate: f64,
+    /// How many may go at once within the rate.
+    pub burst: u32,
+    /// Count SMS segments against the rate; default: what the connector
+    /// says of its gateway.
+    pub count_segments: Option<bool>,
+    /// Most requests in flight at once.
+    pub window: usize,
+    /// Messages per request when the connector has a batch form (1: never
+    /// batch).
+    pub batch: usize,
+    /// Least time between two messages to one recipient (ms); 0: off.
+    pub recipient_interval_ms: u64,
+    pub retry: crate::dispatch::RetryPolicy,
+    /// Settings of the simulated gateway, for `connector = "sandbox"`.
+    pub sandbox: crate::channel::SandboxConfig,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        Self {
+            connector: "sandbox".into(),
+            rate: 0.0,
+            burst: 10,
+            count_segments: None,
+            window: 64,
+            batch: 1,
+            recipient_interval_ms: 0,
+            retry: crate::dispatch::RetryPolicy::default(),
+            sandbox: crate::channel::SandboxConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// The component cache folder.
+    pub fn plugin_cache_dir(&self) -> PathBuf {
+        self.plugins
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("plugin-cache"))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Every commit group is fsynced before anyone is acknowledged.
+    Sync,
+    /// Written to the WAL without fsync: survives a process crash, not a
+    /// power loss.
+    Async,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// The embedded RocksDB store under `data_dir`.
+    Rocksdb,
+    /// Nothing written to disk; for trying things out and tests.
+    Memory,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub engine: EngineKind,
+    pub durability: Durability,
+    /// Most writes one commit group takes.
+    pub max_group_ops: usize,
+    /// How long the writer waits for more writes when a group is small
+    /// (µs). 0 commits whatever is waiting at once: under load, groups
+    /// still grow while the previous commit's fsync runs.
+    pub group_linger_us: u64,
+    /// Most write requests waiting for the writer before submitters block.
+    pub max_queued_writes: usize,
+    /// WAL size that forces memtable flushes (MiB).
+    pub max_wal_mb: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            engine: EngineKind::Rocksdb,
+            durability: Durability::Sync,
+            max_group_ops: 50_000,
+            group_linger_us: 0,
+            max_queued_writes: 4096,
+            max_wal_mb: 256,
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates a config text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self> {
+        let config: Config = toml::from_str(text).map_err(|e| Error::ConfigParse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let s = &self.store;
+        if s.max_group_ops == 0 {
+            return Err(Error::Config("store.max_group_ops must be > 0".into()));
+        }
+        if s.group_linger_us > 100_000 {
+            return Err(Error::Config(
+                "store.group_linger_us must be <= 100000 (100 ms)".into(),
+            ));
+        }
+        if s.max_queued_writes == 0 {
+            return Err(Error::Config("store.max_queued_writes must be > 0".into()));
+        }
+        if s.max_wal_mb < 16 {
+            return Err(Error::Config("store.max_wal_mb must be >= 16".into()));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(Error::Config("data_dir must not be empty".into()));
+        }
+        let d = &self.dispatch;
+        if d.default_country.len() != 2
+            || !d.default_country.bytes().all(|b| b.is_ascii_uppercase())
+        {
+            return Err(Error::Config(
+                "dispatch.default_country must be an ISO 3166 code like \"LR\"".into(),
+            ));
+        }
+        if d.fanout_page == 0 || d.lease_max == 0 || d.tick_ms == 0 || d.receipt_poll_ms == 0 {
+            return Err(Error::Config(
+                "dispatch.fanout_page, lease_max, tick_ms and receipt_poll_ms must be > 0".into(),
+            ));
+        }
+        if d.fanout_ahead < u64::from(d.fanout_page) {
+            return Err(Error::Config(
+                "dispatch.fanout_ahead must be >= dispatch.fanout_page".into(),
+            ));
+        }
+        for (name, c) in &self.channels {
+            let path = format!("channels.{name}");
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            {
+                return Err(Error::Config(format!(
+                    "{path}: channel names are lowercase letters, digits, '-' and '_'"
+                )));
+            }
+            if !c.rate.is_finite() || c.rate < 0.0 {
+                return Err(Error::Config(format!(
+                    "{path}.rate must be >= 0 (0: no limit)"
+                )));
+            }
+            if c.burst == 0 || c.window == 0 || c.batch == 0 {
+                return Err(Error::Config(format!(
+                    "{path}.burst, window and batch must be > 0"
+                )));
+            }
+            c.retry
+                .validate(&format!("{path}.retry"))
+                .map_err(Error::Config)?;
+            c.sandbox
+                .validate(&format!("{path}.sandbox"))
+                .map_err(Error::Config)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../config/mhero.example.toml");
+
+    #[test]
+    fn example_config_parses_validates_and_matches_the_defaults() {
+        let config = Config::from_toml(EXAMPLE, Path::new("mhero.example.toml")).unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let err =
+            Config::from_toml("[store]\ndurabilty = \"sync\"\n", Path::new("x.toml")).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("durabilty") && text.contains("x.toml"),
+            "{text}"
+        );
+        let err = Config::from_toml("colour = 1\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("colour"));
+    }
+
+    #[test]
+    fn channel_values_name_the_key_path() {
+        let err =
+            Config::from_toml("[channels.sms]\nrate = -1\n", Path::new("x.toml")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: channels.sms.rate must be >= 0 (0: no limit)"
+        );
+        let err = Config::from_toml(
+            "[channels.sms.retry]\nbackoff_ms = []\n",
+            Path::new("x.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("channels.sms.retry.backoff_ms"),
+            "{err}"
+        );
+        let err = Config::from_toml("[channels.sms]\nrtae = 5\n", Path::new("x.toml")).unwrap_err();
+        assert!(err.to_string().contains("rtae"), "{err}");
+        let ok = Config::from_toml(
+            "[channels.sms]\nrate = 100\n[channels.sms.sandbox]\nthrottle_percent = 5\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        assert_eq!(ok.channels["sms"].sandbox.throttle_percent, 5.0);
+    }
+
+    #[test]
+    fn bad_values_name_the_key_path() {
+        let err =
+            Config::from_toml("[store]\nmax_group_ops = 0\n", Path::new("x.toml")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: store.max_group_ops must be > 0"
+        );
+        let err = Config::from_toml("[store]\ndurability = \"maybe\"\n", Path::new("x.toml"))
+            .unwrap_err();
+        assert!(err.to_string().contains("maybe"));
+    }
+}

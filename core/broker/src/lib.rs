@@ -1,0 +1,36 @@
+//! The mHero broker: durable, rate-limited, retrying fan-out of messages to
+//! health workers, and their replies back.
+//!
+//! # Layout
+//!
+//! - [`store`]: the durable queues. One embedded RocksDB (or an in-memory
+//!   engine) behind a small [`store::Engine`] trait; the queue logic
+//!   (enqueue, lease, settle, retry, dead letters, recovery) is written once
+//!   on top of it. A group-commit writer thread turns many callers' batches
+//!   into one synced `WriteBatch`.
+//! - [`plugin`]: the WebAssembly plugin host (wasmtime): connectors, FHIR
+//!   mappers and classifiers as sandboxed components, with deadlines,
+//!   memory caps, warm per-thread instance pools and circuit breakers.
+//! - [`channel`]: the channel runtime; for now the sandbox gateway (a
+//!   simulator inside the broker) and the request executor.
+//! - [`dispatch`]: campaigns, lazy fan-out, per-channel schedulers (lanes,
+//!   rate limits, in-flight windows, retries, fallback), statuses.
+//! - [`config`]: the TOML configuration, validated, unknown keys refused.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`error`]: the crate's error type.
+//!
+//! Data moves one way: a campaign is stored once, its deliveries are
+//! enqueued into a channel's lane, leased by the channel's sender, and
+//! settled: wired to a gateway, retried later, rerouted to another channel,
+//! or kept as a dead letter.
+
+pub mod channel;
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod metrics;
+pub mod plugin;
+pub mod store;
+
+pub use config::Config;
+pub use error::{Error, Result};
