@@ -1,0 +1,55 @@
+//! Durable delivery queues.
+//!
+//! - [`engine`]: the storage boundary (key spaces, atomic batches, scans)
+//!   and the commit ticket.
+//! - [`rocks`]: the RocksDB engine with its group-commit writer thread.
+//! - [`memory`]: the in-memory engine.
+//! - [`keys`] and [`records`]: big-endian key codecs, compact binary values.
+//! - [`queue`]: the queue logic, written once against the engine boundary:
+//!   enqueue, lease, settle (complete / retry / dead-letter / reroute),
+//!   delayed promotion, dead-letter replay, crash recovery.
+
+pub mod engine;
+pub mod keys;
+pub mod memory;
+pub mod queue;
+pub mod records;
+pub mod rocks;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+pub use engine::{Batch, Cf, Engine, Op, Pending, Ticket};
+pub use keys::QueueKey;
+pub use memory::MemoryEngine;
+pub use queue::{ChannelDepth, Clock, Leased, NewDelivery, Outcome, Recovery, Store, SystemClock};
+pub use records::{AttemptNote, Counters, DeadLetter, Globals, Item, StatusRecord};
+pub use rocks::RocksEngine;
+
+use crate::config::{Config, EngineKind};
+use crate::error::Result;
+use crate::metrics::StoreMetrics;
+
+/// Opens the store the config names, with the system clock.
+pub fn open(config: &Config, metrics: StoreMetrics) -> Result<(Store, Recovery)> {
+    open_with_clock(config, metrics, Arc::new(SystemClock))
+}
+
+/// Opens the store the config names with the given clock.
+pub fn open_with_clock(
+    config: &Config,
+    metrics: StoreMetrics,
+    clock: Arc<dyn Clock>,
+) -> Result<(Store, Recovery)> {
+    let engine: Arc<dyn Engine> = match config.store.engine {
+        EngineKind::Rocksdb => Arc::new(RocksEngine::open(
+            &config.data_dir,
+            &config.store,
+            metrics.clone(),
+        )?),
+        EngineKind::Memory => Arc::new(MemoryEngine::new()),
+    };
+    Store::open(engine, clock, metrics)
+}

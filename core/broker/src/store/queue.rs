@@ -1,0 +1,1183 @@
+//! The delivery queues, written once against [`Engine`].
+//!
+//! A queue holds the deliveries of one campaign on one channel and lane,
+//! at increasing positions (`qseq`). Positions `[head, tail)` are ready,
+//! `[low, head)` leased or already settled. Leasing moves `head` (one small
+//! meta write per queue, not one write per delivery); settling deletes the
+//! delivery's key (a `delete_range` for each run of consecutive positions)
+//! and writes where it went, in one batch. After a crash, whatever is still
+//! present in `[low, head)` was leased and never settled: `head` goes back
+//! to `low` and those deliveries are ready again, flagged as redeliveries.
+//!
+//! The in-memory state (positions, counts, the round-robin cursors) lives
+//! behind one lock; batches are built and *submitted* under it, so they
+//! commit in the order the state changed, and callers wait for the commit
+//! outside it. A reader sees only committed data: a lease therefore takes
+//! the committed prefix of `[head, tail)` and never skips over an enqueue
+//! that has not committed yet.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mhero_proto::{CampaignId, ChannelId, DeliveryId, DeliveryStatus, Lane};
+use parking_lot::Mutex;
+
+use super::engine::{Batch, Cf, Engine, Pending, Ticket};
+use super::keys::{self, QueueKey};
+use super::records::{
+    AttemptNote, Counters, DeadLetter, Globals, Item, QueueMeta, StatusRecord, decode, encode,
+};
+use crate::error::{Error, Result};
+use crate::metrics::StoreMetrics;
+
+/// Milliseconds since the Unix epoch, as the store stamps records.
+pub trait Clock: Send + Sync + 'static {
+    fn now_ms(&self) -> u64;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+/// A new delivery for [`Store::enqueue`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewDelivery {
+    pub index: u32,
+    pub recipient: String,
+    pub route: u8,
+    pub language: Option<String>,
+}
+
+/// A leased delivery: the caller must [`Store::settle`] it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leased {
+    pub queue: QueueKey,
+    pub qseq: u64,
+    pub item: Item,
+    /// Leased before a crash and never settled: it may have been sent.
+    pub redelivered: bool,
+}
+
+impl Leased {
+    pub fn id(&self) -> DeliveryId {
+        DeliveryId::new(self.queue.campaign, self.item.index)
+    }
+}
+
+/// What became of a leased delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Left the queue with this status (wired, failed, expired, cancelled…).
+    Done {
+        status: DeliveryStatus,
+        external_id: Option<String>,
+        reason: Option<String>,
+    },
+    /// Try again on the same channel once `due_ms` has passed.
+    Retry { due_ms: u64, reason: String },
+    /// No more attempts: keep it as a dead letter.
+    Dead { reason: String },
+    /// Move to another channel of the campaign (fallback).
+    Reroute {
+        channel: ChannelId,
+        recipient: String,
+        route: u8,
+        reason: String,
+    },
+}
+
+/// What [`Store::open`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Deliveries leased but never settled before the last stop, now ready.
+    pub requeued: u64,
+    pub queues: usize,
+    pub campaigns: usize,
+}
+
+/// Ready and leased counts of one channel, by lane (highest first).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChannelDepth {
+    pub ready: [u64; 4],
+    pub leased: [u64; 4],
+}
+
+#[derive(Default)]
+struct QueueState {
+    meta: QueueMeta,
+    leased: BTreeSet<u64>,
+}
+
+impl QueueState {
+    fn low(&self) -> u64 {
+        self.leased.first().copied().unwrap_or(self.meta.head)
+    }
+
+    fn persisted(&self) -> QueueMeta {
+        QueueMeta {
+            low: self.low(),
+            ..self.meta
+        }
+    }
+}
+
+#[derive(Default)]
+struct LaneState {
+    queues: BTreeMap<CampaignId, QueueState>,
+    /// Campaigns with ready deliveries, in round-robin order.
+    active: BTreeSet<CampaignId>,
+    /// The campaign served last; the next lease starts after it.
+    cursor: Option<CampaignId>,
+    ready: u64,
+    leased: u64,
+}
+
+#[derive(Default)]
+struct ChannelState {
+    lanes: [LaneState; 4],
+}
+
+struct State {
+    channels: HashMap<String, ChannelId>,
+    queues: BTreeMap<ChannelId, ChannelState>,
+    counters: HashMap<CampaignId, Counters>,
+    globals: Globals,
+    next_campaign: u64,
+    /// No delayed delivery is due before this (a hint; `None`: none known).
+    next_due: Option<u64>,
+}
+
+impl State {
+    fn queue(&mut self, q: QueueKey) -> &mut QueueState {
+        self.queues.entry(q.channel).or_default().lanes[q.lane.code() as usize]
+            .queues
+            .entry(q.campaign)
+            .or_default()
+    }
+
+    fn lane(&mut self, channel: ChannelId, lane: Lane) -> &mut LaneState {
+        &mut self.queues.entry(channel).or_default().lanes[lane.code() as usize]
+    }
+
+    /// Adds `n` ready deliveries at the tail of `q`, returning the first
+    /// position.
+    fn push_ready(&mut self, q: QueueKey, n: u64) -> u64 {
+        let lane = self.lane(q.channel, q.lane);
+        lane.ready += n;
+        if n > 0 {
+            lane.active.insert(q.campaign);
+        }
+        let qs = lane.queues.entry(q.campaign).or_default();
+        let first = qs.meta.tail;
+        qs.meta.tail += n;
+        qs.meta.ready += n;
+        first
+    }
+
+    fn counters(&mut self, campaign: CampaignId) -> &mut Counters {
+        self.counters.entry(campaign).or_default()
+    }
+
+    /// Puts new deliveries at the tail of `queue` and counts them.
+    fn add_new(
+        &mut self,
+        batch: &mut Batch,
+        queue: QueueKey,
+        deliveries: Vec<NewDelivery>,
+        now: u64,
+    ) {
+        let n = deliveries.len() as u64;
+        let first = self.push_ready(queue, n);
+        for (i, d) in deliveries.into_iter().enumerate() {
+            let item = Item {
+                index: d.index,
+                recipient: d.recipient,
+                route: d.route,
+                language: d.language,
+                attempts: 0,
+                enqueued_ms: now,
+                history: Vec::new(),
+            };
+            batch.put(
+                Cf::Ready,
+                keys::ready(queue, first + i as u64),
+                encode(&item),
+            );
+        }
+        self.counters(queue.campaign).enqueued += n;
+    }
+}
+
+/// Tracks which queues and campaigns a batch touched so their meta and
+/// counters are written once, at the end.
+#[derive(Default)]
+struct Touched {
+    queues: BTreeSet<QueueKey>,
+    campaigns: BTreeSet<CampaignId>,
+    globals: bool,
+}
+
+impl Touched {
+    fn write(self, state: &mut State, batch: &mut Batch) {
+        for q in self.queues {
+            let meta = state.queue(q).persisted();
+            batch.put(Cf::Meta, keys::queue_meta(q), encode(&meta));
+        }
+        for c in self.campaigns {
+            batch.put(Cf::Meta, keys::counters(c), encode(state.counters(c)));
+        }
+        if self.globals {
+            batch.put(Cf::Meta, keys::GLOBALS.to_vec(), encode(&state.globals));
+        }
+    }
+}
+
+/// The durable delivery queues of every channel.
+pub struct Store {
+    engine: Arc<dyn Engine>,
+    state: Mutex<State>,
+    clock: Arc<dyn Clock>,
+    metrics: StoreMetrics,
+}
+
+/// Most delayed deliveries one [`Store::promote_due`] call moves.
+const PROMOTE_LIMIT: usize = 20_000;
+
+impl Store {
+    /// Opens the queues on `engine`, recovering from an earlier stop.
+    pub fn open(
+        engine: Arc<dyn Engine>,
+        clock: Arc<dyn Clock>,
+        metrics: StoreMetrics,
+    ) -> Result<(Self, Recovery)> {
+        let mut state = State {
+            channels: HashMap::new(),
+            queues: BTreeMap::new(),
+            counters: HashMap::new(),
+            globals: Globals::default(),
+            next_campaign: 1,
+            next_due: None,
+        };
+        if let Some(v) = engine.get(Cf::Meta, keys::NEXT_CAMPAIGN)? {
+            state.next_campaign = decode(Cf::Meta, keys::NEXT_CAMPAIGN, &v)?;
+        }
+        if let Some(v) = engine.get(Cf::Meta, keys::GLOBALS)? {
+            state.globals = decode(Cf::Meta, keys::GLOBALS, &v)?;
+        }
+        let (lo, hi) = keys::channel_names_range();
+        engine.scan(Cf::Meta, &lo, &hi, &mut |k, v| {
+            if let Some(name) = keys::channel_name_from(k) {
+                state
+                    .channels
+                    .insert(name.to_owned(), ChannelId(decode(Cf::Meta, k, v)?));
+            }
+            Ok(true)
+        })?;
+        let (lo, hi) = keys::counters_range();
+        engine.scan(Cf::Meta, &lo, &hi, &mut |k, v| {
+            if let Some(c) = keys::counters_from(k) {
+                state.counters.insert(c, decode(Cf::Meta, k, v)?);
+            }
+            Ok(true)
+        })?;
+
+        let mut metas = Vec::new();
+        let (lo, hi) = keys::queue_meta_range();
+        engine.scan(Cf::Meta, &lo, &hi, &mut |k, v| {
+            if let Some(q) = keys::queue_meta_from(k) {
+                metas.push((q, decode::<QueueMeta>(Cf::Meta, k, v)?));
+            }
+            Ok(true)
+        })?;
+        let mut recovery = Recovery {
+            queues: metas.len(),
+            ..Recovery::default()
+        };
+        recovery.campaigns = state.counters.len();
+        let mut reset = Batch::new();
+        for (q, meta) in metas {
+            // Whatever is still present below head was leased, never settled.
+            let mut requeued = 0u64;
+            let mut first = None;
+            engine.scan(
+                Cf::Ready,
+                &keys::ready(q, meta.low),
+                &keys::ready(q, meta.head),
+                &mut |k, _| {
+                    if first.is_none() {
+                        first = keys::ready_from(k).map(|(_, s)| s);
+                    }
+                    requeued += 1;
+                    Ok(true)
+                },
+            )?;
+            let head = first.unwrap_or(meta.head);
+            let ready = meta.ready + requeued;
+            let restored = QueueMeta {
+                low: head,
+                head,
+                tail: meta.tail,
+                ready,
+                redeliver_below: meta
+                    .redeliver_below
+                    .max(if requeued > 0 { meta.head } else { 0 }),
+            };
+            if restored != meta {
+                // Persist the rewind so a second crash does not count these
+                // deliveries again, and keeps them flagged as redeliveries.
+                reset.put(Cf::Meta, keys::queue_meta(q), encode(&restored));
+            }
+            let lane = state.lane(q.channel, q.lane);
+            lane.ready += ready;
+            if ready > 0 {
+                lane.active.insert(q.campaign);
+            }
+            lane.queues.insert(
+                q.campaign,
+                QueueState {
+                    meta: restored,
+                    leased: BTreeSet::new(),
+                },
+            );
+            recovery.requeued += requeued;
+        }
+        if !reset.is_empty() {
+            engine.write(reset)?;
+        }
+        if state.globals.delayed > 0 {
+            state.next_due = Some(state.globals.delayed_floor);
+        }
+        metrics.recovered.inc_by(recovery.requeued);
+        if recovery.requeued > 0 {
+            tracing::warn!(
+                deliveries = recovery.requeued,
+                "Deliveries leased before the last stop were never settled; they are ready again and will be re-sent."
+            );
+        }
+        let store = Self {
+            engine,
+            state: Mutex::new(state),
+            clock,
+            metrics,
+        };
+        Ok((store, recovery))
+    }
+
+    pub fn engine(&self) -> &Arc<dyn Engine> {
+        &self.engine
+    }
+
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The id of a channel name, assigned on first use and kept forever.
+    pub fn channel(&self, name: &str) -> Result<ChannelId> {
+        let mut state = self.state.lock();
+        if let Some(id) = state.channels.get(name) {
+            return Ok(*id);
+        }
+        let id = ChannelId(state.channels.values().map(|c| c.0 + 1).max().unwrap_or(1));
+        let mut batch = Batch::new();
+        batch.put(Cf::Meta, keys::channel_name(name), encode(&id.0));
+        self.engine.write(batch)?;
+        state.channels.insert(name.to_owned(), id);
+        Ok(id)
+    }
+
+    pub fn channels(&self) -> Vec<(String, ChannelId)> {
+        let mut all: Vec<_> = self
+            .state
+            .lock()
+            .channels
+            .iter()
+            .map(|(n, c)| (n.clone(), *c))
+            .collect();
+        all.sort_by_key(|(_, c)| *c);
+        all
+    }
+
+    /// Stores a campaign body once and allocates its id.
+    pub fn create_campaign(&self, body: Vec<u8>) -> Pending<CampaignId> {
+        let mut state = self.state.lock();
+        let id = CampaignId(state.next_campaign);
+        state.next_campaign += 1;
+        let mut batch = Batch::new();
+        batch.put(Cf::Campaigns, keys::campaign(id), body);
+        batch.put(
+            Cf::Meta,
+            keys::NEXT_CAMPAIGN.to_vec(),
+            encode(&state.next_campaign),
+        );
+        batch.put(Cf::Meta, keys::counters(id), encode(state.counters(id)));
+        Pending::new(id, self.engine.submit(batch))
+    }
+
+    /// Replaces a campaign's body (its state changed: cancelled, expired…).
+    pub fn update_campaign(&self, id: CampaignId, body: Vec<u8>) -> Ticket {
+        let _order = self.state.lock();
+        let mut batch = Batch::new();
+        batch.put(Cf::Campaigns, keys::campaign(id), body);
+        self.engine.submit(batch)
+    }
+
+    pub fn campaign(&self, id: CampaignId) -> Result<Option<Vec<u8>>> {
+        self.engine.get(Cf::Campaigns, &keys::campaign(id))
+    }
+
+    /// Every stored campaign id and body, oldest first.
+    pub fn campaigns(&self) -> Result<Vec<(CampaignId, Vec<u8>)>> {
+        let mut all = Vec::new();
+        self.engine
+            .scan(Cf::Campaigns, &[], &[0xff; 9], &mut |k, v| {
+                if let Ok(raw) = <[u8; 8]>::try_from(k) {
+                    all.push((CampaignId(u64::from_be_bytes(raw)), v.to_vec()));
+                }
+                Ok(true)
+            })?;
+        Ok(all)
+    }
+
+    /// Appends deliveries to the tail of their queue.
+    pub fn enqueue(&self, queue: QueueKey, deliveries: Vec<NewDelivery>) -> Pending<()> {
+        if deliveries.is_empty() {
+            return Pending::ready(());
+        }
+        let now = self.clock.now_ms();
+        let mut state = self.state.lock();
+        let mut batch = Batch::new();
+        state.add_new(&mut batch, queue, deliveries, now);
+        let mut touched = Touched::default();
+        touched.queues.insert(queue);
+        touched.campaigns.insert(queue.campaign);
+        touched.write(&mut state, &mut batch);
+        Pending::new((), self.engine.submit(batch))
+    }
+
+    /// Leases up to `max` ready deliveries of `channel`: the highest lane
+    /// first, round-robin across the campaigns of a lane, oldest first
+    /// within a campaign. Send nothing before the returned value is
+    /// committed.
+    pub fn lease(&self, channel: ChannelId, max: usize) -> Result<Pending<Vec<Leased>>> {
+        let mut state = self.state.lock();
+        let mut out = Vec::new();
+        let mut touched = Touched::default();
+        for lane in Lane::ALL {
+            let remaining = max - out.len();
+            if remaining == 0 {
+                break;
+            }
+            let Some(ch) = state.queues.get_mut(&channel) else {
+                break;
+            };
+            let ls = &mut ch.lanes[lane.code() as usize];
+            if ls.ready == 0 {
+                continue;
+            }
+            let shares = round_robin(ls, remaining);
+            let mut taken: Vec<Vec<Leased>> = Vec::with_capacity(shares.len());
+            for &(campaign, want) in &shares {
+                let q = QueueKey {
+                    channel,
+                    lane,
+                    campaign,
+                };
+                let qs = ls
+                    .queues
+                    .get_mut(&campaign)
+                    .expect("active campaigns have queues");
+                let got = self.read_ready(q, qs, want)?;
+                if let Some(last) = got.last() {
+                    qs.meta.head = last.qseq + 1;
+                    qs.meta.ready -= got.len() as u64;
+                    qs.leased.extend(got.iter().map(|l| l.qseq));
+                    ls.ready -= got.len() as u64;
+                    ls.leased += got.len() as u64;
+                    if qs.meta.ready == 0 {
+                        ls.active.remove(&campaign);
+                    }
+                    touched.queues.insert(q);
+                }
+                taken.push(got);
+            }
+            // Hand them out in the order the round-robin dealt them.
+            let mut iters: Vec<_> = taken.into_iter().map(Vec::into_iter).collect();
+            loop {
+                let before = out.len();
+                for it in &mut iters {
+                    if let Some(l) = it.next() {
+                        ls.cursor = Some(l.queue.campaign);
+                        out.push(l);
+                    }
+                }
+                if out.len() == before {
+                    break;
+                }
+            }
+        }
+        let redelivered = out.iter().filter(|l| l.redelivered).count() as u64;
+        if redelivered > 0 {
+            for l in out.iter().filter(|l| l.redelivered) {
+                state.counters(l.queue.campaign).redelivered += 1;
+                touched.campaigns.insert(l.queue.campaign);
+            }
+        }
+        if out.is_empty() {
+            return Ok(Pending::ready(out));
+        }
+        let mut batch = Batch::new();
+        touched.write(&mut state, &mut batch);
+        Ok(Pending::new(out, self.engine.submit(batch)))
+    }
+
+    fn read_ready(&self, q: QueueKey, qs: &QueueState, want: u64) -> Result<Vec<Leased>> {
+        let mut got = Vec::with_capacity(want as usize);
+        let lower = keys::ready(q, qs.meta.head);
+        let upper = keys::ready(q, qs.meta.tail);
+        self.engine.scan(Cf::Ready, &lower, &upper, &mut |k, v| {
+            let Some((_, qseq)) = keys::ready_from(k) else {
+                return Err(Error::BadRecord {
+                    cf: "ready",
+                    key: format!("{k:02x?}"),
+                    message: "malformed key".into(),
+                });
+            };
+            got.push(Leased {
+                queue: q,
+                qseq,
+                item: decode(Cf::Ready, k, v)?,
+                redelivered: qseq < qs.meta.redeliver_below,
+            });
+            Ok((got.len() as u64) < want)
+        })?;
+        Ok(got)
+    }
+
+    /// Settles leased deliveries, each in its own atomic state change; all
+    /// of them commit in one batch. Refuses the whole call, writing
+    /// nothing, if any delivery is not currently leased.
+    pub fn settle(&self, settled: Vec<(Leased, Outcome)>) -> Result<Pending<()>> {
+        if settled.is_empty() {
+            return Ok(Pending::ready(()));
+        }
+        let now = self.clock.now_ms();
+        let mut state = self.state.lock();
+        let mut seen = BTreeSet::new();
+        for (l, _) in &settled {
+            let qs = state.queue(l.queue);
+            if !qs.leased.contains(&l.qseq) || !seen.insert((l.queue, l.qseq)) {
+                return Err(Error::NotLeased(l.id()));
+            }
+        }
+        let mut batch = Batch::new();
+        let mut touched = Touched::default();
+        let mut removed: BTreeMap<QueueKey, Vec<u64>> = BTreeMap::new();
+        for (l, outcome) in settled {
+            let id = l.id();
+            let campaign = l.queue.campaign;
+            {
+                let qs = state.queue(l.queue);
+                qs.leased.remove(&l.qseq);
+            }
+            state.lane(l.queue.channel, l.queue.lane).leased -= 1;
+            removed.entry(l.queue).or_default().push(l.qseq);
+            touched.queues.insert(l.queue);
+            touched.campaigns.insert(campaign);
+            let mut item = l.item;
+            match outcome {
+                Outcome::Done {
+                    status,
+                    external_id,
+                    reason,
+                } => {
+                    if let Some(ext) = &external_id {
+                        batch.put(
+                            Cf::External,
+                            keys::external(l.queue.channel, ext),
+                            keys::delivery(id),
+                        );
+                    }
+                    let record = StatusRecord {
+                        status,
+                        channel: l.queue.channel,
+                        attempts: item.attempts + 1,
+                        updated_ms: now,
+                        external_id,
+                        reason,
+                    };
+                    batch.put(Cf::Status, keys::delivery(id), encode(&record));
+                    state.counters(campaign).statuses[status.code() as usize] += 1;
+                }
+                Outcome::Retry { due_ms, reason } => {
+                    let due = due_ms.max(state.globals.delayed_floor);
+                    item.attempts += 1;
+                    item.history.push(AttemptNote {
+                        at_ms: now,
+                        channel: l.queue.channel,
+                        reason,
+                    });
+                    batch.put(
+                        Cf::Delayed,
+                        keys::delayed(due, l.queue, item.index),
+                        encode(&item),
+                    );
+                    state.globals.delayed += 1;
+                    state.next_due = Some(state.next_due.map_or(due, |d| d.min(due)));
+                    touched.globals = true;
+                    let c = state.counters(campaign);
+                    c.delayed += 1;
+                    c.retries += 1;
+                }
+                Outcome::Dead { reason } => {
+                    item.attempts += 1;
+                    let dead = DeadLetter {
+                        id,
+                        channel: l.queue.channel,
+                        lane: l.queue.lane,
+                        item,
+                        reason,
+                        dead_ms: now,
+                    };
+                    batch.put(Cf::Dead, keys::delivery(id), encode(&dead));
+                    state.globals.dead += 1;
+                    touched.globals = true;
+                    state.counters(campaign).dead += 1;
+                }
+                Outcome::Reroute {
+                    channel,
+                    recipient,
+                    route,
+                    reason,
+                } => {
+                    let to = QueueKey { channel, ..l.queue };
+                    item.history.push(AttemptNote {
+                        at_ms: now,
+                        channel: l.queue.channel,
+                        reason,
+                    });
+                    item.recipient = recipient;
+                    item.route = route;
+                    item.attempts = 0;
+                    item.enqueued_ms = now;
+                    let qseq = state.push_ready(to, 1);
+                    batch.put(Cf::Ready, keys::ready(to, qseq), encode(&item));
+                    touched.queues.insert(to);
+                    state.counters(campaign).rerouted += 1;
+                }
+            }
+        }
+        for (q, mut positions) in removed {
+            positions.sort_unstable();
+            delete_runs(&mut batch, q, &positions);
+        }
+        touched.write(&mut state, &mut batch);
+        Ok(Pending::new((), self.engine.submit(batch)))
+    }
+
+    /// One step of a campaign's fan-out, atomically: deliveries enqueued
+    /// into their queues, recipients that cannot be reached on any channel
+    /// settled as failed at once, and the campaign's record (its cursor)
+    /// replaced. A crash leaves either all of it or none.
+    pub fn fan_out(
+        &self,
+        campaign: CampaignId,
+        record: Vec<u8>,
+        queues: Vec<(QueueKey, Vec<NewDelivery>)>,
+        unreachable: Vec<(u32, String)>,
+    ) -> Pending<()> {
+        let now = self.clock.now_ms();
+        let mut state = self.state.lock();
+        let mut batch = Batch::new();
+        let mut touched = Touched::default();
+        touched.campaigns.insert(campaign);
+        for (queue, deliveries) in queues {
+            if deliveries.is_empty() {
+                continue;
+            }
+            debug_assert_eq!(queue.campaign, campaign);
+            state.add_new(&mut batch, queue, deliveries, now);
+            touched.queues.insert(queue);
+        }
+        for (index, reason) in unreachable {
+            let record = StatusRecord {
+                status: DeliveryStatus::Failed,
+                channel: ChannelId(0),
+                attempts: 0,
+                updated_ms: now,
+                external_id: None,
+                reason: Some(reason),
+            };
+            batch.put(
+                Cf::Status,
+                keys::delivery(DeliveryId::new(campaign, index)),
+                encode(&record),
+            );
+            let c = state.counters(campaign);
+            c.enqueued += 1;
+            c.statuses[DeliveryStatus::Failed.code() as usize] += 1;
+        }
+        batch.put(Cf::Campaigns, keys::campaign(campaign), record);
+        touched.write(&mut state, &mut batch);
+        Pending::new((), self.engine.submit(batch))
+    }
+
+    /// Applies status reports (receipts) to settled deliveries: a status
+    /// only ever moves forward ([`DeliveryStatus::advance`]). Returns how
+    /// many changed. Reports for deliveries without a status record are
+    /// skipped and counted in the second value. Callers apply one batch at
+    /// a time and wait for it, so each reads what the last one wrote.
+    pub fn update_statuses(
+        &self,
+        reports: &[(DeliveryId, DeliveryStatus, Option<String>)],
+    ) -> Result<Pending<(usize, usize)>> {
+        let now = self.clock.now_ms();
+        let mut state = self.state.lock();
+        let mut batch = Batch::new();
+        let mut touched = Touched::default();
+        let mut changed = 0;
+        let mut unknown = 0;
+        let mut latest: HashMap<DeliveryId, StatusRecord> = HashMap::new();
+        for (id, next, reason) in reports {
+            let key = keys::delivery(*id);
+            let current = match latest.remove(id) {
+                Some(r) => Some(r),
+                None => self
+                    .engine
+                    .get(Cf::Status, &key)?
+                    .map(|v| decode::<StatusRecord>(Cf::Status, &key, &v))
+                    .transpose()?,
+            };
+            let Some(mut record) = current else {
+                unknown += 1;
+                continue;
+            };
+            let advanced = record.status.advance(*next);
+            if advanced != record.status {
+                let c = state.counters(id.campaign);
+                c.statuses[record.status.code() as usize] -= 1;
+                c.statuses[advanced.code() as usize] += 1;
+                touched.campaigns.insert(id.campaign);
+                record.status = advanced;
+                record.updated_ms = now;
+                if reason.is_some() {
+                    record.reason.clone_from(reason);
+                }
+                batch.put(Cf::Status, key, encode(&record));
+                changed += 1;
+            }
+            latest.insert(*id, record);
+        }
+        if batch.is_empty() {
+            return Ok(Pending::ready((0, unknown)));
+        }
+        touched.write(&mut state, &mut batch);
+        Ok(Pending::new((changed, unknown), self.engine.submit(batch)))
+    }
+
+    /// Stores part of an explicit audience: recipient `first + i` is
+    /// `recipients[i]` (opaque bytes the dispatcher encodes).
+    pub fn put_audience(
+        &self,
+        campaign: CampaignId,
+        first: u32,
+        recipients: Vec<Vec<u8>>,
+    ) -> Pending<()> {
+        let mut batch = Batch::new();
+        for (i, r) in recipients.into_iter().enumerate() {
+            batch.put(
+                Cf::Audience,
+                keys::delivery(DeliveryId::new(campaign, first + i as u32)),
+                r,
+            );
+        }
+        let _order = self.state.lock();
+        Pending::new((), self.engine.submit(batch))
+    }
+
+    /// Audience entries `[from, from + max)` of a campaign, in order.
+    pub fn audience(
+        &self,
+        campaign: CampaignId,
+        from: u32,
+        max: u32,
+    ) -> Result<Vec<(u32, Vec<u8>)>> {
+        let mut out = Vec::with_capacity(max as usize);
+        let lower = keys::delivery(DeliveryId::new(campaign, from));
+        let (_, upper) = keys::campaign_deliveries(campaign);
+        self.engine
+            .scan(Cf::Audience, &lower, &upper, &mut |k, v| {
+                if let Some(id) = keys::delivery_from(k) {
+                    out.push((id.index, v.to_vec()));
+                }
+                Ok((out.len() as u32) < max)
+            })?;
+        Ok(out)
+    }
+
+    /// Moves delayed deliveries that are due into the tail of their queues.
+    /// Returns how many moved; call again when it returns a full page.
+    pub fn promote_due(&self) -> Result<usize> {
+        let now = self.clock.now_ms();
+        let mut state = self.state.lock();
+        match state.next_due {
+            Some(due) if due <= now && state.globals.delayed > 0 => {}
+            _ => return Ok(0),
+        }
+        // Every delayed write submitted so far must be visible before the
+        // scan: the range delete below covers keys the scan did not see.
+        // Holding the lock keeps new ones out until the floor has moved.
+        self.engine.barrier()?;
+        let floor = state.globals.delayed_floor;
+        let lower = keys::delayed_floor(floor);
+        let upper = keys::delayed_floor(now.saturating_add(1));
+        let mut due: Vec<(Vec<u8>, Item)> = Vec::new();
+        self.engine.scan(Cf::Delayed, &lower, &upper, &mut |k, v| {
+            due.push((k.to_vec(), decode(Cf::Delayed, k, v)?));
+            Ok(due.len() < PROMOTE_LIMIT)
+        })?;
+        let full = due.len() == PROMOTE_LIMIT;
+        let mut batch = Batch::new();
+        let mut touched = Touched {
+            globals: true,
+            ..Touched::default()
+        };
+        let mut last_due = floor;
+        for (k, item) in &due {
+            let (d, q, _) = keys::delayed_from(k).ok_or_else(|| Error::BadRecord {
+                cf: "delayed",
+                key: format!("{k:02x?}"),
+                message: "malformed key".into(),
+            })?;
+            last_due = d;
+            let qseq = state.push_ready(q, 1);
+            batch.put(Cf::Ready, keys::ready(q, qseq), encode(item));
+            touched.queues.insert(q);
+            touched.campaigns.insert(q.campaign);
+            state.counters(q.campaign).delayed -= 1;
+        }
+        if let Some((last, _)) = due.last() {
+            let mut end = last.clone();
+            end.push(0);
+            batch.delete_range(Cf::Delayed, lower, end);
+        }
+        state.globals.delayed -= due.len() as u64;
+        state.globals.delayed_floor = if full { last_due } else { now + 1 };
+        state.next_due = if state.globals.delayed == 0 {
+            None
+        } else if full {
+            Some(last_due)
+        } else {
+            let mut next = None;
+            self.engine
+                .scan(Cf::Delayed, &upper, &[0xff; 9], &mut |k, _| {
+                    next = keys::delayed_from(k).map(|(d, _, _)| d);
+                    Ok(false)
+                })?;
+            // A retry submitted before the barrier but due later is visible
+            // now; anything submitted later lowers the hint itself.
+            Some(next.unwrap_or(now + 1))
+        };
+        touched.write(&mut state, &mut batch);
+        let ticket = self.engine.submit(batch);
+        drop(state);
+        ticket.wait()?;
+        Ok(due.len())
+    }
+
+    /// Dead letters in delivery order, starting after `after`.
+    pub fn dead_letters(&self, after: Option<DeliveryId>, limit: usize) -> Result<Vec<DeadLetter>> {
+        let lower = match after {
+            Some(id) => {
+                let mut k = keys::delivery(id);
+                k.push(0);
+                k
+            }
+            None => Vec::new(),
+        };
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        self.engine
+            .scan(Cf::Dead, &lower, &[0xff; 13], &mut |k, v| {
+                out.push(decode(Cf::Dead, k, v)?);
+                Ok(out.len() < limit)
+            })?;
+        Ok(out)
+    }
+
+    /// Puts dead letters back at the tail of their queues with a fresh
+    /// attempt count; their history is kept. Refuses the whole call if any
+    /// id has no dead letter.
+    pub fn replay_dead(&self, ids: &[DeliveryId]) -> Result<Pending<usize>> {
+        let now = self.clock.now_ms();
+        let mut state = self.state.lock();
+        let mut letters = Vec::with_capacity(ids.len());
+        let mut seen = BTreeSet::new();
+        for &id in ids {
+            let key = keys::delivery(id);
+            let found = self.engine.get(Cf::Dead, &key)?;
+            match found {
+                Some(v) if seen.insert(id) => {
+                    letters.push(decode::<DeadLetter>(Cf::Dead, &key, &v)?)
+                }
+                _ => return Err(Error::NoDeadLetter(id)),
+            }
+        }
+        let mut batch = Batch::new();
+        let mut touched = Touched {
+            globals: true,
+            ..Touched::default()
+        };
+        for dead in &letters {
+            let q = QueueKey {
+                channel: dead.channel,
+                lane: dead.lane,
+                campaign: dead.id.campaign,
+            };
+            let mut item = dead.item.clone();
+            item.history.push(AttemptNote {
+                at_ms: now,
+                channel: dead.channel,
+                reason: format!("replayed after: {}", dead.reason),
+            });
+            item.attempts = 0;
+            item.enqueued_ms = now;
+            let qseq = state.push_ready(q, 1);
+            batch.delete(Cf::Dead, keys::delivery(dead.id));
+            batch.put(Cf::Ready, keys::ready(q, qseq), encode(&item));
+            state.counters(q.campaign).dead -= 1;
+            touched.queues.insert(q);
+            touched.campaigns.insert(q.campaign);
+        }
+        state.globals.dead -= letters.len() as u64;
+        touched.write(&mut state, &mut batch);
+        Ok(Pending::new(letters.len(), self.engine.submit(batch)))
+    }
+
+    /// The status record of a delivery that left the queue.
+    pub fn status(&self, id: DeliveryId) -> Result<Option<StatusRecord>> {
+        let key = keys::delivery(id);
+        self.engine
+            .get(Cf::Status, &key)?
+            .map(|v| decode(Cf::Status, &key, &v))
+            .transpose()
+    }
+
+    /// Visits the status records of one campaign in delivery order.
+    pub fn scan_statuses(
+        &self,
+        campaign: CampaignId,
+        visit: &mut dyn FnMut(DeliveryId, StatusRecord) -> Result<bool>,
+    ) -> Result<()> {
+        let (lo, hi) = keys::campaign_deliveries(campaign);
+        self.engine.scan(Cf::Status, &lo, &hi, &mut |k, v| {
+            let id = keys::delivery_from(k).ok_or_else(|| Error::BadRecord {
+                cf: "status",
+                key: format!("{k:02x?}"),
+                message: "malformed key".into(),
+            })?;
+            visit(id, decode(Cf::Status, k, v)?)
+        })
+    }
+
+    /// Visits the dead letters of one campaign in delivery order.
+    pub fn scan_dead(
+        &self,
+        campaign: CampaignId,
+        visit: &mut dyn FnMut(DeadLetter) -> Result<bool>,
+    ) -> Result<()> {
+        let (lo, hi) = keys::campaign_deliveries(campaign);
+        self.engine.scan(Cf::Dead, &lo, &hi, &mut |k, v| {
+            visit(decode(Cf::Dead, k, v)?)
+        })
+    }
+
+    /// The delivery a gateway's message id belongs to.
+    pub fn by_external_id(
+        &self,
+        channel: ChannelId,
+        external_id: &str,
+    ) -> Result<Option<DeliveryId>> {
+        Ok(self
+            .engine
+            .get(Cf::External, &keys::external(channel, external_id))?
+            .and_then(|v| keys::delivery_from(&v)))
+    }
+
+    /// A campaign's counts as of the last change (committed or about to be).
+    pub fn counters(&self, campaign: CampaignId) -> Counters {
+        self.state
+            .lock()
+            .counters
+            .get(&campaign)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Ready and leased deliveries of one campaign across all channels.
+    pub fn campaign_depth(&self, campaign: CampaignId) -> (u64, u64) {
+        let state = self.state.lock();
+        let mut ready = 0;
+        let mut leased = 0;
+        for ch in state.queues.values() {
+            for lane in &ch.lanes {
+                if let Some(qs) = lane.queues.get(&campaign) {
+                    ready += qs.meta.ready;
+                    leased += qs.leased.len() as u64;
+                }
+            }
+        }
+        (ready, leased)
+    }
+
+    pub fn depth(&self, channel: ChannelId) -> ChannelDepth {
+        let state = self.state.lock();
+        let mut depth = ChannelDepth::default();
+        if let Some(ch) = state.queues.get(&channel) {
+            for (i, lane) in ch.lanes.iter().enumerate() {
+                depth.ready[i] = lane.ready;
+                depth.leased[i] = lane.leased;
+            }
+        }
+        depth
+    }
+
+    /// Whether `channel` has anything ready in any lane.
+    pub fn has_ready(&self, channel: ChannelId) -> bool {
+        let state = self.state.lock();
+        state
+            .queues
+            .get(&channel)
+            .is_some_and(|ch| ch.lanes.iter().any(|l| l.ready > 0))
+    }
+
+    pub fn globals(&self) -> Globals {
+        self.state.lock().globals.clone()
+    }
+
+    /// When the oldest ready delivery of `channel` was enqueued.
+    pub fn oldest_ready_ms(&self, channel: ChannelId) -> Result<Option<u64>> {
+        let heads: Vec<(QueueKey, u64, u64)> = {
+            let state = self.state.lock();
+            let Some(ch) = state.queues.get(&channel) else {
+                return Ok(None);
+            };
+            ch.lanes
+                .iter()
+                .enumerate()
+                .flat_map(|(i, lane)| {
+                    lane.active.iter().filter_map(move |c| {
+                        let qs = lane.queues.get(c)?;
+                        let lane = Lane::from_code(i as u8)?;
+                        Some((
+                            QueueKey {
+                                channel,
+                                lane,
+                                campaign: *c,
+                            },
+                            qs.meta.head,
+                            qs.meta.tail,
+                        ))
+                    })
+                })
+                .collect()
+        };
+        let mut oldest: Option<u64> = None;
+        for (q, head, tail) in heads {
+            self.engine.scan(
+                Cf::Ready,
+                &keys::ready(q, head),
+                &keys::ready(q, tail),
+                &mut |k, v| {
+                    let item: Item = decode(Cf::Ready, k, v)?;
+                    oldest = Some(oldest.map_or(item.enqueued_ms, |o| o.min(item.enqueued_ms)));
+                    Ok(false)
+                },
+            )?;
+        }
+        Ok(oldest)
+    }
+}
+
+/// Deals `want` leases round-robin, one at a time, across the lane's active
+/// campaigns, starting after the cursor. Returns (campaign, share) in
+/// dealing order.
+fn round_robin(lane: &LaneState, want: usize) -> Vec<(CampaignId, u64)> {
+    let order: Vec<CampaignId> = match lane.cursor {
+        Some(c) => lane
+            .active
+            .range((Bound::Excluded(c), Bound::Unbounded))
+            .chain(lane.active.range(..=c))
+            .copied()
+            .collect(),
+        None => lane.active.iter().copied().collect(),
+    };
+    let avail: Vec<u64> = order
+        .iter()
+        .map(|c| lane.queues.get(c).map_or(0, |q| q.meta.ready))
+        .collect();
+    let mut shares = vec![0u64; order.len()];
+    let mut left = want as u64;
+    // Whole rounds first, then one more for the first campaigns in order.
+    while left > 0 {
+        let open: Vec<usize> = (0..order.len()).filter(|&i| shares[i] < avail[i]).collect();
+        if open.is_empty() {
+            break;
+        }
+        let n = open.len() as u64;
+        let room = open
+            .iter()
+            .map(|&i| avail[i] - shares[i])
+            .min()
+            .unwrap_or(0);
+        let rounds = (left / n).min(room);
+        if rounds > 0 {
+            for &i in &open {
+                shares[i] += rounds;
+            }
+            left -= rounds * n;
+        } else {
+            for &i in open.iter().take(left as usize) {
+                shares[i] += 1;
+            }
+            left = 0;
+        }
+    }
+    order
+        .into_iter()
+        .zip(shares)
+        .filter(|(_, s)| *s > 0)
+        .collect()
+}
+
+/// Deletes settled positions: one range per run of consecutive positions.
+fn delete_runs(batch: &mut Batch, q: QueueKey, positions: &[u64]) {
+    let mut i = 0;
+    while i < positions.len() {
+        let start = positions[i];
+        let mut end = start + 1;
+        while i + 1 < positions.len() && positions[i + 1] == end {
+            end += 1;
+            i += 1;
+        }
+        if end - start == 1 {
+            batch.delete(Cf::Ready, keys::ready(q, start));
+        } else {
+            batch.delete_range(Cf::Ready, keys::ready(q, start), keys::ready(q, end));
+        }
+        i += 1;
+    }
+}

@@ -1,0 +1,175 @@
+//! Stored values: compact binary (postcard), never JSON.
+
+use mhero_proto::{ChannelId, DeliveryId, DeliveryStatus, Lane};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::engine::Cf;
+use crate::error::{Error, Result};
+
+/// A delivery waiting in a queue (ready, leased or delayed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    /// Position in the campaign's audience; with the campaign, the delivery id.
+    pub index: u32,
+    /// The recipient's address on this channel (E.164 for SMS).
+    pub recipient: String,
+    /// Which entry of the campaign's channel preference list this is.
+    pub route: u8,
+    /// The recipient's language (BCP 47), for choosing the text.
+    pub language: Option<String>,
+    /// Attempts made so far on this channel.
+    pub attempts: u16,
+    /// When the delivery entered its current queue (ms since the epoch).
+    pub enqueued_ms: u64,
+    /// Why earlier attempts did not succeed, oldest first.
+    pub history: Vec<AttemptNote>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptNote {
+    pub at_ms: u64,
+    pub channel: ChannelId,
+    pub reason: String,
+}
+
+/// A queue's remembered positions: `low` is the first position that may
+/// still hold a leased delivery, `head` the next to lease, `tail` the next
+/// free slot. Leased: `[low, head)`; ready: `[head, tail)`, with gaps where
+/// a rewind after a crash passed over settled positions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueMeta {
+    pub low: u64,
+    pub head: u64,
+    pub tail: u64,
+    /// Ready deliveries in `[head, tail)`: fewer than `tail - head` once a
+    /// crash has rewound `head` over settled positions.
+    pub ready: u64,
+    /// Positions below this were leased before a crash and may have been
+    /// sent; leasing them again counts as a redelivery.
+    pub redeliver_below: u64,
+}
+
+/// What became of a delivery once it left the queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRecord {
+    pub status: DeliveryStatus,
+    pub channel: ChannelId,
+    pub attempts: u16,
+    pub updated_ms: u64,
+    /// The gateway's id for the message, for matching receipts.
+    pub external_id: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// A delivery that will not be retried: why, and what was tried.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub id: DeliveryId,
+    pub channel: ChannelId,
+    pub lane: Lane,
+    pub item: Item,
+    pub reason: String,
+    pub dead_ms: u64,
+}
+
+/// Exact per-campaign counts, written in the same batch as the changes they
+/// count. `enqueued` equals ready + leased + `delayed` + `dead` + settled.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub enqueued: u64,
+    pub delayed: u64,
+    pub dead: u64,
+    /// Settled deliveries by current status, indexed by status code.
+    pub statuses: [u64; 8],
+    pub retries: u64,
+    pub rerouted: u64,
+    pub redelivered: u64,
+}
+
+impl Counters {
+    pub fn status(&self, status: DeliveryStatus) -> u64 {
+        self.statuses[status.code() as usize]
+    }
+
+    pub fn settled(&self) -> u64 {
+        self.statuses.iter().sum()
+    }
+
+    /// Deliveries still in a queue: ready, leased or delayed.
+    pub fn queued(&self) -> u64 {
+        self.enqueued.saturating_sub(self.settled() + self.dead)
+    }
+}
+
+/// Store-wide values.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Globals {
+    pub delayed: u64,
+    pub dead: u64,
+    /// Every delayed delivery is due at or after this time; the delayed scan
+    /// starts here instead of crawling what it already consumed.
+    pub delayed_floor: u64,
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing these plain structs into a Vec cannot fail.
+    postcard::to_allocvec(value).expect("postcard encodes plain structs")
+}
+
+pub fn decode<T: DeserializeOwned>(cf: Cf, key: &[u8], value: &[u8]) -> Result<T> {
+    postcard::from_bytes(value).map_err(|e| Error::BadRecord {
+        cf: cf.name(),
+        key: hex(key),
+        message: e.to_string(),
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mhero_proto::CampaignId;
+
+    #[test]
+    fn values_round_trip_compactly() {
+        let item = Item {
+            index: 40017,
+            recipient: "+231770123456".into(),
+            route: 0,
+            language: Some("en".into()),
+            attempts: 1,
+            enqueued_ms: 1_764_000_000_000,
+            history: vec![AttemptNote {
+                at_ms: 1,
+                channel: ChannelId(2),
+                reason: "timeout".into(),
+            }],
+        };
+        let bytes = encode(&item);
+        assert!(bytes.len() < 48, "{} bytes", bytes.len());
+        assert_eq!(decode::<Item>(Cf::Ready, b"k", &bytes).unwrap(), item);
+        let dead = DeadLetter {
+            id: DeliveryId::new(CampaignId(3), 4),
+            channel: ChannelId(1),
+            lane: Lane::High,
+            item,
+            reason: "invalid number".into(),
+            dead_ms: 9,
+        };
+        assert_eq!(
+            decode::<DeadLetter>(Cf::Dead, b"k", &encode(&dead)).unwrap(),
+            dead
+        );
+    }
+
+    #[test]
+    fn garbage_is_a_clear_error_naming_the_key() {
+        let err = decode::<Item>(Cf::Ready, &[0xab, 0x01], &[0xff; 3]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("ready") && text.contains("ab01"), "{text}");
+    }
+}

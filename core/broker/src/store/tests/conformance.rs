@@ -1,0 +1,692 @@
+//! One suite, both engines: every scenario runs against the in-memory
+//! engine and against RocksDB.
+
+use std::sync::Arc;
+
+use mhero_proto::{CampaignId, ChannelId, DeliveryId, DeliveryStatus, Lane};
+
+use super::{Harness, ManualClock, MemoryHarness, RocksHarness, open_store};
+use crate::error::Error;
+use crate::store::{Batch, Cf, Leased, NewDelivery, Outcome, QueueKey, Store};
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $( #[test] fn $name() { super::$name(&mut super::MemoryHarness::new()) } )*
+        }
+        mod rocksdb {
+            $( #[test] fn $name() { super::$name(&mut super::RocksHarness::new()) } )*
+        }
+    };
+}
+
+conformance!(
+    engine_scans_in_key_order_within_bounds,
+    engine_applies_a_batch_atomically_in_order,
+    lease_is_fifo_within_a_queue,
+    higher_lanes_are_leased_first,
+    campaigns_in_a_lane_share_round_robin,
+    settle_done_records_status_and_receipt_index,
+    retry_waits_in_the_delayed_queue_until_due,
+    dead_letters_keep_reason_and_history_and_replay,
+    reroute_moves_a_delivery_to_another_channel,
+    settling_what_is_not_leased_is_refused_and_writes_nothing,
+    crash_returns_unsettled_leases_as_ready_and_counts_them,
+    delayed_and_dead_survive_a_crash,
+    channels_and_campaigns_persist,
+    counters_account_for_every_delivery,
+);
+
+const CH: ChannelId = ChannelId(1);
+
+fn q(lane: Lane, campaign: u64) -> QueueKey {
+    QueueKey {
+        channel: CH,
+        lane,
+        campaign: CampaignId(campaign),
+    }
+}
+
+fn new(range: std::ops::Range<u32>) -> Vec<NewDelivery> {
+    range
+        .map(|i| NewDelivery {
+            index: i,
+            recipient: format!("+2317700{i:05}"),
+            route: 0,
+            language: None,
+        })
+        .collect()
+}
+
+fn ids(leased: &[Leased]) -> Vec<(u64, u32)> {
+    leased
+        .iter()
+        .map(|l| (l.queue.campaign.0, l.item.index))
+        .collect()
+}
+
+fn done(status: DeliveryStatus) -> Outcome {
+    Outcome::Done {
+        status,
+        external_id: None,
+        reason: None,
+    }
+}
+
+struct Fixture {
+    clock: Arc<ManualClock>,
+    store: Store,
+}
+
+fn fixture(h: &mut dyn Harness) -> Fixture {
+    let clock = Arc::new(ManualClock::default());
+    clock.set(1_000_000);
+    let (store, recovery) = open_store(h.engine(), &clock);
+    assert_eq!(recovery.requeued, 0);
+    Fixture { clock, store }
+}
+
+fn crash(h: &mut dyn Harness, f: Fixture) -> (Fixture, crate::store::Recovery) {
+    let engine = f.store.engine().clone();
+    drop(f.store);
+    let engine = h.crash(engine);
+    let (store, recovery) = open_store(engine, &f.clock);
+    (
+        Fixture {
+            clock: f.clock,
+            store,
+        },
+        recovery,
+    )
+}
+
+fn lease(store: &Store, n: usize) -> Vec<Leased> {
+    store.lease(CH, n).unwrap().wait().unwrap()
+}
+
+fn engine_scans_in_key_order_within_bounds(h: &mut dyn Harness) {
+    let engine = h.engine();
+    let mut batch = Batch::new();
+    for k in [5u8, 1, 3, 9, 7] {
+        batch.put(Cf::Ready, vec![k], vec![k * 10]);
+    }
+    batch.put(Cf::Delayed, vec![4], vec![0]);
+    engine.write(batch).unwrap();
+    let mut seen = Vec::new();
+    engine
+        .scan(Cf::Ready, &[3], &[9], &mut |k, v| {
+            seen.push((k[0], v[0]));
+            Ok(true)
+        })
+        .unwrap();
+    assert_eq!(seen, vec![(3, 30), (5, 50), (7, 70)]);
+    let mut first = Vec::new();
+    engine
+        .scan(Cf::Ready, &[0], &[255], &mut |k, _| {
+            first.push(k[0]);
+            Ok(first.len() < 2)
+        })
+        .unwrap();
+    assert_eq!(first, vec![1, 3]);
+    assert_eq!(engine.get(Cf::Delayed, &[4]).unwrap(), Some(vec![0]));
+    assert_eq!(engine.get(Cf::Ready, &[4]).unwrap(), None);
+}
+
+fn engine_applies_a_batch_atomically_in_order(h: &mut dyn Harness) {
+    let engine = h.engine();
+    let mut batch = Batch::new();
+    for k in 0u8..10 {
+        batch.put(Cf::Dead, vec![k], vec![1]);
+    }
+    batch.delete_range(Cf::Dead, vec![2], vec![6]);
+    batch.delete(Cf::Dead, vec![8]);
+    batch.put(Cf::Dead, vec![3], vec![2]);
+    engine.write(batch).unwrap();
+    let mut keys = Vec::new();
+    engine
+        .scan(Cf::Dead, &[], &[255], &mut |k, v| {
+            keys.push((k[0], v[0]));
+            Ok(true)
+        })
+        .unwrap();
+    assert_eq!(keys, vec![(0, 1), (1, 1), (3, 2), (6, 1), (7, 1), (9, 1)]);
+}
+
+fn lease_is_fifo_within_a_queue(h: &mut dyn Harness) {
+    let f = fixture(h);
+    f.store
+        .enqueue(q(Lane::Normal, 1), new(0..5))
+        .wait()
+        .unwrap();
+    assert_eq!(ids(&lease(&f.store, 3)), vec![(1, 0), (1, 1), (1, 2)]);
+    f.store
+        .enqueue(q(Lane::Normal, 1), new(5..6))
+        .wait()
+        .unwrap();
+    assert_eq!(ids(&lease(&f.store, 10)), vec![(1, 3), (1, 4), (1, 5)]);
+    assert!(lease(&f.store, 10).is_empty());
+    let depth = f.store.depth(CH);
+    assert_eq!(depth.ready, [0; 4]);
+    assert_eq!(depth.leased, [0, 0, 6, 0]);
+}
+
+fn higher_lanes_are_leased_first(h: &mut dyn Harness) {
+    let f = fixture(h);
+    f.store
+        .enqueue(q(Lane::Bulk, 1), new(0..100))
+        .wait()
+        .unwrap();
+    f.store
+        .enqueue(q(Lane::Normal, 2), new(0..2))
+        .wait()
+        .unwrap();
+    f.store
+        .enqueue(q(Lane::Emergency, 3), new(0..3))
+        .wait()
+        .unwrap();
+    let got = lease(&f.store, 7);
+    assert_eq!(
+        ids(&got),
+        vec![(3, 0), (3, 1), (3, 2), (2, 0), (2, 1), (1, 0), (1, 1)]
+    );
+    assert_eq!(got[0].queue.lane, Lane::Emergency);
+    // New emergency work jumps the bulk backlog at the very next lease.
+    f.store
+        .enqueue(q(Lane::Emergency, 4), new(0..1))
+        .wait()
+        .unwrap();
+    assert_eq!(ids(&lease(&f.store, 2)), vec![(4, 0), (1, 2)]);
+}
+
+fn campaigns_in_a_lane_share_round_robin(h: &mut dyn Harness) {
+    let f = fixture(h);
+    f.store
+        .enqueue(q(Lane::Normal, 1), new(0..10))
+        .wait()
+        .unwrap();
+    f.store
+        .enqueue(q(Lane::Normal, 2), new(0..10))
+        .wait()
+        .unwrap();
+    f.store
+        .enqueue(q(Lane::Normal, 3), new(0..2))
+        .wait()
+        .unwrap();
+    let got = ids(&lease(&f.store, 9));
+    assert_eq!(
+        got,
+        vec![
+            (1, 0),
+            (2, 0),
+            (3, 0),
+            (1, 1),
+            (2, 1),
+            (3, 1),
+            (1, 2),
+            (2, 2),
+            (1, 3)
+        ]
+    );
+    // The next lease starts after the campaign served last.
+    assert_eq!(ids(&lease(&f.store, 3)), vec![(2, 3), (1, 4), (2, 4)]);
+    // A single lease of one each keeps rotating.
+    assert_eq!(ids(&lease(&f.store, 1)), vec![(1, 5)]);
+    assert_eq!(ids(&lease(&f.store, 1)), vec![(2, 5)]);
+}
+
+fn settle_done_records_status_and_receipt_index(h: &mut dyn Harness) {
+    let f = fixture(h);
+    f.store.enqueue(q(Lane::High, 7), new(0..2)).wait().unwrap();
+    let got = lease(&f.store, 2);
+    let mut it = got.into_iter();
+    let a = it.next().unwrap();
+    let b = it.next().unwrap();
+    let outcome = Outcome::Done {
+        status: DeliveryStatus::Wired,
+        external_id: Some("gw-123".into()),
+        reason: None,
+    };
+    f.store
+        .settle(vec![(a, outcome), (b, done(DeliveryStatus::Failed))])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let id = DeliveryId::new(CampaignId(7), 0);
+    let rec = f.store.status(id).unwrap().unwrap();
+    assert_eq!(rec.status, DeliveryStatus::Wired);
+    assert_eq!(rec.channel, CH);
+    assert_eq!(rec.attempts, 1);
+    assert_eq!(rec.external_id.as_deref(), Some("gw-123"));
+    assert_eq!(f.store.by_external_id(CH, "gw-123").unwrap(), Some(id));
+    assert_eq!(f.store.by_external_id(CH, "gw-999").unwrap(), None);
+    assert_eq!(
+        f.store
+            .status(DeliveryId::new(CampaignId(7), 1))
+            .unwrap()
+            .unwrap()
+            .status,
+        DeliveryStatus::Failed
+    );
+    let mut all = Vec::new();
+    f.store
+        .scan_statuses(CampaignId(7), &mut |id, rec| {
+            all.push((id.index, rec.status));
+            Ok(true)
+        })
+        .unwrap();
+    assert_eq!(
+        all,
+        vec![(0, DeliveryStatus::Wired), (1, DeliveryStatus::Failed)]
+    );
+    assert_eq!(f.store.depth(CH).leased, [0; 4]);
+}
+
+fn retry_waits_in_the_delayed_queue_until_due(h: &mut dyn Harness) {
+    let f = fixture(h);
+    f.store
+        .enqueue(q(Lane::Normal, 1), new(0..3))
+        .wait()
+        .unwrap();
+    let got = lease(&f.store, 3);
+    let now = f.clock.now();
+    let settled = got
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            (
+                l,
+                Outcome::Retry {
+                    due_ms: now + 1000 * (i as u64 + 1),
+                    reason: format!("timeout {i}"),
+                },
+            )
+        })
+        .collect();
+    f.store.settle(settled).unwrap().wait().unwrap();
+    assert_eq!(f.store.globals().delayed, 3);
+    assert_eq!(f.store.promote_due().unwrap(), 0);
+    assert!(lease(&f.store, 10).is_empty());
+    f.clock.advance(2000);
+    assert_eq!(f.store.promote_due().unwrap(), 2);
+    let again = lease(&f.store, 10);
+    assert_eq!(ids(&again), vec![(1, 0), (1, 1)]);
+    assert_eq!(again[0].item.attempts, 1);
+    assert_eq!(again[0].item.history[0].reason, "timeout 0");
+    assert!(!again[0].redelivered);
+    f.clock.advance(1000);
+    assert_eq!(f.store.promote_due().unwrap(), 1);
+    assert_eq!(f.store.globals().delayed, 0);
+    // A retry due in the past is promoted at the next call, never lost.
+    let last = lease(&f.store, 1);
+    let past = f.clock.now() - 50_000;
+    f.store
+        .settle(vec![(
+            last.into_iter().next().unwrap(),
+            Outcome::Retry {
+                due_ms: past,
+                reason: "x".into(),
+            },
+        )])
+        .unwrap()
+        .wait()
+        .unwrap();
+    f.clock.advance(1);
+    assert_eq!(f.store.promote_due().unwrap(), 1);
+    assert_eq!(lease(&f.store, 5).len(), 1);
+}
+
+fn dead_letters_keep_reason_and_history_and_replay(h: &mut dyn Harness) {
+    let f = fixture(h);
+    f.store
+        .enqueue(q(Lane::Normal, 2), new(0..2))
+        .wait()
+        .unwrap();
+    let first = lease(&f.store, 2);
+    let now = f.clock.now();
+    let mut it = first.into_iter();
+    let a = it.next().unwrap();
+    let b = it.next().unwrap();
+    f.store
+        .settle(vec![(
+            a,
+            Outcome::Retry {
+                due_ms: now + 10,
+                reason: "503 from gateway".into(),
+            },
+        )])
+        .unwrap()
+        .wait()
+        .unwrap();
+    f.store
+        .settle(vec![(
+            b,
+            Outcome::Dead {
+                reason: "invalid number".into(),
+            },
+        )])
+        .unwrap()
+        .wait()
+        .unwrap();
+    f.clock.advance(10);
+    assert_eq!(f.store.promote_due().unwrap(), 1);
+    let a = lease(&f.store, 1).pop().unwrap();
+    f.store
+        .settle(vec![(
+            a,
+            Outcome::Dead {
+                reason: "retries exhausted".into(),
+            },
+        )])
+        .unwrap()
+        .wait()
+        .unwrap();
+
+    let dead = f.store.dead_letters(None, 10).unwrap();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0].id, DeliveryId::new(CampaignId(2), 0));
+    assert_eq!(dead[0].reason, "retries exhausted");
+    assert_eq!(dead[0].item.attempts, 2);
+    assert_eq!(dead[0].item.history.len(), 1);
+    assert_eq!(dead[0].item.history[0].reason, "503 from gateway");
+    assert_eq!(dead[1].reason, "invalid number");
+    assert_eq!(f.store.dead_letters(Some(dead[0].id), 10).unwrap().len(), 1);
+    assert_eq!(f.store.globals().dead, 2);
+
+    let missing = DeliveryId::new(CampaignId(2), 99);
+    assert!(
+        matches!(f.store.replay_dead(&[dead[0].id, missing]), Err(Error::NoDeadLetter(id)) if id == missing)
+    );
+    assert_eq!(
+        f.store.dead_letters(None, 10).unwrap().len(),
+        2,
+        "a refused replay changes nothing"
+    );
+    assert_eq!(
+        f.store.replay_dead(&[dead[0].id]).unwrap().wait().unwrap(),
+        1
+    );
+    let back = lease(&f.store, 5);
+    assert_eq!(ids(&back), vec![(2, 0)]);
+    assert_eq!(back[0].item.attempts, 0);
+    assert_eq!(back[0].item.history.len(), 2);
+    assert_eq!(f.store.globals().dead, 1);
+    assert_eq!(f.store.counters(CampaignId(2)).dead, 1);
+}
+
+fn reroute_moves_a_delivery_to_another_channel(h: &mut dyn Harness) {
+    let f = fixture(h);
+    let sms = ChannelId(2);
+    f.store.enqueue(q(Lane::High, 5), new(0..1)).wait().unwrap();
+    let l = lease(&f.store, 1).pop().unwrap();
+    let outcome = Outcome::Reroute {
+        channel: sms,
+        recipient: "+231880000001".into(),
+        route: 1,
+        reason: "not on whatsapp".into(),
+    };
+    f.store.settle(vec![(l, outcome)]).unwrap().wait().unwrap();
+    assert!(lease(&f.store, 5).is_empty());
+    let moved = f.store.lease(sms, 5).unwrap().wait().unwrap();
+    assert_eq!(moved.len(), 1);
+    assert_eq!(moved[0].queue.lane, Lane::High);
+    assert_eq!(moved[0].item.recipient, "+231880000001");
+    assert_eq!(moved[0].item.route, 1);
+    assert_eq!(moved[0].item.history[0].reason, "not on whatsapp");
+    assert_eq!(f.store.counters(CampaignId(5)).rerouted, 1);
+}
+
+fn settling_what_is_not_leased_is_refused_and_writes_nothing(h: &mut dyn Harness) {
+    let f = fixture(h);
+    f.store
+        .enqueue(q(Lane::Normal, 1), new(0..2))
+        .wait()
+        .unwrap();
+    let got = lease(&f.store, 2);
+    let a = got[0].clone();
+    let b = got[1].clone();
+    f.store
+        .settle(vec![(a.clone(), done(DeliveryStatus::Wired))])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let err = f.store.settle(vec![
+        (b.clone(), done(DeliveryStatus::Wired)),
+        (a.clone(), done(DeliveryStatus::Wired)),
+    ]);
+    assert!(matches!(err, Err(Error::NotLeased(id)) if id == a.id()));
+    assert_eq!(
+        f.store.status(b.id()).unwrap(),
+        None,
+        "nothing of a refused call is written"
+    );
+    let twice = f.store.settle(vec![
+        (b.clone(), done(DeliveryStatus::Wired)),
+        (b.clone(), done(DeliveryStatus::Sent)),
+    ]);
+    assert!(matches!(twice, Err(Error::NotLeased(_))));
+    f.store
+        .settle(vec![(b, done(DeliveryStatus::Wired))])
+        .unwrap()
+        .wait()
+        .unwrap();
+}
+
+fn crash_returns_unsettled_leases_as_ready_and_counts_them(h: &mut dyn Harness) {
+    let f = fixture(h);
+    f.store
+        .enqueue(q(Lane::Normal, 1), new(0..10))
+        .wait()
+        .unwrap();
+    f.store.enqueue(q(Lane::Bulk, 2), new(0..3)).wait().unwrap();
+    let got = lease(&f.store, 8);
+    assert_eq!(got.len(), 8);
+    // Settle 0, 2 and 3 (not contiguous with 0), leave 1, 4, 5, 6, 7 leased.
+    let settled: Vec<_> = got
+        .iter()
+        .filter(|l| [0, 2, 3].contains(&l.item.index))
+        .map(|l| (l.clone(), done(DeliveryStatus::Wired)))
+        .collect();
+    f.store.settle(settled).unwrap().wait().unwrap();
+    let (f, recovery) = crash(h, f);
+    assert_eq!(recovery.requeued, 5);
+    let again = lease(&f.store, 20);
+    assert_eq!(
+        ids(&again),
+        vec![
+            (1, 1),
+            (1, 4),
+            (1, 5),
+            (1, 6),
+            (1, 7),
+            (1, 8),
+            (1, 9),
+            (2, 0),
+            (2, 1),
+            (2, 2)
+        ]
+    );
+    let redelivered: Vec<bool> = again.iter().map(|l| l.redelivered).collect();
+    assert_eq!(
+        redelivered,
+        vec![
+            true, true, true, true, true, false, false, false, false, false
+        ]
+    );
+    assert_eq!(f.store.counters(CampaignId(1)).redelivered, 5);
+    assert_eq!(
+        f.store
+            .status(DeliveryId::new(CampaignId(1), 2))
+            .unwrap()
+            .unwrap()
+            .status,
+        DeliveryStatus::Wired
+    );
+    // A second crash with nothing settled brings all of them back once more.
+    let (f, recovery) = crash(h, f);
+    assert_eq!(recovery.requeued, 10);
+    assert_eq!(lease(&f.store, 20).len(), 10);
+}
+
+fn delayed_and_dead_survive_a_crash(h: &mut dyn Harness) {
+    let f = fixture(h);
+    f.store
+        .enqueue(q(Lane::Normal, 1), new(0..2))
+        .wait()
+        .unwrap();
+    let mut got = lease(&f.store, 2).into_iter();
+    let now = f.clock.now();
+    f.store
+        .settle(vec![
+            (
+                got.next().unwrap(),
+                Outcome::Retry {
+                    due_ms: now + 500,
+                    reason: "429".into(),
+                },
+            ),
+            (
+                got.next().unwrap(),
+                Outcome::Dead {
+                    reason: "blocked".into(),
+                },
+            ),
+        ])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let (f, recovery) = crash(h, f);
+    assert_eq!(recovery.requeued, 0);
+    assert_eq!(f.store.globals().delayed, 1);
+    assert_eq!(f.store.globals().dead, 1);
+    f.clock.advance(500);
+    assert_eq!(f.store.promote_due().unwrap(), 1);
+    assert_eq!(ids(&lease(&f.store, 5)), vec![(1, 0)]);
+    assert_eq!(f.store.dead_letters(None, 5).unwrap()[0].reason, "blocked");
+}
+
+fn channels_and_campaigns_persist(h: &mut dyn Harness) {
+    let f = fixture(h);
+    let sms = f.store.channel("sms").unwrap();
+    let wa = f.store.channel("whatsapp").unwrap();
+    assert_ne!(sms, wa);
+    assert_eq!(f.store.channel("sms").unwrap(), sms);
+    let c1 = f
+        .store
+        .create_campaign(b"alert body".to_vec())
+        .wait()
+        .unwrap();
+    let c2 = f
+        .store
+        .create_campaign(b"bulk body".to_vec())
+        .wait()
+        .unwrap();
+    assert!(c2 > c1);
+    f.store
+        .update_campaign(c1, b"cancelled".to_vec())
+        .wait()
+        .unwrap();
+    let (f, _) = crash(h, f);
+    assert_eq!(f.store.channel("whatsapp").unwrap(), wa);
+    assert_eq!(
+        f.store.channels(),
+        vec![("sms".to_string(), sms), ("whatsapp".to_string(), wa)]
+    );
+    assert_eq!(
+        f.store.campaign(c1).unwrap().as_deref(),
+        Some(&b"cancelled"[..])
+    );
+    let all = f.store.campaigns().unwrap();
+    assert_eq!(
+        all.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![c1, c2]
+    );
+    let c3 = f.store.create_campaign(Vec::new()).wait().unwrap();
+    assert!(c3 > c2, "campaign ids are never reused after a restart");
+}
+
+fn counters_account_for_every_delivery(h: &mut dyn Harness) {
+    let f = fixture(h);
+    let c = CampaignId(9);
+    f.store
+        .enqueue(q(Lane::Normal, 9), new(0..20))
+        .wait()
+        .unwrap();
+    let got = lease(&f.store, 12);
+    let now = f.clock.now();
+    let settled = got
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let outcome = match i % 4 {
+                0 => done(DeliveryStatus::Wired),
+                1 => Outcome::Retry {
+                    due_ms: now + 100,
+                    reason: "timeout".into(),
+                },
+                2 => Outcome::Dead {
+                    reason: "bad".into(),
+                },
+                _ => done(DeliveryStatus::Failed),
+            };
+            (l, outcome)
+        })
+        .collect();
+    f.store.settle(settled).unwrap().wait().unwrap();
+    let check = |store: &Store| {
+        let k = store.counters(c);
+        let (ready, leased) = store.campaign_depth(c);
+        assert_eq!(k.enqueued, 20);
+        assert_eq!(k.status(DeliveryStatus::Wired), 3);
+        assert_eq!(k.status(DeliveryStatus::Failed), 3);
+        assert_eq!(k.delayed, 3);
+        assert_eq!(k.dead, 3);
+        assert_eq!(
+            ready + leased + k.delayed + k.dead + k.settled(),
+            k.enqueued
+        );
+        assert_eq!(k.queued(), ready + leased + k.delayed);
+    };
+    check(&f.store);
+    let (f, _) = crash(h, f);
+    check(&f.store);
+}
+
+impl ManualClock {
+    fn now(&self) -> u64 {
+        crate::store::Clock::now_ms(self)
+    }
+}
+
+#[test]
+fn rocksdb_store_survives_reopen_with_sync_durability() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::config::StoreConfig::default();
+    assert_eq!(config.durability, crate::config::Durability::Sync);
+    let clock = Arc::new(ManualClock::default());
+    {
+        let engine = Arc::new(
+            crate::store::RocksEngine::open(dir.path(), &config, Default::default()).unwrap(),
+        );
+        let (store, _) = open_store(engine, &clock);
+        store
+            .enqueue(q(Lane::Emergency, 1), new(0..1000))
+            .wait()
+            .unwrap();
+        let got = lease(&store, 400);
+        store
+            .settle(
+                got.into_iter()
+                    .map(|l| (l, done(DeliveryStatus::Wired)))
+                    .collect(),
+            )
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    let engine =
+        Arc::new(crate::store::RocksEngine::open(dir.path(), &config, Default::default()).unwrap());
+    let (store, recovery) = open_store(engine, &clock);
+    assert_eq!(recovery.requeued, 0);
+    assert_eq!(store.depth(CH).ready[0], 600);
+    assert_eq!(lease(&store, 1)[0].item.index, 400);
+}
