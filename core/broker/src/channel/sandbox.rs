@@ -1,0 +1,569 @@
+//! The sandbox gateway: **a simulator** of an SMS gateway, running inside
+//! the broker. It answers the requests the `sandbox` connector builds
+//! (`sandbox://gateway/...`), in-process, so the demo, tests and benchmarks
+//! exercise the whole send path without a network or a real gateway.
+//!
+//! It can be told to refuse, throttle, fail or delay a share of sends; it
+//! de-duplicates on the idempotency key (and counts duplicates, which is how
+//! tests see re-sends); and it produces delivery receipts and scripted
+//! replies as signed webhook calls, which the broker collects with
+//! [`SandboxGateway::poll_webhooks`] and feeds to the connector's
+//! `handle-webhook`, exactly as a real gateway's webhooks would arrive.
+
+use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+
+use hmac::{Hmac, Mac};
+use parking_lot::Mutex;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::Sha256;
+
+use crate::plugin::bindings::{Header, HttpRequest, HttpResponse};
+
+/// What the simulated gateway does. Shares are percentages (0–100).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Bearer token it expects.
+    pub token: String,
+    /// HMAC-SHA256 key it signs webhooks with.
+    pub webhook_secret: String,
+    /// Recipients it does not know (decided per number, so the same number
+    /// always fails): refused with `unknown_subscriber`.
+    pub unknown_percent: f64,
+    /// Sends answered 429 with `Retry-After: retry_after_s`.
+    pub throttle_percent: f64,
+    pub retry_after_s: u64,
+    /// Sends answered 503.
+    pub error_percent: f64,
+    /// Latency added to every send answer (ms).
+    pub delay_ms: u64,
+    /// Whether accepted sends produce delivery receipts.
+    pub receipts: bool,
+    /// When receipts come, after acceptance (ms).
+    pub receipt_delay_ms: u64,
+    /// Accepted sends whose receipt says failed instead of delivered.
+    pub undelivered_percent: f64,
+    /// Delivered messages that also get a `read` receipt.
+    pub read_percent: f64,
+    /// Delivered messages the recipient answers, with one of `replies`.
+    pub reply_percent: f64,
+    pub replies: Vec<String>,
+    /// Seed of the random choices, for reproducible runs.
+    pub seed: u64,
+    /// Keep the time of every accepted send (benchmarks measure rates with
+    /// it); costs 8 bytes a send.
+    pub record_times: bool,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            token: "sandbox-token".into(),
+            webhook_secret: "sandbox-secret".into(),
+            unknown_percent: 0.0,
+            throttle_percent: 0.0,
+            retry_after_s: 1,
+            error_percent: 0.0,
+            delay_ms: 0,
+            receipts: true,
+            receipt_delay_ms: 200,
+            undelivered_percent: 0.0,
+            read_percent: 0.0,
+            reply_percent: 0.0,
+            replies: vec!["YES".into(), "NO".into(), "1".into()],
+            seed: 1,
+            record_times: false,
+        }
+    }
+}
+
+impl SandboxConfig {
+    /// Checks ranges; `path` is the config key path for messages.
+    pub fn validate(&self, path: &str) -> Result<(), String> {
+        for (key, v) in [
+            ("unknown_percent", self.unknown_percent),
+            ("throttle_percent", self.throttle_percent),
+            ("error_percent", self.error_percent),
+            ("undelivered_percent", self.undelivered_percent),
+            ("read_percent", self.read_percent),
+            ("reply_percent", self.reply_percent),
+        ] {
+            if !(0.0..=100.0).contains(&v) {
+                return Err(format!("{path}.{key} must be between 0 and 100"));
+            }
+        }
+        if self.reply_percent > 0.0 && self.replies.is_empty() {
+            return Err(format!(
+                "{path}.replies must not be empty when reply_percent > 0"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Counts since start.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SandboxStats {
+    pub requests: u64,
+    pub accepted: u64,
+    /// Sends of an id already accepted (answered with the first message id).
+    pub duplicates: u64,
+    pub unknown: u64,
+    pub throttled: u64,
+    pub errors: u64,
+    pub unauthorized: u64,
+    pub receipts: u64,
+    pub replies: u64,
+}
+
+struct Pending {
+    due_ms: u64,
+    event: serde_json::Value,
+    inbound: bool,
+}
+
+struct State {
+    rng: SmallRng,
+    next_id: u64,
+    accepted_ids: HashSet<u64>,
+    pending: VecDeque<Pending>,
+    stats: SandboxStats,
+    accept_times: Vec<u64>,
+}
+
+pub struct SandboxGateway {
+    config: SandboxConfig,
+    state: Mutex<State>,
+    hasher: std::hash::RandomState,
+}
+
+#[derive(Deserialize)]
+struct WireMessage {
+    id: String,
+    to: String,
+    #[allow(
+        dead_code,
+        reason = "part of the wire format; the simulator does not read texts"
+    )]
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct WireBatch {
+    messages: Vec<WireMessage>,
+}
+
+enum Decision {
+    Accepted(String),
+    Unknown,
+    Throttled,
+    Error,
+}
+
+impl SandboxGateway {
+    pub fn new(config: SandboxConfig) -> Self {
+        let state = State {
+            rng: SmallRng::seed_from_u64(config.seed),
+            next_id: 1,
+            accepted_ids: HashSet::new(),
+            pending: VecDeque::new(),
+            stats: SandboxStats::default(),
+            accept_times: Vec::new(),
+        };
+        Self {
+            config,
+            state: Mutex::new(state),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> SandboxStats {
+        self.state.lock().stats.clone()
+    }
+
+    /// Latency the caller should wait before using an answer.
+    pub fn delay_ms(&self) -> u64 {
+        self.config.delay_ms
+    }
+
+    fn hash(&self, s: &str) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        h.write(s.as_bytes());
+        h.finish()
+    }
+
+    /// Whether a number is one the gateway does not know: a fixed property
+    /// of the number (FNV-1a, independent of the run).
+    fn unknown_number(&self, to: &str) -> bool {
+        if self.config.unknown_percent <= 0.0 {
+            return false;
+        }
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in to.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        (h % 10_000) as f64 / 100.0 < self.config.unknown_percent
+    }
+
+    /// Answers one request built for a `sandbox:` URL. `now_ms` stamps the
+    /// receipts it schedules.
+    pub fn handle(&self, request: &HttpRequest, now_ms: u64) -> HttpResponse {
+        let mut state = self.state.lock();
+        state.stats.requests += 1;
+        let expected = format!("Bearer {}", self.config.token);
+        let authorized = header(&request.headers, "authorization").is_some_and(|v| v == expected);
+        if !authorized {
+            state.stats.unauthorized += 1;
+            return respond(401, json!({"error": "bad or missing token"}));
+        }
+        if request.method != "POST" {
+            return respond(405, json!({"error": "use POST"}));
+        }
+        match request.url.as_str() {
+            "sandbox://gateway/messages" => {
+                let Ok(m) = serde_json::from_slice::<WireMessage>(&request.body) else {
+                    return respond(
+                        400,
+                        json!({"error": "unreadable message", "code": "bad_request"}),
+                    );
+                };
+                match self.decide(&mut state, &m, now_ms) {
+                    Decision::Accepted(id) => respond(202, json!({"message_id": id})),
+                    Decision::Unknown => respond(
+                        400,
+                        json!({"error": "unknown subscriber", "code": "unknown_subscriber"}),
+                    ),
+                    Decision::Throttled => {
+                        let mut r = respond(429, json!({"error": "throttled"}));
+                        r.headers.push(Header {
+                            name: "retry-after".into(),
+                            value: self.config.retry_after_s.to_string(),
+                        });
+                        r
+                    }
+                    Decision::Error => respond(503, json!({"error": "temporarily unavailable"})),
+                }
+            }
+            "sandbox://gateway/messages/batch" => {
+                let Ok(batch) = serde_json::from_slice::<WireBatch>(&request.body) else {
+                    return respond(
+                        400,
+                        json!({"error": "unreadable batch", "code": "bad_request"}),
+                    );
+                };
+                if batch.messages.len() > 100 {
+                    return respond(413, json!({"error": "at most 100 messages per batch"}));
+                }
+                // Throttling and errors apply to the whole request.
+                let roll = state.rng.random_range(0.0..100.0);
+                if roll < self.config.throttle_percent {
+                    state.stats.throttled += batch.messages.len() as u64;
+                    let mut r = respond(429, json!({"error": "throttled"}));
+                    r.headers.push(Header {
+                        name: "retry-after".into(),
+                        value: self.config.retry_after_s.to_string(),
+                    });
+                    return r;
+                }
+                let results: Vec<serde_json::Value> = batch
+                    .messages
+                    .iter()
+                    .map(|m| match self.accept_or_refuse(&mut state, m, now_ms) {
+                        Some(id) => json!({"id": m.id, "message_id": id}),
+                        None => json!({"id": m.id, "error": "unknown subscriber", "code": "unknown_subscriber"}),
+                    })
+                    .collect();
+                respond(200, json!({"results": results}))
+            }
+            other => respond(404, json!({"error": format!("no such endpoint {other}")})),
+        }
+    }
+
+    fn decide(&self, state: &mut State, m: &WireMessage, now_ms: u64) -> Decision {
+        let roll = state.rng.random_range(0.0..100.0);
+        if roll < self.config.throttle_percent {
+            state.stats.throttled += 1;
+            return Decision::Throttled;
+        }
+        if roll < self.config.throttle_percent + self.config.error_percent {
+            state.stats.errors += 1;
+            return Decision::Error;
+        }
+        match self.accept_or_refuse(state, m, now_ms) {
+            Some(id) => Decision::Accepted(id),
+            None => Decision::Unknown,
+        }
+    }
+
+    fn accept_or_refuse(&self, state: &mut State, m: &WireMessage, now_ms: u64) -> Option<String> {
+        if self.unknown_number(&m.to) {
+            state.stats.unknown += 1;
+            return None;
+        }
+        let key = self.hash(&m.id);
+        if !state.accepted_ids.insert(key) {
+            // Idempotent: a re-send of an accepted id is not delivered again.
+            state.stats.duplicates += 1;
+            return Some(format!("sbx-dup-{key:016x}"));
+        }
+        state.stats.accepted += 1;
+        if self.config.record_times {
+            state.accept_times.push(now_ms);
+        }
+        let n = state.next_id;
+        state.next_id += 1;
+        let message_id = format!("sbx-{n}");
+        if self.config.receipts {
+            self.schedule_receipts(state, &message_id, &m.to, now_ms);
+        }
+        Some(message_id)
+    }
+
+    fn schedule_receipts(&self, state: &mut State, message_id: &str, to: &str, now_ms: u64) {
+        let due = now_ms + self.config.receipt_delay_ms;
+        let undelivered = state.rng.random_range(0.0..100.0) < self.config.undelivered_percent;
+        let status = if undelivered {
+            "undelivered"
+        } else {
+            "delivered"
+        };
+        state.pending.push_back(Pending {
+            due_ms: due,
+            event: json!({"message_id": message_id, "status": status, "at_ms": due}),
+            inbound: false,
+        });
+        if undelivered {
+            return;
+        }
+        if state.rng.random_range(0.0..100.0) < self.config.read_percent {
+            state.pending.push_back(Pending {
+                due_ms: due,
+                event: json!({"message_id": message_id, "status": "read", "at_ms": due}),
+                inbound: false,
+            });
+        }
+        if state.rng.random_range(0.0..100.0) < self.config.reply_percent {
+            let text = &self.config.replies[state.rng.random_range(0..self.config.replies.len())];
+            let id = format!("in-{message_id}");
+            state.pending.push_back(Pending {
+                due_ms: due,
+                event: json!({"id": id, "from": to, "text": text, "at_ms": due}),
+                inbound: true,
+            });
+        }
+    }
+
+    /// The next signed webhook call carrying up to `max` receipts and
+    /// replies due by `now_ms`, or `None` when nothing is due.
+    pub fn poll_webhooks(&self, now_ms: u64, max: usize) -> Option<HttpRequest> {
+        let mut state = self.state.lock();
+        let mut receipts = Vec::new();
+        let mut inbound = Vec::new();
+        while receipts.len() + inbound.len() < max {
+            match state.pending.front() {
+                Some(p) if p.due_ms <= now_ms => {}
+                _ => break,
+            }
+            let p = state.pending.pop_front().expect("front exists");
+            if p.inbound {
+                state.stats.replies += 1;
+                inbound.push(p.event);
+            } else {
+                state.stats.receipts += 1;
+                receipts.push(p.event);
+            }
+        }
+        drop(state);
+        if receipts.is_empty() && inbound.is_empty() {
+            return None;
+        }
+        let body = serde_json::to_vec(&json!({"receipts": receipts, "inbound": inbound}))
+            .unwrap_or_default();
+        Some(HttpRequest {
+            method: "POST".into(),
+            url: "/webhooks/sandbox".into(),
+            headers: vec![
+                Header {
+                    name: "content-type".into(),
+                    value: "application/json".into(),
+                },
+                Header {
+                    name: "x-sandbox-signature".into(),
+                    value: sign(&self.config.webhook_secret, &body),
+                },
+            ],
+            body,
+        })
+    }
+
+    /// When each send was accepted (ms), with `record_times` on.
+    pub fn accept_times(&self) -> Vec<u64> {
+        self.state.lock().accept_times.clone()
+    }
+
+    /// Receipts and replies scheduled but not yet polled.
+    pub fn pending_webhook_events(&self) -> usize {
+        self.state.lock().pending.len()
+    }
+}
+
+fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
+fn respond(status: u16, body: serde_json::Value) -> HttpResponse {
+    HttpResponse {
+        status,
+        headers: vec![Header {
+            name: "content-type".into(),
+            value: "application/json".into(),
+        }],
+        body: serde_json::to_vec(&body).unwrap_or_default(),
+    }
+}
+
+/// `sha256=<hex HMAC-SHA256(secret, body)>`, as the sandbox connector
+/// verifies it.
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256={hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(id: &str, to: &str, token: &str) -> HttpRequest {
+        HttpRequest {
+            method: "POST".into(),
+            url: "sandbox://gateway/messages".into(),
+            headers: vec![Header {
+                name: "Authorization".into(),
+                value: format!("Bearer {token}"),
+            }],
+            body: serde_json::to_vec(&json!({"id": id, "to": to, "text": "hi", "lane": "normal"}))
+                .unwrap(),
+        }
+    }
+
+    #[test]
+    fn accepts_dedups_and_schedules_receipts() {
+        let gw = SandboxGateway::new(SandboxConfig {
+            receipt_delay_ms: 100,
+            read_percent: 100.0,
+            reply_percent: 100.0,
+            ..SandboxConfig::default()
+        });
+        let first = gw.handle(&send("c1-1", "+231770000001", "sandbox-token"), 1000);
+        assert_eq!(first.status, 202);
+        let again = gw.handle(&send("c1-1", "+231770000001", "sandbox-token"), 1001);
+        assert_eq!(again.status, 202);
+        let stats = gw.stats();
+        assert_eq!((stats.accepted, stats.duplicates), (1, 1));
+        assert!(
+            gw.poll_webhooks(1099, 10).is_none(),
+            "receipts wait their delay"
+        );
+        let hook = gw.poll_webhooks(1100, 10).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&hook.body).unwrap();
+        assert_eq!(
+            body["receipts"].as_array().unwrap().len(),
+            2,
+            "delivered and read"
+        );
+        assert_eq!(body["inbound"][0]["from"], "+231770000001");
+        assert_eq!(
+            header(&hook.headers, "x-sandbox-signature").unwrap(),
+            sign("sandbox-secret", &hook.body)
+        );
+        assert!(gw.poll_webhooks(5000, 10).is_none());
+    }
+
+    #[test]
+    fn refuses_bad_tokens_unknown_numbers_and_throttles() {
+        let gw = SandboxGateway::new(SandboxConfig {
+            unknown_percent: 100.0,
+            ..SandboxConfig::default()
+        });
+        assert_eq!(gw.handle(&send("c1-1", "+1", "wrong"), 0).status, 401);
+        let r = gw.handle(&send("c1-1", "+1", "sandbox-token"), 0);
+        assert_eq!(r.status, 400);
+        assert!(String::from_utf8_lossy(&r.body).contains("unknown_subscriber"));
+        let gw = SandboxGateway::new(SandboxConfig {
+            throttle_percent: 100.0,
+            retry_after_s: 7,
+            ..SandboxConfig::default()
+        });
+        let r = gw.handle(&send("c1-1", "+1", "sandbox-token"), 0);
+        assert_eq!(r.status, 429);
+        assert_eq!(header(&r.headers, "retry-after"), Some("7"));
+        let gw = SandboxGateway::new(SandboxConfig {
+            error_percent: 100.0,
+            ..SandboxConfig::default()
+        });
+        assert_eq!(
+            gw.handle(&send("c1-1", "+1", "sandbox-token"), 0).status,
+            503
+        );
+    }
+
+    #[test]
+    fn unknown_numbers_are_a_fixed_share_of_numbers() {
+        let gw = SandboxGateway::new(SandboxConfig {
+            unknown_percent: 10.0,
+            receipts: false,
+            ..SandboxConfig::default()
+        });
+        let refused = (0..10_000)
+            .filter(|i| {
+                gw.handle(
+                    &send(&format!("c1-{i}"), &format!("+2317{i:08}"), "sandbox-token"),
+                    0,
+                )
+                .status
+                    == 400
+            })
+            .count();
+        assert!((800..1200).contains(&refused), "{refused}");
+        // The same number is refused again on a retry.
+        let n = (0..10_000)
+            .find(|i| gw.unknown_number(&format!("+2317{i:08}")))
+            .unwrap();
+        assert_eq!(
+            gw.handle(&send("c9-1", &format!("+2317{n:08}"), "sandbox-token"), 0)
+                .status,
+            400
+        );
+    }
+
+    #[test]
+    fn config_ranges_name_the_key() {
+        let bad = SandboxConfig {
+            throttle_percent: 120.0,
+            ..SandboxConfig::default()
+        };
+        assert_eq!(
+            bad.validate("channels.sms.sandbox").unwrap_err(),
+            "channels.sms.sandbox.throttle_percent must be between 0 and 100"
+        );
+    }
+}

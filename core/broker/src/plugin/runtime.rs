@@ -1,0 +1,646 @@
+//! The wasmtime host: one engine, per-plugin pre-instantiated components,
+//! warm instances pooled per thread, deadlines, memory caps, traps turned
+//! into structured errors, and a circuit breaker per plugin.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{self, LogLevel, PluginError, classifier, connector, fhir};
+use super::manifest::{Kind, Limits, Manifest};
+use super::metrics::PluginCallMetrics;
+
+/// How often the epoch advances; per-call deadlines count these ticks.
+pub const TICK: Duration = Duration::from_millis(1);
+/// Consecutive traps that open a plugin's circuit.
+pub const BREAKER_TRIPS: u32 = 5;
+/// How long an open circuit refuses calls before trying again.
+pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(10);
+/// Most log lines one call may write; more are dropped (and counted).
+const MAX_LOGS_PER_CALL: u32 = 64;
+/// Most bytes of one log line.
+const MAX_LOG_LINE: usize = 4096;
+/// Most warm instances of one plugin kept per thread.
+const POOL_PER_THREAD: usize = 2;
+
+/// Why a plugin call did not return a value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    /// The plugin answered with an error of the contract.
+    #[error("plugin {plugin}: {error}")]
+    Plugin { plugin: String, error: PluginError },
+    /// The plugin was stopped: the instance is gone, the host is fine.
+    #[error("plugin {plugin} {kind}")]
+    Trapped { plugin: String, kind: TrapKind },
+    #[error(
+        "plugin {plugin} is switched off for now after {trips} failures in a row (circuit open)"
+    )]
+    CircuitOpen { plugin: String, trips: u32 },
+    #[error("plugin {plugin}: input of {size} bytes is over its {limit}-byte limit")]
+    InputTooLarge {
+        plugin: String,
+        size: usize,
+        limit: usize,
+    },
+    #[error("plugin {plugin} is a {actual}, not a {wanted}")]
+    WrongKind {
+        plugin: String,
+        actual: Kind,
+        wanted: Kind,
+    },
+}
+
+impl CallError {
+    /// The `outcome` label value of this error.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            CallError::Plugin { .. } => "plugin_error",
+            CallError::Trapped { kind, .. } => kind.outcome(),
+            CallError::CircuitOpen { .. } => "circuit_open",
+            CallError::InputTooLarge { .. } => "input_too_large",
+            CallError::WrongKind { .. } => "wrong_kind",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TrapKind {
+    #[error("timed out after {timeout_ms} ms")]
+    Timeout { timeout_ms: u64 },
+    #[error("ran out of memory (cap {cap_bytes} bytes)")]
+    OutOfMemory { cap_bytes: usize },
+    #[error("panicked: {message}")]
+    Panic { message: String },
+    #[error("returned invalid output: {message}")]
+    InvalidOutput { message: String },
+    #[error("trapped: {message}")]
+    Trap { message: String },
+}
+
+impl TrapKind {
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            TrapKind::Timeout { .. } => "timeout",
+            TrapKind::OutOfMemory { .. } => "out_of_memory",
+            TrapKind::Panic { .. } => "panic",
+            TrapKind::InvalidOutput { .. } => "invalid_output",
+            TrapKind::Trap { .. } => "trap",
+        }
+    }
+}
+
+/// Counters of one call, for `mhero plugin test`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallStats {
+    pub elapsed: Duration,
+    /// Fuel consumed, when the host meters fuel.
+    pub fuel: Option<u64>,
+    /// The instance's largest linear memory so far.
+    pub peak_memory_bytes: usize,
+    /// Whether the call ran on a fresh instance.
+    pub fresh_instance: bool,
+}
+
+/// Memory accounting and the cap.
+struct Limiter {
+    cap: usize,
+    current: usize,
+    peak: usize,
+    denied: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.denied = true;
+            return Ok(false);
+        }
+        self.current = desired;
+        self.peak = self.peak.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// A plugin instance's store data.
+pub struct PluginState {
+    plugin: Arc<str>,
+    settings: Arc<HashMap<String, String>>,
+    limiter: Limiter,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    logs: u32,
+    dropped_logs: u32,
+    panic: Option<String>,
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::Host for PluginState {
+    fn log(&mut self, level: LogLevel, mut message: String) {
+        if let Some(panic) = message.strip_prefix(mhero_panic_prefix()) {
+            self.panic = Some(panic.chars().take(MAX_LOG_LINE).collect());
+        }
+        self.logs += 1;
+        if self.logs > MAX_LOGS_PER_CALL {
+            self.dropped_logs += 1;
+            return;
+        }
+        if message.len() > MAX_LOG_LINE {
+            let mut end = MAX_LOG_LINE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        let plugin = &*self.plugin;
+        match level {
+            LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+            LogLevel::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+
+    fn config(&mut self, key: String) -> Option<String> {
+        self.settings.get(&key).cloned()
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+/// The SDK's panic hook writes `panic: <message>` at error level.
+const fn mhero_panic_prefix() -> &'static str {
+    "panic: "
+}
+
+/// A pre-instantiated component of one of the three worlds.
+pub(crate) enum WorldPre {
+    Connector(connector::ConnectorPre<PluginState>),
+    Classifier(classifier::ClassifierPre<PluginState>),
+    Fhir(fhir::FhirMapperPre<PluginState>),
+}
+
+pub(crate) enum WorldInstance {
+    Connector(connector::Connector),
+    Classifier(classifier::Classifier),
+    Fhir(fhir::FhirMapper),
+}
+
+struct Pooled {
+    store: Store<PluginState>,
+    instance: WorldInstance,
+    calls: u32,
+    baseline_memory: usize,
+}
+
+thread_local! {
+    static POOLS: RefCell<HashMap<u64, Vec<Pooled>>> = RefCell::new(HashMap::new());
+    static LAST_STATS: RefCell<CallStats> = RefCell::new(CallStats::default());
+}
+
+static NEXT_UID: AtomicU64 = AtomicU64::new(1);
+
+/// The engine and linker every plugin shares, and the epoch ticker.
+pub struct Runtime {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<PluginState>,
+    fuel: bool,
+    stop: Arc<AtomicBool>,
+    ticker: Option<JoinHandle<()>>,
+}
+
+impl Runtime {
+    /// `fuel`: meter instructions (for `mhero plugin test`; costs speed).
+    pub fn new(fuel: bool) -> wasmtime::Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.consume_fuel(fuel);
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        // WASI is linked so that std's imports resolve, but the context is
+        // empty: no files, no network, no environment, no arguments.
+        // Imports beyond the allow-list below are refused at load.
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        connector::mhero::plugin::host::add_to_linker::<PluginState, HasSelf<PluginState>>(
+            &mut linker,
+            |s| s,
+        )?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let engine = engine.clone();
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("mhero-plugin-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(wasmtime::Error::from)?
+        };
+        Ok(Self {
+            engine,
+            linker,
+            fuel,
+            stop,
+            ticker: Some(ticker),
+        })
+    }
+
+    pub fn meters_fuel(&self) -> bool {
+        self.fuel
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Interfaces a plugin may import. Everything else (`wasi:sockets`,
+/// `wasi:http`, unknown packages) is refused at load.
+pub const ALLOWED_IMPORTS: &[&str] = &[
+    // The contract: `host`, and the type-only interfaces worlds `use`.
+    "mhero:plugin/",
+    "wasi:cli/",
+    "wasi:io/",
+    "wasi:clocks/",
+    "wasi:random/",
+    "wasi:filesystem/",
+];
+
+pub fn import_allowed(name: &str) -> bool {
+    let unversioned = name.split('@').next().unwrap_or(name);
+    ALLOWED_IMPORTS.iter().any(|allowed| {
+        if allowed.ends_with('/') {
+            unversioned.starts_with(allowed)
+        } else {
+            unversioned == *allowed
+        }
+    })
+}
+
+/// Trips after [`BREAKER_TRIPS`] consecutive traps; after the cooldown one
+/// call is let through, and another trap opens it again at once.
+#[derive(Default)]
+struct Breaker {
+    consecutive: AtomicU32,
+    open_until_ms: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Breaker {
+    fn check(&self) -> Result<(), u32> {
+        if now_ms() < self.open_until_ms.load(Ordering::Relaxed) {
+            return Err(self.consecutive.load(Ordering::Relaxed));
+        }
+        Ok(())
+    }
+
+    fn success(&self) {
+        if self.consecutive.load(Ordering::Relaxed) != 0 {
+            self.consecutive.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Returns true when this failure opened the circuit.
+    fn failure(&self) -> bool {
+        let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= BREAKER_TRIPS {
+            self.open_until_ms.store(
+                now_ms() + BREAKER_COOLDOWN.as_millis() as u64,
+                Ordering::Relaxed,
+            );
+            return true;
+        }
+        false
+    }
+}
+
+/// A loaded plugin.
+pub struct Plugin {
+    uid: u64,
+    pub(crate) manifest: Manifest,
+    limits: Limits,
+    name: Arc<str>,
+    settings: Arc<HashMap<String, String>>,
+    pre: WorldPre,
+    engine: Engine,
+    fuel: bool,
+    breaker: Breaker,
+    metrics: PluginCallMetrics,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("kind", &self.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    pub(crate) fn new(
+        runtime: &Runtime,
+        manifest: Manifest,
+        settings: HashMap<String, String>,
+        pre: WorldPre,
+        metrics: PluginCallMetrics,
+    ) -> Self {
+        Self {
+            uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
+            limits: manifest.limits(),
+            name: Arc::from(manifest.name.as_str()),
+            manifest,
+            settings: Arc::new(settings),
+            pre,
+            engine: runtime.engine.clone(),
+            fuel: runtime.fuel,
+            breaker: Breaker::default(),
+            metrics,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.manifest.kind
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Stats of the last call this thread made to any plugin.
+    pub fn last_call_stats() -> CallStats {
+        LAST_STATS.with(|s| s.borrow().clone())
+    }
+
+    fn instantiate(&self) -> wasmtime::Result<Pooled> {
+        let state = PluginState {
+            plugin: Arc::clone(&self.name),
+            settings: Arc::clone(&self.settings),
+            limiter: Limiter {
+                cap: self.limits.memory_bytes,
+                current: 0,
+                peak: 0,
+                denied: false,
+            },
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            logs: 0,
+            dropped_logs: 0,
+            panic: None,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.deadline_ticks());
+        if self.fuel {
+            store.set_fuel(u64::MAX)?;
+        }
+        let instance = match &self.pre {
+            WorldPre::Connector(pre) => WorldInstance::Connector(pre.instantiate(&mut store)?),
+            WorldPre::Classifier(pre) => WorldInstance::Classifier(pre.instantiate(&mut store)?),
+            WorldPre::Fhir(pre) => WorldInstance::Fhir(pre.instantiate(&mut store)?),
+        };
+        let baseline_memory = store.data().limiter.current;
+        Ok(Pooled {
+            store,
+            instance,
+            calls: 0,
+            baseline_memory,
+        })
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        self.limits
+            .timeout_ms
+            .div_ceil(TICK.as_millis() as u64)
+            .max(1)
+    }
+
+    /// Runs one call on a warm instance of this thread, under the plugin's
+    /// limits. `output_size` measures the answer against the output cap.
+    pub(crate) fn call<R>(
+        &self,
+        input_size: usize,
+        f: impl FnOnce(
+            &mut Store<PluginState>,
+            &WorldInstance,
+        ) -> wasmtime::Result<Result<R, PluginError>>,
+        output_size: impl FnOnce(&R) -> usize,
+    ) -> Result<R, CallError> {
+        if let Err(trips) = self.breaker.check() {
+            self.metrics.record("circuit_open", Duration::ZERO);
+            return Err(CallError::CircuitOpen {
+                plugin: self.name.to_string(),
+                trips,
+            });
+        }
+        if input_size > self.limits.max_input_bytes {
+            self.metrics.record("input_too_large", Duration::ZERO);
+            return Err(CallError::InputTooLarge {
+                plugin: self.name.to_string(),
+                size: input_size,
+                limit: self.limits.max_input_bytes,
+            });
+        }
+        let started = Instant::now();
+        let pooled = POOLS.with(|p| p.borrow_mut().get_mut(&self.uid).and_then(Vec::pop));
+        let fresh = pooled.is_none();
+        let mut pooled = match pooled {
+            Some(p) => p,
+            None => match self.instantiate() {
+                Ok(p) => p,
+                Err(e) => return Err(self.trapped(classify(&e, None, &self.limits), started)),
+            },
+        };
+        let store = &mut pooled.store;
+        store.set_epoch_deadline(self.deadline_ticks());
+        {
+            let data = store.data_mut();
+            data.logs = 0;
+            data.panic = None;
+            data.limiter.denied = false;
+        }
+        let fuel_before = if self.fuel {
+            store.get_fuel().ok()
+        } else {
+            None
+        };
+        let result = f(store, &pooled.instance);
+        let elapsed = started.elapsed();
+        let data = pooled.store.data();
+        let stats = CallStats {
+            elapsed,
+            fuel: fuel_before.and_then(|b| pooled.store.get_fuel().ok().map(|a| b - a)),
+            peak_memory_bytes: data.limiter.peak,
+            fresh_instance: fresh,
+        };
+        if data.dropped_logs > 0 && data.logs > MAX_LOGS_PER_CALL {
+            tracing::warn!(plugin = %self.name, dropped = data.logs - MAX_LOGS_PER_CALL, "Plugin log lines over the per-call limit were dropped.");
+        }
+        LAST_STATS.with(|s| *s.borrow_mut() = stats);
+        match result {
+            Err(e) => {
+                let kind = classify(&e, Some(pooled.store.data()), &self.limits);
+                // The instance is dropped: a trapped instance is never reused.
+                Err(self.trapped(kind, started))
+            }
+            Ok(Err(error)) => {
+                // The plugin answered; the instance is healthy.
+                self.breaker.success();
+                self.metrics.record("plugin_error", elapsed);
+                self.repool(pooled);
+                Err(CallError::Plugin {
+                    plugin: self.name.to_string(),
+                    error,
+                })
+            }
+            Ok(Ok(value)) => {
+                let size = output_size(&value);
+                if size > self.limits.max_output_bytes {
+                    let kind = TrapKind::InvalidOutput {
+                        message: format!(
+                            "output of {size} bytes is over the {}-byte limit",
+                            self.limits.max_output_bytes
+                        ),
+                    };
+                    return Err(self.trapped(kind, started));
+                }
+                self.breaker.success();
+                self.metrics.record("ok", elapsed);
+                self.repool(pooled);
+                Ok(value)
+            }
+        }
+    }
+
+    /// Returns a healthy instance to this thread's pool, unless it has
+    /// served its calls or its memory grew.
+    fn repool(&self, mut pooled: Pooled) {
+        pooled.calls += 1;
+        let grown = pooled.store.data().limiter.current
+            > pooled.baseline_memory.saturating_mul(2).max(8 << 20);
+        if pooled.calls >= self.limits.recycle_after_calls || grown {
+            return;
+        }
+        POOLS.with(|p| {
+            let mut pools = p.borrow_mut();
+            let pool = pools.entry(self.uid).or_default();
+            if pool.len() < POOL_PER_THREAD {
+                pool.push(pooled);
+            }
+        });
+    }
+
+    fn trapped(&self, kind: TrapKind, started: Instant) -> CallError {
+        self.metrics.record(kind.outcome(), started.elapsed());
+        if self.breaker.failure() {
+            tracing::error!(plugin = %self.name, error = %kind, "Plugin failed repeatedly; its circuit is open for {} s.", BREAKER_COOLDOWN.as_secs());
+        } else {
+            tracing::warn!(plugin = %self.name, error = %kind, "Plugin call trapped; instance recycled.");
+        }
+        CallError::Trapped {
+            plugin: self.name.to_string(),
+            kind,
+        }
+    }
+
+    pub(crate) fn wrong_kind(&self, wanted: Kind) -> CallError {
+        CallError::WrongKind {
+            plugin: self.name.to_string(),
+            actual: self.kind(),
+            wanted,
+        }
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        // Only this thread's pool can be reached; other threads' instances
+        // go when their threads end.
+        let _ = POOLS.try_with(|p| p.borrow_mut().remove(&self.uid));
+    }
+}
+
+fn classify(e: &wasmtime::Error, state: Option<&PluginState>, limits: &Limits) -> TrapKind {
+    if let Some(state) = state {
+        if state.limiter.denied {
+            return TrapKind::OutOfMemory {
+                cap_bytes: limits.memory_bytes,
+            };
+        }
+        if let Some(message) = &state.panic {
+            return TrapKind::Panic {
+                message: message.clone(),
+            };
+        }
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => TrapKind::Timeout {
+            timeout_ms: limits.timeout_ms,
+        },
+        Some(trap) => TrapKind::Trap {
+            message: trap.to_string(),
+        },
+        // Not a trap: the guest's answer could not be lifted (bad UTF-8,
+        // out-of-range discriminant, pointer out of bounds…).
+        None => TrapKind::InvalidOutput {
+            message: format!("{e:#}"),
+        },
+    }
+}

@@ -1,0 +1,447 @@
+//! The host against the real components: built-ins loaded and cached,
+//! golden fixtures, the sandbox send path, and hostile plugins trapped or
+//! refused while the host keeps serving.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::bindings::classifier_types::{AnswerType, ClassifyContext};
+use super::bindings::connector_types::{Lane, OutboundMessage, SendOutcome, WebhookEvent};
+use super::fixture::{self, Fixture};
+use super::*;
+use crate::channel::{Executor, SandboxConfig, SandboxGateway};
+use crate::metrics::Metrics;
+
+fn host() -> PluginHost {
+    let h = PluginHost::new(HostOptions::default(), PluginMetrics::default()).unwrap();
+    h.load_builtins().unwrap();
+    h
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fixture_plugin(name: &str) -> (Manifest, PathBuf) {
+    let (manifest, component) = test_fixtures()
+        .iter()
+        .find(|(m, _)| {
+            Manifest::parse(&std::fs::read_to_string(m).unwrap())
+                .unwrap()
+                .name
+                == name
+        })
+        .unwrap_or_else(|| panic!("fixture plugin {name} was not built"));
+    (
+        Manifest::parse(&std::fs::read_to_string(manifest).unwrap()).unwrap(),
+        PathBuf::from(component),
+    )
+}
+
+fn yes_no() -> ClassifyContext {
+    ClassifyContext {
+        expected: AnswerType::YesNo,
+        choices: Vec::new(),
+        language_hint: None,
+    }
+}
+
+fn message(i: u32) -> OutboundMessage {
+    OutboundMessage {
+        id: format!("c1-{i}"),
+        to: format!("+2317700{i:05}"),
+        text: "Measles vaccination campaign starts Monday.".into(),
+        language: Some("en".into()),
+        lane: Lane::Normal,
+        expires_at_ms: None,
+        attempt: 1,
+    }
+}
+
+#[test]
+fn built_ins_load_describe_themselves_and_come_from_the_cache_the_second_time() {
+    let cache = tempfile::tempdir().unwrap();
+    let options = HostOptions {
+        cache_dir: Some(cache.path().to_owned()),
+        ..HostOptions::default()
+    };
+    let first = PluginHost::new(options.clone(), PluginMetrics::default()).unwrap();
+    let loaded = first.load_builtins().unwrap();
+    let mut names: Vec<(&str, Kind)> = loaded.iter().map(|l| (l.name.as_str(), l.kind)).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            ("ihris-practitioner", Kind::FhirMapper),
+            ("keywords", Kind::Classifier),
+            ("sandbox", Kind::Connector)
+        ]
+    );
+    assert!(loaded.iter().all(|l| !l.from_cache));
+    let info = first.get("sandbox").unwrap().connector_info().unwrap();
+    assert_eq!(
+        (info.max_batch, info.counts_segments, info.idempotent),
+        (100, true, true)
+    );
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 3);
+    drop(first);
+    let second = PluginHost::new(options, PluginMetrics::default()).unwrap();
+    assert!(
+        second.load_builtins().unwrap().iter().all(|l| l.from_cache),
+        "a restart does not recompile"
+    );
+    assert_eq!(
+        second
+            .get("keywords")
+            .unwrap()
+            .classify("ndiyo", &yes_no())
+            .unwrap()
+            .label,
+        "yes"
+    );
+}
+
+#[test]
+fn a_corrupt_cache_entry_is_recompiled_not_fatal() {
+    let cache = tempfile::tempdir().unwrap();
+    let options = HostOptions {
+        cache_dir: Some(cache.path().to_owned()),
+        ..HostOptions::default()
+    };
+    PluginHost::new(options.clone(), PluginMetrics::default())
+        .unwrap()
+        .load_builtins()
+        .unwrap();
+    for entry in std::fs::read_dir(cache.path()).unwrap() {
+        std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
+    }
+    let host = PluginHost::new(options, PluginMetrics::default()).unwrap();
+    assert!(host.load_builtins().unwrap().iter().all(|l| !l.from_cache));
+}
+
+#[test]
+fn every_golden_fixture_passes_on_the_built_components() {
+    let mut ran = 0;
+    for (plugin, dir) in [
+        ("sandbox", "plugins/connectors/sandbox/tests/fixtures"),
+        ("keywords", "plugins/classifiers/keywords/tests/fixtures"),
+        (
+            "ihris-practitioner",
+            "plugins/fhir/ihris-practitioner/tests/fixtures",
+        ),
+    ] {
+        let mut files: Vec<_> = std::fs::read_dir(workspace().join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for file in files {
+            let fx = Fixture::parse(&std::fs::read_to_string(&file).unwrap()).unwrap();
+            let mut settings = std::collections::BTreeMap::new();
+            if let Some(config) = &fx.config {
+                settings.insert(plugin.to_string(), config.clone());
+            }
+            let host = PluginHost::new(
+                HostOptions {
+                    settings,
+                    ..HostOptions::default()
+                },
+                PluginMetrics::default(),
+            )
+            .unwrap();
+            host.load_builtins().unwrap();
+            let result = fixture::run(&host.get(plugin).unwrap(), &fx).unwrap();
+            match fixture::check(&fx, &result) {
+                Some(Ok(())) => ran += 1,
+                Some(Err(diff)) => panic!("{}: {diff}", file.display()),
+                None => panic!("{} expects nothing", file.display()),
+            }
+        }
+    }
+    assert!(ran >= 19, "only {ran} fixtures ran");
+}
+
+#[test]
+fn the_sandbox_send_path_end_to_end() {
+    let host = host();
+    let sandbox = host.get("sandbox").unwrap();
+    let gateway = Arc::new(SandboxGateway::new(SandboxConfig {
+        receipt_delay_ms: 0,
+        reply_percent: 100.0,
+        replies: vec!["NDIYO".into()],
+        ..SandboxConfig::default()
+    }));
+    let executor = Executor::new(
+        "sandbox",
+        &sandbox.manifest().capabilities.allowed_hosts,
+        Some(gateway.clone()),
+    );
+    let m = message(7);
+    let request = sandbox.build_send(&m).unwrap();
+    let (response, _) = executor.execute(&request, 1000).unwrap();
+    let SendOutcome::Accepted(external) = sandbox.parse_send_response(&m, &response).unwrap()
+    else {
+        panic!("not accepted")
+    };
+    let hook = gateway.poll_webhooks(1000, 100).unwrap();
+    let result = sandbox.handle_webhook(&hook).unwrap();
+    assert_eq!(result.response.status, 200);
+    assert!(matches!(&result.events[0], WebhookEvent::Receipt(r) if r.external_id == external));
+    assert!(
+        matches!(&result.events[1], WebhookEvent::Inbound(i) if i.text == "NDIYO" && i.from == m.to)
+    );
+    // The reply classifies.
+    assert_eq!(
+        host.get("keywords")
+            .unwrap()
+            .classify("NDIYO", &yes_no())
+            .unwrap()
+            .language
+            .as_deref(),
+        Some("sw")
+    );
+    // A host the manifest does not allow is refused before anything is sent.
+    let mut elsewhere = request.clone();
+    elsewhere.url = "https://evil.example/steal".into();
+    assert!(
+        executor
+            .execute(&elsewhere, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("not allowed")
+    );
+}
+
+fn hostile() -> (PluginHost, Arc<Plugin>) {
+    let host = host();
+    let (manifest, component) = fixture_plugin("hostile-misbehave");
+    host.load_file(manifest, &component).unwrap();
+    let plugin = host.get("hostile-misbehave").unwrap();
+    (host, plugin)
+}
+
+fn trap_of(result: Result<impl std::fmt::Debug, CallError>) -> TrapKind {
+    match result {
+        Err(CallError::Trapped { kind, .. }) => kind,
+        other => panic!("expected a trap, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_infinite_loop_is_stopped_at_its_deadline_and_the_host_keeps_serving() {
+    let (host, plugin) = hostile();
+    let started = Instant::now();
+    let kind = trap_of(plugin.classify("loop", &yes_no()));
+    let took = started.elapsed();
+    assert_eq!(kind, TrapKind::Timeout { timeout_ms: 50 });
+    assert!(took < Duration::from_secs(2), "stopped after {took:?}");
+    // The same plugin serves the next call on a fresh instance, and so do others.
+    assert_eq!(plugin.classify("hello", &yes_no()).unwrap().label, "ok");
+    assert_eq!(
+        host.get("keywords")
+            .unwrap()
+            .classify("yes", &yes_no())
+            .unwrap()
+            .label,
+        "yes"
+    );
+}
+
+#[test]
+fn a_memory_bomb_hits_its_cap() {
+    let (_host, plugin) = hostile();
+    let kind = trap_of(plugin.classify("bomb", &yes_no()));
+    assert_eq!(
+        kind,
+        TrapKind::OutOfMemory {
+            cap_bytes: 32 << 20
+        }
+    );
+    assert_eq!(plugin.classify("fine", &yes_no()).unwrap().label, "ok");
+}
+
+#[test]
+fn a_panic_is_reported_with_its_message() {
+    let (_host, plugin) = hostile();
+    match trap_of(plugin.classify("panic", &yes_no())) {
+        TrapKind::Panic { message } => assert!(
+            message.contains("hostile plugin panicked on purpose"),
+            "{message}"
+        ),
+        other => panic!("expected a panic, got {other:?}"),
+    }
+}
+
+#[test]
+fn oversized_output_is_refused() {
+    let (_host, plugin) = hostile();
+    match trap_of(plugin.classify("big", &yes_no())) {
+        TrapKind::InvalidOutput { message } => {
+            assert!(message.contains("over the 262144-byte limit"), "{message}")
+        }
+        other => panic!("expected invalid output, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_filesystem_is_empty_to_a_plugin() {
+    let (_host, plugin) = hostile();
+    match plugin.classify("fs", &yes_no()) {
+        Err(CallError::Plugin {
+            error: bindings::PluginError::Permanent(m),
+            ..
+        }) => assert!(m.contains("no file access"), "{m}"),
+        other => panic!("a plugin must not read host files: {other:?}"),
+    }
+}
+
+#[test]
+fn a_plugin_importing_sockets_is_refused_at_load() {
+    let host = host();
+    let (manifest, component) = fixture_plugin("hostile-sockets");
+    let err = host
+        .load_file(manifest, &component)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("hostile-sockets") && err.contains("wasi:sockets"),
+        "{err}"
+    );
+    assert!(host.get("hostile-sockets").is_none());
+}
+
+#[test]
+fn repeated_traps_open_the_circuit() {
+    let (_host, plugin) = hostile();
+    for _ in 0..runtime::BREAKER_TRIPS {
+        trap_of(plugin.classify("panic", &yes_no()));
+    }
+    let started = Instant::now();
+    assert!(matches!(
+        plugin.classify("hello", &yes_no()),
+        Err(CallError::CircuitOpen { trips: 5, .. })
+    ));
+    assert!(
+        started.elapsed() < Duration::from_millis(5),
+        "an open circuit answers at once"
+    );
+}
+
+#[test]
+fn oversized_input_wrong_kind_and_plugin_errors_are_clear() {
+    let host = host();
+    let keywords = host.get("keywords").unwrap();
+    let err = keywords
+        .classify(&"a".repeat(100 << 10), &yes_no())
+        .unwrap_err();
+    assert!(
+        matches!(err, CallError::InputTooLarge { limit: 65536, .. }),
+        "{err:?}"
+    );
+    let err = keywords.build_send(&message(1)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "plugin keywords is a classifier, not a connector"
+    );
+    let mut unsigned = host
+        .get("sandbox")
+        .unwrap()
+        .build_send(&message(1))
+        .unwrap();
+    unsigned.url = "/webhooks/sandbox".into();
+    let err = host
+        .get("sandbox")
+        .unwrap()
+        .handle_webhook(&unsigned)
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            CallError::Plugin {
+                error: bindings::PluginError::Unauthorized(_),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        host.require("nope", Kind::Connector)
+            .unwrap_err()
+            .to_string()
+            .contains("loaded: ihris-practitioner, keywords, sandbox")
+    );
+}
+
+#[test]
+fn a_manifest_that_lies_about_its_kind_is_refused() {
+    let host = PluginHost::new(HostOptions::default(), PluginMetrics::default()).unwrap();
+    let keywords = BUILTIN
+        .iter()
+        .find(|b| b.manifest.contains("name = \"keywords\""))
+        .unwrap();
+    let mut manifest = Manifest::parse(keywords.manifest).unwrap();
+    manifest.kind = Kind::Connector;
+    let err = host
+        .load(manifest, keywords.component, "test")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not export the connector world"), "{err}");
+    let err = host
+        .load(
+            Manifest::parse(keywords.manifest).unwrap(),
+            b"\0asm garbage",
+            "garbage.wasm",
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("garbage.wasm is not a valid WebAssembly component"),
+        "{err}"
+    );
+}
+
+#[test]
+fn calls_are_counted_by_outcome_in_the_registry() {
+    let metrics = Metrics::new();
+    let host = PluginHost::new(HostOptions::default(), metrics.plugin.clone()).unwrap();
+    host.load_builtins().unwrap();
+    let keywords = host.get("keywords").unwrap();
+    for _ in 0..3 {
+        keywords.classify("yes", &yes_no()).unwrap();
+    }
+    let text = metrics.encode();
+    assert!(
+        text.contains("mhero_plugin_calls_total{plugin=\"keywords\",outcome=\"ok\"} 4"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mhero_plugin_call_duration_seconds_count{plugin=\"keywords\"} 4"),
+        "{text}"
+    );
+}
+
+#[test]
+fn threads_get_their_own_warm_instances() {
+    let host = Arc::new(host());
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let host = Arc::clone(&host);
+            std::thread::spawn(move || {
+                let keywords = host.get("keywords").unwrap();
+                for i in 0..200 {
+                    let text = if (i + t) % 2 == 0 { "oui" } else { "non" };
+                    let c = keywords.classify(text, &yes_no()).unwrap();
+                    assert_eq!(c.label, if text == "oui" { "yes" } else { "no" });
+                }
+                Plugin::last_call_stats().fresh_instance
+            })
+        })
+        .collect();
+    for h in handles {
+        assert!(
+            !h.join().unwrap(),
+            "later calls reuse the thread's warm instance"
+        );
+    }
+}
