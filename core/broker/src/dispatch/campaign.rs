@@ -1,0 +1,280 @@
+//! Campaigns: what an operator sends, to whom, how urgently, over which
+//! channels, until when; and the record the broker keeps of each.
+
+use std::collections::BTreeMap;
+
+use mhero_proto::Lane;
+use serde::{Deserialize, Serialize};
+
+/// A campaign as submitted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignSpec {
+    pub name: String,
+    #[serde(default = "normal")]
+    pub lane: Lane,
+    pub body: Body,
+    /// Channel names, in preference order: a recipient unreachable on one
+    /// (or without an address there) falls back to the next.
+    pub channels: Vec<String>,
+    pub audience: AudienceSpec,
+    /// Nothing is sent after this time (ms since the Unix epoch).
+    #[serde(default)]
+    pub expires_at_ms: Option<u64>,
+    /// Nothing is sent before this time.
+    #[serde(default)]
+    pub start_at_ms: Option<u64>,
+}
+
+fn normal() -> Lane {
+    Lane::Normal
+}
+
+/// The text, with per-language variants.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Body {
+    /// Used when no variant matches the recipient's language.
+    pub default: String,
+    /// BCP 47 language → text (`fr`, `pt-BR`, `sw`).
+    #[serde(default)]
+    pub variants: BTreeMap<String, String>,
+}
+
+impl Body {
+    pub fn text(default: &str) -> Self {
+        Self {
+            default: default.to_string(),
+            variants: BTreeMap::new(),
+        }
+    }
+
+    /// The text for a recipient's language: an exact variant, else the
+    /// variant of its primary language (`fr` for `fr-LR`), else the default.
+    pub fn for_language(&self, language: Option<&str>) -> (&str, Option<&str>) {
+        let Some(lang) = language else {
+            return (&self.default, None);
+        };
+        if let Some((l, t)) = self.variants.get_key_value(lang) {
+            return (t, Some(l));
+        }
+        let primary = lang.split('-').next().unwrap_or(lang);
+        match self.variants.get_key_value(primary) {
+            Some((l, t)) => (t, Some(l)),
+            None => (&self.default, None),
+        }
+    }
+}
+
+/// Who receives it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum AudienceSpec {
+    /// An explicit list, stored with the campaign.
+    Recipients(Vec<Recipient>),
+    /// A generated directory (demo, benchmarks): recipient `i` is derived
+    /// from `i`, nothing is stored.
+    Generated(GeneratedAudience),
+    /// An explicit list already stored (what the campaign record keeps).
+    Stored { count: u32 },
+}
+
+/// One recipient.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipient {
+    /// Phone number; normalised to E.164 with the default country.
+    #[serde(default)]
+    pub phone: Option<String>,
+    /// Addresses per channel name, where they differ from the phone
+    /// number (a WhatsApp id, a Telegram chat id).
+    #[serde(default)]
+    pub addresses: BTreeMap<String, String>,
+    /// Channels this recipient is known not to be on.
+    #[serde(default)]
+    pub not_on: Vec<String>,
+    #[serde(default)]
+    pub language: Option<String>,
+}
+
+impl Recipient {
+    /// The recipient's address on a channel, if any.
+    pub fn address(&self, channel: &str) -> Option<&str> {
+        if self.not_on.iter().any(|c| c == channel) {
+            return None;
+        }
+        self.addresses
+            .get(channel)
+            .map(String::as_str)
+            .or(self.phone.as_deref())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratedAudience {
+    pub count: u32,
+    /// Languages, assigned round-robin.
+    #[serde(default)]
+    pub languages: Vec<String>,
+    /// Share (percent) of recipients not on each named channel.
+    #[serde(default)]
+    pub not_on_percent: BTreeMap<String, f64>,
+    /// Country calling code and leading digits of the numbers.
+    #[serde(default = "liberia")]
+    pub prefix: String,
+}
+
+fn liberia() -> String {
+    "+2317".into()
+}
+
+impl GeneratedAudience {
+    pub fn recipient(&self, i: u32) -> Recipient {
+        let language = (!self.languages.is_empty())
+            .then(|| self.languages[i as usize % self.languages.len()].clone());
+        let not_on = self
+            .not_on_percent
+            .iter()
+            .filter(|(channel, pct)| {
+                // A fixed property of recipient `i` (and the channel).
+                let h =
+                    (u64::from(i) ^ channel.len() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
+                (h % 10_000) as f64 / 100.0 < **pct
+            })
+            .map(|(c, _)| c.clone())
+            .collect();
+        Recipient {
+            phone: Some(format!("{}{i:08}", self.prefix)),
+            addresses: BTreeMap::new(),
+            not_on,
+            language,
+        }
+    }
+}
+
+/// Where a campaign stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CampaignState {
+    /// Being stored; not yet accepted.
+    Preparing,
+    /// Its submission never completed (the broker stopped meanwhile).
+    Abandoned,
+    /// Waiting for `start_at_ms`.
+    Scheduled,
+    /// Fanning out and sending.
+    Sending,
+    /// Cancelled by an operator: nothing more is sent.
+    Cancelled,
+    /// Past `expires_at_ms`: nothing more is sent.
+    Expired,
+}
+
+impl CampaignState {
+    pub fn stops_sending(self) -> bool {
+        matches!(self, CampaignState::Cancelled | CampaignState::Expired)
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CampaignState::Preparing => "preparing",
+            CampaignState::Abandoned => "abandoned",
+            CampaignState::Scheduled => "scheduled",
+            CampaignState::Sending => "sending",
+            CampaignState::Cancelled => "cancelled",
+            CampaignState::Expired => "expired",
+        }
+    }
+}
+
+/// What the broker keeps of a campaign (the store's campaign body).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CampaignRecord {
+    pub spec: CampaignSpec,
+    pub state: CampaignState,
+    /// Recipients in the audience.
+    pub total: u32,
+    /// The fan-out cursor: recipients before it are enqueued (or settled).
+    pub cursor: u32,
+    pub created_ms: u64,
+    /// When it stopped sending (cancelled or expired).
+    pub stopped_ms: Option<u64>,
+}
+
+impl CampaignRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("campaign records serialize")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        postcard::from_bytes(bytes).map_err(|e| format!("unreadable campaign record: {e}"))
+    }
+
+    /// Recipients never fanned out because the campaign stopped.
+    pub fn unsent(&self) -> u32 {
+        if self.state.stops_sending() {
+            self.total - self.cursor
+        } else {
+            0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn language_variants_fall_back_to_the_primary_language_then_the_default() {
+        let mut body = Body::text("Measles campaign Monday.");
+        body.variants
+            .insert("fr".into(), "Campagne rougeole lundi.".into());
+        assert_eq!(body.for_language(Some("fr")).0, "Campagne rougeole lundi.");
+        assert_eq!(
+            body.for_language(Some("fr-LR")),
+            ("Campagne rougeole lundi.", Some("fr"))
+        );
+        assert_eq!(body.for_language(Some("sw")).0, "Measles campaign Monday.");
+        assert_eq!(body.for_language(None).0, "Measles campaign Monday.");
+    }
+
+    #[test]
+    fn addresses_per_channel() {
+        let r = Recipient {
+            phone: Some("+231770000001".into()),
+            addresses: [("telegram".to_string(), "chat-9".to_string())].into(),
+            not_on: vec!["whatsapp".into()],
+            language: None,
+        };
+        assert_eq!(r.address("sms"), Some("+231770000001"));
+        assert_eq!(r.address("telegram"), Some("chat-9"));
+        assert_eq!(r.address("whatsapp"), None);
+    }
+
+    #[test]
+    fn generated_audiences_are_deterministic_with_the_asked_shares() {
+        let g = GeneratedAudience {
+            count: 10_000,
+            languages: vec!["en".into(), "fr".into()],
+            not_on_percent: [("whatsapp".to_string(), 30.0)].into(),
+            prefix: "+2317".into(),
+        };
+        assert_eq!(g.recipient(42), g.recipient(42));
+        assert_eq!(g.recipient(3).language.as_deref(), Some("fr"));
+        assert_eq!(g.recipient(7).phone.as_deref(), Some("+231700000007"));
+        let off = (0..10_000)
+            .filter(|i| !g.recipient(*i).not_on.is_empty())
+            .count();
+        assert!((2700..3300).contains(&off), "{off}");
+    }
+
+    #[test]
+    fn specs_refuse_unknown_keys() {
+        let err = serde_json::from_str::<CampaignSpec>(
+            r#"{"name":"x","body":{"default":"hi"},"channels":["sms"],"audience":{"generated":{"count":1}},"priority":"high"}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("priority"), "{err}");
+    }
+}

@@ -1,0 +1,786 @@
+//! Dispatch: rate-limited, retrying, prioritised fan-out.
+//!
+//! # Layout
+//!
+//! - [`campaign`]: what is sent (body with language variants, audience,
+//!   lane, channel preference, expiry, start time) and the record kept.
+//! - [`audience`]: the audience cursor: explicit stored lists and
+//!   generated directories, read page by page.
+//! - [`channel`]: one task per channel: lease (highest lane first, fair
+//!   across campaigns), rate limit (GCRA, SMS segments), in-flight window,
+//!   connector calls, outcome → settle (wired / retry / fallback / dead).
+//! - [`ratelimit`], [`retry`], [`segments`]: the channel's rate (cut on
+//!   throttling, recovered gradually), backoff with jitter, SMS segments.
+//! - [`clock`]: tokio time, so tests run on a paused clock.
+//! - [`metrics`]: deliveries, depths, waits, retries, receipts.
+//!
+//! Data moves: `submit` stores the campaign → the fan-out task expands
+//! its audience a page at a time into the channel queues (cursor and
+//! deliveries in one batch) while the campaign's queued deliveries stay
+//! under `fanout_ahead` → channel tasks lease, send and settle → receipts
+//! move settled deliveries up the status ladder.
+
+pub mod audience;
+pub mod campaign;
+pub mod channel;
+pub mod clock;
+pub mod metrics;
+pub mod ratelimit;
+pub mod retry;
+pub mod segments;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use mhero_proto::{CampaignId, ChannelId, DeliveryStatus, Lane};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+pub use audience::AudienceCursor;
+pub use campaign::{
+    AudienceSpec, Body, CampaignRecord, CampaignSpec, CampaignState, GeneratedAudience, Recipient,
+};
+pub use clock::TokioClock;
+pub use metrics::DispatchMetrics;
+pub use retry::RetryPolicy;
+
+use crate::config::{ChannelConfig, DispatchConfig};
+use crate::error::{Error, Result};
+use crate::plugin::PluginHost;
+use crate::store::{NewDelivery, QueueKey, Store};
+
+/// A recipient the submission refused, and why.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Rejected {
+    pub index: usize,
+    pub reason: String,
+}
+
+/// The answer to a submission.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Submitted {
+    pub id: CampaignId,
+    /// Recipients accepted into the audience.
+    pub accepted: u32,
+    pub rejected: Vec<Rejected>,
+}
+
+/// A campaign's exact counts, readable while it runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Progress {
+    pub id: String,
+    pub name: String,
+    pub lane: &'static str,
+    pub state: &'static str,
+    pub total: u64,
+    /// Recipients expanded into queues so far.
+    pub fanned_out: u64,
+    /// Ready, leased or waiting for a retry.
+    pub queued: u64,
+    pub wired: u64,
+    pub sent: u64,
+    pub delivered: u64,
+    pub read: u64,
+    pub failed: u64,
+    /// Dead letters (failed, kept with their history, replayable).
+    pub dead: u64,
+    pub expired: u64,
+    pub cancelled: u64,
+    pub retries: u64,
+    pub rerouted: u64,
+    pub redelivered: u64,
+    /// Every recipient has ended.
+    pub done: bool,
+}
+
+/// An active campaign in memory.
+pub(crate) struct Live {
+    pub id: CampaignId,
+    pub record: Mutex<CampaignRecord>,
+    pub stopped: AtomicBool,
+    pub audience: Box<dyn AudienceCursor>,
+    /// Channel ids in preference order (`None`: not configured here).
+    pub routes: Vec<(String, Option<ChannelId>)>,
+    pub lane: Lane,
+    pub body: Body,
+    pub expires_at_ms: Option<u64>,
+    pub start_at_ms: Option<u64>,
+    pub fanned_out: AtomicBool,
+}
+
+impl Live {
+    fn stop_reason(&self, now_ms: u64) -> Option<DeliveryStatus> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return Some(match self.record.lock().state {
+                CampaignState::Expired => DeliveryStatus::Expired,
+                _ => DeliveryStatus::Cancelled,
+            });
+        }
+        match self.expires_at_ms {
+            Some(t) if now_ms >= t => Some(DeliveryStatus::Expired),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    pub store: Arc<Store>,
+    pub clock: TokioClock,
+    pub config: DispatchConfig,
+    pub campaigns: RwLock<BTreeMap<CampaignId, Arc<Live>>>,
+    pub channels: BTreeMap<String, Arc<channel::Channel>>,
+    pub metrics: DispatchMetrics,
+    /// New ready work: fan-out, promotions, replays.
+    pub work: Notify,
+    /// Queues drained: fan-out may expand more.
+    pub fanout_wake: Notify,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    pub fn campaign(&self, id: CampaignId) -> Option<Arc<Live>> {
+        self.campaigns.read().get(&id).cloned()
+    }
+}
+
+/// The running dispatcher: a fan-out task, one task per channel, receipt
+/// collection and housekeeping.
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Dispatcher {
+    /// Starts dispatching on `store` through `channels`, resuming every
+    /// campaign the store holds. Must run inside a tokio runtime.
+    pub fn start(
+        store: Arc<Store>,
+        plugins: &PluginHost,
+        channels: &BTreeMap<String, ChannelConfig>,
+        config: DispatchConfig,
+        clock: TokioClock,
+        metrics: DispatchMetrics,
+    ) -> Result<Self> {
+        let (tx, rx) = watch::channel(false);
+        let mut built = BTreeMap::new();
+        for (name, c) in channels {
+            let ch = channel::Channel::new(name, c, &store, plugins, clock)?;
+            built.insert(name.to_string(), Arc::new(ch));
+        }
+        let shared = Arc::new(Shared {
+            store,
+            clock,
+            config,
+            campaigns: RwLock::new(BTreeMap::new()),
+            channels: built,
+            metrics,
+            work: Notify::new(),
+            fanout_wake: Notify::new(),
+            shutdown: rx,
+        });
+        resume(&shared)?;
+        let mut tasks = Vec::new();
+        for ch in shared.channels.values() {
+            tasks.push(tokio::spawn(channel::run(
+                Arc::clone(&shared),
+                Arc::clone(ch),
+            )));
+            if ch.sandbox.is_some() {
+                tasks.push(tokio::spawn(channel::collect_receipts(
+                    Arc::clone(&shared),
+                    Arc::clone(ch),
+                )));
+            }
+        }
+        tasks.push(tokio::spawn(fan_out_task(Arc::clone(&shared))));
+        tasks.push(tokio::spawn(housekeeping(Arc::clone(&shared))));
+        Ok(Self {
+            shared,
+            shutdown: tx,
+            tasks,
+        })
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.shared.store
+    }
+
+    pub fn channel_names(&self) -> Vec<String> {
+        self.shared.channels.keys().cloned().collect()
+    }
+
+    /// The simulated gateway behind a channel, if it has one.
+    pub fn sandbox(&self, channel: &str) -> Option<Arc<crate::channel::SandboxGateway>> {
+        self.shared
+            .channels
+            .get(channel)
+            .and_then(|c| c.sandbox.clone())
+    }
+
+    /// Accepts a campaign: checks it, stores it, and starts sending at once
+    /// (or at its start time). Recipients with invalid numbers are left out
+    /// and listed, with the reason.
+    pub async fn submit(&self, spec: CampaignSpec) -> Result<Submitted> {
+        let shared = &self.shared;
+        validate(shared, &spec)?;
+        let now = crate::store::Clock::now_ms(&shared.clock);
+        let (audience_spec, recipients, rejected) = match &spec.audience {
+            AudienceSpec::Recipients(list) => {
+                let (ok, rejected) = normalize(list, &shared.config.default_country);
+                if ok.is_empty() {
+                    return Err(Error::Invalid(format!(
+                        "no valid recipient among {} (first problem: {})",
+                        list.len(),
+                        rejected
+                            .first()
+                            .map_or("the list is empty".to_string(), |r| format!(
+                                "#{}: {}",
+                                r.index, r.reason
+                            ))
+                    )));
+                }
+                (
+                    AudienceSpec::Stored {
+                        count: ok.len() as u32,
+                    },
+                    ok,
+                    rejected,
+                )
+            }
+            AudienceSpec::Generated(g) => {
+                (AudienceSpec::Generated(g.clone()), Vec::new(), Vec::new())
+            }
+            AudienceSpec::Stored { .. } => {
+                return Err(Error::Invalid(
+                    "audience: give recipients or a generated audience".into(),
+                ));
+            }
+        };
+        let total = match &audience_spec {
+            AudienceSpec::Stored { count } => *count,
+            AudienceSpec::Generated(g) => g.count,
+            AudienceSpec::Recipients(_) => unreachable!("replaced above"),
+        };
+        let mut stored_spec = spec.clone();
+        stored_spec.audience = audience_spec;
+        let mut record = CampaignRecord {
+            spec: stored_spec,
+            state: CampaignState::Preparing,
+            total,
+            cursor: 0,
+            created_ms: now,
+            stopped_ms: None,
+        };
+        let id = shared.store.create_campaign(record.encode()).await?;
+        for (chunk_no, chunk) in recipients.chunks(10_000).enumerate() {
+            let encoded = chunk.iter().map(audience::encode).collect();
+            shared
+                .store
+                .put_audience(id, (chunk_no * 10_000) as u32, encoded)
+                .await?;
+        }
+        record.state = if spec.start_at_ms.is_some_and(|t| t > now) {
+            CampaignState::Scheduled
+        } else {
+            CampaignState::Sending
+        };
+        shared.store.update_campaign(id, record.encode()).await?;
+        let live = live(shared, id, record)?;
+        shared.campaigns.write().insert(id, live);
+        shared.fanout_wake.notify_one();
+        tracing::info!(campaign = %id, lane = %spec.lane, recipients = total, rejected = rejected.len(), "Campaign accepted.");
+        Ok(Submitted {
+            id,
+            accepted: total,
+            rejected,
+        })
+    }
+
+    /// Stops a campaign: nothing more of it is sent (within one lease round
+    /// of each channel); what is queued settles as cancelled.
+    pub async fn cancel(&self, id: CampaignId) -> Result<()> {
+        self.stop(id, CampaignState::Cancelled).await
+    }
+
+    async fn stop(&self, id: CampaignId, state: CampaignState) -> Result<()> {
+        stop_campaign(&self.shared, id, state).await
+    }
+
+    pub fn progress(&self, id: CampaignId) -> Option<Progress> {
+        progress(&self.shared, id)
+    }
+
+    /// Progress of every campaign the dispatcher knows.
+    pub fn all_progress(&self) -> Vec<Progress> {
+        let ids: Vec<CampaignId> = self.shared.campaigns.read().keys().copied().collect();
+        ids.into_iter()
+            .filter_map(|id| progress(&self.shared, id))
+            .collect()
+    }
+
+    /// Waits until every listed campaign is done, or the timeout passes.
+    pub async fn wait_done(&self, ids: &[CampaignId], timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if ids
+                .iter()
+                .all(|id| self.progress(*id).is_some_and(|p| p.done))
+            {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops every task after its current round and waits for them.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        self.shared.work.notify_waiters();
+        self.shared.fanout_wake.notify_waiters();
+        for t in self.tasks.drain(..) {
+            let _ = t.await;
+        }
+    }
+}
+
+fn validate(shared: &Shared, spec: &CampaignSpec) -> Result<()> {
+    if spec.name.trim().is_empty() {
+        return Err(Error::Invalid("name must not be empty".into()));
+    }
+    if spec.body.default.trim().is_empty() {
+        return Err(Error::Invalid("body.default must not be empty".into()));
+    }
+    for (lang, text) in &spec.body.variants {
+        if text.trim().is_empty() {
+            return Err(Error::Invalid(format!(
+                "body.variants.{lang} must not be empty"
+            )));
+        }
+    }
+    if spec.channels.is_empty() {
+        return Err(Error::Invalid(
+            "channels must name at least one channel".into(),
+        ));
+    }
+    for c in &spec.channels {
+        if !shared.channels.contains_key(c) {
+            let known: Vec<&str> = shared.channels.keys().map(String::as_str).collect();
+            return Err(Error::Invalid(format!(
+                "unknown channel {c:?} (configured: {})",
+                known.join(", ")
+            )));
+        }
+    }
+    if let (Some(start), Some(end)) = (spec.start_at_ms, spec.expires_at_ms)
+        && end <= start
+    {
+        return Err(Error::Invalid(
+            "expires_at_ms must be after start_at_ms".into(),
+        ));
+    }
+    if let AudienceSpec::Generated(g) = &spec.audience
+        && g.count == 0
+    {
+        return Err(Error::Invalid(
+            "audience.generated.count must be > 0".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// E.164-normalises phone numbers with the default country; refuses what
+/// does not parse or has no address at all.
+pub fn normalize(list: &[Recipient], country: &str) -> (Vec<Recipient>, Vec<Rejected>) {
+    let region = country.parse::<phonenumber::country::Id>().ok();
+    let mut ok = Vec::with_capacity(list.len());
+    let mut rejected = Vec::new();
+    for (index, r) in list.iter().enumerate() {
+        let mut r = r.clone();
+        if let Some(raw) = &r.phone {
+            match phonenumber::parse(region, raw) {
+                Ok(number) if phonenumber::is_valid(&number) => {
+                    r.phone = Some(number.format().mode(phonenumber::Mode::E164).to_string());
+                }
+                Ok(_) => {
+                    rejected.push(Rejected {
+                        index,
+                        reason: format!("{raw:?} is not a valid phone number for its country"),
+                    });
+                    continue;
+                }
+                Err(e) => {
+                    rejected.push(Rejected {
+                        index,
+                        reason: format!("{raw:?} is not a phone number: {e}"),
+                    });
+                    continue;
+                }
+            }
+        } else if r.addresses.is_empty() {
+            rejected.push(Rejected {
+                index,
+                reason: "no phone number and no channel address".into(),
+            });
+            continue;
+        }
+        ok.push(r);
+    }
+    (ok, rejected)
+}
+
+fn live(shared: &Shared, id: CampaignId, record: CampaignRecord) -> Result<Arc<Live>> {
+    let spec = &record.spec;
+    let audience: Box<dyn AudienceCursor> = match &spec.audience {
+        AudienceSpec::Stored { count } => Box::new(audience::StoredAudience {
+            store: Arc::clone(&shared.store),
+            campaign: id,
+            count: *count,
+        }),
+        AudienceSpec::Generated(g) => Box::new(g.clone()),
+        AudienceSpec::Recipients(_) => {
+            return Err(Error::Invalid(format!(
+                "campaign {id}: its record holds an unstored list"
+            )));
+        }
+    };
+    let routes = spec
+        .channels
+        .iter()
+        .map(|c| (c.clone(), shared.channels.get(c).map(|ch| ch.id)))
+        .collect();
+    let stopped = record.state.stops_sending();
+    let fanned_out = record.cursor >= record.total;
+    Ok(Arc::new(Live {
+        id,
+        lane: spec.lane,
+        body: spec.body.clone(),
+        expires_at_ms: spec.expires_at_ms,
+        start_at_ms: spec.start_at_ms,
+        routes,
+        audience,
+        stopped: AtomicBool::new(stopped),
+        fanned_out: AtomicBool::new(fanned_out || stopped),
+        record: Mutex::new(record),
+    }))
+}
+
+/// Loads every campaign the store holds.
+fn resume(shared: &Shared) -> Result<()> {
+    let mut resumed = 0;
+    for (id, bytes) in shared.store.campaigns()? {
+        let mut record = CampaignRecord::decode(&bytes).map_err(|message| Error::BadRecord {
+            cf: "campaigns",
+            key: id.to_string(),
+            message,
+        })?;
+        if record.state == CampaignState::Preparing {
+            // Its submission never completed, so nobody was told it was
+            // accepted: it is dropped, not sent.
+            tracing::warn!(campaign = %id, "Campaign submission did not complete before the last stop; it is abandoned.");
+            record.state = CampaignState::Abandoned;
+            shared.store.update_campaign(id, record.encode()).wait()?;
+            continue;
+        }
+        if record.state == CampaignState::Abandoned {
+            continue;
+        }
+        let live = live(shared, id, record)?;
+        let done = progress_of(shared, &live).done;
+        if !done {
+            resumed += 1;
+        }
+        shared.campaigns.write().insert(id, live);
+    }
+    if resumed > 0 {
+        tracing::info!(campaigns = resumed, "Resuming campaigns.");
+    }
+    Ok(())
+}
+
+async fn stop_campaign(shared: &Shared, id: CampaignId, state: CampaignState) -> Result<()> {
+    let Some(live) = shared.campaign(id) else {
+        return Err(Error::Invalid(format!("no campaign {id}")));
+    };
+    let bytes = {
+        let mut record = live.record.lock();
+        if record.state.stops_sending() {
+            return Ok(());
+        }
+        record.state = state;
+        record.stopped_ms = Some(crate::store::Clock::now_ms(&shared.clock));
+        live.stopped.store(true, Ordering::Relaxed);
+        live.fanned_out.store(true, Ordering::Relaxed);
+        record.encode()
+    };
+    shared.store.update_campaign(id, bytes).await?;
+    tracing::info!(campaign = %id, state = ?state, "Campaign stopped.");
+    shared.work.notify_waiters();
+    Ok(())
+}
+
+fn progress(shared: &Shared, id: CampaignId) -> Option<Progress> {
+    shared.campaign(id).map(|live| progress_of(shared, &live))
+}
+
+fn progress_of(shared: &Shared, live: &Live) -> Progress {
+    let k = shared.store.counters(live.id);
+    let record = live.record.lock();
+    let unsent = u64::from(record.unsent());
+    let cancelled_unsent = if record.state == CampaignState::Cancelled {
+        unsent
+    } else {
+        0
+    };
+    let expired_unsent = if record.state == CampaignState::Expired {
+        unsent
+    } else {
+        0
+    };
+    let s = |st| k.status(st);
+    let p = Progress {
+        id: live.id.to_string(),
+        name: record.spec.name.clone(),
+        lane: live.lane.as_str(),
+        state: record.state.as_str(),
+        total: u64::from(record.total),
+        fanned_out: u64::from(record.cursor),
+        queued: k.queued(),
+        wired: s(DeliveryStatus::Wired),
+        sent: s(DeliveryStatus::Sent),
+        delivered: s(DeliveryStatus::Delivered),
+        read: s(DeliveryStatus::Read),
+        failed: s(DeliveryStatus::Failed),
+        dead: k.dead,
+        expired: s(DeliveryStatus::Expired) + expired_unsent,
+        cancelled: s(DeliveryStatus::Cancelled) + cancelled_unsent,
+        retries: k.retries,
+        rerouted: k.rerouted,
+        redelivered: k.redelivered,
+        done: false,
+    };
+    let ended = k.settled() + k.dead + unsent;
+    Progress {
+        done: ended >= u64::from(record.total) && k.queued() == 0,
+        ..p
+    }
+}
+
+/// Expands audiences into channel queues, a page at a time, while each
+/// campaign's queued deliveries stay under `fanout_ahead`.
+async fn fan_out_task(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let mut progressed = false;
+        let active: Vec<Arc<Live>> = shared
+            .campaigns
+            .read()
+            .values()
+            .filter(|l| !l.fanned_out.load(Ordering::Relaxed))
+            .cloned()
+            .collect();
+        for live in active {
+            match fan_out_step(&shared, &live).await {
+                Ok(moved) => progressed |= moved,
+                Err(e) => {
+                    tracing::error!(campaign = %live.id, error = %e, "Fan-out failed; retrying shortly.");
+                }
+            }
+        }
+        if progressed {
+            shared.work.notify_waiters();
+            tokio::task::yield_now().await;
+            continue;
+        }
+        tokio::select! {
+            () = shared.fanout_wake.notified() => {}
+            () = tokio::time::sleep(Duration::from_millis(shared.config.tick_ms)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// One page of one campaign. Returns whether anything moved.
+async fn fan_out_step(shared: &Shared, live: &Live) -> Result<bool> {
+    let now = crate::store::Clock::now_ms(&shared.clock);
+    if live.stopped.load(Ordering::Relaxed) {
+        return Ok(false);
+    }
+    if live.start_at_ms.is_some_and(|t| now < t) {
+        return Ok(false);
+    }
+    if live.expires_at_ms.is_some_and(|t| now >= t) {
+        stop_campaign(shared, live.id, CampaignState::Expired).await?;
+        return Ok(false);
+    }
+    let k = shared.store.counters(live.id);
+    if k.queued() >= shared.config.fanout_ahead {
+        return Ok(false);
+    }
+    let (cursor, total) = {
+        let r = live.record.lock();
+        (r.cursor, r.total)
+    };
+    if cursor >= total {
+        live.fanned_out.store(true, Ordering::Relaxed);
+        return Ok(false);
+    }
+    let page = live.audience.page(cursor, shared.config.fanout_page)?;
+    let next = page.last().map_or(total, |(i, _)| i + 1);
+    let mut queues: HashMap<ChannelId, Vec<NewDelivery>> = HashMap::new();
+    let mut unreachable = Vec::new();
+    for (index, recipient) in page {
+        match route(live, &recipient, 0) {
+            Some((channel, route_no, address)) => {
+                queues.entry(channel).or_default().push(NewDelivery {
+                    index,
+                    recipient: address,
+                    route: route_no,
+                    language: recipient.language.clone(),
+                })
+            }
+            None => unreachable.push((index, no_route_reason(live))),
+        }
+    }
+    let bytes = {
+        let mut r = live.record.lock();
+        r.cursor = next;
+        if r.state == CampaignState::Scheduled {
+            r.state = CampaignState::Sending;
+        }
+        r.encode()
+    };
+    let queues = queues
+        .into_iter()
+        .map(|(channel, items)| {
+            (
+                QueueKey {
+                    channel,
+                    lane: live.lane,
+                    campaign: live.id,
+                },
+                items,
+            )
+        })
+        .collect();
+    shared
+        .store
+        .fan_out(live.id, bytes, queues, unreachable)
+        .await?;
+    if next >= total {
+        live.fanned_out.store(true, Ordering::Relaxed);
+    }
+    Ok(true)
+}
+
+/// The first channel from preference position `from` on which the
+/// recipient has an address: (channel, position, address).
+pub(crate) fn route(
+    live: &Live,
+    recipient: &Recipient,
+    from: usize,
+) -> Option<(ChannelId, u8, String)> {
+    live.routes
+        .iter()
+        .enumerate()
+        .skip(from)
+        .find_map(|(i, (name, id))| {
+            let id = (*id)?;
+            recipient
+                .address(name)
+                .map(|a| (id, i as u8, a.to_string()))
+        })
+}
+
+fn no_route_reason(live: &Live) -> String {
+    let names: Vec<&str> = live.routes.iter().map(|(n, _)| n.as_str()).collect();
+    format!(
+        "no address on any of the campaign's channels ({})",
+        names.join(", ")
+    )
+}
+
+/// Due retries, expiry, gauges.
+async fn housekeeping(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    let mut last_gauges = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(shared.config.tick_ms)) => {}
+            _ = shutdown.changed() => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        // Inline: a promotion waits at most one commit, and only when
+        // something is due.
+        match shared.store.promote_due() {
+            Ok(n) if n > 0 => shared.work.notify_waiters(),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "Promoting due retries failed."),
+        }
+        let now = crate::store::Clock::now_ms(&shared.clock);
+        let expiring: Vec<CampaignId> = shared
+            .campaigns
+            .read()
+            .values()
+            .filter(|l| {
+                !l.stopped.load(Ordering::Relaxed) && l.expires_at_ms.is_some_and(|t| now >= t)
+            })
+            .map(|l| l.id)
+            .collect();
+        for id in expiring {
+            if let Err(e) = stop_campaign(&shared, id, CampaignState::Expired).await {
+                tracing::error!(campaign = %id, error = %e, "Cannot expire campaign.");
+            }
+            shared.work.notify_waiters();
+        }
+        if last_gauges.elapsed() >= Duration::from_secs(1) {
+            last_gauges = tokio::time::Instant::now();
+            update_gauges(&shared, now);
+        }
+    }
+}
+
+fn update_gauges(shared: &Shared, now_ms: u64) {
+    let m = &shared.metrics;
+    for (name, ch) in &shared.channels {
+        let depth = shared.store.depth(ch.id);
+        for lane in Lane::ALL {
+            let i = lane.code() as usize;
+            for (state, v) in [("ready", depth.ready[i]), ("leased", depth.leased[i])] {
+                m.depth
+                    .get_or_create(&metrics::DepthLabels {
+                        channel: name.clone(),
+                        lane: lane.as_str(),
+                        state,
+                    })
+                    .set(v as i64);
+            }
+        }
+        let age = match shared.store.oldest_ready_ms(ch.id) {
+            Ok(Some(t)) => now_ms.saturating_sub(t) as f64 / 1000.0,
+            _ => 0.0,
+        };
+        m.oldest_ready_age
+            .get_or_create(&metrics::ChannelLabel {
+                channel: name.clone(),
+            })
+            .set(age);
+    }
+    let g = shared.store.globals();
+    m.delayed.set(g.delayed as i64);
+    m.dead_letters.set(g.dead as i64);
+}
