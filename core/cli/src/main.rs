@@ -1,0 +1,112 @@
+//! `mhero`: the broker's command line.
+//!
+//! # Layout
+//!
+//! - `main.rs`: arguments, logging, config loading, dispatch to commands.
+//! - `demo.rs`: `mhero demo`, the guided first run on the embedded store.
+//! - `status.rs`: `mhero status`, what a store holds.
+//! - `dead.rs`: `mhero dead list|replay`, dead letters.
+//! - `plugin.rs`: `mhero plugin test|list`, plugins under production limits.
+
+mod dead;
+mod demo;
+mod plugin;
+mod status;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use mhero_broker::Config;
+use mhero_broker::config::EngineKind;
+
+#[derive(Parser)]
+#[command(
+    name = "mhero",
+    version,
+    about = "mHero broker: reach every health worker, fast, over the phones they carry"
+)]
+struct Cli {
+    /// Config file (TOML). Without one, the defaults apply.
+    #[arg(long, global = true, env = "MHERO_CONFIG")]
+    config: Option<PathBuf>,
+    /// Overrides `data_dir` from the config.
+    #[arg(long, global = true, env = "MHERO_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs a generated campaign through the embedded store and reports.
+    Demo(demo::DemoArgs),
+    /// Shows what a store holds: campaigns, counts, queues, dead letters.
+    Status(status::StatusArgs),
+    /// Dead letters: list, replay.
+    #[command(subcommand)]
+    Dead(dead::DeadCommand),
+    /// Plugin tools.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+    /// Prints the example configuration with every default.
+    ConfigExample,
+    /// Loads and validates a config file.
+    ConfigCheck { file: PathBuf },
+}
+
+pub const EXAMPLE_CONFIG: &str = include_str!("../../../config/mhero.example.toml");
+
+fn main() -> std::process::ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MHERO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let load = || -> Result<Config> {
+        let mut config = match &cli.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(dir) = &cli.data_dir {
+            config.data_dir = dir.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    };
+    match &cli.command {
+        Command::Demo(args) => demo::run(load()?, args),
+        Command::Status(args) => {
+            let config = load()?;
+            if config.store.engine == EngineKind::Memory {
+                anyhow::bail!(
+                    "`mhero status` reads a store on disk; the config selects the memory engine"
+                );
+            }
+            status::run(&config, args)
+        }
+        Command::Plugin(command) => plugin::run(&load()?, command),
+        Command::Dead(command) => dead::run(&load()?, command),
+        Command::ConfigExample => {
+            print!("{EXAMPLE_CONFIG}");
+            Ok(())
+        }
+        Command::ConfigCheck { file } => {
+            Config::load(file)
+                .with_context(|| format!("{} is not a valid mhero config", file.display()))?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+    }
+}
