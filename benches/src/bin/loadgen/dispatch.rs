@@ -1,0 +1,348 @@
+//! Dispatcher scenarios through the sandbox connector. The sandbox gateway
+//! is a simulator inside the broker, so these measure the broker itself:
+//! store, fan-out, scheduler, plugin calls.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use mhero_benches::{peak_rss_mb, round};
+use mhero_broker::Config;
+use mhero_broker::channel::SandboxConfig;
+use mhero_broker::config::{ChannelConfig, DispatchConfig, Durability};
+use mhero_broker::dispatch::{
+    AudienceSpec, Body, CampaignSpec, Dispatcher, GeneratedAudience, TokioClock,
+};
+use mhero_broker::metrics::Metrics;
+use mhero_broker::plugin::{HostOptions, PluginHost};
+use mhero_proto::{CampaignId, Lane};
+use serde_json::json;
+
+#[derive(clap::Args)]
+pub struct FanoutArgs {
+    /// Recipients of the one campaign.
+    #[arg(long, default_value_t = 1_000_000)]
+    n: u32,
+    /// Messages per gateway request (the connector's batch form); 1: one
+    /// request per message.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// "sync" or "async".
+    #[arg(long, default_value = "sync")]
+    durability: String,
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct PreemptArgs {
+    /// Bulk deliveries backlogged.
+    #[arg(long, default_value_t = 1_000_000)]
+    bulk: u32,
+    /// Emergency deliveries.
+    #[arg(long, default_value_t = 10_000)]
+    emergency: u32,
+    /// The channel's rate (messages per second).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+pub struct RatelimitArgs {
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Burst of the GCRA limit.
+    #[arg(long, default_value_t = 5)]
+    burst: u32,
+    /// Seconds to measure.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+struct Bench {
+    dispatcher: Dispatcher,
+    _scratch: tempfile::TempDir,
+    _plugins: PluginHost,
+}
+
+fn config(dir: Option<&PathBuf>, durability: &str) -> Result<(Config, tempfile::TempDir)> {
+    let parent = dir.cloned().unwrap_or_else(std::env::temp_dir);
+    let scratch = tempfile::tempdir_in(&parent)
+        .with_context(|| format!("creating a scratch folder in {}", parent.display()))?;
+    let mut config = Config {
+        data_dir: scratch.path().join("store"),
+        ..Config::default()
+    };
+    config.store.durability = match durability {
+        "sync" => Durability::Sync,
+        "async" => Durability::Async,
+        other => bail!("--durability must be sync or async, not {other:?}"),
+    };
+    Ok((config, scratch))
+}
+
+async fn start(
+    config: Config,
+    scratch: tempfile::TempDir,
+    channels: BTreeMap<String, ChannelConfig>,
+) -> Result<Bench> {
+    let metrics = Metrics::new();
+    let clock = TokioClock::new();
+    let (store, _) =
+        mhero_broker::store::open_with_clock(&config, metrics.store.clone(), Arc::new(clock))?;
+    let plugins = PluginHost::new(
+        HostOptions {
+            cache_dir: Some(config.plugin_cache_dir()),
+            ..HostOptions::default()
+        },
+        metrics.plugin.clone(),
+    )?;
+    plugins.load_builtins()?;
+    let dispatch = DispatchConfig {
+        fanout_page: 5000,
+        fanout_ahead: 50_000,
+        ..DispatchConfig::default()
+    };
+    let dispatcher = Dispatcher::start(
+        Arc::new(store),
+        &plugins,
+        &channels,
+        dispatch,
+        clock,
+        metrics.dispatch.clone(),
+    )?;
+    Ok(Bench {
+        dispatcher,
+        _scratch: scratch,
+        _plugins: plugins,
+    })
+}
+
+fn sandbox(rate: f64, burst: u32, batch: usize, record_times: bool) -> ChannelConfig {
+    ChannelConfig {
+        rate,
+        burst,
+        batch,
+        window: 64,
+        count_segments: Some(false),
+        sandbox: SandboxConfig {
+            receipts: false,
+            record_times,
+            ..SandboxConfig::default()
+        },
+        ..ChannelConfig::default()
+    }
+}
+
+fn campaign(name: &str, lane: Lane, count: u32) -> CampaignSpec {
+    CampaignSpec {
+        name: name.into(),
+        lane,
+        body: Body::text("Cholera alert: report suspected cases to the county health team today."),
+        channels: vec!["sms".into()],
+        audience: AudienceSpec::Generated(GeneratedAudience {
+            count,
+            languages: Vec::new(),
+            not_on_percent: BTreeMap::new(),
+            prefix: "+2317".into(),
+        }),
+        expires_at_ms: None,
+        start_at_ms: None,
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Acceptance-to-wire latency percentiles from the status records.
+fn wire_latencies(bench: &Bench, id: CampaignId, accepted_ms: u64) -> Result<(f64, f64)> {
+    let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
+    bench.dispatcher.store().scan_statuses(id, &mut |_, rec| {
+        h.saturating_record(rec.updated_ms.saturating_sub(accepted_ms).max(1));
+        Ok(true)
+    })?;
+    Ok((
+        h.value_at_quantile(0.5) as f64,
+        h.value_at_quantile(0.99) as f64,
+    ))
+}
+
+pub fn fanout(args: &FanoutArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let (config, scratch) = config(args.dir.as_ref(), &args.durability)?;
+        let bench = start(
+            config,
+            scratch,
+            [("sms".to_string(), sandbox(0.0, 10, args.batch, false))].into(),
+        )
+        .await?;
+        let accepted_ms = now_ms();
+        let started = Instant::now();
+        let id = bench
+            .dispatcher
+            .submit(campaign("fanout", Lane::Normal, args.n))
+            .await?
+            .id;
+        while !bench.dispatcher.progress(id).is_some_and(|p| p.done) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let p = bench.dispatcher.progress(id).context("campaign vanished")?;
+        if p.wired != u64::from(args.n) {
+            bail!("only {} of {} wired: {p:?}", p.wired, args.n);
+        }
+        let (p50, p99) = wire_latencies(&bench, id, accepted_ms)?;
+        let rss = peak_rss_mb();
+        let stats = bench
+            .dispatcher
+            .sandbox("sms")
+            .map(|g| g.stats())
+            .unwrap_or_default();
+        bench.dispatcher.shutdown().await;
+        println!(
+            "{}",
+            json!({
+                "scenario": "fanout",
+                "n": args.n,
+                "batch": args.batch,
+                "durability": args.durability,
+                "elapsed_s": round(elapsed, 3),
+                "deliveries_per_s": round(f64::from(args.n) / elapsed, 0),
+                "p50_ms": p50,
+                "p99_ms": p99,
+                "peak_rss_mb": round(rss, 1),
+                "gateway_requests": stats.requests,
+                "gateway_accepted": stats.accepted,
+                "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+            })
+        );
+        Ok(())
+    })
+}
+
+pub fn preempt(args: &PreemptArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let (config, scratch) = config(args.dir.as_ref(), "sync")?;
+        let bench = start(config, scratch, [("sms".to_string(), sandbox(args.rate, 10, 1, false))].into()).await?;
+        let bulk = bench.dispatcher.submit(campaign("bulk backlog", Lane::Bulk, args.bulk)).await?.id;
+        // Let the backlog build and the channel run at its rate.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let bulk_before = bench.dispatcher.progress(bulk).map_or(0, |p| p.wired);
+        let submitted = Instant::now();
+        let alert = bench.dispatcher.submit(campaign("emergency", Lane::Emergency, args.emergency)).await?.id;
+        let accepted = submitted.elapsed();
+        let mut first = None;
+        loop {
+            let p = bench.dispatcher.progress(alert).context("campaign vanished")?;
+            if first.is_none() && p.wired > 0 {
+                first = Some(submitted.elapsed());
+            }
+            if p.done {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let complete = submitted.elapsed();
+        let bulk_during = bench.dispatcher.progress(bulk).map_or(0, |p| p.wired) - bulk_before;
+        bench.dispatcher.cancel(bulk).await?;
+        bench.dispatcher.shutdown().await;
+        println!(
+            "{}",
+            json!({
+                "scenario": "preempt",
+                "bulk": args.bulk,
+                "emergency": args.emergency,
+                "rate_per_s": args.rate,
+                "accept_ms": round(accepted.as_secs_f64() * 1000.0, 2),
+                "first_emergency_send_ms": round(first.unwrap_or(complete).as_secs_f64() * 1000.0, 2),
+                "emergency_complete_s": round(complete.as_secs_f64(), 3),
+                "bulk_sent_meanwhile": bulk_during,
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+            })
+        );
+        Ok(())
+    })
+}
+
+pub fn ratelimit(args: &RatelimitArgs) -> Result<()> {
+    runtime()?.block_on(async {
+        let (config, scratch) = config(args.dir.as_ref(), "sync")?;
+        let bench = start(
+            config,
+            scratch,
+            [("sms".to_string(), sandbox(args.rate, args.burst, 1, true))].into(),
+        )
+        .await?;
+        let count = (args.rate * (args.seconds as f64 + 5.0)) as u32;
+        let id = bench
+            .dispatcher
+            .submit(campaign("paced", Lane::Normal, count))
+            .await?
+            .id;
+        tokio::time::sleep(Duration::from_secs(args.seconds + 2)).await;
+        let times = bench
+            .dispatcher
+            .sandbox("sms")
+            .context("sandbox channel")?
+            .accept_times();
+        bench.dispatcher.cancel(id).await?;
+        bench.dispatcher.shutdown().await;
+        let Some(&t0) = times.first() else {
+            bail!("nothing was sent")
+        };
+        let window_ms = args.seconds * 1000;
+        let in_window: Vec<u64> = times
+            .iter()
+            .copied()
+            .filter(|t| *t < t0 + window_ms)
+            .collect();
+        let achieved = in_window.len() as f64 / args.seconds as f64;
+        // The most sends in any sliding second.
+        let mut max_1s = 0;
+        let mut lo = 0;
+        for hi in 0..in_window.len() {
+            while in_window[hi] - in_window[lo] >= 1000 {
+                lo += 1;
+            }
+            max_1s = max_1s.max(hi - lo + 1);
+        }
+        let bound = args.rate.ceil() as usize + args.burst as usize;
+        println!(
+            "{}",
+            json!({
+                "scenario": "ratelimit",
+                "rate_per_s": args.rate,
+                "burst": args.burst,
+                "seconds": args.seconds,
+                "sent": in_window.len(),
+                "achieved_per_s": round(achieved, 2),
+                "error_percent": round((achieved - args.rate) / args.rate * 100.0, 3),
+                "max_in_any_1s": max_1s,
+                "gcra_bound_in_any_1s": bound,
+                "within_bound": max_1s <= bound,
+            })
+        );
+        Ok(())
+    })
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

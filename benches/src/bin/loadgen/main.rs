@@ -1,0 +1,44 @@
+//! End-to-end load scenarios. Each prints one JSON object on stdout.
+//!
+//! - `store`: deliveries through the durable queue, against raw RocksDB.
+//! - `plugin`: warm component calls against the same logic called natively.
+//! - `fanout`, `preempt`, `ratelimit`: the dispatcher through the sandbox
+//!   connector (a simulated gateway inside the broker).
+
+mod dispatch;
+mod plugin;
+mod store;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "mHero end-to-end load scenarios")]
+struct Args {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Deliveries through the durable queue: enqueue → lease → settle.
+    Store(store::StoreArgs),
+    /// Warm plugin calls: classify, and connector build-send + parse.
+    Plugin(plugin::PluginArgs),
+    /// One campaign to n recipients, no rate limit: deliveries per second.
+    Fanout(dispatch::FanoutArgs),
+    /// A bulk backlog on a rate-limited channel, then an emergency campaign.
+    Preempt(dispatch::PreemptArgs),
+    /// A channel held to its rate: achieved rate and the most in any second.
+    Ratelimit(dispatch::RatelimitArgs),
+}
+
+fn main() -> Result<()> {
+    match Args::parse().scenario {
+        Scenario::Store(args) => store::run(&args),
+        Scenario::Plugin(args) => plugin::run(&args),
+        Scenario::Fanout(args) => dispatch::fanout(&args),
+        Scenario::Preempt(args) => dispatch::preempt(&args),
+        Scenario::Ratelimit(args) => dispatch::ratelimit(&args),
+    }
+}
