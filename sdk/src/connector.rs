@@ -55,10 +55,7 @@ pub trait Connector {
     }
 
     /// Reads the gateway's answer to [`Connector::build_send`]'s request.
-    fn parse_send_response(
-        message: OutboundMessage,
-        response: HttpResponse,
-    ) -> Result<SendOutcome, PluginError>;
+    fn parse_send_response(response: HttpResponse) -> Result<SendOutcome, PluginError>;
 
     /// Reads the answer to a batch request: one outcome per message.
     fn parse_batch_response(
@@ -99,12 +96,9 @@ macro_rules! export_connector {
                     $crate::panic::install();
                     <$plugin as c::Connector>::build_send_batch(messages)
                 }
-                fn parse_send_response(
-                    message: c::OutboundMessage,
-                    response: c::HttpResponse,
-                ) -> Result<c::SendOutcome, c::PluginError> {
+                fn parse_send_response(response: c::HttpResponse) -> Result<c::SendOutcome, c::PluginError> {
                     $crate::panic::install();
-                    <$plugin as c::Connector>::parse_send_response(message, response)
+                    <$plugin as c::Connector>::parse_send_response(response)
                 }
                 fn parse_batch_response(
                     messages: Vec<c::OutboundMessage>,

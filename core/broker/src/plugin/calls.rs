@@ -208,15 +208,11 @@ impl Plugin {
         )
     }
 
-    pub fn parse_send_response(
-        &self,
-        message: &OutboundMessage,
-        response: &HttpResponse,
-    ) -> Result<SendOutcome, CallError> {
+    pub fn parse_send_response(&self, response: &HttpResponse) -> Result<SendOutcome, CallError> {
         self.expect(Kind::Connector)?;
         self.call(
-            message.size() + response.size(),
-            |s, w| w.connector().call_parse_send_response(s, message, response),
+            response.size(),
+            |s, w| w.connector().call_parse_send_response(s, response),
             Size::size,
         )
     }

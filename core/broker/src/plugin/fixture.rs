@@ -71,10 +71,7 @@ pub fn run(plugin: &Plugin, fixture: &Fixture) -> Result<Result<Value, CallError
             .build_send_batch(&de::<Vec<OutboundMessage>>("messages", arg("messages")?)?)
             .map(|v| to_json(&v)),
         "parse-send-response" => plugin
-            .parse_send_response(
-                &de("message", arg("message")?)?,
-                &de::<HttpResponse>("response", arg("response")?)?,
-            )
+            .parse_send_response(&de::<HttpResponse>("response", arg("response")?)?)
             .map(|v| to_json(&v)),
         "parse-batch-response" => plugin
             .parse_batch_response(

@@ -336,7 +336,8 @@ fn now_ms() -> u64 {
 
 impl Breaker {
     fn check(&self) -> Result<(), u32> {
-        if now_ms() < self.open_until_ms.load(Ordering::Relaxed) {
+        let open_until = self.open_until_ms.load(Ordering::Relaxed);
+        if open_until != 0 && now_ms() < open_until {
             return Err(self.consecutive.load(Ordering::Relaxed));
         }
         Ok(())

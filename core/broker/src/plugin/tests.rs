@@ -180,8 +180,7 @@ fn the_sandbox_send_path_end_to_end() {
     let m = message(7);
     let request = sandbox.build_send(&m).unwrap();
     let (response, _) = executor.execute(&request, 1000).unwrap();
-    let SendOutcome::Accepted(external) = sandbox.parse_send_response(&m, &response).unwrap()
-    else {
+    let SendOutcome::Accepted(external) = sandbox.parse_send_response(&response).unwrap() else {
         panic!("not accepted")
     };
     let hook = gateway.poll_webhooks(1000, 100).unwrap();
@@ -444,4 +443,47 @@ fn threads_get_their_own_warm_instances() {
             "later calls reuse the thread's warm instance"
         );
     }
+}
+
+#[test]
+fn external_plugins_load_from_a_folder_and_bad_ones_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let keywords = BUILTIN
+        .iter()
+        .find(|b| b.manifest.contains("name = \"keywords\""))
+        .unwrap();
+    let good = dir.path().join("keywords");
+    std::fs::create_dir(&good).unwrap();
+    std::fs::write(good.join("plugin.toml"), keywords.manifest).unwrap();
+    std::fs::write(good.join("keywords.wasm"), keywords.component).unwrap();
+    let host = PluginHost::new(HostOptions::default(), PluginMetrics::default()).unwrap();
+    let loaded = host.load_dir(dir.path()).unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert!(
+        loaded[0].origin.ends_with("keywords.wasm"),
+        "{}",
+        loaded[0].origin
+    );
+    assert_eq!(
+        host.get("keywords")
+            .unwrap()
+            .classify("sim", &yes_no())
+            .unwrap()
+            .label,
+        "yes"
+    );
+
+    let bad = dir.path().join("zz-broken");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(
+        bad.join("plugin.toml"),
+        "name = \"broken\"\nversion = \"1.0.0\"\nkind = \"classifier\"\n",
+    )
+    .unwrap();
+    let fresh = PluginHost::new(HostOptions::default(), PluginMetrics::default()).unwrap();
+    let err = fresh.load_dir(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("broken.wasm"),
+        "the missing component is named: {err}"
+    );
 }

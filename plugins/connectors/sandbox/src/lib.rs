@@ -261,10 +261,7 @@ impl Connector for Sandbox {
         post(BATCH_URL, None, body)
     }
 
-    fn parse_send_response(
-        _message: OutboundMessage,
-        response: HttpResponse,
-    ) -> Result<SendOutcome, PluginError> {
+    fn parse_send_response(response: HttpResponse) -> Result<SendOutcome, PluginError> {
         if (200..300).contains(&response.status) {
             let accepted: Accepted = serde_json::from_slice(&response.body)
                 .map_err(|e| PluginError::invalid(format!("unreadable acceptance: {e}")))?;

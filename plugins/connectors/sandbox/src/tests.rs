@@ -55,31 +55,27 @@ fn a_missing_token_is_unauthorized_not_a_panic() {
 #[test]
 fn send_responses_map_to_outcomes() {
     let _host = host();
-    let m = || message("c1-1");
     assert_eq!(
-        Sandbox::parse_send_response(m(), response(202, &[], r#"{"message_id":"sbx-1"}"#)).unwrap(),
+        Sandbox::parse_send_response(response(202, &[], r#"{"message_id":"sbx-1"}"#)).unwrap(),
         SendOutcome::Accepted("sbx-1".into())
     );
     assert_eq!(
-        Sandbox::parse_send_response(m(), response(429, &[("Retry-After", "3")], "")).unwrap(),
+        Sandbox::parse_send_response(response(429, &[("Retry-After", "3")], "")).unwrap(),
         SendOutcome::Retry(RetryInfo {
             after_ms: Some(3000),
             reason: "throttled (429)".into()
         })
     );
     assert!(matches!(
-        Sandbox::parse_send_response(m(), response(503, &[], "busy")).unwrap(),
+        Sandbox::parse_send_response(response(503, &[], "busy")).unwrap(),
         SendOutcome::Retry(RetryInfo { after_ms: None, .. })
     ));
     assert_eq!(
-        Sandbox::parse_send_response(
-            m(),
-            response(
-                400,
-                &[],
-                r#"{"error":"no such number","code":"unknown_subscriber"}"#
-            )
-        )
+        Sandbox::parse_send_response(response(
+            400,
+            &[],
+            r#"{"error":"no such number","code":"unknown_subscriber"}"#
+        ))
         .unwrap(),
         SendOutcome::Failed(Failure {
             reason: "no such number".into(),
@@ -87,19 +83,18 @@ fn send_responses_map_to_outcomes() {
         })
     );
     assert_eq!(
-        Sandbox::parse_send_response(m(), response(400, &[], r#"{"error":"text too long"}"#))
-            .unwrap(),
+        Sandbox::parse_send_response(response(400, &[], r#"{"error":"text too long"}"#)).unwrap(),
         SendOutcome::Failed(Failure {
             reason: "text too long".into(),
             unreachable: false
         })
     );
     assert!(matches!(
-        Sandbox::parse_send_response(m(), response(401, &[], "")),
+        Sandbox::parse_send_response(response(401, &[], "")),
         Err(PluginError::Unauthorized(_))
     ));
     assert!(matches!(
-        Sandbox::parse_send_response(m(), response(202, &[], "not json")),
+        Sandbox::parse_send_response(response(202, &[], "not json")),
         Err(PluginError::InvalidInput(_))
     ));
 }
