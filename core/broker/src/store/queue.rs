@@ -1163,7 +1163,13 @@ fn round_robin(lane: &LaneState, want: usize) -> Vec<(CampaignId, u64)> {
         .collect()
 }
 
-/// Deletes settled positions: one range per run of consecutive positions.
+/// Runs shorter than this are deleted key by key: every range tombstone in
+/// the memtable is fragmented again by each new iterator, so thousands of
+/// small ones would slow every lease.
+const MIN_RANGE_DELETE: u64 = 128;
+
+/// Deletes settled positions: one range per long run of consecutive
+/// positions, point deletes for the rest.
 fn delete_runs(batch: &mut Batch, q: QueueKey, positions: &[u64]) {
     let mut i = 0;
     while i < positions.len() {
@@ -1173,8 +1179,10 @@ fn delete_runs(batch: &mut Batch, q: QueueKey, positions: &[u64]) {
             end += 1;
             i += 1;
         }
-        if end - start == 1 {
-            batch.delete(Cf::Ready, keys::ready(q, start));
+        if end - start < MIN_RANGE_DELETE {
+            for qseq in start..end {
+                batch.delete(Cf::Ready, keys::ready(q, qseq));
+            }
         } else {
             batch.delete_range(Cf::Ready, keys::ready(q, start), keys::ready(q, end));
         }
