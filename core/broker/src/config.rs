@@ -69,7 +69,7 @@ impl Default for DispatchConfig {
             default_country: "LR".into(),
             fanout_page: 2000,
             fanout_ahead: 20_000,
-            lease_max: 1000,
+            lease_max: 2000,
             receipt_poll_ms: 50,
             tick_ms: 20,
         }
@@ -91,6 +91,9 @@ pub struct ChannelConfig {
     pub count_segments: Option<bool>,
     /// Most requests in flight at once.
     pub window: usize,
+    /// Lease rounds worked on at once (one is sent while the next one's
+    /// lease commits).
+    pub workers: usize,
     /// Messages per request when the connector has a batch form (1: never
     /// batch).
     pub batch: usize,
@@ -109,6 +112,7 @@ impl Default for ChannelConfig {
             burst: 10,
             count_segments: None,
             window: 64,
+            workers: 2,
             batch: 1,
             recipient_interval_ms: 0,
             retry: crate::dispatch::RetryPolicy::default(),
@@ -252,6 +256,9 @@ impl Config {
                 return Err(Error::Config(format!(
                     "{path}.burst, window and batch must be > 0"
                 )));
+            }
+            if c.workers == 0 || c.workers > 16 {
+                return Err(Error::Config(format!("{path}.workers must be 1 to 16")));
             }
             c.retry
                 .validate(&format!("{path}.retry"))

@@ -54,8 +54,8 @@ pub struct SandboxConfig {
     pub replies: Vec<String>,
     /// Seed of the random choices, for reproducible runs.
     pub seed: u64,
-    /// Keep the time of every accepted send (benchmarks measure rates with
-    /// it); costs 8 bytes a send.
+    /// Keep the time and id of every accepted send (benchmarks measure
+    /// rates and latencies with it); costs memory per send.
     pub record_times: bool,
 }
 
@@ -129,10 +129,30 @@ struct Pending {
 struct State {
     rng: SmallRng,
     next_id: u64,
-    accepted_ids: HashSet<u64>,
+    accepted_ids: HashSet<u64, std::hash::BuildHasherDefault<Prehashed>>,
     pending: VecDeque<Pending>,
     stats: SandboxStats,
-    accept_times: Vec<u64>,
+    accept_log: Vec<(u64, String)>,
+}
+
+/// The dedup set holds hashes already: hashing them again is waste.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 pub struct SandboxGateway {
@@ -142,19 +162,38 @@ pub struct SandboxGateway {
 }
 
 #[derive(Deserialize)]
-struct WireMessage {
-    id: String,
-    to: String,
-    #[allow(
-        dead_code,
-        reason = "part of the wire format; the simulator does not read texts"
-    )]
-    text: String,
+struct WireMessage<'a> {
+    #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    to: std::borrow::Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
-struct WireBatch {
-    messages: Vec<WireMessage>,
+struct WireBatch<'a> {
+    #[serde(borrow)]
+    messages: Vec<WireMessage<'a>>,
+}
+
+#[derive(Serialize)]
+struct Accepted<'a> {
+    message_id: &'a str,
+}
+
+#[derive(Serialize)]
+struct BatchResult<'a> {
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct BatchReply<'a> {
+    results: Vec<BatchResult<'a>>,
 }
 
 enum Decision {
@@ -169,10 +208,10 @@ impl SandboxGateway {
         let state = State {
             rng: SmallRng::seed_from_u64(config.seed),
             next_id: 1,
-            accepted_ids: HashSet::new(),
+            accepted_ids: HashSet::default(),
             pending: VecDeque::new(),
             stats: SandboxStats::default(),
-            accept_times: Vec::new(),
+            accept_log: Vec::new(),
         };
         Self {
             config,
@@ -229,14 +268,14 @@ impl SandboxGateway {
         }
         match request.url.as_str() {
             "sandbox://gateway/messages" => {
-                let Ok(m) = serde_json::from_slice::<WireMessage>(&request.body) else {
+                let Ok(m) = serde_json::from_slice::<WireMessage<'_>>(&request.body) else {
                     return respond(
                         400,
                         json!({"error": "unreadable message", "code": "bad_request"}),
                     );
                 };
                 match self.decide(&mut state, &m, now_ms) {
-                    Decision::Accepted(id) => respond(202, json!({"message_id": id})),
+                    Decision::Accepted(id) => respond_typed(202, &Accepted { message_id: &id }),
                     Decision::Unknown => respond(
                         400,
                         json!({"error": "unknown subscriber", "code": "unknown_subscriber"}),
@@ -253,7 +292,7 @@ impl SandboxGateway {
                 }
             }
             "sandbox://gateway/messages/batch" => {
-                let Ok(batch) = serde_json::from_slice::<WireBatch>(&request.body) else {
+                let Ok(batch) = serde_json::from_slice::<WireBatch<'_>>(&request.body) else {
                     return respond(
                         400,
                         json!({"error": "unreadable batch", "code": "bad_request"}),
@@ -273,21 +312,31 @@ impl SandboxGateway {
                     });
                     return r;
                 }
-                let results: Vec<serde_json::Value> = batch
+                let results = batch
                     .messages
                     .iter()
                     .map(|m| match self.accept_or_refuse(&mut state, m, now_ms) {
-                        Some(id) => json!({"id": m.id, "message_id": id}),
-                        None => json!({"id": m.id, "error": "unknown subscriber", "code": "unknown_subscriber"}),
+                        Some(id) => BatchResult {
+                            id: &m.id,
+                            message_id: Some(id),
+                            error: None,
+                            code: None,
+                        },
+                        None => BatchResult {
+                            id: &m.id,
+                            message_id: None,
+                            error: Some("unknown subscriber"),
+                            code: Some("unknown_subscriber"),
+                        },
                     })
                     .collect();
-                respond(200, json!({"results": results}))
+                respond_typed(200, &BatchReply { results })
             }
             other => respond(404, json!({"error": format!("no such endpoint {other}")})),
         }
     }
 
-    fn decide(&self, state: &mut State, m: &WireMessage, now_ms: u64) -> Decision {
+    fn decide(&self, state: &mut State, m: &WireMessage<'_>, now_ms: u64) -> Decision {
         let roll = state.rng.random_range(0.0..100.0);
         if roll < self.config.throttle_percent {
             state.stats.throttled += 1;
@@ -303,7 +352,12 @@ impl SandboxGateway {
         }
     }
 
-    fn accept_or_refuse(&self, state: &mut State, m: &WireMessage, now_ms: u64) -> Option<String> {
+    fn accept_or_refuse(
+        &self,
+        state: &mut State,
+        m: &WireMessage<'_>,
+        now_ms: u64,
+    ) -> Option<String> {
         if self.unknown_number(&m.to) {
             state.stats.unknown += 1;
             return None;
@@ -316,7 +370,7 @@ impl SandboxGateway {
         }
         state.stats.accepted += 1;
         if self.config.record_times {
-            state.accept_times.push(now_ms);
+            state.accept_log.push((now_ms, m.id.to_string()));
         }
         let n = state.next_id;
         state.next_id += 1;
@@ -404,9 +458,10 @@ impl SandboxGateway {
         })
     }
 
-    /// When each send was accepted (ms), with `record_times` on.
-    pub fn accept_times(&self) -> Vec<u64> {
-        self.state.lock().accept_times.clone()
+    /// When each send was accepted (ms) and its message id, in order, with
+    /// `record_times` on.
+    pub fn accept_log(&self) -> Vec<(u64, String)> {
+        self.state.lock().accept_log.clone()
     }
 
     /// Receipts and replies scheduled but not yet polled.
@@ -420,6 +475,17 @@ fn header<'a>(headers: &'a [Header], name: &str) -> Option<&'a str> {
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case(name))
         .map(|h| h.value.as_str())
+}
+
+fn respond_typed<T: Serialize>(status: u16, body: &T) -> HttpResponse {
+    HttpResponse {
+        status,
+        headers: vec![Header {
+            name: "content-type".into(),
+            value: "application/json".into(),
+        }],
+        body: serde_json::to_vec(body).unwrap_or_default(),
+    }
 }
 
 fn respond(status: u16, body: serde_json::Value) -> HttpResponse {

@@ -27,7 +27,10 @@ use crate::store::{Clock, Leased, Outcome, Pending, Store};
 
 /// How long a lease round may take at the channel's rate: bounds how long
 /// higher-lane work can wait behind what was already leased.
-const ROUND: Duration = Duration::from_millis(20);
+const ROUND: Duration = Duration::from_millis(10);
+/// Below this rate one worker keeps a channel busy; more would only put a
+/// second round between a new emergency and the gateway.
+const MULTI_WORKER_RATE: f64 = 10_000.0;
 /// How long a channel pauses when the gateway refuses its credentials.
 const UNAUTHORIZED_PAUSE_MS: u64 = 30_000;
 /// Settle commits kept in flight before the next lease waits for the oldest.
@@ -99,13 +102,27 @@ impl Channel {
         })
     }
 
+    /// How many workers run the channel's loop.
+    pub fn workers(&self) -> usize {
+        if self.config.rate > 0.0 && self.config.rate < MULTI_WORKER_RATE {
+            1
+        } else {
+            self.config.workers
+        }
+    }
+
     /// How many to lease for one round.
     fn round_budget(&self, lease_max: usize) -> usize {
-        let by_window = self.window.available_permits() * self.batch;
+        // Requests of a round run concurrently only when the gateway answers
+        // later; an in-process answer is immediate and the round sequential.
+        let concurrent = self.sandbox.as_ref().is_none_or(|g| g.delay_ms() > 0);
+        let by_window = if concurrent {
+            self.window.available_permits() * self.batch
+        } else {
+            usize::MAX
+        };
         let by_rate = match self.rate.lock().current() {
-            Some(per_s) => {
-                ((per_s * ROUND.as_secs_f64()).ceil() as usize).max(1) + self.config.burst as usize
-            }
+            Some(per_s) => ((per_s * ROUND.as_secs_f64()).ceil() as usize).max(1),
             None => usize::MAX,
         };
         lease_max.min(by_window).min(by_rate)
@@ -141,10 +158,13 @@ fn lane(l: Lane) -> ct::Lane {
 }
 
 /// The channel's loop: lease a round, send it, settle it.
-pub(crate) async fn run(shared: Arc<Shared>, ch: Arc<Channel>) {
+/// Several workers run this loop for one channel, so one round is sent
+/// while the next one's lease commits; they share the rate, the window
+/// and the pacing.
+pub(crate) async fn run(shared: Arc<Shared>, ch: Arc<Channel>, worker: usize) {
     let mut shutdown = shared.shutdown.clone();
     let mut settling: VecDeque<Pending<()>> = VecDeque::new();
-    let mut rng = SmallRng::seed_from_u64(u64::from(ch.id.0));
+    let mut rng = SmallRng::seed_from_u64(u64::from(ch.id.0) << 16 | worker as u64);
     loop {
         if *shutdown.borrow() {
             break;
@@ -393,22 +413,22 @@ enum Answer {
 
 /// Builds the request(s), performs them, reads the answers.
 fn exchange(ch: &Channel, chunk: &[Ready], now: u64) -> Vec<Answer> {
-    let messages: Vec<OutboundMessage> = chunk.iter().map(|r| r.message.clone()).collect();
     let all = |a: &dyn Fn() -> Answer| (0..chunk.len()).map(|_| a()).collect::<Vec<_>>();
-    if messages.len() == 1 {
-        let m = &messages[0];
+    if let [one] = chunk {
+        let m = &one.message;
         let request = match ch.plugin.build_send(m) {
             Ok(r) => r,
             Err(e) => return vec![Answer::Error(e)],
         };
         return match perform(ch, &request, now) {
-            Ok(response) => vec![match ch.plugin.parse_send_response(m, &response) {
+            Ok(response) => vec![match ch.plugin.parse_send_response(&response) {
                 Ok(o) => Answer::Outcome(o),
                 Err(e) => Answer::Error(e),
             }],
             Err(reason) => vec![Answer::Refused(reason)],
         };
     }
+    let messages: Vec<OutboundMessage> = chunk.iter().map(|r| r.message.clone()).collect();
     let request = match ch.plugin.build_send_batch(&messages) {
         Ok(r) => r,
         Err(e) => return all(&|| Answer::Error(e.clone())),

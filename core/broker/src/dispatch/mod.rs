@@ -188,10 +188,13 @@ impl Dispatcher {
         resume(&shared)?;
         let mut tasks = Vec::new();
         for ch in shared.channels.values() {
-            tasks.push(tokio::spawn(channel::run(
-                Arc::clone(&shared),
-                Arc::clone(ch),
-            )));
+            for worker in 0..ch.workers() {
+                tasks.push(tokio::spawn(channel::run(
+                    Arc::clone(&shared),
+                    Arc::clone(ch),
+                    worker,
+                )));
+            }
             if ch.sandbox.is_some() {
                 tasks.push(tokio::spawn(channel::collect_receipts(
                     Arc::clone(&shared),

@@ -491,3 +491,73 @@ async fn a_million_recipient_audience_fans_out_lazily() {
     assert_eq!(p.wired + p.cancelled, 1_000_000);
     w.dispatcher.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_scheduled_campaign_waits_for_its_start_time() {
+    let w = world(sms(0.0));
+    let mut spec = generated("later", Lane::Normal, 10, &["sms"]);
+    spec.start_at_ms = Some(1_800_000_000_000 + 5000);
+    let id = w.dispatcher.submit(spec).await.unwrap().id;
+    run_for(4000).await;
+    let p = w.dispatcher.progress(id).unwrap();
+    assert_eq!((p.state, p.wired), ("scheduled", 0));
+    run_for(2000).await;
+    let p = w.dispatcher.progress(id).unwrap();
+    assert_eq!((p.state, p.wired), ("sending", 10));
+    w.dispatcher.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn recipient_pacing_spaces_messages_to_one_person() {
+    let mut ch = channel(0.0, SandboxConfig::default());
+    ch.recipient_interval_ms = 10_000;
+    let w = world([("sms".to_string(), ch)].into());
+    let one = || Recipient {
+        phone: Some("+231770123456".into()),
+        ..Recipient::default()
+    };
+    let mut first = generated("first", Lane::Normal, 1, &["sms"]);
+    first.audience = AudienceSpec::Recipients(vec![one()]);
+    let a = w.dispatcher.submit(first).await.unwrap().id;
+    run_for(500).await;
+    let mut second = generated("second", Lane::Normal, 1, &["sms"]);
+    second.audience = AudienceSpec::Recipients(vec![one()]);
+    let b = w.dispatcher.submit(second).await.unwrap().id;
+    run_for(5000).await;
+    assert_eq!(w.dispatcher.progress(a).unwrap().wired, 1);
+    assert_eq!(
+        w.dispatcher.progress(b).unwrap().wired,
+        0,
+        "the same person waits 10 s between messages"
+    );
+    run_for(6000).await;
+    assert_eq!(w.dispatcher.progress(b).unwrap().wired, 1);
+    w.dispatcher.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_in_flight_window_bounds_concurrent_requests() {
+    let mut ch = channel(
+        0.0,
+        SandboxConfig {
+            delay_ms: 100,
+            ..SandboxConfig::default()
+        },
+    );
+    ch.window = 2;
+    let w = world([("sms".to_string(), ch)].into());
+    let id = w
+        .dispatcher
+        .submit(generated("x", Lane::Normal, 20, &["sms"]))
+        .await
+        .unwrap()
+        .id;
+    run_for(450).await;
+    let wired = w.dispatcher.progress(id).unwrap().wired;
+    assert!(
+        (6..=8).contains(&wired),
+        "two requests of 100 ms at a time: {wired} in 450 ms"
+    );
+    assert!(w.dispatcher.wait_done(&[id], Duration::from_secs(2)).await);
+    w.dispatcher.shutdown().await;
+}
