@@ -55,6 +55,9 @@ enum Command {
     ConfigCheck { file: PathBuf },
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub const EXAMPLE_CONFIG: &str = include_str!("../../../config/mhero.example.toml");
 
 fn main() -> std::process::ExitCode {

@@ -55,3 +55,66 @@ fn status_of_a_missing_store_says_where_it_looked() {
     );
     assert!(!missing.exists(), "status never creates a store");
 }
+
+fn workspace() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn plugin_test_runs_a_built_in_plugin_on_its_fixtures() {
+    let fixtures = workspace().join("plugins/classifiers/keywords/tests/fixtures");
+    let out = mhero()
+        .args(["plugin", "test", "keywords", "--json", "--fixture"])
+        .arg(&fixtures)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() >= 8);
+    for l in &lines {
+        assert_eq!(l["pass"], true, "{l}");
+        assert!(l["fuel"].as_u64().unwrap() > 0, "fuel is metered: {l}");
+        assert!(l["peak_memory_bytes"].as_u64().unwrap() > 0);
+        assert!(l["time_us"].as_f64().unwrap() > 0.0);
+    }
+}
+
+#[test]
+fn plugin_test_reports_a_failing_fixture_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = dir.path().join("wrong.json");
+    std::fs::write(
+        &fixture,
+        r#"{"call": "classify", "input": {"text": "oui", "context": {"expected": "YesNo", "choices": [], "language_hint": null}},
+            "expect": {"label": "no"}}"#,
+    )
+    .unwrap();
+    let out = mhero()
+        .args(["plugin", "test", "keywords", "--fixture"])
+        .arg(&fixture)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("FAIL") && stdout.contains("\"label\": \"yes\""),
+        "{stdout}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 1 fixtures failed"));
+    let out = mhero()
+        .args(["plugin", "test", "nonesuch", "--fixture"])
+        .arg(&fixture)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("neither a component file nor a built-in plugin")
+    );
+}

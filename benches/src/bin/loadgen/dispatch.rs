@@ -238,12 +238,13 @@ pub fn fanout(args: &FanoutArgs) -> Result<()> {
 pub fn preempt(args: &PreemptArgs) -> Result<()> {
     runtime()?.block_on(async {
         let (config, scratch) = config(args.dir.as_ref(), "sync")?;
-        let bench = start(config, scratch, [("sms".to_string(), sandbox(args.rate, 10, 1, false))].into()).await?;
+        let bench = start(config, scratch, [("sms".to_string(), sandbox(args.rate, 10, 1, true))].into()).await?;
         let bulk = bench.dispatcher.submit(campaign("bulk backlog", Lane::Bulk, args.bulk)).await?.id;
         // Let the backlog build and the channel run at its rate.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let bulk_before = bench.dispatcher.progress(bulk).map_or(0, |p| p.wired);
         let submitted = Instant::now();
+        let submitted_ms = now_ms();
         let alert = bench.dispatcher.submit(campaign("emergency", Lane::Emergency, args.emergency)).await?.id;
         let accepted = submitted.elapsed();
         let mut first = None;
@@ -258,6 +259,10 @@ pub fn preempt(args: &PreemptArgs) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let complete = submitted.elapsed();
+        // When the gateway took the first emergency message.
+        let prefix = format!("{alert}-");
+        let log = bench.dispatcher.sandbox("sms").context("sandbox channel")?.accept_log();
+        let first_at_gateway = log.iter().find(|(_, id)| id.starts_with(&prefix)).map(|(t, _)| t.saturating_sub(submitted_ms));
         let bulk_during = bench.dispatcher.progress(bulk).map_or(0, |p| p.wired) - bulk_before;
         bench.dispatcher.cancel(bulk).await?;
         bench.dispatcher.shutdown().await;
@@ -269,7 +274,8 @@ pub fn preempt(args: &PreemptArgs) -> Result<()> {
                 "emergency": args.emergency,
                 "rate_per_s": args.rate,
                 "accept_ms": round(accepted.as_secs_f64() * 1000.0, 2),
-                "first_emergency_send_ms": round(first.unwrap_or(complete).as_secs_f64() * 1000.0, 2),
+                "first_emergency_send_ms": first_at_gateway,
+                "first_emergency_wired_ms": round(first.unwrap_or(complete).as_secs_f64() * 1000.0, 2),
                 "emergency_complete_s": round(complete.as_secs_f64(), 3),
                 "bulk_sent_meanwhile": bulk_during,
                 "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -295,11 +301,14 @@ pub fn ratelimit(args: &RatelimitArgs) -> Result<()> {
             .await?
             .id;
         tokio::time::sleep(Duration::from_secs(args.seconds + 2)).await;
-        let times = bench
+        let times: Vec<u64> = bench
             .dispatcher
             .sandbox("sms")
             .context("sandbox channel")?
-            .accept_times();
+            .accept_log()
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
         bench.dispatcher.cancel(id).await?;
         bench.dispatcher.shutdown().await;
         let Some(&t0) = times.first() else {

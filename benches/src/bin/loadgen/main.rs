@@ -33,6 +33,9 @@ enum Scenario {
     Ratelimit(dispatch::RatelimitArgs),
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     match Args::parse().scenario {
         Scenario::Store(args) => store::run(&args),
