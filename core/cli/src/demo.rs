@@ -53,7 +53,10 @@ fn demo_channels(rate: f64) -> BTreeMap<String, ChannelConfig> {
         rate,
         burst: 50,
         count_segments: Some(false),
+        // Some numbers turn out not to be on WhatsApp only when sent to:
+        // they fall back to SMS.
         sandbox: SandboxConfig {
+            unknown_percent: 5.0,
             receipt_delay_ms: 300,
             read_percent: 60.0,
             reply_percent: 3.0,
@@ -65,7 +68,6 @@ fn demo_channels(rate: f64) -> BTreeMap<String, ChannelConfig> {
         rate,
         burst: 50,
         sandbox: SandboxConfig {
-            throttle_percent: 0.5,
             unknown_percent: 0.3,
             receipt_delay_ms: 500,
             undelivered_percent: 1.0,
@@ -245,7 +247,9 @@ async fn demo(config: Config, args: &DemoArgs) -> Result<()> {
         {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Watch closely until the alert's first send, to time it.
+        let watching = alert_submitted.is_some() && first_alert_send.is_none();
+        tokio::time::sleep(Duration::from_millis(if watching { 2 } else { 50 })).await;
     }
     let sent_in = started.elapsed();
     // Give the simulated gateways' last receipts time to arrive.
