@@ -48,10 +48,6 @@ impl Metrics {
         encode(&mut out, &self.registry).expect("encoding metrics into a String");
         out
     }
-
-    pub fn registry_mut(&mut self) -> &mut Registry {
-        &mut self.registry
-    }
 }
 
 /// The store's commit path.

@@ -34,17 +34,8 @@ impl TokioClock {
         }
     }
 
-    pub fn instant(&self) -> Instant {
-        Instant::now()
-    }
-
     pub fn elapsed_nanos(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
-    }
-
-    /// The tokio instant at which the clock reads `ms`.
-    pub fn instant_at(&self, ms: u64) -> Instant {
-        self.start + std::time::Duration::from_millis(ms.saturating_sub(self.start_ms))
     }
 }
 

@@ -215,10 +215,6 @@ impl Dispatcher {
         &self.shared.store
     }
 
-    pub fn channel_names(&self) -> Vec<String> {
-        self.shared.channels.keys().cloned().collect()
-    }
-
     /// The simulated gateway behind a channel, if it has one.
     pub fn sandbox(&self, channel: &str) -> Option<Arc<crate::channel::SandboxGateway>> {
         self.shared

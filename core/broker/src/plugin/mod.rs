@@ -305,8 +305,4 @@ impl PluginHost {
     pub fn list(&self) -> Vec<Arc<Plugin>> {
         self.plugins.read().values().cloned().collect()
     }
-
-    pub fn meters_fuel(&self) -> bool {
-        self.runtime.meters_fuel()
-    }
 }

@@ -282,10 +282,6 @@ impl Runtime {
             ticker: Some(ticker),
         })
     }
-
-    pub fn meters_fuel(&self) -> bool {
-        self.fuel
-    }
 }
 
 impl Drop for Runtime {

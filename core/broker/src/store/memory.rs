@@ -22,15 +22,6 @@ impl MemoryEngine {
     pub fn new() -> Self {
         Self::default()
     }
-
-    /// How many keys a key space holds (tests check nothing leaks).
-    pub fn len(&self, cf: Cf) -> usize {
-        self.spaces.read()[cf as usize].len()
-    }
-
-    pub fn is_empty(&self, cf: Cf) -> bool {
-        self.len(cf) == 0
-    }
 }
 
 impl Engine for MemoryEngine {

@@ -1055,15 +1055,6 @@ impl Store {
         depth
     }
 
-    /// Whether `channel` has anything ready in any lane.
-    pub fn has_ready(&self, channel: ChannelId) -> bool {
-        let state = self.state.lock();
-        state
-            .queues
-            .get(&channel)
-            .is_some_and(|ch| ch.lanes.iter().any(|l| l.ready > 0))
-    }
-
     pub fn globals(&self) -> Globals {
         self.state.lock().globals.clone()
     }
