@@ -12,9 +12,7 @@ use mhero_benches::{peak_rss_mb, round};
 use mhero_broker::Config;
 use mhero_broker::channel::SandboxConfig;
 use mhero_broker::config::{ChannelConfig, DispatchConfig, Durability};
-use mhero_broker::dispatch::{
-    AudienceSpec, Body, CampaignSpec, Dispatcher, GeneratedAudience, TokioClock,
-};
+use mhero_broker::dispatch::{CampaignSpec, Dispatcher, TokioClock};
 use mhero_broker::metrics::Metrics;
 use mhero_broker::plugin::{HostOptions, PluginHost};
 use mhero_proto::{CampaignId, Lane};
@@ -147,20 +145,13 @@ fn sandbox(rate: f64, burst: u32, batch: usize, record_times: bool) -> ChannelCo
 }
 
 fn campaign(name: &str, lane: Lane, count: u32) -> CampaignSpec {
-    CampaignSpec {
-        name: name.into(),
+    CampaignSpec::generated(
+        name,
         lane,
-        body: Body::text("Cholera alert: report suspected cases to the county health team today."),
-        channels: vec!["sms".into()],
-        audience: AudienceSpec::Generated(GeneratedAudience {
-            count,
-            languages: Vec::new(),
-            not_on_percent: BTreeMap::new(),
-            prefix: "+2317".into(),
-        }),
-        expires_at_ms: None,
-        start_at_ms: None,
-    }
+        "Cholera alert: report suspected cases to the county health team today.",
+        count,
+        &["sms"],
+    )
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -26,6 +26,22 @@ pub struct CampaignSpec {
     pub start_at_ms: Option<u64>,
 }
 
+impl CampaignSpec {
+    /// One text to a generated directory of `count` workers (numbers
+    /// `+2317…`), sent now, never expiring: what benchmarks and tests send.
+    pub fn generated(name: &str, lane: Lane, text: &str, count: u32, channels: &[&str]) -> Self {
+        Self {
+            name: name.into(),
+            lane,
+            body: Body::text(text),
+            channels: channels.iter().map(|c| c.to_string()).collect(),
+            audience: AudienceSpec::Generated(GeneratedAudience::plain(count)),
+            expires_at_ms: None,
+            start_at_ms: None,
+        }
+    }
+}
+
 fn normal() -> Lane {
     Lane::Normal
 }
@@ -130,6 +146,16 @@ fn liberia() -> String {
 }
 
 impl GeneratedAudience {
+    /// `count` workers, no language, on every channel.
+    pub fn plain(count: u32) -> Self {
+        Self {
+            count,
+            languages: Vec::new(),
+            not_on_percent: BTreeMap::new(),
+            prefix: liberia(),
+        }
+    }
+
     pub fn recipient(&self, i: u32) -> Recipient {
         let language = (!self.languages.is_empty())
             .then(|| self.languages[i as usize % self.languages.len()].clone());

@@ -79,19 +79,18 @@ fn sms(rate: f64) -> BTreeMap<String, ChannelConfig> {
 }
 
 fn generated(name: &str, lane: Lane, count: u32, channels: &[&str]) -> CampaignSpec {
-    CampaignSpec {
-        name: name.into(),
+    CampaignSpec::generated(
+        name,
         lane,
-        body: Body::text("Cholera alert: report suspected cases today."),
-        channels: channels.iter().map(|c| c.to_string()).collect(),
-        audience: AudienceSpec::Generated(GeneratedAudience {
-            count,
-            languages: Vec::new(),
-            not_on_percent: BTreeMap::new(),
-            prefix: "+2317".into(),
-        }),
-        expires_at_ms: None,
-        start_at_ms: None,
+        "Cholera alert: report suspected cases today.",
+        count,
+        channels,
+    )
+}
+
+impl World {
+    async fn submit(&self, spec: CampaignSpec) -> mhero_proto::CampaignId {
+        self.dispatcher.submit(spec).await.unwrap().id
     }
 }
 
@@ -103,20 +102,14 @@ async fn run_for(ms: u64) {
 async fn an_emergency_overtakes_a_bulk_backlog() {
     let w = world(sms(100.0));
     let bulk = w
-        .dispatcher
         .submit(generated("bulk", Lane::Bulk, 2000, &["sms"]))
-        .await
-        .unwrap()
-        .id;
+        .await;
     run_for(2000).await;
     let bulk_before = w.dispatcher.progress(bulk).unwrap().wired;
     assert!((150..=250).contains(&bulk_before), "{bulk_before}");
     let alert = w
-        .dispatcher
         .submit(generated("alert", Lane::Emergency, 50, &["sms"]))
-        .await
-        .unwrap()
-        .id;
+        .await;
     run_for(100).await;
     let first = w.dispatcher.progress(alert).unwrap().wired;
     assert!(
@@ -140,18 +133,8 @@ async fn an_emergency_overtakes_a_bulk_backlog() {
 #[tokio::test(start_paused = true)]
 async fn campaigns_in_a_lane_share_the_channel_fairly() {
     let w = world(sms(200.0));
-    let a = w
-        .dispatcher
-        .submit(generated("a", Lane::Normal, 1000, &["sms"]))
-        .await
-        .unwrap()
-        .id;
-    let b = w
-        .dispatcher
-        .submit(generated("b", Lane::Normal, 1000, &["sms"]))
-        .await
-        .unwrap()
-        .id;
+    let a = w.submit(generated("a", Lane::Normal, 1000, &["sms"])).await;
+    let b = w.submit(generated("b", Lane::Normal, 1000, &["sms"])).await;
     run_for(3000).await;
     let (pa, pb) = (
         w.dispatcher.progress(a).unwrap().wired,
@@ -167,7 +150,7 @@ async fn the_rate_counts_sms_segments() {
     let w = world(sms(100.0));
     let mut spec = generated("long", Lane::Normal, 400, &["sms"]);
     spec.body = Body::text(&"Two segments of GSM-7 text. ".repeat(8)); // 224 septets: 2 parts
-    let id = w.dispatcher.submit(spec).await.unwrap().id;
+    let id = w.submit(spec).await;
     run_for(4000).await;
     let wired = w.dispatcher.progress(id).unwrap().wired;
     assert!(
@@ -192,12 +175,7 @@ async fn failures_back_off_then_become_dead_letters_with_their_history() {
         )]
         .into(),
     );
-    let id = w
-        .dispatcher
-        .submit(generated("x", Lane::High, 3, &["sms"]))
-        .await
-        .unwrap()
-        .id;
+    let id = w.submit(generated("x", Lane::High, 3, &["sms"])).await;
     run_for(500).await;
     let p = w.dispatcher.progress(id).unwrap();
     assert_eq!(
@@ -257,12 +235,7 @@ async fn throttling_pauses_the_channel_and_every_message_still_goes() {
     // Enough attempts that no message is throttled every time.
     ch.retry.max_attempts = 12;
     let w = world([("sms".to_string(), ch)].into());
-    let id = w
-        .dispatcher
-        .submit(generated("x", Lane::Normal, 300, &["sms"]))
-        .await
-        .unwrap()
-        .id;
+    let id = w.submit(generated("x", Lane::Normal, 300, &["sms"])).await;
     assert!(
         w.dispatcher
             .wait_done(&[id], Duration::from_secs(120))
@@ -281,7 +254,7 @@ async fn expiry_stops_sending_and_the_rest_end_expired() {
     let w = world(sms(50.0));
     let mut spec = generated("x", Lane::Normal, 1000, &["sms"]);
     spec.expires_at_ms = Some(1_800_000_000_000 + 1000);
-    let id = w.dispatcher.submit(spec).await.unwrap().id;
+    let id = w.submit(spec).await;
     run_for(1500).await;
     let at_expiry = w.dispatcher.progress(id).unwrap();
     assert_eq!(at_expiry.state, "expired");
@@ -297,12 +270,7 @@ async fn expiry_stops_sending_and_the_rest_end_expired() {
 #[tokio::test(start_paused = true)]
 async fn cancel_takes_effect_within_a_second() {
     let w = world(sms(100.0));
-    let id = w
-        .dispatcher
-        .submit(generated("x", Lane::Bulk, 10_000, &["sms"]))
-        .await
-        .unwrap()
-        .id;
+    let id = w.submit(generated("x", Lane::Bulk, 10_000, &["sms"])).await;
     run_for(1000).await;
     w.dispatcher.cancel(id).await.unwrap();
     run_for(1000).await;
@@ -339,7 +307,7 @@ async fn unreachable_recipients_fall_back_to_the_next_channel() {
     if let AudienceSpec::Generated(g) = &mut spec.audience {
         g.not_on_percent.insert("whatsapp".into(), 50.0);
     }
-    let id = w.dispatcher.submit(spec).await.unwrap().id;
+    let id = w.submit(spec).await;
     assert!(w.dispatcher.wait_done(&[id], Duration::from_secs(10)).await);
     let p = w.dispatcher.progress(id).unwrap();
     assert_eq!(p.wired, 100);
@@ -378,12 +346,7 @@ async fn receipts_move_statuses_forward_and_never_back() {
     let mut ch = channel(0.0, gateway);
     ch.sandbox.receipts = true;
     let w = world([("sms".to_string(), ch)].into());
-    let id = w
-        .dispatcher
-        .submit(generated("x", Lane::Normal, 20, &["sms"]))
-        .await
-        .unwrap()
-        .id;
+    let id = w.submit(generated("x", Lane::Normal, 20, &["sms"])).await;
     assert!(w.dispatcher.wait_done(&[id], Duration::from_secs(5)).await);
     run_for(1000).await;
     let p = w.dispatcher.progress(id).unwrap();
@@ -471,11 +434,8 @@ async fn bad_campaigns_are_refused_clearly() {
 async fn a_million_recipient_audience_fans_out_lazily() {
     let w = world(sms(1000.0));
     let id = w
-        .dispatcher
         .submit(generated("national", Lane::Bulk, 1_000_000, &["sms"]))
-        .await
-        .unwrap()
-        .id;
+        .await;
     run_for(2000).await;
     let p = w.dispatcher.progress(id).unwrap();
     assert!(p.wired >= 1500, "sending started at once: {}", p.wired);
@@ -497,7 +457,7 @@ async fn a_scheduled_campaign_waits_for_its_start_time() {
     let w = world(sms(0.0));
     let mut spec = generated("later", Lane::Normal, 10, &["sms"]);
     spec.start_at_ms = Some(1_800_000_000_000 + 5000);
-    let id = w.dispatcher.submit(spec).await.unwrap().id;
+    let id = w.submit(spec).await;
     run_for(4000).await;
     let p = w.dispatcher.progress(id).unwrap();
     assert_eq!((p.state, p.wired), ("scheduled", 0));
@@ -518,11 +478,11 @@ async fn recipient_pacing_spaces_messages_to_one_person() {
     };
     let mut first = generated("first", Lane::Normal, 1, &["sms"]);
     first.audience = AudienceSpec::Recipients(vec![one()]);
-    let a = w.dispatcher.submit(first).await.unwrap().id;
+    let a = w.submit(first).await;
     run_for(500).await;
     let mut second = generated("second", Lane::Normal, 1, &["sms"]);
     second.audience = AudienceSpec::Recipients(vec![one()]);
-    let b = w.dispatcher.submit(second).await.unwrap().id;
+    let b = w.submit(second).await;
     run_for(5000).await;
     assert_eq!(w.dispatcher.progress(a).unwrap().wired, 1);
     assert_eq!(
@@ -546,12 +506,7 @@ async fn the_in_flight_window_bounds_concurrent_requests() {
     );
     ch.window = 2;
     let w = world([("sms".to_string(), ch)].into());
-    let id = w
-        .dispatcher
-        .submit(generated("x", Lane::Normal, 20, &["sms"]))
-        .await
-        .unwrap()
-        .id;
+    let id = w.submit(generated("x", Lane::Normal, 20, &["sms"])).await;
     run_for(450).await;
     let wired = w.dispatcher.progress(id).unwrap().wired;
     assert!(
