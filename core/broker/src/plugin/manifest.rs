@@ -57,7 +57,9 @@ pub struct Manifest {
 #[serde(deny_unknown_fields)]
 pub struct Capabilities {
     /// Hosts the broker may contact on the plugin's behalf: `api.example.org`,
-    /// `127.0.0.1:13013`, or `sandbox:gateway` for the built-in simulator.
+    /// `127.0.0.1:13013`, `sandbox:gateway` for the built-in simulator, or
+    /// `config:<key>`: the host of the URL in the plugin's setting `<key>`
+    /// (the operator names their gateway in config; nothing else is reached).
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
 }
@@ -291,7 +293,7 @@ mod tests {
             ("sandbox", Kind::Connector)
         );
         assert_eq!(sandbox.limits().timeout_ms, 100);
-        assert_eq!(sandbox.capabilities.allowed_hosts, vec!["sandbox:gateway"]);
+        assert_eq!(sandbox.capabilities.allowed_hosts, vec!["config:base_url"]);
         let keywords = Manifest::parse(KEYWORDS).unwrap();
         assert_eq!(keywords.limits().timeout_ms, 50);
         let settings = keywords.settings(None).unwrap();

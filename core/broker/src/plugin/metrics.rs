@@ -11,7 +11,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 /// The outcomes a call can have (label values).
-pub const OUTCOMES: [&str; 10] = [
+pub const OUTCOMES: [&str; 12] = [
     "ok",
     "plugin_error",
     "timeout",
@@ -22,6 +22,8 @@ pub const OUTCOMES: [&str; 10] = [
     "circuit_open",
     "input_too_large",
     "wrong_kind",
+    "blocked",
+    "stopped",
 ];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

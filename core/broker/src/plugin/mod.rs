@@ -12,6 +12,8 @@
 //! - [`runtime`]: the engine, the per-thread pools of warm instances,
 //!   deadlines, memory caps, trap classification, circuit breakers.
 //! - [`calls`]: the typed calls of each world.
+//! - [`stdio`]: stdout/stderr as a bounded sink forwarded to the log, and
+//!   `wasi:io/poll` that refuses to wait, so no plugin parks a host thread.
 //! - [`metrics`]: calls by outcome and call durations, per plugin.
 //!
 //! Loading: bytes → compiled (or cached) component → imports checked
@@ -27,6 +29,7 @@ pub mod fixture;
 pub mod manifest;
 pub mod metrics;
 pub mod runtime;
+pub mod stdio;
 
 #[cfg(test)]
 mod tests;

@@ -55,6 +55,9 @@ pub enum CallError {
         actual: Kind,
         wanted: Kind,
     },
+    /// The broker is shutting down: the call never ran.
+    #[error("the broker is stopping; plugin calls are no longer made")]
+    Stopped,
 }
 
 impl CallError {
@@ -66,6 +69,7 @@ impl CallError {
             CallError::CircuitOpen { .. } => "circuit_open",
             CallError::InputTooLarge { .. } => "input_too_large",
             CallError::WrongKind { .. } => "wrong_kind",
+            CallError::Stopped => "stopped",
         }
     }
 }
@@ -82,6 +86,9 @@ pub enum TrapKind {
     InvalidOutput { message: String },
     #[error("trapped: {message}")]
     Trap { message: String },
+    /// It tried to sleep or wait: plugins may not block a host thread.
+    #[error("tried to block (sleep or wait); plugins may not block")]
+    Blocked,
 }
 
 impl TrapKind {
@@ -92,6 +99,7 @@ impl TrapKind {
             TrapKind::Panic { .. } => "panic",
             TrapKind::InvalidOutput { .. } => "invalid_output",
             TrapKind::Trap { .. } => "trap",
+            TrapKind::Blocked => "blocked",
         }
     }
 }
@@ -152,6 +160,8 @@ pub struct PluginState {
     logs: u32,
     dropped_logs: u32,
     panic: Option<String>,
+    /// What the plugin wrote to stdout and stderr during the current call.
+    output: super::stdio::OutputSink,
 }
 
 impl WasiView for PluginState {
@@ -237,6 +247,9 @@ static NEXT_UID: AtomicU64 = AtomicU64::new(1);
 pub struct Runtime {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<PluginState>,
+    /// Plugin calls running at once on blocking threads (see
+    /// [`Plugin::offload`]).
+    permits: Arc<tokio::sync::Semaphore>,
     fuel: bool,
     stop: Arc<AtomicBool>,
     ticker: Option<JoinHandle<()>>,
@@ -256,6 +269,9 @@ impl Runtime {
         // empty: no files, no network, no environment, no arguments.
         // Imports beyond the allow-list below are refused at load.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        // Plugins run on host threads that must never be parked: waiting
+        // on a pollable (a sleep) is refused instead of blocking.
+        super::stdio::link_no_wait_poll(&mut linker)?;
         connector::mhero::plugin::host::add_to_linker::<PluginState, HasSelf<PluginState>>(
             &mut linker,
             |s| s,
@@ -274,9 +290,14 @@ impl Runtime {
                 })
                 .map_err(wasmtime::Error::from)?
         };
+        // Enough to keep every core busy while some calls wait to be
+        // scheduled, few enough that per-thread pools of warm instances
+        // stay small.
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
         Ok(Self {
             engine,
             linker,
+            permits: Arc::new(tokio::sync::Semaphore::new(cores * 2)),
             fuel,
             stop,
             ticker: Some(ticker),
@@ -371,6 +392,7 @@ pub struct Plugin {
     fuel: bool,
     breaker: Breaker,
     metrics: PluginCallMetrics,
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -401,6 +423,29 @@ impl Plugin {
             fuel: runtime.fuel,
             breaker: Breaker::default(),
             metrics,
+            permits: Arc::clone(&runtime.permits),
+        }
+    }
+
+    /// Runs plugin calls off the async runtime, on tokio's blocking
+    /// threads: a call may take up to its deadline, and the runtime's
+    /// workers only ever wait on I/O. Group the calls of one round into one
+    /// `f` (each trip to a blocking thread costs a few microseconds). At
+    /// most two calls per core run at once, per host.
+    pub async fn offload<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Plugin) -> Result<T, CallError> + Send + 'static,
+    ) -> Result<T, CallError> {
+        let Ok(_permit) = self.permits.acquire().await else {
+            return Err(CallError::Stopped);
+        };
+        let plugin = Arc::clone(self);
+        match tokio::task::spawn_blocking(move || f(&plugin)).await {
+            Ok(result) => result,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => Err(CallError::Stopped),
+            },
         }
     }
 
@@ -420,12 +465,18 @@ impl Plugin {
         &self.limits
     }
 
+    /// One of the plugin's settings (config over manifest defaults).
+    pub fn setting(&self, key: &str) -> Option<String> {
+        self.settings.get(key).cloned()
+    }
+
     /// Stats of the last call this thread made to any plugin.
     pub fn last_call_stats() -> CallStats {
         LAST_STATS.with(|s| s.borrow().clone())
     }
 
     fn instantiate(&self) -> wasmtime::Result<Pooled> {
+        let output = super::stdio::OutputSink::default();
         let state = PluginState {
             plugin: Arc::clone(&self.name),
             settings: Arc::clone(&self.settings),
@@ -435,11 +486,15 @@ impl Plugin {
                 peak: 0,
                 denied: false,
             },
-            wasi: WasiCtx::builder().build(),
+            wasi: WasiCtx::builder()
+                .stdout(output.clone())
+                .stderr(output.clone())
+                .build(),
             table: ResourceTable::new(),
             logs: 0,
             dropped_logs: 0,
             panic: None,
+            output,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -530,6 +585,7 @@ impl Plugin {
         if data.dropped_logs > 0 && data.logs > MAX_LOGS_PER_CALL {
             tracing::warn!(plugin = %self.name, dropped = data.logs - MAX_LOGS_PER_CALL, "Plugin log lines over the per-call limit were dropped.");
         }
+        forward_output(&self.name, &data.output);
         LAST_STATS.with(|s| *s.borrow_mut() = stats);
         match result {
             Err(e) => {
@@ -614,7 +670,26 @@ impl Drop for Plugin {
     }
 }
 
+/// Forwards what a call printed to the log, at debug level: stdout and
+/// stderr are not the contract's log, and may carry message content.
+fn forward_output(plugin: &str, sink: &super::stdio::OutputSink) {
+    let (lines, dropped) = sink.take();
+    for line in lines {
+        tracing::debug!(plugin, output = %line, "Plugin printed.");
+    }
+    if dropped > 0 {
+        tracing::debug!(
+            plugin,
+            dropped_bytes = dropped,
+            "Plugin output over the per-call limit was dropped."
+        );
+    }
+}
+
 fn classify(e: &wasmtime::Error, state: Option<&PluginState>, limits: &Limits) -> TrapKind {
+    if e.downcast_ref::<super::stdio::Blocked>().is_some() {
+        return TrapKind::Blocked;
+    }
     if let Some(state) = state {
         if state.limiter.denied {
             return TrapKind::OutOfMemory {

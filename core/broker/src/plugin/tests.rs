@@ -10,7 +10,7 @@ use super::bindings::classifier_types::{AnswerType, ClassifyContext};
 use super::bindings::connector_types::{Lane, OutboundMessage, SendOutcome, WebhookEvent};
 use super::fixture::{self, Fixture};
 use super::*;
-use crate::channel::{Executor, SandboxConfig, SandboxGateway};
+use crate::channel::{SandboxConfig, SandboxGateway};
 use crate::metrics::Metrics;
 
 fn host() -> PluginHost {
@@ -172,18 +172,13 @@ fn the_sandbox_send_path_end_to_end() {
         replies: vec!["NDIYO".into()],
         ..SandboxConfig::default()
     }));
-    let executor = Executor::new(
-        "sandbox",
-        &sandbox.manifest().capabilities.allowed_hosts,
-        Some(gateway.clone()),
-    );
     let m = message(7);
     let request = sandbox.build_send(&m).unwrap();
-    let (response, _) = executor.execute(&request, 1000).unwrap();
+    let response = gateway.handle(&request, 1000);
     let SendOutcome::Accepted(external) = sandbox.parse_send_response(&response).unwrap() else {
         panic!("not accepted")
     };
-    let hook = gateway.poll_webhooks(1000, 100).unwrap();
+    let (hook, _) = gateway.due_webhook(1000, 100).unwrap();
     let result = sandbox.handle_webhook(&hook).unwrap();
     assert_eq!(result.response.status, 200);
     assert!(matches!(&result.events[0], WebhookEvent::Receipt(r) if r.external_id == external));
@@ -201,15 +196,12 @@ fn the_sandbox_send_path_end_to_end() {
         Some("sw")
     );
     // A host the manifest does not allow is refused before anything is sent.
-    let mut elsewhere = request.clone();
-    elsewhere.url = "https://evil.example/steal".into();
-    assert!(
-        executor
-            .execute(&elsewhere, 0)
-            .unwrap_err()
-            .to_string()
-            .contains("not allowed")
+    let allowed = crate::channel::AllowedHosts::resolve(
+        &sandbox.manifest().capabilities.allowed_hosts,
+        &|key| sandbox.setting(key),
     );
+    assert!(allowed.allows(&request.url));
+    assert!(!allowed.allows("https://evil.example/steal"));
 }
 
 fn hostile() -> (PluginHost, Arc<Plugin>) {
@@ -293,6 +285,47 @@ fn the_filesystem_is_empty_to_a_plugin() {
         }) => assert!(m.contains("no file access"), "{m}"),
         other => panic!("a plugin must not read host files: {other:?}"),
     }
+}
+
+#[test]
+fn a_plugin_that_sleeps_is_refused_and_one_that_prints_is_not_stopped() {
+    let (_host, plugin) = hostile();
+    match plugin.classify("sleep", &yes_no()) {
+        Err(CallError::Trapped {
+            kind: TrapKind::Blocked,
+            ..
+        }) => {}
+        other => panic!("a sleep must be refused: {other:?}"),
+    }
+    // Printing 2,000 lines neither blocks nor fails the call; the output
+    // is kept to a bounded sink.
+    let printed = plugin.classify("print", &yes_no()).unwrap();
+    assert_eq!(printed.label, "printed");
+    assert_eq!(plugin.classify("hello", &yes_no()).unwrap().label, "ok");
+}
+
+/// From inside the async runtime (a worker thread), as the dispatcher
+/// used to call plugins: printing must not make WASI block on the
+/// runtime, and sleeping is refused there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_called_from_blocking_threads_print_and_are_refused_a_sleep() {
+    let (_host, plugin) = hostile();
+    let printed = plugin
+        .offload(|p| p.classify("print", &yes_no()))
+        .await
+        .unwrap();
+    assert_eq!(printed.label, "printed");
+    let slept = plugin.offload(|p| p.classify("sleep", &yes_no())).await;
+    assert!(
+        matches!(
+            slept,
+            Err(CallError::Trapped {
+                kind: TrapKind::Blocked,
+                ..
+            })
+        ),
+        "{slept:?}"
+    );
 }
 
 #[test]

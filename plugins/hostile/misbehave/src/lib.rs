@@ -39,6 +39,17 @@ impl Classifier for Misbehave {
             "big" => "x".repeat(8 << 20),
             "fs" => std::fs::read_to_string("/etc/hostname")
                 .map_err(|e| PluginError::Permanent(format!("no file access: {e}")))?,
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                "slept".to_string()
+            }
+            "print" => {
+                for i in 0..1000 {
+                    println!("hostile plugin printing line {i}");
+                    eprintln!("hostile plugin complaining {i}");
+                }
+                "printed".to_string()
+            }
             _ => "ok".to_string(),
         };
         Ok(Classification {
