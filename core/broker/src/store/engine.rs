@@ -29,10 +29,13 @@ pub enum Cf {
     External = 6,
     /// Explicit campaign audiences: `campaign | index` → recipient.
     Audience = 7,
+    /// Inbound messages as webhooks brought them: `seq`, and the
+    /// de-duplication index `channel | external id` → seq.
+    Inbound = 8,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 8] = [
+    pub const ALL: [Cf; 9] = [
         Cf::Meta,
         Cf::Campaigns,
         Cf::Ready,
@@ -41,7 +44,11 @@ impl Cf {
         Cf::Status,
         Cf::External,
         Cf::Audience,
+        Cf::Inbound,
     ];
+    /// Families added after the first release: a store without them is
+    /// older, not foreign; they are created when it opens.
+    pub const ADDED_LATER: [Cf; 1] = [Cf::Inbound];
     pub const COUNT: usize = Self::ALL.len();
 
     pub const fn name(self) -> &'static str {
@@ -54,6 +61,7 @@ impl Cf {
             Cf::Status => "status",
             Cf::External => "external",
             Cf::Audience => "audience",
+            Cf::Inbound => "inbound",
         }
     }
 

@@ -195,6 +195,38 @@ pub fn external(channel: ChannelId, external_id: &str) -> Vec<u8> {
     k
 }
 
+/// Next inbound message sequence number.
+pub const NEXT_INBOUND: &[u8] = b"Ninbound";
+
+const INBOUND_MESSAGE: u8 = b'm';
+const INBOUND_INDEX: u8 = b'x';
+
+/// An inbound message, in arrival order.
+pub fn inbound(seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(INBOUND_MESSAGE);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn inbound_from(key: &[u8]) -> Option<u64> {
+    let b: [u8; 8] = key.strip_prefix(&[INBOUND_MESSAGE])?.try_into().ok()?;
+    Some(u64::from_be_bytes(b))
+}
+
+pub fn inbound_range() -> (Vec<u8>, Vec<u8>) {
+    (vec![INBOUND_MESSAGE], vec![INBOUND_MESSAGE + 1])
+}
+
+/// The de-duplication index of inbound messages: `channel | external id`.
+pub fn inbound_index(channel: ChannelId, external_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + external_id.len());
+    k.push(INBOUND_INDEX);
+    k.extend_from_slice(&channel.0.to_be_bytes());
+    k.extend_from_slice(external_id.as_bytes());
+    k
+}
+
 /// The smallest key greater than every key starting with `prefix`.
 pub fn end_of_prefix(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();

@@ -25,7 +25,7 @@ pub use engine::{Batch, Cf, Engine, Op, Pending, Ticket};
 pub use keys::QueueKey;
 pub use memory::MemoryEngine;
 pub use queue::{ChannelDepth, Clock, Leased, NewDelivery, Outcome, Recovery, Store, SystemClock};
-pub use records::{AttemptNote, Counters, DeadLetter, Globals, Item, StatusRecord};
+pub use records::{AttemptNote, Counters, DeadLetter, Globals, InboundRecord, Item, StatusRecord};
 pub use rocks::RocksEngine;
 
 use crate::config::{Config, EngineKind};
@@ -35,6 +35,20 @@ use crate::metrics::StoreMetrics;
 /// Opens the store the config names, with the system clock.
 pub fn open(config: &Config, metrics: StoreMetrics) -> Result<(Store, Recovery)> {
     open_with_clock(config, metrics, Arc::new(SystemClock))
+}
+
+/// Opens the store the config names to read it: nothing is recovered or
+/// written, and a running broker may hold the store meanwhile.
+pub fn open_read_only(config: &Config, metrics: StoreMetrics) -> Result<(Store, Recovery)> {
+    let engine: Arc<dyn Engine> = match config.store.engine {
+        EngineKind::Rocksdb => Arc::new(RocksEngine::open_read_only(&config.data_dir)?),
+        EngineKind::Memory => {
+            return Err(crate::Error::Invalid(
+                "the memory engine keeps nothing to look at".into(),
+            ));
+        }
+    };
+    Store::open_read_only(engine, Arc::new(SystemClock), metrics)
 }
 
 /// Opens the store the config names with the given clock.

@@ -12,9 +12,13 @@
 //! The in-memory state (positions, counts, the round-robin cursors) lives
 //! behind one lock; batches are built and *submitted* under it, so they
 //! commit in the order the state changed, and callers wait for the commit
-//! outside it. A reader sees only committed data: a lease therefore takes
-//! the committed prefix of `[head, tail)` and never skips over an enqueue
-//! that has not committed yet.
+//! outside it. The lock is held only for memory work: a lease reads its
+//! queues outside it (under the channel's own lease lock, the only thing
+//! that moves a queue's head), receipts read their records before taking
+//! it, a promotion waits for earlier commits without it, and inbound
+//! messages have a lock of their own. A reader sees only committed data: a
+//! lease therefore takes the committed prefix of `[head, tail)` and never
+//! skips over an enqueue that has not committed yet.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
@@ -27,7 +31,8 @@ use parking_lot::Mutex;
 use super::engine::{Batch, Cf, Engine, Pending, Ticket};
 use super::keys::{self, QueueKey};
 use super::records::{
-    AttemptNote, Counters, DeadLetter, Globals, Item, QueueMeta, StatusRecord, decode, encode,
+    AttemptNote, Counters, DeadLetter, Globals, InboundRecord, Item, QueueMeta, StatusRecord,
+    decode, encode,
 };
 use crate::error::{Error, Result};
 use crate::metrics::StoreMetrics;
@@ -153,6 +158,9 @@ struct State {
     next_campaign: u64,
     /// No delayed delivery is due before this (a hint; `None`: none known).
     next_due: Option<u64>,
+    /// New retries are due no earlier than this: a promotion in progress
+    /// moved it past the range it is about to delete.
+    retry_floor: u64,
 }
 
 impl State {
@@ -244,6 +252,13 @@ impl Touched {
 pub struct Store {
     engine: Arc<dyn Engine>,
     state: Mutex<State>,
+    /// One lease at a time per channel; leases of different channels run
+    /// side by side.
+    leasing: Mutex<HashMap<ChannelId, Arc<Mutex<()>>>>,
+    /// One promotion at a time.
+    promoting: Mutex<()>,
+    /// The next inbound message's sequence number.
+    next_inbound: Mutex<u64>,
     clock: Arc<dyn Clock>,
     metrics: StoreMetrics,
 }
@@ -258,6 +273,25 @@ impl Store {
         clock: Arc<dyn Clock>,
         metrics: StoreMetrics,
     ) -> Result<(Self, Recovery)> {
+        Self::open_inner(engine, clock, metrics, true)
+    }
+
+    /// Opens the queues to look at them: what a recovery would find is
+    /// reported, nothing is written (use it on a read-only engine).
+    pub fn open_read_only(
+        engine: Arc<dyn Engine>,
+        clock: Arc<dyn Clock>,
+        metrics: StoreMetrics,
+    ) -> Result<(Self, Recovery)> {
+        Self::open_inner(engine, clock, metrics, false)
+    }
+
+    fn open_inner(
+        engine: Arc<dyn Engine>,
+        clock: Arc<dyn Clock>,
+        metrics: StoreMetrics,
+        recover: bool,
+    ) -> Result<(Self, Recovery)> {
         let mut state = State {
             channels: HashMap::new(),
             queues: BTreeMap::new(),
@@ -265,6 +299,11 @@ impl Store {
             globals: Globals::default(),
             next_campaign: 1,
             next_due: None,
+            retry_floor: 0,
+        };
+        let next_inbound = match engine.get(Cf::Inbound, keys::NEXT_INBOUND)? {
+            Some(v) => decode(Cf::Inbound, keys::NEXT_INBOUND, &v)?,
+            None => 1u64,
         };
         if let Some(v) = engine.get(Cf::Meta, keys::NEXT_CAMPAIGN)? {
             state.next_campaign = decode(Cf::Meta, keys::NEXT_CAMPAIGN, &v)?;
@@ -349,14 +388,16 @@ impl Store {
             );
             recovery.requeued += requeued;
         }
-        if !reset.is_empty() {
+        if recover && !reset.is_empty() {
             engine.write(reset)?;
         }
         if state.globals.delayed > 0 {
             state.next_due = Some(state.globals.delayed_floor);
         }
-        metrics.recovered.inc_by(recovery.requeued);
-        if recovery.requeued > 0 {
+        if recover {
+            metrics.recovered.inc_by(recovery.requeued);
+        }
+        if recover && recovery.requeued > 0 {
             tracing::warn!(
                 deliveries = recovery.requeued,
                 "Deliveries leased before the last stop were never settled; they are ready again and will be re-sent."
@@ -365,6 +406,9 @@ impl Store {
         let store = Self {
             engine,
             state: Mutex::new(state),
+            leasing: Mutex::new(HashMap::new()),
+            promoting: Mutex::new(()),
+            next_inbound: Mutex::new(next_inbound),
             clock,
             metrics,
         };
@@ -470,8 +514,13 @@ impl Store {
     /// first, round-robin across the campaigns of a lane, oldest first
     /// within a campaign. Send nothing before the returned value is
     /// committed.
+    ///
+    /// The queues are read from the engine outside the store's lock (under
+    /// the channel's own lease lock, so the heads it read from cannot
+    /// move): one channel's reads never hold up another channel.
     pub fn lease(&self, channel: ChannelId, max: usize) -> Result<Pending<Vec<Leased>>> {
-        let mut state = self.state.lock();
+        let lease_lock = Arc::clone(self.leasing.lock().entry(channel).or_default());
+        let _leasing = lease_lock.lock();
         let mut out = Vec::new();
         let mut touched = Touched::default();
         for lane in Lane::ALL {
@@ -479,38 +528,63 @@ impl Store {
             if remaining == 0 {
                 break;
             }
+            // Plan: which queues, from which heads, how many.
+            let plan: Vec<(QueueKey, u64, u64, u64, u64)> = {
+                let mut state = self.state.lock();
+                let Some(ch) = state.queues.get_mut(&channel) else {
+                    break;
+                };
+                let ls = &mut ch.lanes[lane.code() as usize];
+                if ls.ready == 0 {
+                    continue;
+                }
+                round_robin(ls, remaining)
+                    .into_iter()
+                    .filter_map(|(campaign, want)| {
+                        let qs = ls.queues.get(&campaign)?;
+                        Some((
+                            QueueKey {
+                                channel,
+                                lane,
+                                campaign,
+                            },
+                            qs.meta.head,
+                            qs.meta.tail,
+                            qs.meta.redeliver_below,
+                            want,
+                        ))
+                    })
+                    .collect()
+            };
+            // Read, without the store's lock.
+            let mut taken: Vec<Vec<Leased>> = Vec::with_capacity(plan.len());
+            for &(q, head, tail, redeliver_below, want) in &plan {
+                taken.push(self.read_ready(q, head, tail, redeliver_below, want)?);
+            }
+            // Apply.
+            let mut state = self.state.lock();
             let Some(ch) = state.queues.get_mut(&channel) else {
                 break;
             };
             let ls = &mut ch.lanes[lane.code() as usize];
-            if ls.ready == 0 {
-                continue;
-            }
-            let shares = round_robin(ls, remaining);
-            let mut taken: Vec<Vec<Leased>> = Vec::with_capacity(shares.len());
-            for &(campaign, want) in &shares {
-                let q = QueueKey {
-                    channel,
-                    lane,
-                    campaign,
+            for got in &taken {
+                let Some(last) = got.last() else {
+                    continue;
                 };
+                let q = last.queue;
                 let qs = ls
                     .queues
-                    .get_mut(&campaign)
-                    .expect("active campaigns have queues");
-                let got = self.read_ready(q, qs, want)?;
-                if let Some(last) = got.last() {
-                    qs.meta.head = last.qseq + 1;
-                    qs.meta.ready -= got.len() as u64;
-                    qs.leased.extend(got.iter().map(|l| l.qseq));
-                    ls.ready -= got.len() as u64;
-                    ls.leased += got.len() as u64;
-                    if qs.meta.ready == 0 {
-                        ls.active.remove(&campaign);
-                    }
-                    touched.queues.insert(q);
+                    .get_mut(&q.campaign)
+                    .expect("queues are never removed while the store is open");
+                qs.meta.head = last.qseq + 1;
+                qs.meta.ready -= got.len() as u64;
+                qs.leased.extend(got.iter().map(|l| l.qseq));
+                ls.ready -= got.len() as u64;
+                ls.leased += got.len() as u64;
+                if qs.meta.ready == 0 {
+                    ls.active.remove(&q.campaign);
                 }
-                taken.push(got);
+                touched.queues.insert(q);
             }
             // Hand them out in the order the round-robin dealt them.
             let mut iters: Vec<_> = taken.into_iter().map(Vec::into_iter).collect();
@@ -527,25 +601,30 @@ impl Store {
                 }
             }
         }
-        let redelivered = out.iter().filter(|l| l.redelivered).count() as u64;
-        if redelivered > 0 {
-            for l in out.iter().filter(|l| l.redelivered) {
-                state.counters(l.queue.campaign).redelivered += 1;
-                touched.campaigns.insert(l.queue.campaign);
-            }
-        }
         if out.is_empty() {
             return Ok(Pending::ready(out));
+        }
+        let mut state = self.state.lock();
+        for l in out.iter().filter(|l| l.redelivered) {
+            state.counters(l.queue.campaign).redelivered += 1;
+            touched.campaigns.insert(l.queue.campaign);
         }
         let mut batch = Batch::new();
         touched.write(&mut state, &mut batch);
         Ok(Pending::new(out, self.engine.submit(batch)))
     }
 
-    fn read_ready(&self, q: QueueKey, qs: &QueueState, want: u64) -> Result<Vec<Leased>> {
+    fn read_ready(
+        &self,
+        q: QueueKey,
+        head: u64,
+        tail: u64,
+        redeliver_below: u64,
+        want: u64,
+    ) -> Result<Vec<Leased>> {
         let mut got = Vec::with_capacity(want as usize);
-        let lower = keys::ready(q, qs.meta.head);
-        let upper = keys::ready(q, qs.meta.tail);
+        let lower = keys::ready(q, head);
+        let upper = keys::ready(q, tail);
         self.engine.scan(Cf::Ready, &lower, &upper, &mut |k, v| {
             let Some((_, qseq)) = keys::ready_from(k) else {
                 return Err(Error::BadRecord {
@@ -558,7 +637,7 @@ impl Store {
                 queue: q,
                 qseq,
                 item: decode(Cf::Ready, k, v)?,
-                redelivered: qseq < qs.meta.redeliver_below,
+                redelivered: qseq < redeliver_below,
             });
             Ok((got.len() as u64) < want)
         })?;
@@ -621,7 +700,9 @@ impl Store {
                     state.counters(campaign).statuses[status.code() as usize] += 1;
                 }
                 Outcome::Retry { due_ms, reason } => {
-                    let due = due_ms.max(state.globals.delayed_floor);
+                    let due = due_ms
+                        .max(state.globals.delayed_floor)
+                        .max(state.retry_floor);
                     item.attempts += 1;
                     item.history.push(AttemptNote {
                         at_ms: now,
@@ -743,23 +824,28 @@ impl Store {
         reports: &[(DeliveryId, DeliveryStatus, Option<String>)],
     ) -> Result<Pending<(usize, usize)>> {
         let now = self.clock.now_ms();
+        // The records are read before taking the lock: reads never hold up
+        // other channels, and receipts are applied by one caller at a time.
+        let mut current: HashMap<DeliveryId, Option<StatusRecord>> = HashMap::new();
+        for (id, _, _) in reports {
+            if current.contains_key(id) {
+                continue;
+            }
+            let key = keys::delivery(*id);
+            let record = self
+                .engine
+                .get(Cf::Status, &key)?
+                .map(|v| decode::<StatusRecord>(Cf::Status, &key, &v))
+                .transpose()?;
+            current.insert(*id, record);
+        }
         let mut state = self.state.lock();
         let mut batch = Batch::new();
         let mut touched = Touched::default();
         let mut changed = 0;
         let mut unknown = 0;
-        let mut latest: HashMap<DeliveryId, StatusRecord> = HashMap::new();
         for (id, next, reason) in reports {
-            let key = keys::delivery(*id);
-            let current = match latest.remove(id) {
-                Some(r) => Some(r),
-                None => self
-                    .engine
-                    .get(Cf::Status, &key)?
-                    .map(|v| decode::<StatusRecord>(Cf::Status, &key, &v))
-                    .transpose()?,
-            };
-            let Some(mut record) = current else {
+            let Some(Some(record)) = current.get_mut(id) else {
                 unknown += 1;
                 continue;
             };
@@ -774,10 +860,9 @@ impl Store {
                 if reason.is_some() {
                     record.reason.clone_from(reason);
                 }
-                batch.put(Cf::Status, key, encode(&record));
+                batch.put(Cf::Status, keys::delivery(*id), encode(&*record));
                 changed += 1;
             }
-            latest.insert(*id, record);
         }
         if batch.is_empty() {
             return Ok(Pending::ready((0, unknown)));
@@ -828,18 +913,26 @@ impl Store {
 
     /// Moves delayed deliveries that are due into the tail of their queues.
     /// Returns how many moved; call again when it returns a full page.
+    ///
+    /// The store's lock is not held while waiting for earlier commits or
+    /// scanning: first the floor for new retries moves past `now` (so none
+    /// can land in the range about to be deleted), then a barrier makes
+    /// every earlier retry visible, then the range is read and promoted.
     pub fn promote_due(&self) -> Result<usize> {
+        let _one = self.promoting.lock();
         let now = self.clock.now_ms();
-        let mut state = self.state.lock();
-        match state.next_due {
-            Some(due) if due <= now && state.globals.delayed > 0 => {}
-            _ => return Ok(0),
-        }
-        // Every delayed write submitted so far must be visible before the
-        // scan: the range delete below covers keys the scan did not see.
-        // Holding the lock keeps new ones out until the floor has moved.
+        let floor = {
+            let mut state = self.state.lock();
+            match state.next_due {
+                Some(due) if due <= now && state.globals.delayed > 0 => {}
+                _ => return Ok(0),
+            }
+            state.retry_floor = state.retry_floor.max(now.saturating_add(1));
+            // Retries settled from here on set the hint themselves.
+            state.next_due = None;
+            state.globals.delayed_floor
+        };
         self.engine.barrier()?;
-        let floor = state.globals.delayed_floor;
         let lower = keys::delayed_floor(floor);
         let upper = keys::delayed_floor(now.saturating_add(1));
         let mut due: Vec<(Vec<u8>, Item)> = Vec::new();
@@ -848,18 +941,29 @@ impl Store {
             Ok(due.len() < PROMOTE_LIMIT)
         })?;
         let full = due.len() == PROMOTE_LIMIT;
+        let mut later = None;
+        if !full {
+            self.engine
+                .scan(Cf::Delayed, &upper, &[0xff; 9], &mut |k, _| {
+                    later = keys::delayed_from(k).map(|(d, _, _)| d);
+                    Ok(false)
+                })?;
+        }
         let mut batch = Batch::new();
         let mut touched = Touched {
             globals: true,
             ..Touched::default()
         };
+        let mut state = self.state.lock();
         let mut last_due = floor;
         for (k, item) in &due {
-            let (d, q, _) = keys::delayed_from(k).ok_or_else(|| Error::BadRecord {
-                cf: "delayed",
-                key: format!("{k:02x?}"),
-                message: "malformed key".into(),
-            })?;
+            let Some((d, q, _)) = keys::delayed_from(k) else {
+                return Err(Error::BadRecord {
+                    cf: "delayed",
+                    key: format!("{k:02x?}"),
+                    message: "malformed key".into(),
+                });
+            };
             last_due = d;
             let qseq = state.push_ready(q, 1);
             batch.put(Cf::Ready, keys::ready(q, qseq), encode(item));
@@ -874,20 +978,16 @@ impl Store {
         }
         state.globals.delayed -= due.len() as u64;
         state.globals.delayed_floor = if full { last_due } else { now + 1 };
+        let found = if full { Some(last_due) } else { later };
         state.next_due = if state.globals.delayed == 0 {
             None
-        } else if full {
-            Some(last_due)
         } else {
-            let mut next = None;
-            self.engine
-                .scan(Cf::Delayed, &upper, &[0xff; 9], &mut |k, _| {
-                    next = keys::delayed_from(k).map(|(d, _, _)| d);
-                    Ok(false)
-                })?;
-            // A retry submitted before the barrier but due later is visible
-            // now; anything submitted later lowers the hint itself.
-            Some(next.unwrap_or(now + 1))
+            // What the scan found, or what a retry settled meanwhile set;
+            // a retry committed before the barrier but due later was found.
+            match (found, state.next_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => Some(a.or(b).unwrap_or(now + 1)),
+            }
         };
         touched.write(&mut state, &mut batch);
         let ticket = self.engine.submit(batch);
@@ -965,6 +1065,117 @@ impl Store {
         state.globals.dead -= letters.len() as u64;
         touched.write(&mut state, &mut batch);
         Ok(Pending::new(letters.len(), self.engine.submit(batch)))
+    }
+
+    /// Keeps inbound messages of `channel`, in arrival order, dropping any
+    /// whose external id this channel already brought. Returns how many
+    /// were new. Reads the index: call it from a blocking thread.
+    pub fn put_inbound(
+        &self,
+        channel: ChannelId,
+        messages: Vec<InboundRecord>,
+    ) -> Result<Pending<usize>> {
+        // Inbound records have their own lock: they share nothing with the
+        // queues. Held across the index reads so a webhook sent twice at
+        // once is still stored once.
+        let mut next = self.next_inbound.lock();
+        let mut batch = Batch::new();
+        let mut seen = BTreeSet::new();
+        let mut stored = 0;
+        for m in messages {
+            if let Some(ext) = &m.external_id {
+                let index = keys::inbound_index(channel, ext);
+                if !seen.insert(index.clone()) || self.engine.get(Cf::Inbound, &index)?.is_some() {
+                    continue;
+                }
+                batch.put(Cf::Inbound, index, next.to_be_bytes().to_vec());
+            }
+            batch.put(Cf::Inbound, keys::inbound(*next), encode(&m));
+            *next += 1;
+            stored += 1;
+        }
+        if stored == 0 {
+            return Ok(Pending::ready(0));
+        }
+        batch.put(Cf::Inbound, keys::NEXT_INBOUND.to_vec(), encode(&*next));
+        Ok(Pending::new(stored, self.engine.submit(batch)))
+    }
+
+    /// Inbound messages after sequence number `after`, oldest first.
+    pub fn inbound(&self, after: u64, limit: usize) -> Result<Vec<(u64, InboundRecord)>> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let (_, hi) = keys::inbound_range();
+        self.engine.scan(
+            Cf::Inbound,
+            &keys::inbound(after.saturating_add(1)),
+            &hi,
+            &mut |k, v| {
+                if let Some(seq) = keys::inbound_from(k) {
+                    out.push((seq, decode(Cf::Inbound, k, v)?));
+                }
+                Ok(out.len() < limit)
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// Moves a delivery whose receipt said it failed back into a queue: the
+    /// campaign's next channel (fallback after wiring). Its status record
+    /// and receipt index go, its history keeps the failure. Returns false,
+    /// writing nothing, unless its status is `failed`. Reads the status:
+    /// call it from a blocking thread.
+    pub fn reroute_failed(
+        &self,
+        id: DeliveryId,
+        to: QueueKey,
+        delivery: NewDelivery,
+        reason: String,
+    ) -> Result<Pending<bool>> {
+        let now = self.clock.now_ms();
+        let key = keys::delivery(id);
+        let Some(record) = self
+            .engine
+            .get(Cf::Status, &key)?
+            .map(|v| decode::<StatusRecord>(Cf::Status, &key, &v))
+            .transpose()?
+        else {
+            return Ok(Pending::ready(false));
+        };
+        if record.status != DeliveryStatus::Failed {
+            return Ok(Pending::ready(false));
+        }
+        let mut state = self.state.lock();
+        let mut batch = Batch::new();
+        batch.delete(Cf::Status, key);
+        if let Some(ext) = &record.external_id {
+            batch.delete(Cf::External, keys::external(record.channel, ext));
+        }
+        let item = Item {
+            index: id.index,
+            recipient: delivery.recipient,
+            route: delivery.route,
+            language: delivery.language,
+            attempts: 0,
+            enqueued_ms: now,
+            history: vec![AttemptNote {
+                at_ms: now,
+                channel: record.channel,
+                reason,
+            }],
+        };
+        let qseq = state.push_ready(to, 1);
+        batch.put(Cf::Ready, keys::ready(to, qseq), encode(&item));
+        let c = state.counters(id.campaign);
+        c.statuses[DeliveryStatus::Failed.code() as usize] -= 1;
+        c.rerouted += 1;
+        let mut touched = Touched::default();
+        touched.queues.insert(to);
+        touched.campaigns.insert(id.campaign);
+        touched.write(&mut state, &mut batch);
+        Ok(Pending::new(true, self.engine.submit(batch)))
     }
 
     /// The status record of a delivery that left the queue.

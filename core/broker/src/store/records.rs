@@ -62,6 +62,21 @@ pub struct StatusRecord {
     pub reason: Option<String>,
 }
 
+/// A message a health worker sent, as the channel's webhook brought it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboundRecord {
+    pub channel: ChannelId,
+    /// The sender's address on the channel (E.164 for SMS).
+    pub from: String,
+    pub text: String,
+    /// The gateway's id, used to drop a webhook sent twice.
+    pub external_id: Option<String>,
+    /// When the gateway says it arrived (ms), if it says.
+    pub received_ms: Option<u64>,
+    /// When the broker stored it (ms).
+    pub stored_ms: u64,
+}
+
 /// A delivery that will not be retried: why, and what was tried.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {

@@ -43,7 +43,7 @@ impl RocksEngine {
     /// empty. Refuses folders that hold anything else.
     pub fn open(path: &Path, config: &StoreConfig, metrics: StoreMetrics) -> Result<Self> {
         let fresh = prepare_dir(path)?;
-        let opts = db_options(config, fresh);
+        let mut opts = db_options(config, fresh);
         if !fresh {
             let families = DB::list_cf(&opts, path).map_err(|e| open_error(path, e))?;
             let missing: Vec<&str> = Cf::ALL
@@ -51,9 +51,14 @@ impl RocksEngine {
                 .map(|cf| cf.name())
                 .filter(|name| !families.iter().any(|f| f == name))
                 .collect();
-            if !missing.is_empty() {
+            let older = missing
+                .iter()
+                .all(|m| Cf::ADDED_LATER.iter().any(|cf| cf.name() == *m));
+            if !missing.is_empty() && !older {
                 return Err(missing_families(path, &opts, &missing));
             }
+            // A store from before a family was added gets it now.
+            opts.create_missing_column_families(true);
         }
         let descriptors = Cf::ALL
             .iter()
@@ -85,8 +90,75 @@ impl RocksEngine {
         })
     }
 
-    fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
-        handle(&self.db, cf)
+    /// Opens an existing store for reading only: no writer, no lock taken
+    /// (a running broker may hold the store), nothing written, ever.
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        match std::fs::metadata(path) {
+            Ok(meta) if !meta.is_dir() => {
+                return Err(Error::ForeignStore {
+                    path: path.to_owned(),
+                    reason: "it is a file, not a folder".into(),
+                });
+            }
+            Ok(_) => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+        if !path.join("CURRENT").exists() {
+            let empty = std::fs::read_dir(path)
+                .map_err(|source| Error::Io {
+                    path: path.to_owned(),
+                    source,
+                })?
+                .next()
+                .is_none();
+            return Err(if empty {
+                Error::Open {
+                    path: path.to_owned(),
+                    message: "the folder is empty: no store here yet".into(),
+                }
+            } else {
+                Error::ForeignStore {
+                    path: path.to_owned(),
+                    reason: "the folder holds other files and no database".into(),
+                }
+            });
+        }
+        let opts = Options::default();
+        let families = DB::list_cf(&opts, path).map_err(|e| open_error(path, e))?;
+        let missing: Vec<&str> = Cf::ALL
+            .iter()
+            .map(|cf| cf.name())
+            .filter(|name| !families.iter().any(|f| f == name))
+            .filter(|name| !Cf::ADDED_LATER.iter().any(|cf| cf.name() == *name))
+            .collect();
+        if !missing.is_empty() {
+            return Err(missing_families(path, &opts, &missing));
+        }
+        let present = Cf::ALL
+            .iter()
+            .filter(|cf| families.iter().any(|f| f == cf.name()))
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf)));
+        let db = DB::open_cf_descriptors_read_only(&opts, path, present, false)
+            .map_err(|e| open_error(path, e))?;
+        let db = Arc::new(db);
+        check_schema(&db, path, false)?;
+        Ok(Self {
+            db,
+            path: path.to_owned(),
+            tx: None,
+            writer: None,
+        })
+    }
+
+    /// The family's handle; `None` only for a family added after this
+    /// store was written, opened read-only (it is then empty).
+    fn cf(&self, cf: Cf) -> Option<&rocksdb::ColumnFamily> {
+        self.db.cf_handle(cf.name())
     }
 }
 
@@ -109,8 +181,11 @@ impl Drop for RocksEngine {
 
 impl Engine for RocksEngine {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let Some(handle) = self.cf(cf) else {
+            return Ok(None);
+        };
         self.db
-            .get_cf(self.cf(cf), key)
+            .get_cf(handle, key)
             .map_err(|e| read_error(&self.path, e))
     }
 
@@ -118,12 +193,15 @@ impl Engine for RocksEngine {
         if lower >= upper {
             return Ok(());
         }
+        let Some(handle) = self.cf(cf) else {
+            return Ok(());
+        };
         let mut ro = ReadOptions::default();
         ro.set_iterate_lower_bound(lower.to_vec());
         ro.set_iterate_upper_bound(upper.to_vec());
         // Queue scans read each entry once; keep them out of the block cache.
         ro.fill_cache(!cf.is_queue());
-        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), ro);
+        let mut it = self.db.raw_iterator_cf_opt(handle, ro);
         it.seek(lower);
         while it.valid() {
             let (Some(key), Some(value)) = (it.key(), it.value()) else {
@@ -141,7 +219,10 @@ impl Engine for RocksEngine {
         let (ack, rx) = oneshot::channel();
         match &self.tx {
             Some(tx) if tx.send(Request { batch, ack }).is_ok() => Ticket::pending(rx),
-            _ => Ticket::done(Err(Error::StoreClosed)),
+            Some(_) => Ticket::done(Err(Error::StoreClosed)),
+            None => Ticket::done(Err(Error::ReadOnly {
+                path: self.path.clone(),
+            })),
         }
     }
 
