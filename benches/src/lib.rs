@@ -22,3 +22,22 @@ pub fn round(x: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
     (x * f).round() / f
 }
+
+/// The type of the filesystem holding `path` (`ext4`, `tmpfs`, `overlayfs`…),
+/// as `stat -f` names it; figures record where their data lived.
+pub fn fs_type(path: &std::path::Path) -> String {
+    let mut probe = path.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(&probe)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}

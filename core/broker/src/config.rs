@@ -57,7 +57,9 @@ pub struct DispatchConfig {
     pub fanout_ahead: u64,
     /// Most deliveries one channel leases at a time.
     pub lease_max: usize,
-    /// How often receipts are collected from simulated gateways (ms).
+    /// How often simulated gateways push their due receipts and replies,
+    /// and held receipts (their delivery's settle not yet committed) are
+    /// tried again (ms).
     pub receipt_poll_ms: u64,
     /// Housekeeping period: due retries, expiry, gauges (ms).
     pub tick_ms: u64,
@@ -100,6 +102,8 @@ pub struct ChannelConfig {
     /// Least time between two messages to one recipient (ms); 0: off.
     pub recipient_interval_ms: u64,
     pub retry: crate::dispatch::RetryPolicy,
+    /// How requests reach a real gateway over HTTP.
+    pub http: crate::channel::HttpConfig,
     /// Settings of the simulated gateway, for `connector = "sandbox"`.
     pub sandbox: crate::channel::SandboxConfig,
 }
@@ -116,18 +120,21 @@ impl Default for ChannelConfig {
             batch: 1,
             recipient_interval_ms: 0,
             retry: crate::dispatch::RetryPolicy::default(),
+            http: crate::channel::HttpConfig::default(),
             sandbox: crate::channel::SandboxConfig::default(),
         }
     }
 }
 
 impl Config {
-    /// The component cache folder.
-    pub fn plugin_cache_dir(&self) -> PathBuf {
-        self.plugins
-            .cache_dir
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("plugin-cache"))
+    /// The component cache folder: as configured, else beside the store;
+    /// none with the memory engine (it writes nothing to disk).
+    pub fn plugin_cache_dir(&self) -> Option<PathBuf> {
+        match (&self.plugins.cache_dir, self.store.engine) {
+            (Some(dir), _) => Some(dir.clone()),
+            (None, EngineKind::Rocksdb) => Some(self.data_dir.join("plugin-cache")),
+            (None, EngineKind::Memory) => None,
+        }
     }
 }
 
@@ -265,6 +272,9 @@ impl Config {
                 .map_err(Error::Config)?;
             c.sandbox
                 .validate(&format!("{path}.sandbox"))
+                .map_err(Error::Config)?;
+            c.http
+                .validate(&format!("{path}.http"))
                 .map_err(Error::Config)?;
         }
         Ok(())

@@ -48,6 +48,9 @@ pub enum Error {
     #[error("the store is closed")]
     StoreClosed,
 
+    #[error("the store at {path} is open for reading only")]
+    ReadOnly { path: PathBuf },
+
     #[error("delivery {0} is not leased (settled twice, or after a restart?)")]
     NotLeased(DeliveryId),
 
@@ -73,4 +76,8 @@ pub enum Error {
 
     #[error("cannot parse config file {path}: {message}")]
     ConfigParse { path: PathBuf, message: String },
+
+    /// A task the broker runs stopped unexpectedly (a bug, or shutdown).
+    #[error("internal error: {0}")]
+    Internal(String),
 }

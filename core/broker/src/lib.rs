@@ -3,6 +3,9 @@
 //!
 //! # Layout
 //!
+//! - [`broker`]: the composition root, [`Broker::open`]: store, plugin
+//!   host, channels, dispatcher, webhooks and metrics, wired once; the CLI,
+//!   tests and benchmarks all start the broker through it.
 //! - [`store`]: the durable queues. One embedded RocksDB (or an in-memory
 //!   engine) behind a small [`store::Engine`] trait; the queue logic
 //!   (enqueue, lease, settle, retry, dead letters, recovery) is written once
@@ -11,8 +14,9 @@
 //! - [`plugin`]: the WebAssembly plugin host (wasmtime): connectors, FHIR
 //!   mappers and classifiers as sandboxed components, with deadlines,
 //!   memory caps, warm per-thread instance pools and circuit breakers.
-//! - [`channel`]: the channel runtime; for now the sandbox gateway (a
-//!   simulator inside the broker) and the request executor.
+//! - [`channel`]: the channel runtime: async transports (real HTTP, and
+//!   the sandbox gateway, a simulator inside the broker) and the webhook
+//!   entry point that routes receipts and inbound messages to their sinks.
 //! - [`dispatch`]: campaigns, lazy fan-out, per-channel schedulers (lanes,
 //!   rate limits, in-flight windows, retries, fallback), statuses.
 //! - [`config`]: the TOML configuration, validated, unknown keys refused.
@@ -24,13 +28,16 @@
 //! settled: wired to a gateway, retried later, rerouted to another channel,
 //! or kept as a dead letter.
 
+pub mod broker;
 pub mod channel;
 pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod metrics;
 pub mod plugin;
+mod stop;
 pub mod store;
 
+pub use broker::Broker;
 pub use config::Config;
 pub use error::{Error, Result};

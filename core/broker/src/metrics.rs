@@ -16,6 +16,7 @@ pub struct Metrics {
     pub store: StoreMetrics,
     pub plugin: crate::plugin::PluginMetrics,
     pub dispatch: crate::dispatch::DispatchMetrics,
+    pub webhooks: crate::channel::WebhookMetrics,
 }
 
 impl Default for Metrics {
@@ -33,11 +34,14 @@ impl Metrics {
         let dispatch = crate::dispatch::DispatchMetrics::register(
             registry.sub_registry_with_prefix("dispatch"),
         );
+        let webhooks =
+            crate::channel::WebhookMetrics::register(registry.sub_registry_with_prefix("channel"));
         Self {
             registry,
             store,
             plugin,
             dispatch,
+            webhooks,
         }
     }
 

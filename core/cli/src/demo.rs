@@ -1,23 +1,21 @@
 //! `mhero demo`: a generated directory, a bulk update to everyone and an
-//! emergency alert to a slice, through the dispatcher and the sandbox
-//! connector (a simulated gateway inside the broker), with a progress bar
-//! per campaign and a final per-status report.
+//! emergency alert to a slice, through the broker (opened with
+//! [`Broker::open`], as every entry point does) and the sandbox connector
+//! (a simulated gateway inside the broker, whose receipts come back
+//! through the webhook entry point), with a progress bar per campaign and a
+//! final per-status report.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mhero_broker::Config;
 use mhero_broker::channel::SandboxConfig;
 use mhero_broker::config::ChannelConfig;
 use mhero_broker::dispatch::{
-    AudienceSpec, Body, CampaignSpec, Dispatcher, GeneratedAudience, Progress, TokioClock,
+    AudienceSpec, Body, CampaignSpec, Dispatcher, GeneratedAudience, Progress,
 };
-use mhero_broker::metrics::Metrics;
-use mhero_broker::plugin::{HostOptions, PluginHost};
-use mhero_broker::store;
+use mhero_broker::{Broker, Config};
 use mhero_proto::{CampaignId, Lane};
 
 #[derive(clap::Args)]
@@ -148,23 +146,9 @@ pub fn run(mut config: Config, args: &DemoArgs) -> Result<()> {
 }
 
 async fn demo(config: Config, args: &DemoArgs) -> Result<()> {
-    let metrics = Metrics::new();
-    let clock = TokioClock::new();
-    let (store, recovery) =
-        store::open_with_clock(&config, metrics.store.clone(), Arc::new(clock))?;
-    let store = Arc::new(store);
-    let plugins = PluginHost::new(
-        HostOptions {
-            cache_dir: Some(config.plugin_cache_dir()),
-            fuel: false,
-            settings: config.plugins.config.clone(),
-        },
-        metrics.plugin.clone(),
-    )?;
-    plugins.load_builtins()?;
-    if let Some(dir) = &config.plugins.dir {
-        plugins.load_dir(dir)?;
-    }
+    let broker = Broker::open(config).await?;
+    let config = broker.config().clone();
+    let recovery = broker.recovery().clone();
     println!(
         "mHero demo: store {} ({} engine, {} durability); channels: {}",
         config.data_dir.display(),
@@ -184,14 +168,7 @@ async fn demo(config: Config, args: &DemoArgs) -> Result<()> {
             recovery.requeued
         );
     }
-    let dispatcher = Dispatcher::start(
-        Arc::clone(&store),
-        &plugins,
-        &config.channels,
-        config.dispatch.clone(),
-        clock,
-        metrics.dispatch.clone(),
-    )?;
+    let dispatcher = broker.dispatcher();
     let channels: Vec<String> = config.channels.keys().rev().cloned().collect();
     let existing = dispatcher.all_progress();
     let find = |name: &str| {
@@ -212,7 +189,7 @@ async fn demo(config: Config, args: &DemoArgs) -> Result<()> {
         }
     };
     let bars = Bars::new(args.quiet);
-    bars.add(bulk_id, &dispatcher);
+    bars.add(bulk_id, dispatcher);
     let alert_count =
         (u64::from(args.recipients) * u64::from(args.alert_percent.min(100)) / 100) as u32;
     let mut alert_id = find(ALERT);
@@ -229,12 +206,12 @@ async fn demo(config: Config, args: &DemoArgs) -> Result<()> {
         alert_id = Some(dispatcher.submit(alert(alert_count, &via)).await?.id);
     }
     if let Some(id) = alert_id {
-        bars.add(id, &dispatcher);
+        bars.add(id, dispatcher);
     }
     let ids: Vec<CampaignId> = [Some(bulk_id), alert_id].into_iter().flatten().collect();
     let mut first_alert_send = None;
     loop {
-        bars.update(&dispatcher);
+        bars.update(dispatcher);
         if first_alert_send.is_none()
             && let (Some(id), Some(at)) = (alert_id, alert_submitted)
             && dispatcher.progress(id).is_some_and(|p| p.wired > 0)
@@ -264,7 +241,7 @@ async fn demo(config: Config, args: &DemoArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(2 * config.dispatch.receipt_poll_ms)).await;
-    bars.finish(&dispatcher);
+    bars.finish(dispatcher);
     let report: Vec<Progress> = ids
         .iter()
         .filter_map(|id| dispatcher.progress(*id))
@@ -279,7 +256,7 @@ async fn demo(config: Config, args: &DemoArgs) -> Result<()> {
             );
         }
     }
-    dispatcher.shutdown().await;
+    broker.shutdown().await;
     if args.keep {
         println!(
             "store kept: `mhero status --data-dir {}` shows it; dead letters keep their reason and history.",

@@ -63,7 +63,8 @@ pub fn run(config: &Config, args: &StatusArgs) -> Result<()> {
         );
     }
     let metrics = Metrics::new();
-    let (store, recovery) = store::open(config, metrics.store.clone())?;
+    // Read-only: it never recovers or writes, and may run beside a broker.
+    let (store, recovery) = store::open_read_only(config, metrics.store.clone())?;
     let mut campaigns = Vec::new();
     for (id, bytes) in store.campaigns()? {
         let k = store.counters(id);
@@ -106,7 +107,16 @@ pub fn run(config: &Config, args: &StatusArgs) -> Result<()> {
             .iter()
             .map(|l| (l.as_str().to_string(), json!({"ready": depth.ready[l.code() as usize], "leased": depth.leased[l.code() as usize]})))
             .collect();
-        channels.push(json!({"name": name, "lanes": lanes}));
+        let mut entry = json!({"name": name, "lanes": lanes});
+        if let Some(c) = config.channels.get(&name) {
+            // What a crash can make this channel send again, at most.
+            entry["in_flight_bound"] = json!(mhero_broker::dispatch::channel::in_flight_bound(
+                c,
+                c.batch,
+                config.dispatch.lease_max
+            ));
+        }
+        channels.push(entry);
     }
     let globals = store.globals();
     let dead: Vec<_> = store
@@ -119,7 +129,7 @@ pub fn run(config: &Config, args: &StatusArgs) -> Result<()> {
         .collect();
     let out = json!({
         "data_dir": config.data_dir.display().to_string(),
-        "recovered_on_open": recovery.requeued,
+        "leased_unsettled": recovery.requeued,
         "campaigns": campaigns,
         "channels": channels,
         "delayed": globals.delayed,

@@ -5,6 +5,7 @@
 //! test (`target/<profile>/mhero`).
 
 mod crash;
+mod http_crash;
 mod store;
 
 use std::path::PathBuf;
@@ -35,17 +36,61 @@ pub fn mhero() -> Command {
 
 /// `mhero status --json [extra…] --data-dir <data>`, parsed.
 pub fn status_json(data: &std::path::Path, extra: &[&str]) -> serde_json::Value {
-    let out = mhero()
-        .args(["status", "--json"])
+    let mut cmd = mhero();
+    cmd.args(["status", "--json"])
         .args(extra)
         .arg("--data-dir")
-        .arg(data)
-        .output()
-        .expect("run mhero status");
+        .arg(data);
+    parsed_status(cmd)
+}
+
+/// `mhero --config <config> status --json [extra…]`, parsed.
+pub fn status_json_with(config: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+    let mut cmd = mhero();
+    cmd.arg("--config")
+        .arg(config)
+        .args(["status", "--json"])
+        .args(extra);
+    parsed_status(cmd)
+}
+
+fn parsed_status(mut cmd: Command) -> serde_json::Value {
+    let out = cmd.output().expect("run mhero status");
     assert!(
         out.status.success(),
         "mhero status failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("status prints JSON")
+}
+
+/// Waits for `mhero demo`'s banner (it prints it once it dispatches), lets
+/// it run for `after`, then kills it with SIGKILL: no destructor runs,
+/// nothing is flushed. Panics if it ends by itself first.
+pub fn kill_after_banner(mut child: std::process::Child, after: std::time::Duration, round: usize) {
+    use std::io::{BufRead, BufReader, Read};
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let banner = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .unwrap_or_else(|_| panic!("round {round}: no banner from mhero demo"));
+    assert!(banner.starts_with("mHero demo:"), "{banner}");
+    let started = std::time::Instant::now();
+    while started.elapsed() < after {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("round {round}: mhero exited early ({status}): {err}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -56,7 +56,7 @@ fn a_kept_demo_store_is_fully_accounted_for_by_status() {
     }
     assert_eq!(campaigns[1]["lane"], "emergency");
     assert!(campaigns[0]["rerouted"].as_u64().is_some(), "{status}");
-    assert_eq!(status["recovered_on_open"], 0);
+    assert_eq!(status["leased_unsettled"], 0);
 }
 
 #[test]
@@ -65,8 +65,27 @@ fn a_store_in_use_by_another_process_is_refused_clearly() {
     let held = Arc::new(
         RocksEngine::open(dir.path(), &StoreConfig::default(), StoreMetrics::default()).unwrap(),
     );
+    // `status` only reads: it runs beside the process that holds the store.
     let out = mhero()
-        .args(["status", "--data-dir"])
+        .args(["status", "--json", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Anything that writes is refused, naming the store.
+    let out = mhero()
+        .args([
+            "demo",
+            "--keep",
+            "--quiet",
+            "--recipients",
+            "10",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();

@@ -4,17 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use mhero_benches::{peak_rss_mb, round};
-use mhero_broker::Config;
+use mhero_benches::{fs_type, peak_rss_mb, round};
 use mhero_broker::channel::SandboxConfig;
 use mhero_broker::config::{ChannelConfig, DispatchConfig, Durability};
-use mhero_broker::dispatch::{CampaignSpec, Dispatcher, TokioClock};
-use mhero_broker::metrics::Metrics;
-use mhero_broker::plugin::{HostOptions, PluginHost};
+use mhero_broker::dispatch::CampaignSpec;
+use mhero_broker::{Broker, Config};
 use mhero_proto::{CampaignId, Lane};
 use serde_json::json;
 
@@ -27,6 +24,9 @@ pub struct FanoutArgs {
     /// request per message.
     #[arg(long, default_value_t = 100)]
     batch: usize,
+    /// Leave receipts off: a delivery then ends when it is wired.
+    #[arg(long)]
+    no_receipts: bool,
     /// "sync" or "async".
     #[arg(long, default_value = "sync")]
     durability: String,
@@ -69,13 +69,15 @@ pub struct RatelimitArgs {
     json: bool,
 }
 
-struct Bench {
-    dispatcher: Dispatcher,
+pub(crate) struct Bench {
+    pub broker: Broker,
     _scratch: tempfile::TempDir,
-    _plugins: PluginHost,
 }
 
-fn config(dir: Option<&PathBuf>, durability: &str) -> Result<(Config, tempfile::TempDir)> {
+pub(crate) fn config(
+    dir: Option<&PathBuf>,
+    durability: &str,
+) -> Result<(Config, tempfile::TempDir)> {
     let parent = dir.cloned().unwrap_or_else(std::env::temp_dir);
     let scratch = tempfile::tempdir_in(&parent)
         .with_context(|| format!("creating a scratch folder in {}", parent.display()))?;
@@ -88,43 +90,25 @@ fn config(dir: Option<&PathBuf>, durability: &str) -> Result<(Config, tempfile::
         "async" => Durability::Async,
         other => bail!("--durability must be sync or async, not {other:?}"),
     };
-    Ok((config, scratch))
-}
-
-async fn start(
-    config: Config,
-    scratch: tempfile::TempDir,
-    channels: BTreeMap<String, ChannelConfig>,
-) -> Result<Bench> {
-    let metrics = Metrics::new();
-    let clock = TokioClock::new();
-    let (store, _) =
-        mhero_broker::store::open_with_clock(&config, metrics.store.clone(), Arc::new(clock))?;
-    let plugins = PluginHost::new(
-        HostOptions {
-            cache_dir: Some(config.plugin_cache_dir()),
-            ..HostOptions::default()
-        },
-        metrics.plugin.clone(),
-    )?;
-    plugins.load_builtins()?;
-    let dispatch = DispatchConfig {
+    config.dispatch = DispatchConfig {
         fanout_page: 5000,
         fanout_ahead: 50_000,
         ..DispatchConfig::default()
     };
-    let dispatcher = Dispatcher::start(
-        Arc::new(store),
-        &plugins,
-        &channels,
-        dispatch,
-        clock,
-        metrics.dispatch.clone(),
-    )?;
+    Ok((config, scratch))
+}
+
+/// Starts the broker through its one door, as `mhero` does.
+pub(crate) async fn start(
+    mut config: Config,
+    scratch: tempfile::TempDir,
+    channels: BTreeMap<String, ChannelConfig>,
+) -> Result<Bench> {
+    config.channels = channels;
+    let broker = Broker::open(config).await?;
     Ok(Bench {
-        dispatcher,
+        broker,
         _scratch: scratch,
-        _plugins: plugins,
     })
 }
 
@@ -163,10 +147,14 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// Acceptance-to-wire latency percentiles from the status records.
 fn wire_latencies(bench: &Bench, id: CampaignId, accepted_ms: u64) -> Result<(f64, f64)> {
     let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
-    bench.dispatcher.store().scan_statuses(id, &mut |_, rec| {
-        h.saturating_record(rec.updated_ms.saturating_sub(accepted_ms).max(1));
-        Ok(true)
-    })?;
+    bench
+        .broker
+        .dispatcher()
+        .store()
+        .scan_statuses(id, &mut |_, rec| {
+            h.saturating_record(rec.updated_ms.saturating_sub(accepted_ms).max(1));
+            Ok(true)
+        })?;
     Ok((
         h.value_at_quantile(0.5) as f64,
         h.value_at_quantile(0.99) as f64,
@@ -179,32 +167,46 @@ pub fn fanout(args: &FanoutArgs) -> Result<()> {
         let bench = start(
             config,
             scratch,
-            [("sms".to_string(), sandbox(0.0, 10, args.batch, false))].into(),
+            [("sms".to_string(), {
+                let mut c = sandbox(0.0, 10, args.batch, false);
+                c.sandbox.receipts = !args.no_receipts;
+                c.sandbox.receipt_delay_ms = 0;
+                c
+            })]
+            .into(),
         )
         .await?;
+        let data_dir = bench.broker.config().data_dir.clone();
         let accepted_ms = now_ms();
         let started = Instant::now();
         let id = bench
-            .dispatcher
+            .broker
+            .dispatcher()
             .submit(campaign("fanout", Lane::Normal, args.n))
             .await?
             .id;
-        while !bench.dispatcher.progress(id).is_some_and(|p| p.done) {
+        let receipts = !args.no_receipts;
+        let finished = |p: &mhero_broker::dispatch::Progress| {
+            p.done && (!receipts || p.delivered == u64::from(args.n))
+        };
+        while !bench.broker.dispatcher().progress(id).is_some_and(|p| finished(&p)) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let elapsed = started.elapsed().as_secs_f64();
-        let p = bench.dispatcher.progress(id).context("campaign vanished")?;
-        if p.wired != u64::from(args.n) {
-            bail!("only {} of {} wired: {p:?}", p.wired, args.n);
+        let p = bench.broker.dispatcher().progress(id).context("campaign vanished")?;
+        let ended = if receipts { p.delivered } else { p.wired };
+        if ended != u64::from(args.n) {
+            bail!("only {ended} of {} ended: {p:?}", args.n);
         }
         let (p50, p99) = wire_latencies(&bench, id, accepted_ms)?;
         let rss = peak_rss_mb();
         let stats = bench
-            .dispatcher
+            .broker
+            .dispatcher()
             .sandbox("sms")
             .map(|g| g.stats())
             .unwrap_or_default();
-        bench.dispatcher.shutdown().await;
+        bench.broker.shutdown().await;
         println!(
             "{}",
             json!({
@@ -212,6 +214,15 @@ pub fn fanout(args: &FanoutArgs) -> Result<()> {
                 "n": args.n,
                 "batch": args.batch,
                 "durability": args.durability,
+                "gateway": "sandbox simulator inside the broker (no network)",
+                "receipts": receipts,
+                "delivery_means": if receipts {
+                    "wired to the gateway, and its delivered receipt pushed through the webhook entry point and applied to the status record"
+                } else {
+                    "wired to the gateway (settled with its message id)"
+                },
+                "data_dir": data_dir.display().to_string(),
+                "filesystem": fs_type(&data_dir),
                 "elapsed_s": round(elapsed, 3),
                 "deliveries_per_s": round(f64::from(args.n) / elapsed, 0),
                 "p50_ms": p50,
@@ -230,17 +241,17 @@ pub fn preempt(args: &PreemptArgs) -> Result<()> {
     runtime()?.block_on(async {
         let (config, scratch) = config(args.dir.as_ref(), "sync")?;
         let bench = start(config, scratch, [("sms".to_string(), sandbox(args.rate, 10, 1, true))].into()).await?;
-        let bulk = bench.dispatcher.submit(campaign("bulk backlog", Lane::Bulk, args.bulk)).await?.id;
+        let bulk = bench.broker.dispatcher().submit(campaign("bulk backlog", Lane::Bulk, args.bulk)).await?.id;
         // Let the backlog build and the channel run at its rate.
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let bulk_before = bench.dispatcher.progress(bulk).map_or(0, |p| p.wired);
+        let bulk_before = bench.broker.dispatcher().progress(bulk).map_or(0, |p| p.wired);
         let submitted = Instant::now();
         let submitted_ms = now_ms();
-        let alert = bench.dispatcher.submit(campaign("emergency", Lane::Emergency, args.emergency)).await?.id;
+        let alert = bench.broker.dispatcher().submit(campaign("emergency", Lane::Emergency, args.emergency)).await?.id;
         let accepted = submitted.elapsed();
         let mut first = None;
         loop {
-            let p = bench.dispatcher.progress(alert).context("campaign vanished")?;
+            let p = bench.broker.dispatcher().progress(alert).context("campaign vanished")?;
             if first.is_none() && p.wired > 0 {
                 first = Some(submitted.elapsed());
             }
@@ -252,11 +263,11 @@ pub fn preempt(args: &PreemptArgs) -> Result<()> {
         let complete = submitted.elapsed();
         // When the gateway took the first emergency message.
         let prefix = format!("{alert}-");
-        let log = bench.dispatcher.sandbox("sms").context("sandbox channel")?.accept_log();
+        let log = bench.broker.dispatcher().sandbox("sms").context("sandbox channel")?.accept_log();
         let first_at_gateway = log.iter().find(|(_, id)| id.starts_with(&prefix)).map(|(t, _)| t.saturating_sub(submitted_ms));
-        let bulk_during = bench.dispatcher.progress(bulk).map_or(0, |p| p.wired) - bulk_before;
-        bench.dispatcher.cancel(bulk).await?;
-        bench.dispatcher.shutdown().await;
+        let bulk_during = bench.broker.dispatcher().progress(bulk).map_or(0, |p| p.wired) - bulk_before;
+        bench.broker.dispatcher().cancel(bulk).await?;
+        bench.broker.shutdown().await;
         println!(
             "{}",
             json!({
@@ -287,21 +298,23 @@ pub fn ratelimit(args: &RatelimitArgs) -> Result<()> {
         .await?;
         let count = (args.rate * (args.seconds as f64 + 5.0)) as u32;
         let id = bench
-            .dispatcher
+            .broker
+            .dispatcher()
             .submit(campaign("paced", Lane::Normal, count))
             .await?
             .id;
         tokio::time::sleep(Duration::from_secs(args.seconds + 2)).await;
         let times: Vec<u64> = bench
-            .dispatcher
+            .broker
+            .dispatcher()
             .sandbox("sms")
             .context("sandbox channel")?
             .accept_log()
             .into_iter()
             .map(|(t, _)| t)
             .collect();
-        bench.dispatcher.cancel(id).await?;
-        bench.dispatcher.shutdown().await;
+        bench.broker.dispatcher().cancel(id).await?;
+        bench.broker.shutdown().await;
         let Some(&t0) = times.first() else {
             bail!("nothing was sent")
         };

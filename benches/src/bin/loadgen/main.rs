@@ -4,8 +4,11 @@
 //! - `plugin`: warm component calls against the same logic called natively.
 //! - `fanout`, `preempt`, `ratelimit`: the dispatcher through the sandbox
 //!   connector (a simulated gateway inside the broker).
+//! - `http`: the dispatcher through the real HTTP transport to the
+//!   `gateway-sink` binary, a separate process on loopback.
 
 mod dispatch;
+mod http;
 mod plugin;
 mod store;
 
@@ -31,6 +34,8 @@ enum Scenario {
     Preempt(dispatch::PreemptArgs),
     /// A channel held to its rate: achieved rate and the most in any second.
     Ratelimit(dispatch::RatelimitArgs),
+    /// Channels over real HTTP to a gateway sink in another process.
+    Http(http::HttpArgs),
 }
 
 #[global_allocator]
@@ -43,5 +48,6 @@ fn main() -> Result<()> {
         Scenario::Fanout(args) => dispatch::fanout(&args),
         Scenario::Preempt(args) => dispatch::preempt(&args),
         Scenario::Ratelimit(args) => dispatch::ratelimit(&args),
+        Scenario::Http(args) => http::run(&args),
     }
 }

@@ -1,6 +1,6 @@
 //! `loadgen store`: deliveries through the durable queue (enqueue → lease
 //! → settle) with synced commits, against the raw RocksDB limit measured in
-//! the same run on the same disk.
+//! the same run on the same disk, doing the same writes per delivery.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
-use mhero_benches::{peak_rss_mb, round};
+use mhero_benches::{fs_type, peak_rss_mb, round};
 use mhero_broker::config::{Durability, StoreConfig};
-use mhero_broker::metrics::StoreMetrics;
+use mhero_broker::metrics::Metrics;
 use mhero_broker::store::{
-    Engine, Item, NewDelivery, Outcome, QueueKey, RocksEngine, Store, SystemClock, Ticket, records,
+    Engine, Item, NewDelivery, Outcome, QueueKey, RocksEngine, StatusRecord, Store, SystemClock,
+    Ticket, records,
 };
 use mhero_proto::{CampaignId, DeliveryStatus, Lane};
 use serde_json::json;
@@ -57,7 +58,8 @@ pub fn run(args: &StoreArgs) -> Result<()> {
         durability,
         ..StoreConfig::default()
     };
-    let metrics = StoreMetrics::default();
+    let registry = Metrics::new();
+    let metrics = registry.store.clone();
     let engine: Arc<dyn Engine> = Arc::new(RocksEngine::open(
         &scratch.path().join("queue"),
         &config,
@@ -159,6 +161,16 @@ pub fn run(args: &StoreArgs) -> Result<()> {
         "the store counted {counted} settled deliveries, expected {n}"
     );
     drop(store);
+    // The groups the writer formed: the limit commits the same.
+    let exposition = registry.encode();
+    let sample = |name: &str| -> f64 {
+        exposition
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let groups = sample("mhero_store_commit_group_ops_count");
+    let group_ops = (sample("mhero_store_commit_group_ops_sum") / groups.max(1.0)).round() as usize;
 
     let value_size = records::encode(&Item {
         index: 123_456,
@@ -170,12 +182,27 @@ pub fn run(args: &StoreArgs) -> Result<()> {
         history: Vec::new(),
     })
     .len();
+    let status_size = records::encode(&StatusRecord {
+        status: DeliveryStatus::Wired,
+        channel,
+        attempts: 1,
+        updated_ms: 1_764_000_000_000,
+        external_id: None,
+        reason: None,
+    })
+    .len();
     let limit = raw_limit(
         &scratch.path().join("raw"),
-        n,
-        value_size,
+        &RawWork {
+            n,
+            batch: batch as usize,
+            ready_value: value_size,
+            status_value: status_size,
+            group_ops: group_ops.max(1),
+        },
         durability == Durability::Sync,
     )?;
+    let data_dir = scratch.path().to_path_buf();
     let msgs_per_s = n as f64 / elapsed;
     let out = json!({
         "scenario": "store",
@@ -189,7 +216,13 @@ pub fn run(args: &StoreArgs) -> Result<()> {
         "p99_ms": round(latency.value_at_quantile(0.99) as f64 / 1000.0, 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "value_bytes": value_size,
+        "status_value_bytes": status_size,
+        "commit_groups": groups,
+        "mean_group_ops": group_ops,
         "limit_msgs_per_s": round(limit, 0),
+        "limit_does": "raw RocksDB, one thread, the same writes per delivery (a ready put of the same key and value size, a status put, a range delete per leased run, the queue-meta and counter puts per call) in synced WriteBatches of the mean size the store's writer formed",
+        "data_dir": data_dir.display().to_string(),
+        "filesystem": fs_type(&data_dir),
         "ratio_to_limit": round(msgs_per_s / limit, 3),
         "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
     });
@@ -197,26 +230,95 @@ pub fn run(args: &StoreArgs) -> Result<()> {
     Ok(())
 }
 
-/// Raw RocksDB on the same disk: `n` values of `size` bytes in 1,000-put
-/// WriteBatches, each committed with the same WAL sync setting.
-fn raw_limit(path: &std::path::Path, n: u64, size: usize, sync: bool) -> Result<f64> {
+/// The work the limit does, matching the store's per delivery.
+struct RawWork {
+    n: u64,
+    /// Deliveries per enqueue / lease / settle call.
+    batch: usize,
+    ready_value: usize,
+    status_value: usize,
+    /// Writes per synced commit, as the store's writer grouped them.
+    group_ops: usize,
+}
+
+/// Raw RocksDB on the same disk doing the store's writes without its
+/// logic: per call of `batch` deliveries, the enqueue (a ready put each,
+/// queue meta, counters), the lease (queue meta) and the settle (a status
+/// put each, one range delete of the leased run, queue meta, counters), in
+/// column families like the store's, committed in synced groups of
+/// `group_ops` writes. Deliveries per second.
+fn raw_limit(path: &std::path::Path, work: &RawWork, sync: bool) -> Result<f64> {
     let mut opts = rocksdb::Options::default();
     opts.create_if_missing(true);
-    let db = rocksdb::DB::open(&opts, path)?;
+    opts.create_missing_column_families(true);
+    let db = rocksdb::DB::open_cf(&opts, path, ["ready", "status"])?;
+    let (meta, ready, status) = (
+        db.cf_handle("default").context("default family")?,
+        db.cf_handle("ready").context("ready family")?,
+        db.cf_handle("status").context("status family")?,
+    );
     let mut wo = rocksdb::WriteOptions::default();
     wo.set_sync(sync);
-    let value = vec![0x5au8; size];
+    let ready_value = vec![0x5au8; work.ready_value];
+    let status_value = vec![0xa5u8; work.status_value];
+    let meta_value = [0x11u8; 40];
+    // Ready keys as the store writes them: channel | lane | campaign | qseq.
+    let ready_key = |qseq: u64| {
+        let mut k = Vec::with_capacity(21);
+        k.extend_from_slice(&1u32.to_be_bytes());
+        k.push(2);
+        k.extend_from_slice(&1u64.to_be_bytes());
+        k.extend_from_slice(&qseq.to_be_bytes());
+        k
+    };
+    let status_key = |i: u64| {
+        let mut k = Vec::with_capacity(12);
+        k.extend_from_slice(&1u64.to_be_bytes());
+        k.extend_from_slice(&(i as u32).to_be_bytes());
+        k
+    };
+    let mut wb = rocksdb::WriteBatch::default();
+    let mut ops = 0usize;
+    let flush = |wb: &mut rocksdb::WriteBatch, ops: &mut usize, force: bool| -> Result<()> {
+        if *ops >= work.group_ops || (force && *ops > 0) {
+            db.write_opt(std::mem::take(wb), &wo)?;
+            *ops = 0;
+        }
+        Ok(())
+    };
     let started = Instant::now();
     let mut i = 0u64;
-    while i < n {
-        let mut wb = rocksdb::WriteBatch::default();
-        for _ in 0..1000.min(n - i) {
-            wb.put(i.to_be_bytes(), &value);
-            i += 1;
+    while i < work.n {
+        let count = (work.batch as u64).min(work.n - i);
+        // Enqueue.
+        for q in i..i + count {
+            wb.put_cf(&ready, ready_key(q), &ready_value);
+            ops += 1;
+            flush(&mut wb, &mut ops, false)?;
         }
-        db.write_opt(wb, &wo)?;
+        wb.put_cf(&meta, b"Qqueue", meta_value);
+        wb.put_cf(&meta, b"Kcounters", meta_value);
+        ops += 2;
+        flush(&mut wb, &mut ops, false)?;
+        // Lease.
+        wb.put_cf(&meta, b"Qqueue", meta_value);
+        ops += 1;
+        flush(&mut wb, &mut ops, false)?;
+        // Settle.
+        for q in i..i + count {
+            wb.put_cf(&status, status_key(q), &status_value);
+            ops += 1;
+            flush(&mut wb, &mut ops, false)?;
+        }
+        wb.delete_range_cf(&ready, ready_key(i), ready_key(i + count));
+        wb.put_cf(&meta, b"Qqueue", meta_value);
+        wb.put_cf(&meta, b"Kcounters", meta_value);
+        ops += 3;
+        flush(&mut wb, &mut ops, false)?;
+        i += count;
     }
-    Ok(n as f64 / started.elapsed().as_secs_f64())
+    flush(&mut wb, &mut ops, true)?;
+    Ok(work.n as f64 / started.elapsed().as_secs_f64())
 }
 
 pub fn new_histogram() -> Histogram<u64> {

@@ -6,9 +6,9 @@
 //! It can be told to refuse, throttle, fail or delay a share of sends; it
 //! de-duplicates on the idempotency key (and counts duplicates, which is how
 //! tests see re-sends); and it produces delivery receipts and scripted
-//! replies as signed webhook calls, which the broker collects with
-//! [`SandboxGateway::poll_webhooks`] and feeds to the connector's
-//! `handle-webhook`, exactly as a real gateway's webhooks would arrive.
+//! replies as signed webhook calls that [`push_webhooks`] delivers to the
+//! broker's webhook entry point, as a real gateway's webhooks arrive; what
+//! the broker refuses stays pending and is sent again.
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
@@ -21,7 +21,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::Sha256;
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::transport::{BoxFuture, Transport, TransportError};
+use super::webhooks::Webhooks;
 use crate::plugin::bindings::{Header, HttpRequest, HttpResponse};
+use crate::store::Clock;
 
 /// What the simulated gateway does. Shares are percentages (0–100).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -116,8 +122,11 @@ pub struct SandboxStats {
     pub throttled: u64,
     pub errors: u64,
     pub unauthorized: u64,
+    /// Receipts and replies the broker accepted.
     pub receipts: u64,
     pub replies: u64,
+    /// Webhook calls the broker refused (their events are sent again).
+    pub webhooks_refused: u64,
 }
 
 struct Pending {
@@ -416,46 +425,66 @@ impl SandboxGateway {
     }
 
     /// The next signed webhook call carrying up to `max` receipts and
-    /// replies due by `now_ms`, or `None` when nothing is due.
-    pub fn poll_webhooks(&self, now_ms: u64, max: usize) -> Option<HttpRequest> {
-        let mut state = self.state.lock();
+    /// replies due by `now_ms`, and how many events it carries; `None` when
+    /// nothing is due. The events stay pending until [`Self::ack_webhook`]:
+    /// like a real gateway, the simulator keeps what the broker refused
+    /// and sends it again.
+    pub fn due_webhook(&self, now_ms: u64, max: usize) -> Option<(HttpRequest, usize)> {
+        let state = self.state.lock();
         let mut receipts = Vec::new();
         let mut inbound = Vec::new();
-        while receipts.len() + inbound.len() < max {
-            match state.pending.front() {
-                Some(p) if p.due_ms <= now_ms => {}
-                _ => break,
+        for p in state.pending.iter().take(max) {
+            if p.due_ms > now_ms {
+                break;
             }
-            let p = state.pending.pop_front().expect("front exists");
             if p.inbound {
-                state.stats.replies += 1;
-                inbound.push(p.event);
+                inbound.push(&p.event);
             } else {
-                state.stats.receipts += 1;
-                receipts.push(p.event);
+                receipts.push(&p.event);
             }
         }
-        drop(state);
-        if receipts.is_empty() && inbound.is_empty() {
+        let n = receipts.len() + inbound.len();
+        if n == 0 {
             return None;
         }
         let body = serde_json::to_vec(&json!({"receipts": receipts, "inbound": inbound}))
             .unwrap_or_default();
-        Some(HttpRequest {
-            method: "POST".into(),
-            url: "/webhooks/sandbox".into(),
-            headers: vec![
-                Header {
-                    name: "content-type".into(),
-                    value: "application/json".into(),
-                },
-                Header {
-                    name: "x-sandbox-signature".into(),
-                    value: sign(&self.config.webhook_secret, &body),
-                },
-            ],
-            body,
-        })
+        drop(state);
+        Some((
+            HttpRequest {
+                method: "POST".into(),
+                url: "/webhooks/sandbox".into(),
+                headers: vec![
+                    Header {
+                        name: "content-type".into(),
+                        value: "application/json".into(),
+                    },
+                    Header {
+                        name: "x-sandbox-signature".into(),
+                        value: sign(&self.config.webhook_secret, &body),
+                    },
+                ],
+                body,
+            },
+            n,
+        ))
+    }
+
+    /// The broker accepted the first `n` pending events.
+    pub fn ack_webhook(&self, n: usize) {
+        let mut state = self.state.lock();
+        for _ in 0..n {
+            match state.pending.pop_front() {
+                Some(p) if p.inbound => state.stats.replies += 1,
+                Some(_) => state.stats.receipts += 1,
+                None => break,
+            }
+        }
+    }
+
+    /// The broker refused a webhook call; its events stay pending.
+    pub fn refused_webhook(&self) {
+        self.state.lock().stats.webhooks_refused += 1;
     }
 
     /// When each send was accepted (ms) and its message id, in order, with
@@ -467,6 +496,61 @@ impl SandboxGateway {
     /// Receipts and replies scheduled but not yet polled.
     pub fn pending_webhook_events(&self) -> usize {
         self.state.lock().pending.len()
+    }
+}
+
+/// The simulator as a channel's transport: it owns its simulated latency.
+pub struct SandboxTransport {
+    gateway: Arc<SandboxGateway>,
+    clock: Arc<dyn Clock>,
+}
+
+impl SandboxTransport {
+    pub fn new(gateway: Arc<SandboxGateway>, clock: Arc<dyn Clock>) -> Self {
+        Self { gateway, clock }
+    }
+
+    pub fn gateway(&self) -> &Arc<SandboxGateway> {
+        &self.gateway
+    }
+}
+
+impl Transport for SandboxTransport {
+    fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
+        Box::pin(async move {
+            let delay = self.gateway.delay_ms();
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            Ok(self.gateway.handle(&request, self.clock.now_ms()))
+        })
+    }
+}
+
+/// Delivers the simulator's due receipts and replies to the broker's
+/// webhook entry point every `period`, until `shutdown` turns true. A call
+/// the broker refuses is sent again on the next round.
+pub async fn push_webhooks(
+    gateway: Arc<SandboxGateway>,
+    clock: Arc<dyn Clock>,
+    channel: String,
+    webhooks: Arc<Webhooks>,
+    period: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        if !crate::stop::tick(&mut shutdown, period).await {
+            return;
+        }
+        while let Some((request, n)) = gateway.due_webhook(clock.now_ms(), 2000) {
+            let response = webhooks.handle(&channel, request).await;
+            if (200..300).contains(&response.status) {
+                gateway.ack_webhook(n);
+            } else {
+                gateway.refused_webhook();
+                break;
+            }
+        }
     }
 }
 
@@ -546,10 +630,14 @@ mod tests {
         let stats = gw.stats();
         assert_eq!((stats.accepted, stats.duplicates), (1, 1));
         assert!(
-            gw.poll_webhooks(1099, 10).is_none(),
+            gw.due_webhook(1099, 10).is_none(),
             "receipts wait their delay"
         );
-        let hook = gw.poll_webhooks(1100, 10).unwrap();
+        let (hook, n) = gw.due_webhook(1100, 10).unwrap();
+        assert_eq!(n, 3);
+        let (again, _) = gw.due_webhook(1100, 10).unwrap();
+        assert_eq!(again.body, hook.body, "kept until acknowledged");
+        gw.ack_webhook(n);
         let body: serde_json::Value = serde_json::from_slice(&hook.body).unwrap();
         assert_eq!(
             body["receipts"].as_array().unwrap().len(),
@@ -561,7 +649,8 @@ mod tests {
             header(&hook.headers, "x-sandbox-signature").unwrap(),
             sign("sandbox-secret", &hook.body)
         );
-        assert!(gw.poll_webhooks(5000, 10).is_none());
+        assert!(gw.due_webhook(5000, 10).is_none());
+        assert_eq!((gw.stats().receipts, gw.stats().replies), (2, 1));
     }
 
     #[test]

@@ -1,29 +1,35 @@
-//! One task per channel: lease, rate-limit, send through the connector,
-//! settle. And receipt collection for simulated gateways.
+//! A channel's sender: lease → rate → build (wasm) → transport → parse
+//! (wasm) → settle, as a pipeline. Workers lease rounds and wait for the
+//! rate and the in-flight window; each request then goes out on its own
+//! task, and each round is parsed and settled on its own task once its
+//! answers are in, so up to `window` requests are in flight whatever the
+//! gateway's latency (in flight = rate × latency).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use mhero_proto::{ChannelId, DeliveryId, DeliveryStatus, Lane};
+use mhero_proto::{ChannelId, DeliveryStatus, Lane};
 use parking_lot::Mutex;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::metrics::{outcome, reason};
 use super::ratelimit::ChannelRate;
 use super::{Live, Shared, TokioClock, route, segments};
-use crate::channel::{Executor, SandboxGateway};
+use crate::channel::{
+    AllowedHosts, ChannelTransport, HttpTransport, SandboxGateway, SandboxTransport, Transport,
+};
 use crate::config::ChannelConfig;
 use crate::error::Result;
 use crate::plugin::bindings::connector_types::{
     self as ct, ConnectorInfo, OutboundMessage, SendOutcome,
 };
-use crate::plugin::bindings::{HttpRequest, PluginError};
+use crate::plugin::bindings::{HttpRequest, HttpResponse, PluginError};
 use crate::plugin::{CallError, Kind, Plugin, PluginHost};
-use crate::store::{Clock, Leased, Outcome, Pending, Store};
+use crate::store::{Clock, Leased, Outcome};
 
 /// How long a lease round may take at the channel's rate: bounds how long
 /// higher-lane work can wait behind what was already leased.
@@ -33,36 +39,44 @@ const ROUND: Duration = Duration::from_millis(10);
 const MULTI_WORKER_RATE: f64 = 10_000.0;
 /// How long a channel pauses when the gateway refuses its credentials.
 const UNAUTHORIZED_PAUSE_MS: u64 = 30_000;
-/// Settle commits kept in flight before the next lease waits for the oldest.
-const SETTLE_PIPELINE: usize = 4;
 
 pub struct Channel {
     pub name: String,
     pub id: ChannelId,
     pub plugin: Arc<Plugin>,
     pub info: ConnectorInfo,
-    pub executor: Executor,
+    pub transport: Arc<dyn Transport>,
     pub sandbox: Option<Arc<SandboxGateway>>,
     pub config: ChannelConfig,
     counts_segments: bool,
     batch: usize,
     rate: Mutex<ChannelRate>,
+    /// Requests in flight.
     window: Arc<Semaphore>,
+    /// A request finished: a worker waiting for room in the window looks
+    /// again. (Acquiring a permit only to drop it would hand it between
+    /// waiting workers forever when one permit is free.)
+    freed: tokio::sync::Notify,
+    /// Leased rounds not yet settled: bounds what a crash can re-send.
+    rounds: Arc<Semaphore>,
     paused_until_ms: AtomicU64,
     /// Per-recipient pacing: address → last send (ms).
     last_sent: Mutex<HashMap<String, u64>>,
     sent_this_second: AtomicU64,
     second_started_ms: AtomicU64,
     sent_last_second: AtomicU64,
+    /// Time from a request leaving to its answer.
+    request_duration: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Channel {
     pub fn new(
         name: &str,
+        id: ChannelId,
         config: &ChannelConfig,
-        store: &Store,
         plugins: &PluginHost,
         clock: TokioClock,
+        metrics: &super::DispatchMetrics,
     ) -> Result<Self> {
         let plugin = plugins.require(&config.connector, Kind::Connector)?;
         let info = plugin
@@ -71,12 +85,23 @@ impl Channel {
                 plugin: config.connector.clone(),
                 message: format!("describe() failed for channel {name}: {e}"),
             })?;
-        let allowed = &plugin.manifest().capabilities.allowed_hosts;
+        let allowed =
+            AllowedHosts::resolve(&plugin.manifest().capabilities.allowed_hosts, &|key| {
+                plugin.setting(key)
+            });
         let sandbox = allowed
-            .iter()
-            .any(|h| h.starts_with("sandbox:"))
+            .has_sandbox()
             .then(|| Arc::new(SandboxGateway::new(config.sandbox.clone())));
-        let executor = Executor::new(&config.connector, allowed, sandbox.clone());
+        let http = HttpTransport::new(&config.http, config.window)
+            .map_err(|message| crate::Error::Config(format!("channels.{name}.http: {message}")))?;
+        let transport = ChannelTransport::new(
+            &config.connector,
+            allowed,
+            sandbox
+                .clone()
+                .map(|g| Arc::new(SandboxTransport::new(g, Arc::new(clock)))),
+            http,
+        );
         let batch = if info.max_batch > 1 {
             config.batch.min(info.max_batch as usize).max(1)
         } else {
@@ -84,20 +109,28 @@ impl Channel {
         };
         Ok(Self {
             name: name.to_string(),
-            id: store.channel(name)?,
+            id,
             counts_segments: config.count_segments.unwrap_or(info.counts_segments),
             plugin,
             info,
-            executor,
+            transport: Arc::new(transport),
             sandbox,
             batch,
             rate: Mutex::new(ChannelRate::new(clock, config.rate, config.burst)),
             window: Arc::new(Semaphore::new(config.window)),
+            freed: tokio::sync::Notify::new(),
+            rounds: Arc::new(Semaphore::new(max_rounds(config.window))),
             paused_until_ms: AtomicU64::new(0),
             last_sent: Mutex::new(HashMap::new()),
             sent_this_second: AtomicU64::new(0),
             second_started_ms: AtomicU64::new(0),
             sent_last_second: AtomicU64::new(0),
+            request_duration: metrics
+                .request_duration
+                .get_or_create(&super::metrics::ChannelLabel {
+                    channel: name.to_string(),
+                })
+                .clone(),
             config: config.clone(),
         })
     }
@@ -111,16 +144,20 @@ impl Channel {
         }
     }
 
+    /// Most deliveries leased and not yet settled at any moment: what a
+    /// crash can re-send at most. See [`in_flight_bound`].
+    pub fn in_flight_bound(&self, lease_max: usize) -> usize {
+        in_flight_bound(&self.config, self.batch, lease_max)
+    }
+
+    /// Requests on the wire now.
+    pub fn in_flight(&self) -> usize {
+        self.config.window - self.window.available_permits()
+    }
+
     /// How many to lease for one round.
     fn round_budget(&self, lease_max: usize) -> usize {
-        // Requests of a round run concurrently only when the gateway answers
-        // later; an in-process answer is immediate and the round sequential.
-        let concurrent = self.sandbox.as_ref().is_none_or(|g| g.delay_ms() > 0);
-        let by_window = if concurrent {
-            self.window.available_permits() * self.batch
-        } else {
-            usize::MAX
-        };
+        let by_window = self.window.available_permits() * self.batch;
         let by_rate = match self.rate.lock().current() {
             Some(per_s) => ((per_s * ROUND.as_secs_f64()).ceil() as usize).max(1),
             None => usize::MAX,
@@ -141,6 +178,27 @@ impl Channel {
     }
 }
 
+/// Most deliveries of a channel leased and not yet settled at any moment,
+/// so the most a crash can make it send again: `max_rounds(window)` rounds,
+/// each no larger than `lease_max`, the window (× `batch` messages per
+/// request), or 10 ms at the channel's rate plus its burst.
+pub fn in_flight_bound(config: &ChannelConfig, batch: usize, lease_max: usize) -> usize {
+    let mut round = lease_max.min(config.window * batch.max(1));
+    if config.rate > 0.0 {
+        let by_rate = (config.rate * ROUND.as_secs_f64()).ceil() as usize + config.burst as usize;
+        round = round.min(by_rate);
+    }
+    max_rounds(config.window) * round
+}
+
+/// Rounds leased and not yet settled, per channel: enough to keep the
+/// window full when rounds are small (a 10 ms round at a modest rate is a
+/// few requests, and a slow gateway holds each for its latency), few
+/// enough to bound what a crash re-sends.
+fn max_rounds(window: usize) -> usize {
+    (window / 4).clamp(4, 64)
+}
+
 /// A message ready to go, with what it costs against the rate.
 struct Ready {
     leased: Leased,
@@ -157,18 +215,17 @@ fn lane(l: Lane) -> ct::Lane {
     }
 }
 
-/// The channel's loop: lease a round, send it, settle it.
-/// Several workers run this loop for one channel, so one round is sent
-/// while the next one's lease commits; they share the rate, the window
-/// and the pacing.
-pub(crate) async fn run(shared: Arc<Shared>, ch: Arc<Channel>, worker: usize) {
+/// The channel's loop: lease a round, pace it, put its requests on the
+/// wire; the round settles on its own task. Several workers run this loop
+/// for one channel; they share the rate, the window and the pacing.
+pub(crate) async fn run(shared: Arc<Shared>, ch: Arc<Channel>, _worker: usize) {
     let mut shutdown = shared.shutdown.clone();
-    let mut settling: VecDeque<Pending<()>> = VecDeque::new();
-    let mut rng = SmallRng::seed_from_u64(u64::from(ch.id.0) << 16 | worker as u64);
+    let mut settling = tokio::task::JoinSet::new();
     loop {
-        if *shutdown.borrow() {
+        if crate::stop::stopping(&shutdown) {
             break;
         }
+        while settling.try_join_next().is_some() {}
         let now = shared.clock.now_ms();
         let paused = ch.paused_until_ms.load(Ordering::Relaxed);
         if paused > now {
@@ -178,18 +235,25 @@ pub(crate) async fn run(shared: Arc<Shared>, ch: Arc<Channel>, worker: usize) {
             }
             continue;
         }
+        let Ok(round) = Arc::clone(&ch.rounds).acquire_owned().await else {
+            break;
+        };
+        // Registered before looking, so a request finishing in between
+        // still wakes this worker.
+        let freed = ch.freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
         let budget = ch.round_budget(shared.config.lease_max);
         if budget == 0 {
             // The window is full: wait for a request to finish.
-            if let Ok(p) = ch.window.acquire().await {
-                drop(p);
+            drop(round);
+            tokio::select! {
+                () = freed => {}
+                _ = shutdown.changed() => {}
             }
             continue;
         }
-        let leased = match shared.store.lease(ch.id, budget) {
-            Ok(pending) => pending.await,
-            Err(e) => Err(e),
-        };
+        let leased = lease(&shared, ch.id, budget).await;
         let leased = match leased {
             Ok(l) => l,
             Err(e) => {
@@ -199,6 +263,7 @@ pub(crate) async fn run(shared: Arc<Shared>, ch: Arc<Channel>, worker: usize) {
             }
         };
         if leased.is_empty() {
+            drop(round);
             shared.fanout_wake.notify_one();
             tokio::select! {
                 () = shared.work.notified() => {}
@@ -208,37 +273,79 @@ pub(crate) async fn run(shared: Arc<Shared>, ch: Arc<Channel>, worker: usize) {
             continue;
         }
         shared.fanout_wake.notify_one();
-        let settled = send_round(&shared, &ch, leased, &mut rng).await;
-        match shared.store.settle(settled) {
-            Ok(p) => settling.push_back(p),
-            Err(e) => {
-                tracing::error!(channel = %ch.name, error = %e, "Settling failed; the deliveries return after a restart.")
-            }
+        let (stopped, ready) = prepare(&shared, &ch, leased);
+        let requests = build(&ch, ready).await;
+        let mut wire = Vec::with_capacity(requests.len());
+        for (chunk, request) in requests {
+            let request = match request {
+                Ok(r) => r,
+                Err(e) => {
+                    wire.push((chunk, Exchange::Built(e)));
+                    continue;
+                }
+            };
+            let cost: u32 = chunk.iter().map(|r| r.cost).sum();
+            wait_for_rate(&shared, &ch, cost).await;
+            let Ok(permit) = Arc::clone(&ch.window).acquire_owned().await else {
+                break;
+            };
+            ch.count_sent(chunk.len() as u64, shared.clock.now_ms());
+            let sending = tokio::spawn(send(Arc::clone(&ch), request, permit));
+            wire.push((chunk, Exchange::Sending(sending)));
         }
-        while settling.len() > SETTLE_PIPELINE {
-            if let Some(p) = settling.pop_front()
-                && let Err(e) = p.await
-            {
-                tracing::error!(channel = %ch.name, error = %e, "Settle commit failed.");
-            }
-        }
+        settling.spawn(finish_round(
+            Arc::clone(&shared),
+            Arc::clone(&ch),
+            stopped,
+            wire,
+            round,
+        ));
     }
-    for p in settling {
-        if let Err(e) = p.await {
-            tracing::error!(channel = %ch.name, error = %e, "Settle commit failed.");
-        }
-    }
+    // Rounds already on the wire settle before the channel stops.
+    while settling.join_next().await.is_some() {}
 }
 
-/// Sends one leased round; returns how each delivery settles.
-async fn send_round(
+/// Leases on a blocking thread: the lease reads the queues from the store.
+async fn lease(shared: &Shared, channel: ChannelId, max: usize) -> Result<Vec<Leased>> {
+    let store = Arc::clone(&shared.store);
+    let pending = tokio::task::spawn_blocking(move || store.lease(channel, max))
+        .await
+        .map_err(|e| crate::Error::Internal(format!("lease task failed: {e}")))??;
+    pending.await
+}
+
+/// Where one request of a round stands.
+enum Exchange {
+    /// The connector could not build it.
+    Built(CallError),
+    Sending(
+        tokio::task::JoinHandle<std::result::Result<HttpResponse, crate::channel::TransportError>>,
+    ),
+}
+
+/// One request on the wire; the window permit is held until its answer.
+async fn send(
+    ch: Arc<Channel>,
+    request: HttpRequest,
+    permit: OwnedSemaphorePermit,
+) -> std::result::Result<HttpResponse, crate::channel::TransportError> {
+    let started = std::time::Instant::now();
+    let answer = ch.transport.send(request).await;
+    drop(permit);
+    ch.freed.notify_waiters();
+    ch.request_duration.observe(started.elapsed().as_secs_f64());
+    answer
+}
+
+/// Stop reasons, message texts and per-recipient pacing of a leased round:
+/// what settles at once, and what goes to the gateway.
+fn prepare(
     shared: &Shared,
     ch: &Channel,
     leased: Vec<Leased>,
-    rng: &mut SmallRng,
-) -> Vec<(Leased, Outcome)> {
+) -> (Vec<(Leased, Outcome)>, Vec<Ready>) {
     let now = shared.clock.now_ms();
-    let mut settled = Vec::with_capacity(leased.len());
+    let mut settled = Vec::new();
     let mut ready = Vec::with_capacity(leased.len());
     let mut redelivered = 0;
     let mut stopped: HashMap<(Lane, &'static str), u64> = HashMap::new();
@@ -340,50 +447,163 @@ async fn send_round(
             last.retain(|_, t| *t > horizon);
         }
     }
+    (settled, ready)
+}
 
+type Built = Vec<(Vec<Ready>, std::result::Result<HttpRequest, CallError>)>;
+
+/// Builds every request of a round in one trip to a plugin thread.
+async fn build(ch: &Arc<Channel>, ready: Vec<Ready>) -> Built {
     let mut chunks: Vec<Vec<Ready>> = Vec::new();
     let mut it = ready.into_iter().peekable();
     while it.peek().is_some() {
         chunks.push(it.by_ref().take(ch.batch).collect());
     }
-    let mut tally = Tally::default();
-    let delay = ch.sandbox.as_ref().map_or(0, |s| s.delay_ms());
-    let mut in_flight = tokio::task::JoinSet::new();
-    for chunk in chunks {
-        let cost: u32 = chunk.iter().map(|r| r.cost).sum();
-        wait_for_rate(shared, ch, cost).await;
-        let Ok(permit) = Arc::clone(&ch.window).acquire_owned().await else {
-            break;
+    if chunks.is_empty() {
+        return Vec::new();
+    }
+    let n = chunks.len();
+    let built = ch
+        .plugin
+        .offload(move |plugin| {
+            Ok(chunks
+                .into_iter()
+                .map(|chunk| {
+                    let request = match chunk.as_slice() {
+                        [one] => plugin.build_send(&one.message),
+                        many => {
+                            let messages: Vec<OutboundMessage> =
+                                many.iter().map(|r| r.message.clone()).collect();
+                            plugin.build_send_batch(&messages)
+                        }
+                    };
+                    (chunk, request)
+                })
+                .collect::<Built>())
+        })
+        .await;
+    match built {
+        Ok(b) => b,
+        // The broker is stopping: nothing is sent; the round returns to
+        // its queue at the next start.
+        Err(e) => {
+            tracing::debug!(channel = %ch.name, rounds = n, error = %e, "Round not built.");
+            Vec::new()
+        }
+    }
+}
+
+/// Waits for a round's answers, parses them in one trip to a plugin
+/// thread, decides each delivery's outcome and settles the round.
+async fn finish_round(
+    shared: Arc<Shared>,
+    ch: Arc<Channel>,
+    mut settled: Vec<(Leased, Outcome)>,
+    wire: Vec<(Vec<Ready>, Exchange)>,
+    round: OwnedSemaphorePermit,
+) {
+    let mut answered = Vec::with_capacity(wire.len());
+    for (chunk, exchange) in wire {
+        let answer = match exchange {
+            Exchange::Built(e) => Err(Failure::Build(e)),
+            Exchange::Sending(task) => match task.await {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(e)) => Err(Failure::Transport(e)),
+                Err(e) => Err(Failure::Transport(
+                    crate::channel::TransportError::Network {
+                        target: "request task".into(),
+                        message: e.to_string(),
+                    },
+                )),
+            },
         };
-        let now = shared.clock.now_ms();
-        ch.count_sent(chunk.len() as u64, now);
-        let answers = exchange(ch, &chunk, now);
-        if delay == 0 {
-            drop(permit);
-            for (r, answer) in chunk.into_iter().zip(answers) {
-                let o = decide(shared, ch, r, answer, now, rng, &mut tally);
-                settled.push(o);
+        answered.push((chunk, answer));
+    }
+    let parsed = ch
+        .plugin
+        .offload(move |plugin| Ok(parse(plugin, answered)))
+        .await;
+    let parsed = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(channel = %ch.name, error = %e, "Round not parsed; it is re-sent at the next start.");
+            return;
+        }
+    };
+    let now = shared.clock.now_ms();
+    let mut rng = SmallRng::from_rng(&mut rand::rng());
+    let mut tally = Tally::default();
+    for (r, answer) in parsed {
+        settled.push(decide(&shared, &ch, r, answer, now, &mut rng, &mut tally));
+    }
+    tally.record(&shared, &ch);
+    match shared.store.settle(settled) {
+        Ok(p) => {
+            if let Err(e) = p.await {
+                tracing::error!(channel = %ch.name, error = %e, "Settle commit failed.");
             }
-        } else {
-            // The simulated gateway answers after its latency; the window
-            // bounds how many such requests are outstanding.
-            in_flight.spawn(async move {
-                tokio::time::sleep(Duration::from_millis(delay)).await;
-                drop(permit);
-                chunk.into_iter().zip(answers).collect::<Vec<_>>()
-            });
+        }
+        Err(e) => {
+            tracing::error!(channel = %ch.name, error = %e, "Settling failed; the deliveries return after a restart.")
         }
     }
-    while let Some(done) = in_flight.join_next().await {
-        if let Ok(pairs) = done {
-            let now = shared.clock.now_ms();
-            for (r, answer) in pairs {
-                settled.push(decide(shared, ch, r, answer, now, rng, &mut tally));
+    drop(round);
+    shared.work.notify_one();
+}
+
+/// Why a request got no gateway answer.
+enum Failure {
+    Build(CallError),
+    Transport(crate::channel::TransportError),
+}
+
+/// Reads the gateway's answers (on a plugin thread).
+fn parse(
+    plugin: &Plugin,
+    answered: Vec<(Vec<Ready>, std::result::Result<HttpResponse, Failure>)>,
+) -> Vec<(Ready, Answer)> {
+    let mut out = Vec::new();
+    for (chunk, answer) in answered {
+        let response = match answer {
+            Ok(r) => r,
+            Err(failure) => {
+                let answer = |f: &Failure| match f {
+                    Failure::Build(e) => Answer::Error(e.clone()),
+                    Failure::Transport(e) if e.transient() => Answer::Unanswered(e.to_string()),
+                    Failure::Transport(e) => Answer::Refused(e.to_string()),
+                };
+                out.extend(chunk.into_iter().map(|r| (r, answer(&failure))));
+                continue;
             }
+        };
+        if let [_] = chunk.as_slice() {
+            let answer = match plugin.parse_send_response(&response) {
+                Ok(o) => Answer::Outcome(o),
+                Err(e) => Answer::Error(e),
+            };
+            out.extend(chunk.into_iter().map(|r| (r, answer.clone())));
+            continue;
+        }
+        let messages: Vec<OutboundMessage> = chunk.iter().map(|r| r.message.clone()).collect();
+        match plugin.parse_batch_response(&messages, &response) {
+            Ok(outcomes) => {
+                let mut by_id: HashMap<String, SendOutcome> =
+                    outcomes.into_iter().map(|o| (o.id, o.outcome)).collect();
+                for r in chunk {
+                    let answer = match by_id.remove(&r.message.id) {
+                        Some(o) => Answer::Outcome(o),
+                        None => Answer::Outcome(SendOutcome::Retry(ct::RetryInfo {
+                            after_ms: None,
+                            reason: "no result in the batch answer".into(),
+                        })),
+                    };
+                    out.push((r, answer));
+                }
+            }
+            Err(e) => out.extend(chunk.into_iter().map(|r| (r, Answer::Error(e.clone())))),
         }
     }
-    tally.record(shared, ch);
-    settled
+    out
 }
 
 async fn wait_for_rate(shared: &Shared, ch: &Channel, cost: u32) {
@@ -405,66 +625,14 @@ async fn wait_for_rate(shared: &Shared, ch: &Channel, cost: u32) {
 }
 
 /// What the gateway said about one message.
+#[derive(Clone)]
 enum Answer {
     Outcome(SendOutcome),
     Error(CallError),
+    /// No answer (timeout, connection lost): try again later.
+    Unanswered(String),
+    /// The request can never be made from this channel (configuration).
     Refused(String),
-}
-
-/// Builds the request(s), performs them, reads the answers.
-fn exchange(ch: &Channel, chunk: &[Ready], now: u64) -> Vec<Answer> {
-    let all = |a: &dyn Fn() -> Answer| (0..chunk.len()).map(|_| a()).collect::<Vec<_>>();
-    if let [one] = chunk {
-        let m = &one.message;
-        let request = match ch.plugin.build_send(m) {
-            Ok(r) => r,
-            Err(e) => return vec![Answer::Error(e)],
-        };
-        return match perform(ch, &request, now) {
-            Ok(response) => vec![match ch.plugin.parse_send_response(&response) {
-                Ok(o) => Answer::Outcome(o),
-                Err(e) => Answer::Error(e),
-            }],
-            Err(reason) => vec![Answer::Refused(reason)],
-        };
-    }
-    let messages: Vec<OutboundMessage> = chunk.iter().map(|r| r.message.clone()).collect();
-    let request = match ch.plugin.build_send_batch(&messages) {
-        Ok(r) => r,
-        Err(e) => return all(&|| Answer::Error(e.clone())),
-    };
-    let response = match perform(ch, &request, now) {
-        Ok(r) => r,
-        Err(reason) => return all(&|| Answer::Refused(reason.clone())),
-    };
-    match ch.plugin.parse_batch_response(&messages, &response) {
-        Ok(outcomes) => {
-            let mut by_id: HashMap<String, SendOutcome> =
-                outcomes.into_iter().map(|o| (o.id, o.outcome)).collect();
-            messages
-                .iter()
-                .map(|m| match by_id.remove(&m.id) {
-                    Some(o) => Answer::Outcome(o),
-                    None => Answer::Outcome(SendOutcome::Retry(ct::RetryInfo {
-                        after_ms: None,
-                        reason: "no result in the batch answer".into(),
-                    })),
-                })
-                .collect()
-        }
-        Err(e) => all(&|| Answer::Error(e.clone())),
-    }
-}
-
-fn perform(
-    ch: &Channel,
-    request: &HttpRequest,
-    now: u64,
-) -> std::result::Result<crate::plugin::bindings::HttpResponse, String> {
-    ch.executor
-        .execute(request, now)
-        .map(|(r, _)| r)
-        .map_err(|e| e.to_string())
 }
 
 /// Counts of one round, recorded once.
@@ -599,6 +767,7 @@ fn decide(
             reason::PLUGIN_FAILURE,
             &mut tally.retries,
         ),
+        Answer::Unanswered(why) => retry(l, None, why, reason::NETWORK, &mut tally.retries),
         Answer::Refused(why) => (l, Outcome::Dead { reason: why }, outcome::DEAD),
     };
     count(label);
@@ -630,92 +799,5 @@ fn fallback(shared: &Shared, l: Leased, why: String) -> (Leased, Outcome, &'stat
             },
             outcome::DEAD,
         ),
-    }
-}
-
-/// Collects receipts and replies from a simulated gateway and moves
-/// deliveries up the status ladder. Receipts that arrive before their
-/// delivery's settle commit are held and tried again.
-pub(crate) async fn collect_receipts(shared: Arc<Shared>, ch: Arc<Channel>) {
-    let Some(gateway) = ch.sandbox.clone() else {
-        return;
-    };
-    let mut shutdown = shared.shutdown.clone();
-    let mut held: Vec<(String, DeliveryStatus, Option<String>, u64)> = Vec::new();
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(shared.config.receipt_poll_ms)) => {}
-            _ = shutdown.changed() => {}
-        }
-        if *shutdown.borrow() {
-            return;
-        }
-        let now = shared.clock.now_ms();
-        let mut incoming = std::mem::take(&mut held);
-        while let Some(request) = gateway.poll_webhooks(now, 2000) {
-            match ch.plugin.handle_webhook(&request) {
-                Ok(result) => {
-                    for event in result.events {
-                        match event {
-                            ct::WebhookEvent::Receipt(r) => {
-                                let status = match r.status {
-                                    ct::ReceiptStatus::Sent => DeliveryStatus::Sent,
-                                    ct::ReceiptStatus::Delivered => DeliveryStatus::Delivered,
-                                    ct::ReceiptStatus::Read => DeliveryStatus::Read,
-                                    ct::ReceiptStatus::Failed => DeliveryStatus::Failed,
-                                };
-                                shared
-                                    .metrics
-                                    .receipts
-                                    .get_or_create(&super::metrics::ReceiptLabels {
-                                        channel: ch.name.clone(),
-                                        status: status.as_str(),
-                                    })
-                                    .inc();
-                                incoming.push((r.external_id, status, r.reason, now));
-                            }
-                            ct::WebhookEvent::Inbound(_) => {
-                                shared
-                                    .metrics
-                                    .inbound
-                                    .get_or_create(&super::metrics::ChannelLabel {
-                                        channel: ch.name.clone(),
-                                    })
-                                    .inc();
-                            }
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(channel = %ch.name, error = %e, "Webhook refused."),
-            }
-        }
-        if incoming.is_empty() {
-            continue;
-        }
-        let mut reports: Vec<(DeliveryId, DeliveryStatus, Option<String>)> =
-            Vec::with_capacity(incoming.len());
-        for (external, status, why, first_seen) in incoming {
-            match shared.store.by_external_id(ch.id, &external) {
-                Ok(Some(id)) => reports.push((id, status, why)),
-                Ok(None) if now.saturating_sub(first_seen) < 60_000 => {
-                    held.push((external, status, why, first_seen))
-                }
-                Ok(None) => {
-                    shared.metrics.unmatched_receipts.inc();
-                }
-                Err(e) => tracing::error!(channel = %ch.name, error = %e, "Receipt lookup failed."),
-            }
-        }
-        if reports.is_empty() {
-            continue;
-        }
-        match shared.store.update_statuses(&reports) {
-            Ok(p) => {
-                if let Err(e) = p.await {
-                    tracing::error!(channel = %ch.name, error = %e, "Status update failed.");
-                }
-            }
-            Err(e) => tracing::error!(channel = %ch.name, error = %e, "Status update failed."),
-        }
     }
 }

@@ -59,6 +59,7 @@ pub mod reason {
     pub const TRANSIENT: &str = "transient";
     pub const UNAUTHORIZED: &str = "unauthorized";
     pub const PLUGIN_FAILURE: &str = "plugin_failure";
+    pub const NETWORK: &str = "network";
 }
 
 #[derive(Clone)]
@@ -74,6 +75,7 @@ pub struct DispatchMetrics {
     pub redelivered: Family<ChannelLabel, Counter>,
     pub receipts: Family<ReceiptLabels, Counter>,
     pub unmatched_receipts: Counter,
+    pub rerouted_after_wiring: Counter,
     pub inbound: Family<ChannelLabel, Counter>,
     pub request_duration: Family<ChannelLabel, Histogram, fn() -> Histogram>,
     pub throttle_rate: Family<ChannelLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -103,6 +105,7 @@ impl DispatchMetrics {
             redelivered: Family::default(),
             receipts: Family::default(),
             unmatched_receipts: Counter::default(),
+            rerouted_after_wiring: Counter::default(),
             inbound: Family::default(),
             request_duration: Family::new_with_constructor(request_histogram as fn() -> Histogram),
             throttle_rate: Family::default(),
@@ -163,6 +166,11 @@ impl DispatchMetrics {
             "unmatched_receipts",
             "Receipts for no known message",
             m.unmatched_receipts.clone(),
+        );
+        r.register(
+            "rerouted_after_wiring",
+            "Deliveries whose receipt said failed, sent again on the campaign's next channel",
+            m.rerouted_after_wiring.clone(),
         );
         r.register(
             "inbound_messages",

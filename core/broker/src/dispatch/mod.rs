@@ -6,9 +6,12 @@
 //!   lane, channel preference, expiry, start time) and the record kept.
 //! - [`audience`]: the audience cursor: explicit stored lists and
 //!   generated directories, read page by page.
-//! - [`channel`]: one task per channel: lease (highest lane first, fair
-//!   across campaigns), rate limit (GCRA, SMS segments), in-flight window,
-//!   connector calls, outcome → settle (wired / retry / fallback / dead).
+//! - [`channel`]: each channel's sender, a pipeline: lease (highest lane
+//!   first, fair across campaigns) → rate (GCRA, SMS segments) → build
+//!   (wasm, on a plugin thread) → transport (up to `window` in flight) →
+//!   parse (wasm) → settle (wired / retry / fallback / dead).
+//! - [`receipts`]: the sink for what webhooks bring: receipts up the
+//!   status ladder (fallback when one says failed), inbound kept durably.
 //! - [`ratelimit`], [`retry`], [`segments`]: the channel's rate (cut on
 //!   throttling, recovered gradually), backoff with jitter, SMS segments.
 //! - [`clock`]: tokio time, so tests run on a paused clock.
@@ -26,6 +29,7 @@ pub mod channel;
 pub mod clock;
 pub mod metrics;
 pub mod ratelimit;
+pub mod receipts;
 pub mod retry;
 pub mod segments;
 
@@ -115,6 +119,10 @@ pub(crate) struct Live {
 }
 
 impl Live {
+    pub(crate) fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
     fn stop_reason(&self, now_ms: u64) -> Option<DeliveryStatus> {
         if self.stopped.load(Ordering::Relaxed) {
             return Some(match self.record.lock().state {
@@ -153,6 +161,7 @@ impl Shared {
 /// collection and housekeeping.
 pub struct Dispatcher {
     shared: Arc<Shared>,
+    sink: Arc<receipts::Sink>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -171,7 +180,8 @@ impl Dispatcher {
         let (tx, rx) = watch::channel(false);
         let mut built = BTreeMap::new();
         for (name, c) in channels {
-            let ch = channel::Channel::new(name, c, &store, plugins, clock)?;
+            let id = store.channel(name)?;
+            let ch = channel::Channel::new(name, id, c, plugins, clock, &metrics)?;
             built.insert(name.to_string(), Arc::new(ch));
         }
         let shared = Arc::new(Shared {
@@ -195,20 +205,45 @@ impl Dispatcher {
                     worker,
                 )));
             }
-            if ch.sandbox.is_some() {
-                tasks.push(tokio::spawn(channel::collect_receipts(
-                    Arc::clone(&shared),
-                    Arc::clone(ch),
-                )));
-            }
         }
+        let sink = Arc::new(receipts::Sink::new(Arc::clone(&shared)));
+        tasks.push(tokio::spawn(receipts::applier_task(Arc::clone(&sink))));
+        tasks.push(tokio::spawn(receipts::retry_held_task(
+            Arc::clone(&sink),
+            Duration::from_millis(shared.config.receipt_poll_ms),
+        )));
         tasks.push(tokio::spawn(fan_out_task(Arc::clone(&shared))));
         tasks.push(tokio::spawn(housekeeping(Arc::clone(&shared))));
         Ok(Self {
             shared,
+            sink,
             shutdown: tx,
             tasks,
         })
+    }
+
+    /// Where the webhook entry point sends receipts and inbound messages.
+    pub fn sink(&self) -> Arc<receipts::Sink> {
+        Arc::clone(&self.sink)
+    }
+
+    /// The running channels, by name.
+    pub fn channels(&self) -> &BTreeMap<String, Arc<channel::Channel>> {
+        &self.shared.channels
+    }
+
+    /// A watch that turns true when the dispatcher shuts down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shared.shutdown.clone()
+    }
+
+    /// Most deliveries of `channel` leased and unsettled at any moment:
+    /// what a crash can re-send at most.
+    pub fn in_flight_bound(&self, channel: &str) -> Option<usize> {
+        self.shared
+            .channels
+            .get(channel)
+            .map(|c| c.in_flight_bound(self.shared.config.lease_max))
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -579,7 +614,7 @@ fn progress_of(shared: &Shared, live: &Live) -> Progress {
 async fn fan_out_task(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
     loop {
-        if *shutdown.borrow() {
+        if crate::stop::stopping(&shutdown) {
             return;
         }
         let mut progressed = false;
@@ -716,19 +751,17 @@ async fn housekeeping(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
     let mut last_gauges = tokio::time::Instant::now();
     loop {
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(shared.config.tick_ms)) => {}
-            _ = shutdown.changed() => {}
-        }
-        if *shutdown.borrow() {
+        if !crate::stop::tick(&mut shutdown, Duration::from_millis(shared.config.tick_ms)).await {
             return;
         }
-        // Inline: a promotion waits at most one commit, and only when
-        // something is due.
-        match shared.store.promote_due() {
-            Ok(n) if n > 0 => shared.work.notify_waiters(),
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "Promoting due retries failed."),
+        // A promotion scans the delayed queue and waits for a commit: on a
+        // blocking thread.
+        let store = Arc::clone(&shared.store);
+        match tokio::task::spawn_blocking(move || store.promote_due()).await {
+            Ok(Ok(n)) if n > 0 => shared.work.notify_waiters(),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "Promoting due retries failed."),
+            Err(e) => tracing::error!(error = %e, "Promotion task failed."),
         }
         let now = crate::store::Clock::now_ms(&shared.clock);
         let expiring: Vec<CampaignId> = shared
@@ -748,7 +781,9 @@ async fn housekeeping(shared: Arc<Shared>) {
         }
         if last_gauges.elapsed() >= Duration::from_secs(1) {
             last_gauges = tokio::time::Instant::now();
-            update_gauges(&shared, now);
+            // The oldest-ready scan reads the store.
+            let s = Arc::clone(&shared);
+            let _ = tokio::task::spawn_blocking(move || update_gauges(&s, now)).await;
         }
     }
 }

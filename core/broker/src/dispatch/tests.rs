@@ -8,22 +8,13 @@ use std::time::Duration;
 use mhero_proto::{DeliveryId, DeliveryStatus, Lane};
 
 use super::*;
+use crate::Broker;
 use crate::channel::SandboxConfig;
 use crate::config::ChannelConfig;
-use crate::metrics::Metrics;
-use crate::plugin::{HostOptions, PluginHost, PluginMetrics};
 use crate::store::{MemoryEngine, Store};
 
 struct World {
-    dispatcher: Dispatcher,
-    store: Arc<Store>,
-    metrics: Metrics,
-}
-
-fn plugins() -> PluginHost {
-    let host = PluginHost::new(HostOptions::default(), PluginMetrics::default()).unwrap();
-    host.load_builtins().unwrap();
-    host
+    broker: Broker,
 }
 
 fn channel(rate: f64, sandbox: SandboxConfig) -> ChannelConfig {
@@ -43,34 +34,27 @@ fn channel(rate: f64, sandbox: SandboxConfig) -> ChannelConfig {
     }
 }
 
-fn world(channels: BTreeMap<String, ChannelConfig>) -> World {
-    let clock = TokioClock::at(1_800_000_000_000);
-    let metrics = Metrics::new();
-    let (store, _) = Store::open(
-        Arc::new(MemoryEngine::new()),
-        Arc::new(clock),
-        metrics.store.clone(),
-    )
-    .unwrap();
-    let store = Arc::new(store);
-    let config = DispatchConfig {
+/// The broker on the in-memory engine and a clock starting at a fixed
+/// time, through the composition root every entry point uses.
+async fn world(channels: BTreeMap<String, ChannelConfig>) -> World {
+    world_with(channels, crate::Config::default()).await
+}
+
+async fn world_with(channels: BTreeMap<String, ChannelConfig>, mut config: crate::Config) -> World {
+    config.channels = channels;
+    config.store.engine = crate::config::EngineKind::Memory;
+    config.plugins.cache_dir = None;
+    config.dispatch = DispatchConfig {
         fanout_page: 200,
         fanout_ahead: 1000,
         ..DispatchConfig::default()
     };
-    let dispatcher = Dispatcher::start(
-        Arc::clone(&store),
-        &plugins(),
-        &channels,
-        config,
-        clock,
-        metrics.dispatch.clone(),
-    )
-    .unwrap();
+    let options = crate::broker::Options {
+        clock: Some(TokioClock::at(1_800_000_000_000)),
+        engine: Some(Arc::new(MemoryEngine::new())),
+    };
     World {
-        dispatcher,
-        store,
-        metrics,
+        broker: Broker::open_with(config, options).await.unwrap(),
     }
 }
 
@@ -90,7 +74,19 @@ fn generated(name: &str, lane: Lane, count: u32, channels: &[&str]) -> CampaignS
 
 impl World {
     async fn submit(&self, spec: CampaignSpec) -> mhero_proto::CampaignId {
-        self.dispatcher.submit(spec).await.unwrap().id
+        self.dispatcher().submit(spec).await.unwrap().id
+    }
+
+    fn dispatcher(&self) -> &Dispatcher {
+        self.broker.dispatcher()
+    }
+
+    fn store(&self) -> &Arc<Store> {
+        self.broker.store()
+    }
+
+    async fn shutdown(self) {
+        self.broker.shutdown().await;
     }
 }
 
@@ -100,64 +96,64 @@ async fn run_for(ms: u64) {
 
 #[tokio::test(start_paused = true)]
 async fn an_emergency_overtakes_a_bulk_backlog() {
-    let w = world(sms(100.0));
+    let w = world(sms(100.0)).await;
     let bulk = w
         .submit(generated("bulk", Lane::Bulk, 2000, &["sms"]))
         .await;
     run_for(2000).await;
-    let bulk_before = w.dispatcher.progress(bulk).unwrap().wired;
+    let bulk_before = w.dispatcher().progress(bulk).unwrap().wired;
     assert!((150..=250).contains(&bulk_before), "{bulk_before}");
     let alert = w
         .submit(generated("alert", Lane::Emergency, 50, &["sms"]))
         .await;
     run_for(100).await;
-    let first = w.dispatcher.progress(alert).unwrap().wired;
+    let first = w.dispatcher().progress(alert).unwrap().wired;
     assert!(
         first >= 5,
         "emergency sends start within one round: {first}"
     );
     assert!(
-        w.dispatcher
+        w.dispatcher()
             .wait_done(&[alert], Duration::from_secs(2))
             .await,
         "50 at 100/s take 0.5 s"
     );
-    let bulk_during = w.dispatcher.progress(bulk).unwrap().wired - bulk_before;
+    let bulk_during = w.dispatcher().progress(bulk).unwrap().wired - bulk_before;
     assert!(
         bulk_during <= 10,
         "bulk sent {bulk_during} while the alert was going out"
     );
-    w.dispatcher.shutdown().await;
+    w.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn campaigns_in_a_lane_share_the_channel_fairly() {
-    let w = world(sms(200.0));
+    let w = world(sms(200.0)).await;
     let a = w.submit(generated("a", Lane::Normal, 1000, &["sms"])).await;
     let b = w.submit(generated("b", Lane::Normal, 1000, &["sms"])).await;
     run_for(3000).await;
     let (pa, pb) = (
-        w.dispatcher.progress(a).unwrap().wired,
-        w.dispatcher.progress(b).unwrap().wired,
+        w.dispatcher().progress(a).unwrap().wired,
+        w.dispatcher().progress(b).unwrap().wired,
     );
     assert!((500..=700).contains(&(pa + pb)), "{pa} + {pb}");
     assert!(pa.abs_diff(pb) <= 10, "{pa} vs {pb}");
-    w.dispatcher.shutdown().await;
+    w.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_rate_counts_sms_segments() {
-    let w = world(sms(100.0));
+    let w = world(sms(100.0)).await;
     let mut spec = generated("long", Lane::Normal, 400, &["sms"]);
     spec.body = Body::text(&"Two segments of GSM-7 text. ".repeat(8)); // 224 septets: 2 parts
     let id = w.submit(spec).await;
     run_for(4000).await;
-    let wired = w.dispatcher.progress(id).unwrap().wired;
+    let wired = w.dispatcher().progress(id).unwrap().wired;
     assert!(
         (190..=210).contains(&wired),
         "100 segments/s of 2-part messages is 50/s: {wired} in 4 s"
     );
-    w.dispatcher.shutdown().await;
+    w.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -174,10 +170,11 @@ async fn failures_back_off_then_become_dead_letters_with_their_history() {
             ),
         )]
         .into(),
-    );
+    )
+    .await;
     let id = w.submit(generated("x", Lane::High, 3, &["sms"])).await;
     run_for(500).await;
-    let p = w.dispatcher.progress(id).unwrap();
+    let p = w.dispatcher().progress(id).unwrap();
     assert_eq!(
         (p.retries, p.dead),
         (3, 0),
@@ -185,19 +182,19 @@ async fn failures_back_off_then_become_dead_letters_with_their_history() {
     );
     run_for(1000).await;
     assert_eq!(
-        w.dispatcher.progress(id).unwrap().retries,
+        w.dispatcher().progress(id).unwrap().retries,
         6,
         "second attempt after the 1 s backoff"
     );
     run_for(2500).await;
-    let p = w.dispatcher.progress(id).unwrap();
+    let p = w.dispatcher().progress(id).unwrap();
     assert_eq!(
         (p.dead, p.queued),
         (3, 0),
         "third attempt fails and max_attempts = 3"
     );
     assert!(p.done);
-    let dead = w.store.dead_letters(None, 10).unwrap();
+    let dead = w.store().dead_letters(None, 10).unwrap();
     assert_eq!(dead.len(), 3);
     assert!(
         dead[0].reason.starts_with("gave up after 3 attempts"),
@@ -210,7 +207,7 @@ async fn failures_back_off_then_become_dead_letters_with_their_history() {
         "{:?}",
         dead[0].item.history
     );
-    let text = w.metrics.encode();
+    let text = w.broker.metrics().encode();
     assert!(
         text.contains(r#"mhero_dispatch_retries_total{channel="sms",reason="transient"} 6"#),
         "{text}"
@@ -221,7 +218,7 @@ async fn failures_back_off_then_become_dead_letters_with_their_history() {
         ),
         "{text}"
     );
-    w.dispatcher.shutdown().await;
+    w.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -234,49 +231,49 @@ async fn throttling_pauses_the_channel_and_every_message_still_goes() {
     let mut ch = channel(200.0, gateway);
     // Enough attempts that no message is throttled every time.
     ch.retry.max_attempts = 12;
-    let w = world([("sms".to_string(), ch)].into());
+    let w = world([("sms".to_string(), ch)].into()).await;
     let id = w.submit(generated("x", Lane::Normal, 300, &["sms"])).await;
     assert!(
-        w.dispatcher
+        w.dispatcher()
             .wait_done(&[id], Duration::from_secs(120))
             .await
     );
-    let p = w.dispatcher.progress(id).unwrap();
+    let p = w.dispatcher().progress(id).unwrap();
     assert_eq!((p.wired, p.dead), (300, 0));
     assert!(p.retries > 0);
-    let stats = w.dispatcher.sandbox("sms").unwrap().stats();
+    let stats = w.dispatcher().sandbox("sms").unwrap().stats();
     assert!(stats.throttled > 0 && stats.throttled < 200, "{stats:?}");
-    w.dispatcher.shutdown().await;
+    w.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn expiry_stops_sending_and_the_rest_end_expired() {
-    let w = world(sms(50.0));
+    let w = world(sms(50.0)).await;
     let mut spec = generated("x", Lane::Normal, 1000, &["sms"]);
     spec.expires_at_ms = Some(1_800_000_000_000 + 1000);
     let id = w.submit(spec).await;
     run_for(1500).await;
-    let at_expiry = w.dispatcher.progress(id).unwrap();
+    let at_expiry = w.dispatcher().progress(id).unwrap();
     assert_eq!(at_expiry.state, "expired");
     run_for(2000).await;
-    let p = w.dispatcher.progress(id).unwrap();
+    let p = w.dispatcher().progress(id).unwrap();
     assert_eq!(p.wired, at_expiry.wired, "nothing sent after expiry");
     assert!((40..=60).contains(&p.wired), "{}", p.wired);
     assert_eq!(p.wired + p.expired, 1000, "every recipient accounted for");
     assert!(p.done);
-    w.dispatcher.shutdown().await;
+    w.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn cancel_takes_effect_within_a_second() {
-    let w = world(sms(100.0));
+    let w = world(sms(100.0)).await;
     let id = w.submit(generated("x", Lane::Bulk, 10_000, &["sms"])).await;
     run_for(1000).await;
-    w.dispatcher.cancel(id).await.unwrap();
+    w.dispatcher().cancel(id).await.unwrap();
     run_for(1000).await;
-    let after = w.dispatcher.progress(id).unwrap();
+    let after = w.dispatcher().progress(id).unwrap();
     run_for(5000).await;
-    let p = w.dispatcher.progress(id).unwrap();
+    let p = w.dispatcher().progress(id).unwrap();
     assert_eq!(
         p.wired, after.wired,
         "nothing sent more than a second after the cancel"
@@ -284,7 +281,7 @@ async fn cancel_takes_effect_within_a_second() {
     assert_eq!(p.state, "cancelled");
     assert_eq!(p.wired + p.cancelled, 10_000);
     assert!(p.done);
-    w.dispatcher.shutdown().await;
+    w.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -302,14 +299,19 @@ async fn unreachable_recipients_fall_back_to_the_next_channel() {
             ("sms".to_string(), channel(0.0, SandboxConfig::default())),
         ]
         .into(),
-    );
+    )
+    .await;
     let mut spec = generated("x", Lane::High, 100, &["whatsapp", "sms"]);
     if let AudienceSpec::Generated(g) = &mut spec.audience {
         g.not_on_percent.insert("whatsapp".into(), 50.0);
     }
     let id = w.submit(spec).await;
-    assert!(w.dispatcher.wait_done(&[id], Duration::from_secs(10)).await);
-    let p = w.dispatcher.progress(id).unwrap();
+    assert!(
+        w.dispatcher()
+            .wait_done(&[id], Duration::from_secs(10))
+            .await
+    );
+    let p = w.dispatcher().progress(id).unwrap();
     assert_eq!(p.wired, 100);
     let not_on = (0..100)
         .filter(|i| {
@@ -329,10 +331,10 @@ async fn unreachable_recipients_fall_back_to_the_next_channel() {
         100 - not_on,
         "those on WhatsApp were tried there first"
     );
-    let sms_id = w.store.channel("sms").unwrap();
-    let rec = w.store.status(DeliveryId::new(id, 7)).unwrap().unwrap();
+    let sms_id = w.store().channel("sms").unwrap();
+    let rec = w.store().status(DeliveryId::new(id, 7)).unwrap().unwrap();
     assert_eq!(rec.channel, sms_id);
-    w.dispatcher.shutdown().await;
+    w.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -345,30 +347,34 @@ async fn receipts_move_statuses_forward_and_never_back() {
     };
     let mut ch = channel(0.0, gateway);
     ch.sandbox.receipts = true;
-    let w = world([("sms".to_string(), ch)].into());
+    let w = world([("sms".to_string(), ch)].into()).await;
     let id = w.submit(generated("x", Lane::Normal, 20, &["sms"])).await;
-    assert!(w.dispatcher.wait_done(&[id], Duration::from_secs(5)).await);
+    assert!(
+        w.dispatcher()
+            .wait_done(&[id], Duration::from_secs(5))
+            .await
+    );
     run_for(1000).await;
-    let p = w.dispatcher.progress(id).unwrap();
+    let p = w.dispatcher().progress(id).unwrap();
     assert_eq!(p.read, 20, "delivered then read: {p:?}");
     // A late, out-of-order "sent" does not move a read message back.
     let one = DeliveryId::new(id, 3);
-    w.store
+    w.store()
         .update_statuses(&[(one, DeliveryStatus::Sent, None)])
         .unwrap()
         .await
         .unwrap();
     assert_eq!(
-        w.store.status(one).unwrap().unwrap().status,
+        w.store().status(one).unwrap().unwrap().status,
         DeliveryStatus::Read
     );
-    assert_eq!(w.dispatcher.progress(id).unwrap().read, 20);
-    w.dispatcher.shutdown().await;
+    assert_eq!(w.dispatcher().progress(id).unwrap().read, 20);
+    w.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn explicit_recipients_are_normalised_and_bad_numbers_refused_with_reasons() {
-    let w = world(sms(0.0));
+    let w = world(sms(0.0)).await;
     let mut spec = generated("x", Lane::Normal, 1, &["sms"]);
     spec.audience = AudienceSpec::Recipients(vec![
         Recipient {
@@ -389,7 +395,7 @@ async fn explicit_recipients_are_normalised_and_bad_numbers_refused_with_reasons
     spec.body
         .variants
         .insert("fr".into(), "Alerte choléra.".into());
-    let submitted = w.dispatcher.submit(spec).await.unwrap();
+    let submitted = w.dispatcher().submit(spec).await.unwrap();
     assert_eq!(submitted.accepted, 2);
     let reasons: Vec<(usize, &str)> = submitted
         .rejected
@@ -400,20 +406,20 @@ async fn explicit_recipients_are_normalised_and_bad_numbers_refused_with_reasons
     assert_eq!(reasons[0].0, 1);
     assert_eq!(reasons[1], (3, "no phone number and no channel address"));
     assert!(
-        w.dispatcher
+        w.dispatcher()
             .wait_done(&[submitted.id], Duration::from_secs(5))
             .await
     );
-    let stats = w.dispatcher.sandbox("sms").unwrap().stats();
+    let stats = w.dispatcher().sandbox("sms").unwrap().stats();
     assert_eq!(stats.accepted, 2);
-    w.dispatcher.shutdown().await;
+    w.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn bad_campaigns_are_refused_clearly() {
-    let w = world(sms(0.0));
+    let w = world(sms(0.0)).await;
     let err = w
-        .dispatcher
+        .dispatcher()
         .submit(generated("x", Lane::Normal, 10, &["telegram"]))
         .await
         .unwrap_err();
@@ -424,20 +430,20 @@ async fn bad_campaigns_are_refused_clearly() {
     let mut spec = generated("x", Lane::Normal, 10, &["sms"]);
     spec.body.default = " ".into();
     assert_eq!(
-        w.dispatcher.submit(spec).await.unwrap_err().to_string(),
+        w.dispatcher().submit(spec).await.unwrap_err().to_string(),
         "body.default must not be empty"
     );
-    w.dispatcher.shutdown().await;
+    w.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_million_recipient_audience_fans_out_lazily() {
-    let w = world(sms(1000.0));
+    let w = world(sms(1000.0)).await;
     let id = w
         .submit(generated("national", Lane::Bulk, 1_000_000, &["sms"]))
         .await;
     run_for(2000).await;
-    let p = w.dispatcher.progress(id).unwrap();
+    let p = w.dispatcher().progress(id).unwrap();
     assert!(p.wired >= 1500, "sending started at once: {}", p.wired);
     assert!(
         p.fanned_out <= p.wired + 1000 + 200,
@@ -445,33 +451,33 @@ async fn a_million_recipient_audience_fans_out_lazily() {
         p.fanned_out,
         p.wired
     );
-    w.dispatcher.cancel(id).await.unwrap();
+    w.dispatcher().cancel(id).await.unwrap();
     run_for(1000).await;
-    let p = w.dispatcher.progress(id).unwrap();
+    let p = w.dispatcher().progress(id).unwrap();
     assert_eq!(p.wired + p.cancelled, 1_000_000);
-    w.dispatcher.shutdown().await;
+    w.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_scheduled_campaign_waits_for_its_start_time() {
-    let w = world(sms(0.0));
+    let w = world(sms(0.0)).await;
     let mut spec = generated("later", Lane::Normal, 10, &["sms"]);
     spec.start_at_ms = Some(1_800_000_000_000 + 5000);
     let id = w.submit(spec).await;
     run_for(4000).await;
-    let p = w.dispatcher.progress(id).unwrap();
+    let p = w.dispatcher().progress(id).unwrap();
     assert_eq!((p.state, p.wired), ("scheduled", 0));
     run_for(2000).await;
-    let p = w.dispatcher.progress(id).unwrap();
+    let p = w.dispatcher().progress(id).unwrap();
     assert_eq!((p.state, p.wired), ("sending", 10));
-    w.dispatcher.shutdown().await;
+    w.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn recipient_pacing_spaces_messages_to_one_person() {
     let mut ch = channel(0.0, SandboxConfig::default());
     ch.recipient_interval_ms = 10_000;
-    let w = world([("sms".to_string(), ch)].into());
+    let w = world([("sms".to_string(), ch)].into()).await;
     let one = || Recipient {
         phone: Some("+231770123456".into()),
         ..Recipient::default()
@@ -484,15 +490,15 @@ async fn recipient_pacing_spaces_messages_to_one_person() {
     second.audience = AudienceSpec::Recipients(vec![one()]);
     let b = w.submit(second).await;
     run_for(5000).await;
-    assert_eq!(w.dispatcher.progress(a).unwrap().wired, 1);
+    assert_eq!(w.dispatcher().progress(a).unwrap().wired, 1);
     assert_eq!(
-        w.dispatcher.progress(b).unwrap().wired,
+        w.dispatcher().progress(b).unwrap().wired,
         0,
         "the same person waits 10 s between messages"
     );
     run_for(6000).await;
-    assert_eq!(w.dispatcher.progress(b).unwrap().wired, 1);
-    w.dispatcher.shutdown().await;
+    assert_eq!(w.dispatcher().progress(b).unwrap().wired, 1);
+    w.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -505,14 +511,314 @@ async fn the_in_flight_window_bounds_concurrent_requests() {
         },
     );
     ch.window = 2;
-    let w = world([("sms".to_string(), ch)].into());
+    let w = world([("sms".to_string(), ch)].into()).await;
     let id = w.submit(generated("x", Lane::Normal, 20, &["sms"])).await;
     run_for(450).await;
-    let wired = w.dispatcher.progress(id).unwrap().wired;
+    let wired = w.dispatcher().progress(id).unwrap().wired;
     assert!(
         (6..=8).contains(&wired),
         "two requests of 100 ms at a time: {wired} in 450 ms"
     );
-    assert!(w.dispatcher.wait_done(&[id], Duration::from_secs(2)).await);
-    w.dispatcher.shutdown().await;
+    assert!(
+        w.dispatcher()
+            .wait_done(&[id], Duration::from_secs(2))
+            .await
+    );
+    w.shutdown().await;
+}
+
+/// Copies a hostile test fixture into a plugin folder, as an operator
+/// installs a plugin.
+fn plugin_dir(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let (manifest, component) = crate::plugin::test_fixtures()
+        .iter()
+        .find(|(m, _)| m.contains(&format!("/{name}/")))
+        .copied()
+        .unwrap_or_else(|| panic!("fixture {name} not built"));
+    let folder = dir.path().join(name);
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::copy(manifest, folder.join("plugin.toml")).unwrap();
+    let file = std::path::Path::new(component).file_name().unwrap();
+    std::fs::copy(component, folder.join(file)).unwrap();
+    dir
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connector_that_prints_sleeps_and_busy_waits_does_not_stop_its_campaign() {
+    let plugins = plugin_dir("noisy");
+    let mut config = crate::Config::default();
+    config.plugins.dir = Some(plugins.path().to_path_buf());
+    let mut ch = channel(0.0, SandboxConfig::default());
+    ch.connector = "hostile-noisy".into();
+    ch.count_segments = Some(false);
+    let w = world_with([("sms".to_string(), ch)].into(), config).await;
+    let id = w
+        .submit(generated("noisy", Lane::Normal, 40, &["sms"]))
+        .await;
+    assert!(
+        w.dispatcher()
+            .wait_done(&[id], Duration::from_secs(30))
+            .await
+    );
+    let p = w.dispatcher().progress(id).unwrap();
+    assert_eq!(p.wired, 40, "every message sent in the end: {p:?}");
+    assert_eq!(p.dead, 0);
+    // Indexes 0 and 1 modulo 4 failed their first attempt: a refused
+    // sleep, and a busy wait stopped at the deadline.
+    assert_eq!(p.retries, 20, "{p:?}");
+    let text = w.broker.metrics().encode();
+    for outcome in ["blocked", "timeout"] {
+        let line = format!(
+            "mhero_plugin_calls_total{{plugin=\"hostile-noisy\",outcome=\"{outcome}\"}} 10"
+        );
+        assert!(text.contains(&line), "{line} missing from\n{text}");
+    }
+    assert_eq!(w.dispatcher().sandbox("sms").unwrap().stats().accepted, 40);
+    w.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_receipt_after_wiring_falls_back_to_the_next_channel() {
+    let whatsapp = channel(
+        0.0,
+        SandboxConfig {
+            receipt_delay_ms: 100,
+            undelivered_percent: 100.0,
+            ..SandboxConfig::default()
+        },
+    );
+    let mut whatsapp = whatsapp;
+    whatsapp.sandbox.receipts = true;
+    let mut sms = channel(0.0, SandboxConfig::default());
+    sms.sandbox.receipts = true;
+    sms.sandbox.receipt_delay_ms = 100;
+    let w = world([("whatsapp".to_string(), whatsapp), ("sms".to_string(), sms)].into()).await;
+    let id = w
+        .submit(generated("fallback", Lane::High, 30, &["whatsapp", "sms"]))
+        .await;
+    run_for(3000).await;
+    let p = w.dispatcher().progress(id).unwrap();
+    assert_eq!(p.rerouted, 30, "{p:?}");
+    assert_eq!(p.delivered, 30, "delivered on the second channel: {p:?}");
+    assert_eq!(p.failed, 0, "{p:?}");
+    assert!(p.done);
+    let sms_id = w.store().channel("sms").unwrap();
+    let rec = w.store().status(DeliveryId::new(id, 5)).unwrap().unwrap();
+    assert_eq!(
+        (rec.channel, rec.status),
+        (sms_id, DeliveryStatus::Delivered)
+    );
+    assert_eq!(
+        w.dispatcher().sandbox("whatsapp").unwrap().stats().accepted,
+        30
+    );
+    assert_eq!(w.dispatcher().sandbox("sms").unwrap().stats().accepted, 30);
+    w.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_webhook_loses_nothing_and_replies_are_stored() {
+    // The simulator signs with a secret the connector does not know: every
+    // webhook is refused, and the simulator keeps its events.
+    let mut bad = channel(
+        0.0,
+        SandboxConfig {
+            webhook_secret: "not-the-connector-secret".into(),
+            receipt_delay_ms: 50,
+            ..SandboxConfig::default()
+        },
+    );
+    bad.sandbox.receipts = true;
+    let w = world([("sms".to_string(), bad)].into()).await;
+    let id = w.submit(generated("x", Lane::Normal, 10, &["sms"])).await;
+    run_for(2000).await;
+    let gw = w.dispatcher().sandbox("sms").unwrap();
+    assert_eq!(gw.pending_webhook_events(), 10, "kept for a later try");
+    assert!(gw.stats().webhooks_refused > 0);
+    assert_eq!(gw.stats().receipts, 0);
+    let p = w.dispatcher().progress(id).unwrap();
+    assert_eq!((p.wired, p.delivered), (10, 0));
+    let text = w.broker.metrics().encode();
+    assert!(
+        text.contains("mhero_channel_webhooks_total{channel=\"sms\",outcome=\"unauthorized\"}"),
+        "{text}"
+    );
+    w.shutdown().await;
+
+    // Signed right: receipts and replies arrive; replies are kept.
+    let mut good = channel(
+        0.0,
+        SandboxConfig {
+            receipt_delay_ms: 50,
+            reply_percent: 100.0,
+            replies: vec!["YES".into()],
+            ..SandboxConfig::default()
+        },
+    );
+    good.sandbox.receipts = true;
+    let w = world([("sms".to_string(), good)].into()).await;
+    let id = w.submit(generated("y", Lane::Normal, 10, &["sms"])).await;
+    run_for(2000).await;
+    assert_eq!(w.dispatcher().progress(id).unwrap().delivered, 10);
+    let inbound = w.store().inbound(0, 100).unwrap();
+    assert_eq!(inbound.len(), 10);
+    assert!(
+        inbound
+            .iter()
+            .all(|(_, m)| m.text == "YES" && m.from.starts_with('+'))
+    );
+    // The same webhook twice stores nothing new.
+    let sms_id = w.store().channel("sms").unwrap();
+    let again: Vec<_> = inbound.iter().map(|(_, m)| m.clone()).collect();
+    let stored = w.store().put_inbound(sms_id, again).unwrap().await.unwrap();
+    assert_eq!(stored, 0);
+    w.shutdown().await;
+}
+
+/// A gateway speaking the sandbox protocol over real HTTP on loopback: it
+/// answers after `latency`, refuses the first `fail_first` requests with
+/// 503, and counts the requests in flight at once.
+struct HttpGateway {
+    url: String,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    peak: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn http_gateway(latency: Duration, fail_first: usize) -> HttpGateway {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let state = (
+        Arc::clone(&accepted),
+        Arc::clone(&requests),
+        Arc::clone(&now),
+        Arc::clone(&peak),
+    );
+    let app = axum::Router::new().route(
+        "/messages",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let (accepted, requests, now, peak) = state.clone();
+            async move {
+                let inside = now.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(inside, Ordering::SeqCst);
+                tokio::time::sleep(latency).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                if requests.fetch_add(1, Ordering::SeqCst) < fail_first {
+                    return (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "{}".to_string(),
+                    );
+                }
+                let n = accepted.fetch_add(1, Ordering::SeqCst);
+                let _ = body;
+                (
+                    axum::http::StatusCode::ACCEPTED,
+                    format!("{{\"message_id\":\"gw-{n}\"}}"),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    HttpGateway {
+        url: format!("http://{addr}"),
+        accepted,
+        peak,
+    }
+}
+
+fn over_http(url: &str) -> crate::Config {
+    let mut config = crate::Config::default();
+    config
+        .plugins
+        .config
+        .entry("sandbox".into())
+        .or_default()
+        .insert("base_url".into(), url.to_string().into());
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_gateway_gets_the_window_in_flight_and_the_campaign_completes() {
+    use std::sync::atomic::Ordering;
+    let gw = http_gateway(Duration::from_millis(50), 0).await;
+    let ch = ChannelConfig {
+        window: 32,
+        count_segments: Some(false),
+        ..ChannelConfig::default()
+    };
+    let w = world_with([("sms".to_string(), ch)].into(), over_http(&gw.url)).await;
+    let id = w
+        .submit(generated("http", Lane::Normal, 400, &["sms"]))
+        .await;
+    assert!(
+        w.dispatcher()
+            .wait_done(&[id], Duration::from_secs(30))
+            .await
+    );
+    let p = w.dispatcher().progress(id).unwrap();
+    assert_eq!(p.wired, 400, "{p:?}");
+    assert_eq!(gw.accepted.load(Ordering::SeqCst), 400);
+    // One request at a time would take 20 s; the window keeps 32 going.
+    let peak = gw.peak.load(Ordering::SeqCst);
+    assert!(peak > 16 && peak <= 32, "peak in flight {peak}");
+    assert!(
+        w.dispatcher().sandbox("sms").is_none(),
+        "no simulator for an http gateway"
+    );
+    w.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_errors_and_unreachable_gateways_are_retried_not_dead_lettered() {
+    use std::sync::atomic::Ordering;
+    let gw = http_gateway(Duration::ZERO, 5).await;
+    let mut ch = channel(0.0, SandboxConfig::default());
+    ch.retry = RetryPolicy {
+        backoff_ms: vec![100],
+        jitter: 0.0,
+        max_attempts: 4,
+    };
+    let w = world_with([("sms".to_string(), ch.clone())].into(), over_http(&gw.url)).await;
+    let id = w
+        .submit(generated("retry", Lane::Normal, 5, &["sms"]))
+        .await;
+    assert!(
+        w.dispatcher()
+            .wait_done(&[id], Duration::from_secs(20))
+            .await
+    );
+    let p = w.dispatcher().progress(id).unwrap();
+    assert_eq!((p.wired, p.retries, p.dead), (5, 5, 0), "{p:?}");
+    assert_eq!(gw.accepted.load(Ordering::SeqCst), 5);
+    w.shutdown().await;
+
+    // Nobody listens: connection refused is retried with backoff, and
+    // only after the last attempt is it a dead letter, with the reason.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let w = world_with([("sms".to_string(), ch)].into(), over_http(&url)).await;
+    let id = w.submit(generated("down", Lane::Normal, 3, &["sms"])).await;
+    assert!(
+        w.dispatcher()
+            .wait_done(&[id], Duration::from_secs(20))
+            .await
+    );
+    let p = w.dispatcher().progress(id).unwrap();
+    assert_eq!((p.dead, p.retries), (3, 9), "{p:?}");
+    let dead = w.store().dead_letters(None, 10).unwrap();
+    assert!(
+        dead[0].reason.contains("cannot connect"),
+        "{}",
+        dead[0].reason
+    );
+    assert_eq!(dead[0].item.history.len(), 3);
+    w.shutdown().await;
 }

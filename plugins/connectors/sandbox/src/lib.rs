@@ -13,8 +13,17 @@ use sha2::Sha256;
 
 pub struct Sandbox;
 
+/// Where requests go unless the `base_url` setting says otherwise: the
+/// simulator inside the broker. Any gateway speaking this protocol over
+/// HTTP (the benchmarks' gateway sink) is reached by setting `base_url`.
+pub const DEFAULT_BASE_URL: &str = "sandbox://gateway";
 pub const SEND_URL: &str = "sandbox://gateway/messages";
 pub const BATCH_URL: &str = "sandbox://gateway/messages/batch";
+
+fn url(path: &str) -> String {
+    let base = host::config("base_url").unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+    format!("{}{path}", base.trim_end_matches('/'))
+}
 pub const SIGNATURE_HEADER: &str = "x-sandbox-signature";
 const MAX_BATCH: u32 = 100;
 
@@ -241,7 +250,7 @@ impl Connector for Sandbox {
             return Err(PluginError::invalid("message has no recipient"));
         }
         let body = to_json(&WireMessage::from(&message))?;
-        post(SEND_URL, Some(&message.id), body)
+        post(&url("/messages"), Some(&message.id), body)
     }
 
     fn build_send_batch(messages: Vec<OutboundMessage>) -> Result<HttpRequest, PluginError> {
@@ -258,7 +267,7 @@ impl Connector for Sandbox {
         let body = to_json(&Batch {
             messages: messages.iter().map(WireMessage::from).collect(),
         })?;
-        post(BATCH_URL, None, body)
+        post(&url("/messages/batch"), None, body)
     }
 
     fn parse_send_response(response: HttpResponse) -> Result<SendOutcome, PluginError> {

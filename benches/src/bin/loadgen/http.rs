@@ -1,0 +1,243 @@
+//! `http`: campaigns through the real HTTP transport (keep-alive pools,
+//! the production connector path) to `gateway-sink`, a separate process on
+//! loopback that answers after `--latency-ms`. With `--rate`, each of
+//! `--channels` channels is held to that rate: the achieved aggregate rate
+//! against the configured one shows whether the window keeps enough
+//! requests in flight for the gateway's latency.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use mhero_benches::{fs_type, peak_rss_mb, round};
+use mhero_broker::config::ChannelConfig;
+use mhero_broker::dispatch::{AudienceSpec, CampaignSpec};
+use mhero_proto::{CampaignId, Lane};
+use serde_json::json;
+
+use super::dispatch::{config, start};
+
+#[derive(clap::Args)]
+pub struct HttpArgs {
+    /// Deliveries in all.
+    #[arg(long, default_value_t = 500_000)]
+    n: u32,
+    /// The gateway's latency (ms).
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Channels, each with its own campaign and connection pool.
+    #[arg(long, default_value_t = 1)]
+    channels: u32,
+    /// Rate of each channel (messages per second); 0: no limit.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Messages per request (the connector's batch form).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Requests in flight per channel; default: the broker's default, or
+    /// rate × latency with headroom when a rate is set (Little's law).
+    #[arg(long)]
+    window: Option<usize>,
+    /// "sync" or "async".
+    #[arg(long, default_value = "sync")]
+    durability: String,
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+/// The sink process; killed when dropped.
+struct SinkProcess {
+    child: Child,
+    url: String,
+}
+
+impl Drop for SinkProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_sink(latency_ms: u64) -> Result<SinkProcess> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name("gateway-sink");
+    let mut child = Command::new(&path)
+        .args(["--latency-ms", &latency_ms.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (build it: cargo build --release -p mhero-tests --bin gateway-sink)",
+                path.display()
+            )
+        })?;
+    let stdout = child.stdout.take().context("sink stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected first line from the sink: {line:?}"))?
+        .to_string();
+    Ok(SinkProcess { child, url })
+}
+
+/// User + system CPU seconds of a process, from /proc (Linux).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+pub fn run(args: &HttpArgs) -> Result<()> {
+    if args.channels == 0 || args.n < args.channels {
+        bail!("--channels must be between 1 and --n");
+    }
+    let sink = start_sink(args.latency_ms)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (mut config, scratch) = config(args.dir.as_ref(), &args.durability)?;
+        config
+            .plugins
+            .config
+            .entry("sandbox".into())
+            .or_default()
+            .insert("base_url".into(), sink.url.clone().into());
+        let default_window = ChannelConfig::default().window;
+        let window = args.window.unwrap_or_else(|| {
+            if args.rate > 0.0 {
+                // In flight = rate × latency, doubled for headroom.
+                let needed = (args.rate * args.latency_ms as f64 / 1000.0 / args.batch as f64).ceil() as usize;
+                (needed * 2).max(default_window)
+            } else {
+                default_window
+            }
+        });
+        let names: Vec<String> = (0..args.channels).map(|i| format!("gw{i}")).collect();
+        let channels = names
+            .iter()
+            .map(|name| {
+                (
+                    name.clone(),
+                    ChannelConfig {
+                        rate: args.rate,
+                        burst: 10,
+                        batch: args.batch,
+                        window,
+                        count_segments: Some(false),
+                        ..ChannelConfig::default()
+                    },
+                )
+            })
+            .collect();
+        let bench = start(config, scratch, channels).await?;
+        let data_dir = bench.broker.config().data_dir.clone();
+        let per_channel = args.n / args.channels;
+        let cpu_before = cpu_seconds("self");
+        let sink_pid = sink.child.id().to_string();
+        let sink_cpu_before = cpu_seconds(&sink_pid);
+        let started = Instant::now();
+        let mut ids: Vec<CampaignId> = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let mut spec = CampaignSpec::generated(
+                &format!("http {name}"),
+                Lane::Normal,
+                "Cholera alert: report suspected cases to the county health team today.",
+                per_channel,
+                &[name.as_str()],
+            );
+            if let AudienceSpec::Generated(g) = &mut spec.audience {
+                g.prefix = format!("+23177{i:02}");
+            }
+            ids.push(bench.broker.dispatcher().submit(spec).await?.id);
+        }
+        let dispatcher = bench.broker.dispatcher();
+        let mut peak_in_flight = 0usize;
+        loop {
+            let in_flight: usize = dispatcher.channels().values().map(|c| c.in_flight()).sum();
+            peak_in_flight = peak_in_flight.max(in_flight);
+            if ids.iter().all(|id| dispatcher.progress(*id).is_some_and(|p| p.done)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds("self") - cpu_before;
+        let sink_cpu = cpu_seconds(&sink_pid) - sink_cpu_before;
+        let total = u64::from(per_channel) * u64::from(args.channels);
+        let mut wired = 0;
+        let mut dead = 0;
+        let mut first_ms = u64::MAX;
+        let mut last_ms = 0;
+        let mut latency = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000, 3)?;
+        let accepted_ms = bench.broker.store().now_ms() - (elapsed * 1000.0) as u64;
+        for id in &ids {
+            let p = dispatcher.progress(*id).context("campaign vanished")?;
+            wired += p.wired;
+            dead += p.dead;
+            bench.broker.store().scan_statuses(*id, &mut |_, rec| {
+                first_ms = first_ms.min(rec.updated_ms);
+                last_ms = last_ms.max(rec.updated_ms);
+                latency.saturating_record(rec.updated_ms.saturating_sub(accepted_ms).max(1));
+                Ok(true)
+            })?;
+        }
+        if wired != total {
+            bail!("only {wired} of {total} wired ({dead} dead letters)");
+        }
+        let span_s = (last_ms.saturating_sub(first_ms)) as f64 / 1000.0;
+        let achieved = if span_s > 0.0 { total as f64 / span_s } else { 0.0 };
+        let configured = args.rate * f64::from(args.channels);
+        let rss = peak_rss_mb();
+        bench.broker.shutdown().await;
+        let mut out = json!({
+            "scenario": "http",
+            "n": total,
+            "channels": args.channels,
+            "latency_ms": args.latency_ms,
+            "rate_per_channel": args.rate,
+            "batch": args.batch,
+            "window": window,
+            "window_is_default": args.window.is_none() && window == default_window,
+            "durability": args.durability,
+            "transport": "HTTP/1.1 keep-alive over loopback to gateway-sink, a separate process (1 runtime thread)",
+            "receipts": false,
+            "delivery_means": "request answered 202 by the gateway and the delivery settled as wired",
+            "elapsed_s": round(elapsed, 3),
+            "deliveries_per_s": round(total as f64 / elapsed, 0),
+            "sending_span_s": round(span_s, 3),
+            "achieved_per_s": round(achieved, 1),
+            "peak_in_flight": peak_in_flight,
+            "wire_p50_ms": latency.value_at_quantile(0.5),
+            "wire_p99_ms": latency.value_at_quantile(0.99),
+            "cpu_us_per_delivery": round(cpu * 1e6 / total as f64, 2),
+            "sink_cpu_us_per_delivery": round(sink_cpu * 1e6 / total as f64, 2),
+            "peak_rss_mb": round(rss, 1),
+            "data_dir": data_dir.display().to_string(),
+            "filesystem": fs_type(&data_dir),
+            "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        });
+        if configured > 0.0 {
+            out["configured_per_s"] = json!(configured);
+            out["achieved_ratio"] = json!(round(achieved / configured, 4));
+        }
+        println!("{out}");
+        Ok(())
+    })
+}

@@ -1,0 +1,166 @@
+//! The composition root: [`Broker::open`] wires the store, the plugin
+//! host, the channels, the dispatcher, the webhook entry point and the
+//! metrics; [`Broker::shutdown`] stops them in order. The CLI, the tests and
+//! the benchmarks all start the broker through this one door.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::channel::{SandboxGateway, Webhooks, sandbox};
+use crate::config::Config;
+use crate::dispatch::{Dispatcher, TokioClock};
+use crate::error::Result;
+use crate::metrics::Metrics;
+use crate::plugin::{HostOptions, PluginHost};
+use crate::store::{self, Engine, Recovery, Store};
+
+/// What differs from a plain [`Broker::open`]; tests and benchmarks only.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// The clock (tests start it at a fixed time on tokio's paused clock).
+    pub clock: Option<TokioClock>,
+    /// An engine to use instead of the one the config names.
+    pub engine: Option<Arc<dyn Engine>>,
+}
+
+/// A running broker.
+pub struct Broker {
+    config: Config,
+    store: Arc<Store>,
+    plugins: Arc<PluginHost>,
+    dispatcher: Dispatcher,
+    webhooks: Arc<Webhooks>,
+    metrics: Arc<Metrics>,
+    recovery: Recovery,
+    clock: TokioClock,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Broker {
+    /// Opens the store (recovering from an earlier stop), loads the
+    /// built-in and configured plugins, starts every channel and resumes
+    /// every campaign. Must run inside a tokio runtime.
+    pub async fn open(config: Config) -> Result<Self> {
+        Self::open_with(config, Options::default()).await
+    }
+
+    pub async fn open_with(config: Config, options: Options) -> Result<Self> {
+        config.validate()?;
+        let metrics = Arc::new(Metrics::new());
+        let clock = options.clock.unwrap_or_default();
+        let (store, recovery) = match options.engine {
+            Some(engine) => Store::open(engine, Arc::new(clock), metrics.store.clone())?,
+            None => store::open_with_clock(&config, metrics.store.clone(), Arc::new(clock))?,
+        };
+        let store = Arc::new(store);
+        let plugins = PluginHost::new(
+            HostOptions {
+                cache_dir: config.plugin_cache_dir(),
+                fuel: false,
+                settings: config.plugins.config.clone(),
+            },
+            metrics.plugin.clone(),
+        )?;
+        plugins.load_builtins()?;
+        if let Some(dir) = &config.plugins.dir {
+            plugins.load_dir(dir)?;
+        }
+        let plugins = Arc::new(plugins);
+        let dispatcher = Dispatcher::start(
+            Arc::clone(&store),
+            &plugins,
+            &config.channels,
+            config.dispatch.clone(),
+            clock,
+            metrics.dispatch.clone(),
+        )?;
+        let mut webhooks = Webhooks::new(dispatcher.sink(), metrics.webhooks.clone());
+        for (name, ch) in dispatcher.channels() {
+            webhooks.add(name, ch.id, Arc::clone(&ch.plugin));
+        }
+        let webhooks = Arc::new(webhooks);
+        // Simulated gateways push their receipts and replies through the
+        // same entry point a real gateway's webhooks reach.
+        let mut tasks = Vec::new();
+        for (name, ch) in dispatcher.channels() {
+            if let Some(gateway) = &ch.sandbox {
+                tasks.push(tokio::spawn(sandbox::push_webhooks(
+                    Arc::clone(gateway),
+                    Arc::new(clock),
+                    name.clone(),
+                    Arc::clone(&webhooks),
+                    Duration::from_millis(config.dispatch.receipt_poll_ms),
+                    dispatcher.shutdown_signal(),
+                )));
+            }
+        }
+        Ok(Self {
+            config,
+            store,
+            plugins,
+            dispatcher,
+            webhooks,
+            metrics,
+            recovery,
+            clock,
+            tasks,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn plugins(&self) -> &Arc<PluginHost> {
+        &self.plugins
+    }
+
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.dispatcher
+    }
+
+    /// The entry point for every channel's webhooks.
+    pub fn webhooks(&self) -> &Arc<Webhooks> {
+        &self.webhooks
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// What opening the store found (deliveries re-queued after a crash).
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
+    }
+
+    pub fn clock(&self) -> TokioClock {
+        self.clock
+    }
+
+    /// The simulated gateway behind a channel, if it has one.
+    pub fn sandbox(&self, channel: &str) -> Option<Arc<SandboxGateway>> {
+        self.dispatcher.sandbox(channel)
+    }
+
+    /// Stops sending after the rounds on the wire have settled, stops the
+    /// simulators' webhooks, and closes the store once everything that
+    /// holds it is gone.
+    pub async fn shutdown(self) {
+        self.dispatcher.shutdown().await;
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        drop(self.webhooks);
+        drop(self.plugins);
+        // The store (and its writer thread) closes when its last holder
+        // goes; closing flushes what is queued.
+        let store = self.store;
+        let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+    }
+}

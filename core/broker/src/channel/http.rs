@@ -1,0 +1,160 @@
+//! The real HTTP transport: one client per channel (its own keep-alive
+//! pool), rustls with the system's roots, HTTP/2 where the server offers
+//! it through ALPN, no redirects (a redirect could lead outside the allowed
+//! hosts), connect and request timeouts, and a cap on the response size.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::transport::{BoxFuture, Transport, TransportError, redact};
+use crate::plugin::bindings::{Header, HttpRequest, HttpResponse};
+
+/// `channels.<name>.http`: how the channel talks to a real gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Most time to open a connection (TCP and TLS), ms.
+    pub connect_timeout_ms: u64,
+    /// Most time for a whole exchange, response body included, ms.
+    pub request_timeout_ms: u64,
+    /// Largest response body read; a larger one is an error.
+    pub max_response_bytes: usize,
+    /// How long an idle keep-alive connection is kept, ms.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 5_000,
+            request_timeout_ms: 30_000,
+            max_response_bytes: 1 << 20,
+            idle_timeout_ms: 90_000,
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn validate(&self, path: &str) -> Result<(), String> {
+        if self.connect_timeout_ms == 0 || self.request_timeout_ms == 0 {
+            return Err(format!(
+                "{path}.connect_timeout_ms and request_timeout_ms must be > 0"
+            ));
+        }
+        if self.max_response_bytes < 1024 {
+            return Err(format!("{path}.max_response_bytes must be >= 1024"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+pub struct HttpTransport {
+    client: reqwest::Client,
+    config: HttpConfig,
+}
+
+impl HttpTransport {
+    /// A client for one channel; `pool` is how many idle connections per
+    /// host it keeps (the channel's window).
+    pub fn new(config: &HttpConfig, pool: usize) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
+            .timeout(Duration::from_millis(config.request_timeout_ms))
+            .pool_idle_timeout(Duration::from_millis(config.idle_timeout_ms))
+            .pool_max_idle_per_host(pool)
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true)
+            .user_agent(concat!("mhero/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Self {
+            client,
+            config: config.clone(),
+        })
+    }
+
+    async fn exchange(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
+        let target = redact(&request.url);
+        let network = |e: reqwest::Error| {
+            if e.is_timeout() {
+                TransportError::Timeout {
+                    target: target.clone(),
+                    ms: self.config.request_timeout_ms,
+                }
+            } else {
+                TransportError::Network {
+                    target: target.clone(),
+                    message: describe(&e),
+                }
+            }
+        };
+        let method = reqwest::Method::from_bytes(request.method.as_bytes()).map_err(|_| {
+            TransportError::Unsupported {
+                target: target.clone(),
+            }
+        })?;
+        let mut builder = self.client.request(method, &request.url);
+        for h in &request.headers {
+            builder = builder.header(h.name.as_str(), h.value.as_str());
+        }
+        let mut response = builder.body(request.body).send().await.map_err(network)?;
+        let status = response.status().as_u16();
+        let limit = self.config.max_response_bytes;
+        if response.content_length().is_some_and(|n| n > limit as u64) {
+            return Err(TransportError::TooLarge { target, limit });
+        }
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(name, value)| Header {
+                name: name.as_str().to_string(),
+                value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            })
+            .collect();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(network)? {
+            if body.len() + chunk.len() > limit {
+                return Err(TransportError::TooLarge { target, limit });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(HttpResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// The error and its causes in one line, without the URL (reqwest puts
+/// the full URL, query included, in its own message).
+fn describe(e: &reqwest::Error) -> String {
+    let mut parts = Vec::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    let kind = if e.is_connect() {
+        "cannot connect"
+    } else if e.is_body() || e.is_decode() {
+        "broken response"
+    } else if e.is_request() {
+        "request failed"
+    } else {
+        "HTTP error"
+    };
+    if parts.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}: {}", parts.join(": "))
+    }
+}
+
+impl Transport for HttpTransport {
+    fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
+        Box::pin(self.exchange(request))
+    }
+}
