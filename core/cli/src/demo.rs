@@ -161,7 +161,18 @@ async fn demo(config: Config, args: &DemoArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!("(the sandbox gateway is a simulator inside the broker: nothing reaches a phone)");
+    let simulated: Vec<&str> = config
+        .channels
+        .keys()
+        .filter(|c| broker.sandbox(c).is_some())
+        .map(String::as_str)
+        .collect();
+    if !simulated.is_empty() {
+        println!(
+            "({} through the sandbox gateway, a simulator inside the broker: nothing reaches a phone)",
+            simulated.join(", ")
+        );
+    }
     if recovery.requeued > 0 {
         println!(
             "recovered {} deliveries leased before the last stop; they are re-sent (the gateway de-duplicates them)",

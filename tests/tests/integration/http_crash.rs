@@ -174,6 +174,9 @@ base_url = "http://{addr}"
     // a kill but not yet on the wire is re-sent (and counted) without
     // being a duplicate, so the broker's count can only be higher.
     let redelivered = c["redelivered"].as_u64().unwrap();
+    eprintln!(
+        "{KILLS} kills, {interrupted} interrupted rounds in flight; gateway duplicates {duplicates}, broker re-sends {redelivered}"
+    );
     assert!(
         duplicates <= redelivered,
         "gateway saw {duplicates} duplicates, broker counted {redelivered} re-sends"

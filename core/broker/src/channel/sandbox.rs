@@ -129,10 +129,49 @@ pub struct SandboxStats {
     pub webhooks_refused: u64,
 }
 
-struct Pending {
-    due_ms: u64,
-    event: serde_json::Value,
-    inbound: bool,
+/// A receipt or reply waiting for its webhook; kept compact (a million
+/// of them can be pending) and turned into JSON only when sent.
+enum Pending {
+    Receipt {
+        due_ms: u64,
+        message_id: Box<str>,
+        status: &'static str,
+    },
+    Reply {
+        due_ms: u64,
+        message_id: Box<str>,
+        from: Box<str>,
+        text: usize,
+    },
+}
+
+impl Pending {
+    fn due_ms(&self) -> u64 {
+        match self {
+            Pending::Receipt { due_ms, .. } | Pending::Reply { due_ms, .. } => *due_ms,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct WireReceipt<'a> {
+    message_id: &'a str,
+    status: &'static str,
+    at_ms: u64,
+}
+
+#[derive(Serialize)]
+struct WireReply<'a> {
+    id: String,
+    from: &'a str,
+    text: &'a str,
+    at_ms: u64,
+}
+
+#[derive(Serialize)]
+struct WireWebhook<'a> {
+    receipts: Vec<WireReceipt<'a>>,
+    inbound: Vec<WireReply<'a>>,
 }
 
 struct State {
@@ -398,28 +437,28 @@ impl SandboxGateway {
         } else {
             "delivered"
         };
-        state.pending.push_back(Pending {
+        state.pending.push_back(Pending::Receipt {
             due_ms: due,
-            event: json!({"message_id": message_id, "status": status, "at_ms": due}),
-            inbound: false,
+            message_id: message_id.into(),
+            status,
         });
         if undelivered {
             return;
         }
         if state.rng.random_range(0.0..100.0) < self.config.read_percent {
-            state.pending.push_back(Pending {
+            state.pending.push_back(Pending::Receipt {
                 due_ms: due,
-                event: json!({"message_id": message_id, "status": "read", "at_ms": due}),
-                inbound: false,
+                message_id: message_id.into(),
+                status: "read",
             });
         }
         if state.rng.random_range(0.0..100.0) < self.config.reply_percent {
-            let text = &self.config.replies[state.rng.random_range(0..self.config.replies.len())];
-            let id = format!("in-{message_id}");
-            state.pending.push_back(Pending {
+            let text = state.rng.random_range(0..self.config.replies.len());
+            state.pending.push_back(Pending::Reply {
                 due_ms: due,
-                event: json!({"id": id, "from": to, "text": text, "at_ms": due}),
-                inbound: true,
+                message_id: message_id.into(),
+                from: to.into(),
+                text,
             });
         }
     }
@@ -431,24 +470,42 @@ impl SandboxGateway {
     /// and sends it again.
     pub fn due_webhook(&self, now_ms: u64, max: usize) -> Option<(HttpRequest, usize)> {
         let state = self.state.lock();
-        let mut receipts = Vec::new();
-        let mut inbound = Vec::new();
+        let mut hook = WireWebhook {
+            receipts: Vec::new(),
+            inbound: Vec::new(),
+        };
         for p in state.pending.iter().take(max) {
-            if p.due_ms > now_ms {
+            if p.due_ms() > now_ms {
                 break;
             }
-            if p.inbound {
-                inbound.push(&p.event);
-            } else {
-                receipts.push(&p.event);
+            match p {
+                Pending::Receipt {
+                    due_ms,
+                    message_id,
+                    status,
+                } => hook.receipts.push(WireReceipt {
+                    message_id,
+                    status,
+                    at_ms: *due_ms,
+                }),
+                Pending::Reply {
+                    due_ms,
+                    message_id,
+                    from,
+                    text,
+                } => hook.inbound.push(WireReply {
+                    id: format!("in-{message_id}"),
+                    from,
+                    text: &self.config.replies[*text],
+                    at_ms: *due_ms,
+                }),
             }
         }
-        let n = receipts.len() + inbound.len();
+        let n = hook.receipts.len() + hook.inbound.len();
         if n == 0 {
             return None;
         }
-        let body = serde_json::to_vec(&json!({"receipts": receipts, "inbound": inbound}))
-            .unwrap_or_default();
+        let body = serde_json::to_vec(&hook).unwrap_or_default();
         drop(state);
         Some((
             HttpRequest {
@@ -475,8 +532,8 @@ impl SandboxGateway {
         let mut state = self.state.lock();
         for _ in 0..n {
             match state.pending.pop_front() {
-                Some(p) if p.inbound => state.stats.replies += 1,
-                Some(_) => state.stats.receipts += 1,
+                Some(Pending::Reply { .. }) => state.stats.replies += 1,
+                Some(Pending::Receipt { .. }) => state.stats.receipts += 1,
                 None => break,
             }
         }

@@ -537,15 +537,19 @@ async fn finish_round(
         settled.push(decide(&shared, &ch, r, answer, now, &mut rng, &mut tally));
     }
     tally.record(&shared, &ch);
-    match shared.store.settle(settled) {
-        Ok(p) => {
+    // Building the batch takes the store's lock, and handing it to a full
+    // writer queue waits: on a blocking thread.
+    let store = Arc::clone(&shared.store);
+    match tokio::task::spawn_blocking(move || store.settle(settled)).await {
+        Ok(Ok(p)) => {
             if let Err(e) = p.await {
                 tracing::error!(channel = %ch.name, error = %e, "Settle commit failed.");
             }
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             tracing::error!(channel = %ch.name, error = %e, "Settling failed; the deliveries return after a restart.")
         }
+        Err(e) => tracing::error!(channel = %ch.name, error = %e, "Settle task failed."),
     }
     drop(round);
     shared.work.notify_one();

@@ -647,7 +647,7 @@ async fn fan_out_task(shared: Arc<Shared>) {
 }
 
 /// One page of one campaign. Returns whether anything moved.
-async fn fan_out_step(shared: &Shared, live: &Live) -> Result<bool> {
+async fn fan_out_step(shared: &Shared, live: &Arc<Live>) -> Result<bool> {
     let now = crate::store::Clock::now_ms(&shared.clock);
     if live.stopped.load(Ordering::Relaxed) {
         return Ok(false);
@@ -671,7 +671,12 @@ async fn fan_out_step(shared: &Shared, live: &Live) -> Result<bool> {
         live.fanned_out.store(true, Ordering::Relaxed);
         return Ok(false);
     }
-    let page = live.audience.page(cursor, shared.config.fanout_page)?;
+    // A stored audience is read from the store: on a blocking thread.
+    let reader = Arc::clone(live);
+    let size = shared.config.fanout_page;
+    let page = tokio::task::spawn_blocking(move || reader.audience.page(cursor, size))
+        .await
+        .map_err(|e| Error::Internal(format!("fan-out read failed: {e}")))??;
     let next = page.last().map_or(total, |(i, _)| i + 1);
     let mut queues: HashMap<ChannelId, Vec<NewDelivery>> = HashMap::new();
     let mut unreachable = Vec::new();

@@ -644,6 +644,27 @@ async fn a_refused_webhook_loses_nothing_and_replies_are_stored() {
         text.contains("mhero_channel_webhooks_total{channel=\"sms\",outcome=\"unauthorized\"}"),
         "{text}"
     );
+    // The entry point itself: unknown channels and oversized bodies.
+    let request = |body: Vec<u8>| crate::plugin::bindings::HttpRequest {
+        method: "POST".into(),
+        url: "/webhooks/sms".into(),
+        headers: Vec::new(),
+        body,
+    };
+    let webhooks = w.broker.webhooks();
+    assert_eq!(
+        webhooks
+            .handle("telegram", request(b"{}".to_vec()))
+            .await
+            .status,
+        404
+    );
+    let big = vec![b' '; crate::channel::webhooks::MAX_WEBHOOK_BYTES + 1];
+    assert_eq!(webhooks.handle("sms", request(big)).await.status, 413);
+    assert_eq!(
+        webhooks.handle("sms", request(b"{}".to_vec())).await.status,
+        401
+    );
     w.shutdown().await;
 
     // Signed right: receipts and replies arrive; replies are kept.

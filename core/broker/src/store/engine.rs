@@ -92,9 +92,22 @@ pub enum Op {
 }
 
 /// Writes applied atomically: all or none, even across a crash.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Batch {
     pub ops: Vec<Op>,
+    /// Run by the engine once the batch is committed, in commit order;
+    /// never when it fails.
+    pub on_commit: Vec<OnCommit>,
+}
+
+/// Work that may happen only once a batch is durable (in-memory views of
+/// what is committed).
+pub struct OnCommit(pub Box<dyn FnOnce() + Send>);
+
+impl std::fmt::Debug for OnCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnCommit")
+    }
 }
 
 impl Batch {
@@ -112,6 +125,11 @@ impl Batch {
 
     pub fn delete_range(&mut self, cf: Cf, from: Vec<u8>, to: Vec<u8>) {
         self.ops.push(Op::DeleteRange { cf, from, to });
+    }
+
+    /// Runs `f` once the batch is committed.
+    pub fn on_commit(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.on_commit.push(OnCommit(Box::new(f)));
     }
 
     pub fn is_empty(&self) -> bool {

@@ -64,6 +64,10 @@ impl Engine for MemoryEngine {
                 }
             }
         }
+        drop(spaces);
+        for hook in batch.on_commit {
+            (hook.0)();
+        }
         Ticket::done(Ok(()))
     }
 }

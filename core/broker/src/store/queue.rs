@@ -150,6 +150,14 @@ struct ChannelState {
     lanes: [LaneState; 4],
 }
 
+/// The counters as committed: what readers see. A change reaches it only
+/// once the batch that wrote it is durable.
+#[derive(Default)]
+struct Committed {
+    counters: HashMap<CampaignId, Counters>,
+    globals: Globals,
+}
+
 struct State {
     channels: HashMap<String, ChannelId>,
     queues: BTreeMap<ChannelId, ChannelState>,
@@ -161,6 +169,7 @@ struct State {
     /// New retries are due no earlier than this: a promotion in progress
     /// moved it past the range it is about to delete.
     retry_floor: u64,
+    committed: Arc<Mutex<Committed>>,
 }
 
 impl State {
@@ -234,17 +243,36 @@ struct Touched {
 }
 
 impl Touched {
+    /// Writes the touched queue heads and counters, and makes the counters
+    /// visible to readers once the batch commits.
     fn write(self, state: &mut State, batch: &mut Batch) {
         for q in self.queues {
             let meta = state.queue(q).persisted();
             batch.put(Cf::Meta, keys::queue_meta(q), encode(&meta));
         }
+        let mut counters = Vec::with_capacity(self.campaigns.len());
         for c in self.campaigns {
-            batch.put(Cf::Meta, keys::counters(c), encode(state.counters(c)));
+            let k = state.counters(c).clone();
+            batch.put(Cf::Meta, keys::counters(c), encode(&k));
+            counters.push((c, k));
         }
-        if self.globals {
-            batch.put(Cf::Meta, keys::GLOBALS.to_vec(), encode(&state.globals));
+        let globals = self.globals.then(|| state.globals.clone());
+        if let Some(g) = &globals {
+            batch.put(Cf::Meta, keys::GLOBALS.to_vec(), encode(g));
         }
+        if counters.is_empty() && globals.is_none() {
+            return;
+        }
+        // Batches commit in the order they were built, so each snapshot
+        // replaces an older one.
+        let committed = Arc::clone(&state.committed);
+        batch.on_commit(move || {
+            let mut view = committed.lock();
+            view.counters.extend(counters);
+            if let Some(g) = globals {
+                view.globals = g;
+            }
+        });
     }
 }
 
@@ -259,6 +287,9 @@ pub struct Store {
     promoting: Mutex<()>,
     /// The next inbound message's sequence number.
     next_inbound: Mutex<u64>,
+    /// The counters as committed (shared with the state, which updates it
+    /// from commit hooks).
+    committed: Arc<Mutex<Committed>>,
     clock: Arc<dyn Clock>,
     metrics: StoreMetrics,
 }
@@ -300,6 +331,7 @@ impl Store {
             next_campaign: 1,
             next_due: None,
             retry_floor: 0,
+            committed: Arc::new(Mutex::new(Committed::default())),
         };
         let next_inbound = match engine.get(Cf::Inbound, keys::NEXT_INBOUND)? {
             Some(v) => decode(Cf::Inbound, keys::NEXT_INBOUND, &v)?,
@@ -394,6 +426,10 @@ impl Store {
         if state.globals.delayed > 0 {
             state.next_due = Some(state.globals.delayed_floor);
         }
+        *state.committed.lock() = Committed {
+            counters: state.counters.clone(),
+            globals: state.globals.clone(),
+        };
         if recover {
             metrics.recovered.inc_by(recovery.requeued);
         }
@@ -403,12 +439,14 @@ impl Store {
                 "Deliveries leased before the last stop were never settled; they are ready again and will be re-sent."
             );
         }
+        let committed = Arc::clone(&state.committed);
         let store = Self {
             engine,
             state: Mutex::new(state),
             leasing: Mutex::new(HashMap::new()),
             promoting: Mutex::new(()),
             next_inbound: Mutex::new(next_inbound),
+            committed,
             clock,
             metrics,
         };
@@ -1228,14 +1266,11 @@ impl Store {
             .and_then(|v| keys::delivery_from(&v)))
     }
 
-    /// A campaign's counts as of the last change (committed or about to be).
+    /// A campaign's counts as committed: a change shows once its batch is
+    /// durable, never before.
     pub fn counters(&self, campaign: CampaignId) -> Counters {
-        self.state
-            .lock()
-            .counters
-            .get(&campaign)
-            .cloned()
-            .unwrap_or_default()
+        let view = self.committed.lock();
+        view.counters.get(&campaign).cloned().unwrap_or_default()
     }
 
     /// Ready and leased deliveries of one campaign across all channels.
@@ -1266,8 +1301,9 @@ impl Store {
         depth
     }
 
+    /// Store-wide counts as committed.
     pub fn globals(&self) -> Globals {
-        self.state.lock().globals.clone()
+        self.committed.lock().globals.clone()
     }
 
     /// When the oldest ready delivery of `channel` was enqueued.

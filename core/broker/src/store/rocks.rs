@@ -281,6 +281,11 @@ fn writer_loop(
             failed = Some(message.clone());
         }
         for req in group.drain(..) {
+            if result.is_ok() {
+                for hook in req.batch.on_commit {
+                    (hook.0)();
+                }
+            }
             let reply = result.clone().map_err(|message| Error::Write {
                 path: path.to_owned(),
                 message,

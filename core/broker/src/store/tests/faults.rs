@@ -181,6 +181,12 @@ fn a_full_disk_fails_writes_clearly_and_keeps_what_was_committed() {
         }
     }
     let err = failure.expect("a 4 MiB disk fills up");
+    // The counters show what was committed, not the write that failed.
+    assert_eq!(
+        store.counters(CampaignId(1)).enqueued,
+        u64::from(acknowledged),
+        "counters change only once their commit succeeds"
+    );
     let text = err.to_string();
     assert!(text.contains(&data.display().to_string()), "{text}");
     assert!(matches!(err, Error::Write { .. }), "{err:?}");
