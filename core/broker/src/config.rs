@@ -101,6 +101,9 @@ pub struct ChannelConfig {
     pub batch: usize,
     /// Least time between two messages to one recipient (ms); 0: off.
     pub recipient_interval_ms: u64,
+    /// Longest pause a gateway's `Retry-After` can impose on the channel
+    /// (ms); longer requests are cut to this.
+    pub max_retry_after_ms: u64,
     pub retry: crate::dispatch::RetryPolicy,
     /// How requests reach a real gateway over HTTP.
     pub http: crate::channel::HttpConfig,
@@ -119,6 +122,7 @@ impl Default for ChannelConfig {
             workers: 2,
             batch: 1,
             recipient_interval_ms: 0,
+            max_retry_after_ms: 600_000,
             retry: crate::dispatch::RetryPolicy::default(),
             http: crate::channel::HttpConfig::default(),
             sandbox: crate::channel::SandboxConfig::default(),
@@ -262,6 +266,11 @@ impl Config {
             if c.burst == 0 || c.window == 0 || c.batch == 0 {
                 return Err(Error::Config(format!(
                     "{path}.burst, window and batch must be > 0"
+                )));
+            }
+            if c.max_retry_after_ms == 0 {
+                return Err(Error::Config(format!(
+                    "{path}.max_retry_after_ms must be > 0"
                 )));
             }
             if c.workers == 0 || c.workers > 16 {

@@ -676,6 +676,10 @@ fn decide(
 ) -> (Leased, Outcome) {
     let l = r.leased;
     let lane = l.queue.lane;
+    // What a gateway asks for is honoured up to the channel's ceiling: one
+    // answer with a Retry-After of years must not stop a channel (and its
+    // emergency lane) for years.
+    let cap = |after: Option<u64>| after.map(|a| a.min(ch.config.max_retry_after_ms));
     let mut count = |label: &'static str| *tally.by.entry((lane, label)).or_default() += 1;
     let mut retry = |l: Leased,
                      floor: Option<u64>,
@@ -689,7 +693,7 @@ fn decide(
                 (
                     l,
                     Outcome::Retry {
-                        due_ms: now + wait,
+                        due_ms: now.saturating_add(wait),
                         reason: why,
                     },
                     outcome::RETRIED,
@@ -715,9 +719,10 @@ fn decide(
             outcome::WIRED,
         ),
         Answer::Outcome(SendOutcome::Retry(info)) => {
-            let label = if info.after_ms.is_some() {
+            let after = cap(info.after_ms);
+            let label = if let Some(after) = after {
                 // The gateway says when: the whole channel waits, and slows.
-                let until = now + info.after_ms.unwrap_or(0);
+                let until = now.saturating_add(after);
                 ch.paused_until_ms.fetch_max(until, Ordering::Relaxed);
                 let measured = ch.sent_last_second.load(Ordering::Relaxed) as f64;
                 ch.rate.lock().throttled(measured);
@@ -725,7 +730,7 @@ fn decide(
             } else {
                 reason::TRANSIENT
             };
-            retry(l, info.after_ms, info.reason, label, &mut tally.retries)
+            retry(l, after, info.reason, label, &mut tally.retries)
         }
         Answer::Outcome(SendOutcome::Failed(f)) if f.unreachable => fallback(shared, l, f.reason),
         Answer::Outcome(SendOutcome::Failed(f)) => {
@@ -734,13 +739,13 @@ fn decide(
         Answer::Error(CallError::Plugin { error, .. }) => match error {
             PluginError::Transient(t) => retry(
                 l,
-                t.retry_after_ms,
+                cap(t.retry_after_ms),
                 t.message,
                 reason::TRANSIENT,
                 &mut tally.retries,
             ),
             PluginError::Unauthorized(m) => {
-                let until = now + UNAUTHORIZED_PAUSE_MS;
+                let until = now.saturating_add(UNAUTHORIZED_PAUSE_MS);
                 if ch.paused_until_ms.fetch_max(until, Ordering::Relaxed) < now {
                     tracing::error!(channel = %ch.name, error = %m, "Gateway refused the channel's credentials; channel paused for 30 s. Fix its configuration.");
                 }

@@ -843,3 +843,33 @@ async fn gateway_errors_and_unreachable_gateways_are_retried_not_dead_lettered()
     assert_eq!(dead[0].item.history.len(), 3);
     w.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_of_years_is_cut_to_the_channel_ceiling() {
+    // Every send is answered 429 with a Retry-After of ~584 million years.
+    let mut ch = channel(
+        0.0,
+        SandboxConfig {
+            throttle_percent: 100.0,
+            retry_after_s: u64::MAX / 1000,
+            ..SandboxConfig::default()
+        },
+    );
+    ch.max_retry_after_ms = 5_000;
+    let w = world([("sms".to_string(), ch)].into()).await;
+    let id = w.submit(generated("x", Lane::Emergency, 5, &["sms"])).await;
+    // Three attempts, each followed by at most the 5 s ceiling (and the
+    // rate the throttling cut).
+    assert!(
+        w.dispatcher()
+            .wait_done(&[id], Duration::from_secs(60))
+            .await
+    );
+    let p = w.dispatcher().progress(id).unwrap();
+    assert_eq!(
+        p.dead, 5,
+        "gave up after its attempts, not parked for years: {p:?}"
+    );
+    assert_eq!(p.retries, 10, "{p:?}");
+    w.shutdown().await;
+}

@@ -151,7 +151,7 @@ fn retry_after_ms(response: &HttpResponse) -> Option<u64> {
         .trim()
         .parse::<u64>()
         .ok()
-        .map(|s| s * 1000)
+        .map(|s| s.saturating_mul(1000))
 }
 
 fn outcome_for_status(response: &HttpResponse) -> Result<SendOutcome, PluginError> {
