@@ -429,13 +429,8 @@ fn prepare(
                 .get(&r.message.to)
                 .map_or(0, |t| t + ch.config.recipient_interval_ms);
             if next_ok > now {
-                settled.push((
-                    r.leased,
-                    Outcome::Retry {
-                        due_ms: next_ok,
-                        reason: "recipient pacing".into(),
-                    },
-                ));
+                // Waiting its turn is not an attempt.
+                settled.push((r.leased, Outcome::Defer { due_ms: next_ok }));
             } else {
                 last.insert(r.message.to.clone(), now);
                 kept.push(r);
@@ -750,14 +745,9 @@ fn decide(
                     tracing::error!(channel = %ch.name, error = %m, "Gateway refused the channel's credentials; channel paused for 30 s. Fix its configuration.");
                 }
                 *tally.retries.entry(reason::UNAUTHORIZED).or_default() += 1;
-                (
-                    l,
-                    Outcome::Retry {
-                        due_ms: until,
-                        reason: format!("unauthorized: {m}"),
-                    },
-                    outcome::RETRIED,
-                )
+                // The channel's credentials, not the message: it waits for
+                // the channel without spending an attempt.
+                (l, Outcome::Defer { due_ms: until }, outcome::RETRIED)
             }
             PluginError::Permanent(m) => fallback(shared, l, m),
             PluginError::InvalidInput(m) => (

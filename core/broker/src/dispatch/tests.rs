@@ -497,7 +497,13 @@ async fn recipient_pacing_spaces_messages_to_one_person() {
         "the same person waits 10 s between messages"
     );
     run_for(6000).await;
-    assert_eq!(w.dispatcher().progress(b).unwrap().wired, 1);
+    let p = w.dispatcher().progress(b).unwrap();
+    assert_eq!(p.wired, 1);
+    // Waiting its turn was not an attempt: no retry counted, one attempt
+    // recorded.
+    assert_eq!(p.retries, 0, "{p:?}");
+    let rec = w.store().status(DeliveryId::new(b, 0)).unwrap().unwrap();
+    assert_eq!(rec.attempts, 1, "{rec:?}");
     w.shutdown().await;
 }
 

@@ -86,8 +86,13 @@ pub enum Outcome {
         external_id: Option<String>,
         reason: Option<String>,
     },
-    /// Try again on the same channel once `due_ms` has passed.
+    /// Try again on the same channel once `due_ms` has passed: an attempt
+    /// failed (counted, kept in the history).
     Retry { due_ms: u64, reason: String },
+    /// Not sent yet, and not for its own fault (recipient pacing, a paused
+    /// channel): back once `due_ms` has passed, with no attempt counted
+    /// and nothing added to its history.
+    Defer { due_ms: u64 },
     /// No more attempts: keep it as a dead letter.
     Dead { reason: String },
     /// Move to another channel of the campaign (fallback).
@@ -737,16 +742,24 @@ impl Store {
                     batch.put(Cf::Status, keys::delivery(id), encode(&record));
                     state.counters(campaign).statuses[status.code() as usize] += 1;
                 }
-                Outcome::Retry { due_ms, reason } => {
+                Outcome::Retry { .. } | Outcome::Defer { .. } => {
+                    let due_ms = match outcome {
+                        Outcome::Retry { due_ms, reason } => {
+                            item.attempts += 1;
+                            item.history.push(AttemptNote {
+                                at_ms: now,
+                                channel: l.queue.channel,
+                                reason,
+                            });
+                            state.counters(campaign).retries += 1;
+                            due_ms
+                        }
+                        Outcome::Defer { due_ms } => due_ms,
+                        _ => unreachable!("matched above"),
+                    };
                     let due = due_ms
                         .max(state.globals.delayed_floor)
                         .max(state.retry_floor);
-                    item.attempts += 1;
-                    item.history.push(AttemptNote {
-                        at_ms: now,
-                        channel: l.queue.channel,
-                        reason,
-                    });
                     batch.put(
                         Cf::Delayed,
                         keys::delayed(due, l.queue, item.index),
@@ -755,9 +768,7 @@ impl Store {
                     state.globals.delayed += 1;
                     state.next_due = Some(state.next_due.map_or(due, |d| d.min(due)));
                     touched.globals = true;
-                    let c = state.counters(campaign);
-                    c.delayed += 1;
-                    c.retries += 1;
+                    state.counters(campaign).delayed += 1;
                 }
                 Outcome::Dead { reason } => {
                     item.attempts += 1;
