@@ -425,6 +425,20 @@ impl Store {
             );
             recovery.requeued += requeued;
         }
+        // The floor comes from the wall clock: after a run with the clock
+        // ahead, it would hold every new retry until that date. Every
+        // delayed entry is at or above the floor, so bringing it back to
+        // now loses nothing.
+        let now = clock.now_ms();
+        if recover && state.globals.delayed_floor > now {
+            tracing::warn!(
+                floor_ms = state.globals.delayed_floor,
+                now_ms = now,
+                "The delayed queue's floor is in the future (the clock went back); it is brought back to now."
+            );
+            state.globals.delayed_floor = now;
+            reset.put(Cf::Meta, keys::GLOBALS.to_vec(), encode(&state.globals));
+        }
         if recover && !reset.is_empty() {
             engine.write(reset)?;
         }

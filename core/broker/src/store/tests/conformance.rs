@@ -35,6 +35,7 @@ conformance!(
     delayed_and_dead_survive_a_crash,
     channels_and_campaigns_persist,
     counters_account_for_every_delivery,
+    a_clock_that_ran_ahead_does_not_park_later_retries,
 );
 
 const CH: ChannelId = ChannelId(1);
@@ -689,4 +690,80 @@ fn rocksdb_store_survives_reopen_with_sync_durability() {
     assert_eq!(recovery.requeued, 0);
     assert_eq!(store.depth(CH).ready[0], 600);
     assert_eq!(lease(&store, 1)[0].item.index, 400);
+}
+
+/// A run with the clock a year ahead promotes retries and moves the
+/// delayed floor to that date; after a restart with the clock right again,
+/// a new retry must come back when it is due, not a year later.
+fn a_clock_that_ran_ahead_does_not_park_later_retries(h: &mut dyn Harness) {
+    let f = fixture(h);
+    let right = f.clock.now();
+    let year = 365 * 24 * 3600 * 1000;
+    f.clock.set(right + year);
+    f.store
+        .enqueue(q(Lane::Normal, 1), new(0..2))
+        .wait()
+        .unwrap();
+    let got = lease(&f.store, 2);
+    let ahead = f.clock.now();
+    let settled = got
+        .into_iter()
+        .map(|l| {
+            (
+                l,
+                Outcome::Retry {
+                    due_ms: ahead + 1000,
+                    reason: "x".into(),
+                },
+            )
+        })
+        .collect();
+    f.store.settle(settled).unwrap().wait().unwrap();
+    f.clock.advance(2000);
+    assert_eq!(f.store.promote_due().unwrap(), 2);
+    // The clock comes back to the right time; the store restarts.
+    f.clock.set(right);
+    let (f, _) = crash(h, f);
+    let again = lease(&f.store, 2);
+    assert_eq!(again.len(), 2);
+    let now = f.clock.now();
+    let settled = again
+        .into_iter()
+        .map(|l| {
+            (
+                l,
+                Outcome::Retry {
+                    due_ms: now + 5000,
+                    reason: "y".into(),
+                },
+            )
+        })
+        .collect();
+    f.store.settle(settled).unwrap().wait().unwrap();
+    f.clock.advance(6000);
+    assert_eq!(
+        f.store.promote_due().unwrap(),
+        2,
+        "a retry due in 5 s is back after 6 s"
+    );
+    // And forward again: nothing is promoted early.
+    let last = lease(&f.store, 2);
+    let now = f.clock.now();
+    let settled = last
+        .into_iter()
+        .map(|l| {
+            (
+                l,
+                Outcome::Retry {
+                    due_ms: now + 10_000,
+                    reason: "z".into(),
+                },
+            )
+        })
+        .collect();
+    f.store.settle(settled).unwrap().wait().unwrap();
+    f.clock.advance(9_000);
+    assert_eq!(f.store.promote_due().unwrap(), 0);
+    f.clock.advance(1_000);
+    assert_eq!(f.store.promote_due().unwrap(), 2);
 }
