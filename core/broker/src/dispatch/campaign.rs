@@ -71,14 +71,18 @@ impl Body {
         let Some(lang) = language else {
             return (&self.default, None);
         };
-        if let Some((l, t)) = self.variants.get_key_value(lang) {
-            return (t, Some(l));
-        }
-        let primary = lang.split('-').next().unwrap_or(lang);
-        match self.variants.get_key_value(primary) {
-            Some((l, t)) => (t, Some(l)),
-            None => (&self.default, None),
-        }
+        // Language tags match regardless of case (BCP 47): `pt-BR` finds
+        // `pt-br`, then its primary language `pt`.
+        let find = |tag: &str| {
+            self.variants
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(tag))
+                .map(|(k, t)| (t.as_str(), Some(k.as_str())))
+        };
+        let primary = lang.split(['-', '_']).next().unwrap_or(lang);
+        find(lang)
+            .or_else(|| find(primary))
+            .unwrap_or((&self.default, None))
     }
 }
 
@@ -263,6 +267,20 @@ mod tests {
         );
         assert_eq!(body.for_language(Some("sw")).0, "Measles campaign Monday.");
         assert_eq!(body.for_language(None).0, "Measles campaign Monday.");
+        // Case does not matter; the region falls back to the language.
+        body.variants
+            .insert("pt".into(), "Campanha de sarampo.".into());
+        body.variants
+            .insert("pt-BR".into(), "Campanha de sarampo (Brasil).".into());
+        assert_eq!(
+            body.for_language(Some("pt-br")).0,
+            "Campanha de sarampo (Brasil)."
+        );
+        assert_eq!(
+            body.for_language(Some("PT-AO")),
+            ("Campanha de sarampo.", Some("pt"))
+        );
+        assert_eq!(body.for_language(Some("FR")).0, "Campagne rougeole lundi.");
     }
 
     #[test]

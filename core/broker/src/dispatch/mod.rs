@@ -261,8 +261,11 @@ impl Dispatcher {
     /// Accepts a campaign: checks it, stores it, and starts sending at once
     /// (or at its start time). Recipients with invalid numbers are left out
     /// and listed, with the reason.
-    pub async fn submit(&self, spec: CampaignSpec) -> Result<Submitted> {
+    pub async fn submit(&self, mut spec: CampaignSpec) -> Result<Submitted> {
         let shared = &self.shared;
+        // A channel named twice is tried once, at its first place.
+        let mut seen = std::collections::BTreeSet::new();
+        spec.channels.retain(|c| seen.insert(c.clone()));
         validate(shared, &spec)?;
         let now = crate::store::Clock::now_ms(&shared.clock);
         let (audience_spec, recipients, rejected) = match &spec.audience {
@@ -387,24 +390,74 @@ impl Dispatcher {
     }
 }
 
+/// Longest campaign name, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+/// Longest message text, in characters (WhatsApp's limit; an SMS of this
+/// length is already 27 segments).
+pub const MAX_TEXT_CHARS: usize = 4096;
+/// Most language variants of one body.
+pub const MAX_VARIANTS: usize = 64;
+/// Most channels in a campaign's preference order.
+pub const MAX_CHANNELS: usize = 8;
+/// Most recipients listed explicitly in one submission.
+pub const MAX_RECIPIENTS: usize = 1_000_000;
+
 fn validate(shared: &Shared, spec: &CampaignSpec) -> Result<()> {
     if spec.name.trim().is_empty() {
         return Err(Error::Invalid("name must not be empty".into()));
     }
-    if spec.body.default.trim().is_empty() {
-        return Err(Error::Invalid("body.default must not be empty".into()));
+    if spec.name.chars().count() > MAX_NAME_CHARS {
+        return Err(Error::Invalid(format!(
+            "name is longer than {MAX_NAME_CHARS} characters"
+        )));
     }
-    for (lang, text) in &spec.body.variants {
-        if text.trim().is_empty() {
+    let text = |key: &str, t: &str| {
+        if t.trim().is_empty() {
+            return Err(Error::Invalid(format!("{key} must not be empty")));
+        }
+        if t.chars().count() > MAX_TEXT_CHARS {
             return Err(Error::Invalid(format!(
-                "body.variants.{lang} must not be empty"
+                "{key} is longer than {MAX_TEXT_CHARS} characters"
             )));
         }
+        Ok(())
+    };
+    text("body.default", &spec.body.default)?;
+    if spec.body.variants.len() > MAX_VARIANTS {
+        return Err(Error::Invalid(format!(
+            "body.variants has {} languages; at most {MAX_VARIANTS}",
+            spec.body.variants.len()
+        )));
+    }
+    for (lang, t) in &spec.body.variants {
+        let tag_ok = !lang.is_empty()
+            && lang.len() <= 35
+            && lang.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !tag_ok {
+            return Err(Error::Invalid(format!(
+                "body.variants: {lang:?} is not a language tag (like \"fr\" or \"pt-BR\")"
+            )));
+        }
+        text(&format!("body.variants.{lang}"), t)?;
     }
     if spec.channels.is_empty() {
         return Err(Error::Invalid(
             "channels must name at least one channel".into(),
         ));
+    }
+    if spec.channels.len() > MAX_CHANNELS {
+        return Err(Error::Invalid(format!(
+            "channels names {} channels; at most {MAX_CHANNELS}",
+            spec.channels.len()
+        )));
+    }
+    if let AudienceSpec::Recipients(list) = &spec.audience
+        && list.len() > MAX_RECIPIENTS
+    {
+        return Err(Error::Invalid(format!(
+            "audience lists {} recipients; at most {MAX_RECIPIENTS} in one submission",
+            list.len()
+        )));
     }
     for c in &spec.channels {
         if !shared.channels.contains_key(c) {

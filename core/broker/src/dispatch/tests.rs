@@ -433,6 +433,36 @@ async fn bad_campaigns_are_refused_clearly() {
         w.dispatcher().submit(spec).await.unwrap_err().to_string(),
         "body.default must not be empty"
     );
+    let refused = |change: &dyn Fn(&mut CampaignSpec)| {
+        let mut spec = generated("x", Lane::Normal, 10, &["sms"]);
+        change(&mut spec);
+        spec
+    };
+    for (spec, message) in [
+        (
+            refused(&|s| s.name = "n".repeat(201)),
+            "name is longer than 200 characters",
+        ),
+        (
+            refused(&|s| s.body.default = "é".repeat(4097)),
+            "body.default is longer than 4096 characters",
+        ),
+        (
+            refused(&|s| {
+                s.body.variants.insert("fr FR".into(), "x".into());
+            }),
+            "body.variants: \"fr FR\" is not a language tag (like \"fr\" or \"pt-BR\")",
+        ),
+        (refused(&|s| s.channels = vec!["sms".into(); 9]), ""),
+    ] {
+        let result = w.dispatcher().submit(spec).await;
+        if message.is_empty() {
+            // Nine times the same channel is one channel.
+            assert!(result.is_ok(), "{result:?}");
+        } else {
+            assert_eq!(result.unwrap_err().to_string(), message);
+        }
+    }
     w.shutdown().await;
 }
 
