@@ -5,7 +5,8 @@
 //! - `src/bin/loadgen.rs`: the end-to-end harness; one scenario per
 //!   subcommand, one JSON object per run on stdout.
 //! - `benches/`: criterion micro-benchmarks of single operations.
-//! - this file: peak RSS, percentiles.
+//! - this file: peak RSS, rounding, the data folder's filesystem, and
+//!   the settings a run changed from the defaults.
 
 /// Peak resident set size of this process so far, in MiB (Linux).
 pub fn peak_rss_mb() -> f64 {
@@ -40,4 +41,48 @@ pub fn fs_type(path: &std::path::Path) -> String {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// Every setting of `config` that differs from the broker's defaults, as
+/// `{"key.path": value}` (each channel against a default channel; the
+/// data folder left out): what a figure's JSON must say it changed.
+pub fn config_diff(config: &mhero_broker::Config) -> serde_json::Value {
+    use serde_json::{Map, Value};
+    fn walk(path: &str, got: &Value, default: &Value, out: &mut Map<String, Value>) {
+        match (got, default) {
+            (Value::Object(g), Value::Object(d)) => {
+                for (k, v) in g {
+                    let key = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(&key, v, d.get(k).unwrap_or(&Value::Null), out);
+                }
+            }
+            _ if got != default => {
+                out.insert(path.to_string(), got.clone());
+            }
+            _ => {}
+        }
+    }
+    let mut out = Map::new();
+    let mut got = serde_json::to_value(config).unwrap_or_default();
+    let default = serde_json::to_value(mhero_broker::Config::default()).unwrap_or_default();
+    let channels = got
+        .as_object_mut()
+        .and_then(|o| o.remove("channels"))
+        .unwrap_or_default();
+    if let Some(o) = got.as_object_mut() {
+        o.remove("data_dir");
+    }
+    walk("", &got, &default, &mut out);
+    let default_channel =
+        serde_json::to_value(mhero_broker::config::ChannelConfig::default()).unwrap_or_default();
+    if let Value::Object(channels) = channels {
+        for (name, c) in channels {
+            walk(&format!("channels.{name}"), &c, &default_channel, &mut out);
+        }
+    }
+    Value::Object(out)
 }

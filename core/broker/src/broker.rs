@@ -34,7 +34,6 @@ pub struct Broker {
     webhooks: Arc<Webhooks>,
     metrics: Arc<Metrics>,
     recovery: Recovery,
-    clock: TokioClock,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -104,7 +103,6 @@ impl Broker {
             webhooks,
             metrics,
             recovery,
-            clock,
             tasks,
         })
     }
@@ -137,10 +135,6 @@ impl Broker {
     /// What opening the store found (deliveries re-queued after a crash).
     pub fn recovery(&self) -> &Recovery {
         &self.recovery
-    }
-
-    pub fn clock(&self) -> TokioClock {
-        self.clock
     }
 
     /// The simulated gateway behind a channel, if it has one.

@@ -71,6 +71,8 @@ pub struct RatelimitArgs {
 
 pub(crate) struct Bench {
     pub broker: Broker,
+    /// What the run changed from the defaults, for its JSON.
+    pub differs: serde_json::Value,
     _scratch: tempfile::TempDir,
 }
 
@@ -105,9 +107,11 @@ pub(crate) async fn start(
     channels: BTreeMap<String, ChannelConfig>,
 ) -> Result<Bench> {
     config.channels = channels;
+    let differs = mhero_benches::config_diff(&config);
     let broker = Broker::open(config).await?;
     Ok(Bench {
         broker,
+        differs,
         _scratch: scratch,
     })
 }
@@ -211,6 +215,7 @@ pub fn fanout(args: &FanoutArgs) -> Result<()> {
             "{}",
             json!({
                 "scenario": "fanout",
+                "differs_from_defaults": bench.differs,
                 "n": args.n,
                 "batch": args.batch,
                 "durability": args.durability,
@@ -272,6 +277,7 @@ pub fn preempt(args: &PreemptArgs) -> Result<()> {
             "{}",
             json!({
                 "scenario": "preempt",
+                "differs_from_defaults": bench.differs,
                 "bulk": args.bulk,
                 "emergency": args.emergency,
                 "rate_per_s": args.rate,
@@ -339,6 +345,7 @@ pub fn ratelimit(args: &RatelimitArgs) -> Result<()> {
             "{}",
             json!({
                 "scenario": "ratelimit",
+                "differs_from_defaults": bench.differs,
                 "rate_per_s": args.rate,
                 "burst": args.burst,
                 "seconds": args.seconds,

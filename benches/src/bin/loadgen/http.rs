@@ -208,6 +208,7 @@ pub fn run(args: &HttpArgs) -> Result<()> {
         bench.broker.shutdown().await;
         let mut out = json!({
             "scenario": "http",
+            "differs_from_defaults": bench.differs,
             "n": total,
             "channels": args.channels,
             "latency_ms": args.latency_ms,

@@ -144,12 +144,6 @@ impl Channel {
         }
     }
 
-    /// Most deliveries leased and not yet settled at any moment: what a
-    /// crash can re-send at most. See [`in_flight_bound`].
-    pub fn in_flight_bound(&self, lease_max: usize) -> usize {
-        in_flight_bound(&self.config, self.batch, lease_max)
-    }
-
     /// Requests on the wire now.
     pub fn in_flight(&self) -> usize {
         self.config.window - self.window.available_permits()
@@ -218,7 +212,7 @@ fn lane(l: Lane) -> ct::Lane {
 /// The channel's loop: lease a round, pace it, put its requests on the
 /// wire; the round settles on its own task. Several workers run this loop
 /// for one channel; they share the rate, the window and the pacing.
-pub(crate) async fn run(shared: Arc<Shared>, ch: Arc<Channel>, _worker: usize) {
+pub(crate) async fn run(shared: Arc<Shared>, ch: Arc<Channel>) {
     let mut shutdown = shared.shutdown.clone();
     let mut settling = tokio::task::JoinSet::new();
     loop {
@@ -575,14 +569,17 @@ fn parse(
                 continue;
             }
         };
-        if let [_] = chunk.as_slice() {
-            let answer = match plugin.parse_send_response(&response) {
-                Ok(o) => Answer::Outcome(o),
-                Err(e) => Answer::Error(e),
-            };
-            out.extend(chunk.into_iter().map(|r| (r, answer.clone())));
-            continue;
-        }
+        let chunk = match <[Ready; 1]>::try_from(chunk) {
+            Ok([one]) => {
+                let answer = match plugin.parse_send_response(&response) {
+                    Ok(o) => Answer::Outcome(o),
+                    Err(e) => Answer::Error(e),
+                };
+                out.push((one, answer));
+                continue;
+            }
+            Err(chunk) => chunk,
+        };
         let messages: Vec<OutboundMessage> = chunk.iter().map(|r| r.message.clone()).collect();
         match plugin.parse_batch_response(&messages, &response) {
             Ok(outcomes) => {
@@ -624,7 +621,6 @@ async fn wait_for_rate(shared: &Shared, ch: &Channel, cost: u32) {
 }
 
 /// What the gateway said about one message.
-#[derive(Clone)]
 enum Answer {
     Outcome(SendOutcome),
     Error(CallError),

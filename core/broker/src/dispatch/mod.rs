@@ -198,11 +198,10 @@ impl Dispatcher {
         resume(&shared)?;
         let mut tasks = Vec::new();
         for ch in shared.channels.values() {
-            for worker in 0..ch.workers() {
+            for _ in 0..ch.workers() {
                 tasks.push(tokio::spawn(channel::run(
                     Arc::clone(&shared),
                     Arc::clone(ch),
-                    worker,
                 )));
             }
         }
@@ -235,15 +234,6 @@ impl Dispatcher {
     /// A watch that turns true when the dispatcher shuts down.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.shared.shutdown.clone()
-    }
-
-    /// Most deliveries of `channel` leased and unsettled at any moment:
-    /// what a crash can re-send at most.
-    pub fn in_flight_bound(&self, channel: &str) -> Option<usize> {
-        self.shared
-            .channels
-            .get(channel)
-            .map(|c| c.in_flight_bound(self.shared.config.lease_max))
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -813,13 +803,15 @@ async fn housekeeping(shared: Arc<Shared>) {
             return;
         }
         // A promotion scans the delayed queue and waits for a commit: on a
-        // blocking thread.
-        let store = Arc::clone(&shared.store);
-        match tokio::task::spawn_blocking(move || store.promote_due()).await {
-            Ok(Ok(n)) if n > 0 => shared.work.notify_waiters(),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "Promoting due retries failed."),
-            Err(e) => tracing::error!(error = %e, "Promotion task failed."),
+        // blocking thread, and only when something is due.
+        if shared.store.has_due() {
+            let store = Arc::clone(&shared.store);
+            match tokio::task::spawn_blocking(move || store.promote_due()).await {
+                Ok(Ok(n)) if n > 0 => shared.work.notify_waiters(),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "Promoting due retries failed."),
+                Err(e) => tracing::error!(error = %e, "Promotion task failed."),
+            }
         }
         let now = crate::store::Clock::now_ms(&shared.clock);
         let expiring: Vec<CampaignId> = shared

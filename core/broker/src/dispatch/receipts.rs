@@ -117,84 +117,84 @@ impl Sink {
         if reports.is_empty() {
             return Ok(());
         }
-        let failed: Vec<DeliveryId> = reports
+        let failed: Vec<(DeliveryId, Option<String>)> = reports
             .iter()
             .filter(|(_, s, _)| *s == DeliveryStatus::Failed)
-            .map(|(id, _, _)| *id)
-            .collect();
-        let reasons: Vec<Option<String>> = reports
-            .iter()
-            .filter(|(_, s, _)| *s == DeliveryStatus::Failed)
-            .map(|(_, _, r)| r.clone())
+            .map(|(id, _, reason)| (*id, reason.clone()))
             .collect();
         let shared = Arc::clone(&self.shared);
         let pending = tokio::task::spawn_blocking(move || shared.store.update_statuses(&reports))
             .await
             .map_err(join_error)??;
         pending.await?;
-        for (id, reason) in failed.into_iter().zip(reasons) {
-            self.fall_back(id, reason).await?;
+        if !failed.is_empty() {
+            self.fall_back(failed).await?;
         }
         Ok(())
     }
 
-    /// A delivery failed after it was wired: the next channel of its
-    /// campaign where the recipient has an address, if any.
-    async fn fall_back(&self, id: DeliveryId, reason: Option<String>) -> Result<()> {
-        let Some(live) = self.shared.campaign(id.campaign) else {
-            return Ok(());
-        };
+    /// Deliveries that failed after they were wired: each to the next
+    /// channel of its campaign where the recipient has an address, if any.
+    async fn fall_back(&self, failed: Vec<(DeliveryId, Option<String>)>) -> Result<()> {
         let shared = Arc::clone(&self.shared);
-        let lane = live.lane;
-        let rerouted = tokio::task::spawn_blocking(move || {
-            let Some(record) = shared.store.status(id)? else {
-                return Ok(None);
-            };
-            if record.status != DeliveryStatus::Failed || live.stopped() {
-                return Ok(None);
+        // Status and audience reads: one trip to a blocking thread.
+        let pending = tokio::task::spawn_blocking(move || {
+            let mut pending = Vec::new();
+            for (id, reason) in failed {
+                let Some(live) = shared.campaign(id.campaign) else {
+                    continue;
+                };
+                if live.stopped() {
+                    continue;
+                }
+                let why = format!(
+                    "failed after wiring: {}",
+                    reason
+                        .as_deref()
+                        .unwrap_or("the gateway reported a failure")
+                );
+                pending.push(shared.store.reroute_failed(id, why, |record| {
+                    let Some(position) = live
+                        .routes
+                        .iter()
+                        .position(|(_, c)| *c == Some(record.channel))
+                    else {
+                        return Ok(None);
+                    };
+                    let Some(recipient) = live.audience.get(id.index)? else {
+                        return Ok(None);
+                    };
+                    Ok(route(&live, &recipient, position + 1).map(
+                        |(channel, route_no, address)| {
+                            (
+                                QueueKey {
+                                    channel,
+                                    lane: live.lane,
+                                    campaign: id.campaign,
+                                },
+                                NewDelivery {
+                                    index: id.index,
+                                    recipient: address,
+                                    route: route_no,
+                                    language: recipient.language.clone(),
+                                },
+                            )
+                        },
+                    ))
+                })?);
             }
-            let Some(position) = live
-                .routes
-                .iter()
-                .position(|(_, c)| *c == Some(record.channel))
-            else {
-                return Ok(None);
-            };
-            let Some(recipient) = live.audience.get(id.index)? else {
-                return Ok(None);
-            };
-            let Some((channel, route_no, address)) = route(&live, &recipient, position + 1) else {
-                return Ok(None);
-            };
-            let why = format!(
-                "failed after wiring: {}",
-                reason
-                    .as_deref()
-                    .unwrap_or("the gateway reported a failure")
-            );
-            let pending = shared.store.reroute_failed(
-                id,
-                QueueKey {
-                    channel,
-                    lane,
-                    campaign: id.campaign,
-                },
-                NewDelivery {
-                    index: id.index,
-                    recipient: address,
-                    route: route_no,
-                    language: recipient.language.clone(),
-                },
-                why,
-            )?;
-            Ok::<_, Error>(Some(pending))
+            Ok::<_, Error>(pending)
         })
         .await
         .map_err(join_error)??;
-        if let Some(pending) = rerouted
-            && pending.await?
-        {
-            self.shared.metrics.rerouted_after_wiring.inc();
+        let mut moved = 0;
+        for p in pending {
+            if p.await? {
+                moved += 1;
+            }
+        }
+        if moved > 0 {
+            self.shared.metrics.rerouted_after_wiring.inc_by(moved);
             self.shared.work.notify_waiters();
         }
         Ok(())

@@ -974,6 +974,14 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether a delayed delivery may be due now (a cheap check before
+    /// [`Self::promote_due`], which reads the store).
+    pub fn has_due(&self) -> bool {
+        let now = self.clock.now_ms();
+        let state = self.state.lock();
+        state.globals.delayed > 0 && state.next_due.is_some_and(|d| d <= now)
+    }
+
     /// Moves delayed deliveries that are due into the tail of their queues.
     /// Returns how many moved; call again when it returns a full page.
     ///
@@ -1186,16 +1194,16 @@ impl Store {
     }
 
     /// Moves a delivery whose receipt said it failed back into a queue: the
-    /// campaign's next channel (fallback after wiring). Its status record
-    /// and receipt index go, its history keeps the failure. Returns false,
-    /// writing nothing, unless its status is `failed`. Reads the status:
+    /// campaign's next channel (fallback after wiring), which `next` picks
+    /// from its status record. Its status record and receipt index go, its
+    /// history keeps the failure. Returns false, writing nothing, unless
+    /// its status is `failed` and `next` names a queue. Reads the status:
     /// call it from a blocking thread.
     pub fn reroute_failed(
         &self,
         id: DeliveryId,
-        to: QueueKey,
-        delivery: NewDelivery,
         reason: String,
+        next: impl FnOnce(&StatusRecord) -> Result<Option<(QueueKey, NewDelivery)>>,
     ) -> Result<Pending<bool>> {
         let now = self.clock.now_ms();
         let key = keys::delivery(id);
@@ -1210,6 +1218,9 @@ impl Store {
         if record.status != DeliveryStatus::Failed {
             return Ok(Pending::ready(false));
         }
+        let Some((to, delivery)) = next(&record)? else {
+            return Ok(Pending::ready(false));
+        };
         let mut state = self.state.lock();
         let mut batch = Batch::new();
         batch.delete(Cf::Status, key);
