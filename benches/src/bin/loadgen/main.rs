@@ -42,6 +42,8 @@ enum Scenario {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<()> {
+    // The same process settings as `mhero`: what is measured is what runs.
+    mhero_broker::broker::tune_process();
     match Args::parse().scenario {
         Scenario::Store(args) => store::run(&args),
         Scenario::Plugin(args) => plugin::run(&args),
