@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::dispatch::{Dispatcher, TokioClock};
 use crate::error::Result;
 use crate::metrics::Metrics;
-use crate::plugin::{HostOptions, PluginHost};
+use crate::plugin::{HostOptions, PluginClock, PluginHost};
 use crate::store::{self, Engine, Recovery, Store};
 
 /// What differs from a plain [`Broker::open`]; tests and benchmarks only.
@@ -56,6 +56,7 @@ impl Broker {
         let store = Arc::new(store);
         let plugins = PluginHost::new(
             HostOptions {
+                clock: PluginClock::new(move || store::Clock::now_ms(&clock)),
                 cache_dir: config.plugin_cache_dir(),
                 fuel: false,
                 settings: config.plugins.config.clone(),

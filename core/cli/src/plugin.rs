@@ -128,6 +128,7 @@ fn load(config: &Config, args: &TestArgs, fixture: &Fixture) -> Result<(PluginHo
             cache_dir: None,
             fuel: true,
             settings,
+            ..HostOptions::default()
         },
         PluginMetrics::default(),
     )?;

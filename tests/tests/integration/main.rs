@@ -4,6 +4,7 @@
 //! The binary is the one `cargo test --workspace` builds next to this
 //! test (`target/<profile>/mhero`).
 
+mod campaigns;
 mod crash;
 mod http_crash;
 mod store;

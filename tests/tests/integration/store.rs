@@ -55,7 +55,13 @@ fn a_kept_demo_store_is_fully_accounted_for_by_status() {
         assert_eq!(c["leased"].as_u64(), Some(0));
     }
     assert_eq!(campaigns[1]["lane"], "emergency");
-    assert!(campaigns[0]["rerouted"].as_u64().is_some(), "{status}");
+    // The demo's WhatsApp gateway does not know 5 % of the numbers it is
+    // sent (about 70 % of the 3,000 are on WhatsApp): each of those is
+    // rerouted to SMS once. The alert goes by SMS only: nothing to reroute
+    // to.
+    let rerouted = campaigns[0]["rerouted"].as_u64().unwrap();
+    assert!((60..=150).contains(&rerouted), "{rerouted}: {status}");
+    assert_eq!(campaigns[1]["rerouted"], 0, "{status}");
     assert_eq!(status["leased_unsettled"], 0);
 }
 

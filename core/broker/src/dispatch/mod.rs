@@ -107,6 +107,11 @@ pub struct Progress {
 pub(crate) struct Live {
     pub id: CampaignId,
     pub record: Mutex<CampaignRecord>,
+    /// Held from encoding the record to handing its write to the store, so
+    /// the store receives the campaign's writes in the order their
+    /// contents were taken: a cancel's write can never be followed by an
+    /// older copy of the record (a fan-out page encoded before it).
+    persist: tokio::sync::Mutex<()>,
     pub stopped: AtomicBool,
     pub audience: Box<dyn AudienceCursor>,
     /// Channel ids in preference order (`None`: not configured here).
@@ -539,6 +544,7 @@ fn live(shared: &Shared, id: CampaignId, record: CampaignRecord) -> Result<Arc<L
     let fanned_out = record.cursor >= record.total;
     Ok(Arc::new(Live {
         id,
+        persist: tokio::sync::Mutex::new(()),
         lane: spec.lane,
         body: spec.body.clone(),
         expires_at_ms: spec.expires_at_ms,
@@ -588,7 +594,8 @@ async fn stop_campaign(shared: &Shared, id: CampaignId, state: CampaignState) ->
     let Some(live) = shared.campaign(id) else {
         return Err(Error::Invalid(format!("no campaign {id}")));
     };
-    let bytes = {
+    {
+        // In memory at once: channels stop sending it from their next round.
         let mut record = live.record.lock();
         if record.state.stops_sending() {
             return Ok(());
@@ -597,9 +604,15 @@ async fn stop_campaign(shared: &Shared, id: CampaignId, state: CampaignState) ->
         record.stopped_ms = Some(crate::store::Clock::now_ms(&shared.clock));
         live.stopped.store(true, Ordering::Relaxed);
         live.fanned_out.store(true, Ordering::Relaxed);
-        record.encode()
+    }
+    // On disk after any fan-out page already encoded: that page's copy of
+    // the record goes to the store first, this one last.
+    let written = {
+        let _order = live.persist.lock().await;
+        let bytes = live.record.lock().encode();
+        shared.store.update_campaign(id, bytes)
     };
-    shared.store.update_campaign(id, bytes).await?;
+    written.await?;
     tracing::info!(campaign = %id, state = ?state, "Campaign stopped.");
     shared.work.notify_waiters();
     Ok(())
@@ -692,6 +705,8 @@ async fn fan_out_task(shared: Arc<Shared>) {
 /// One page of one campaign. Returns whether anything moved.
 async fn fan_out_step(shared: &Shared, live: &Arc<Live>) -> Result<bool> {
     let now = crate::store::Clock::now_ms(&shared.clock);
+    // Held until the page's write is with the store (see `Live::persist`).
+    let order = live.persist.lock().await;
     if live.stopped.load(Ordering::Relaxed) {
         return Ok(false);
     }
@@ -699,6 +714,7 @@ async fn fan_out_step(shared: &Shared, live: &Arc<Live>) -> Result<bool> {
         return Ok(false);
     }
     if live.expires_at_ms.is_some_and(|t| now >= t) {
+        drop(order);
         stop_campaign(shared, live.id, CampaignState::Expired).await?;
         return Ok(false);
     }
@@ -757,10 +773,9 @@ async fn fan_out_step(shared: &Shared, live: &Arc<Live>) -> Result<bool> {
             )
         })
         .collect();
-    shared
-        .store
-        .fan_out(live.id, bytes, queues, unreachable)
-        .await?;
+    let written = shared.store.fan_out(live.id, bytes, queues, unreachable);
+    drop(order);
+    written.await?;
     if next >= total {
         live.fanned_out.store(true, Ordering::Relaxed);
     }

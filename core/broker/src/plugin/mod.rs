@@ -69,8 +69,42 @@ pub fn test_fixtures() -> &'static [(&'static str, &'static str)] {
 /// Largest component file accepted from a plugin folder.
 const MAX_COMPONENT_BYTES: u64 = 64 << 20;
 
+/// Milliseconds since the epoch, as the circuit breakers read them: the
+/// wall clock, or the broker's own (which tests run on tokio's paused
+/// time).
+#[derive(Clone)]
+pub struct PluginClock(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl PluginClock {
+    pub fn new(now_ms: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        Self(Arc::new(now_ms))
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl Default for PluginClock {
+    fn default() -> Self {
+        Self::new(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        })
+    }
+}
+
+impl std::fmt::Debug for PluginClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PluginClock({} ms)", self.now_ms())
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct HostOptions {
+    /// The clock of the circuit breakers.
+    pub clock: PluginClock,
     /// Where compiled components are cached; `None`: compile every time.
     pub cache_dir: Option<PathBuf>,
     /// Meter fuel (for `mhero plugin test`; slower).
@@ -250,6 +284,7 @@ impl PluginHost {
             settings,
             pre,
             self.metrics.for_plugin(&name),
+            self.options.clock.clone(),
         );
         let described = match kind {
             Kind::Connector => plugin.connector_info().map(|i| i.plugin),

@@ -13,6 +13,7 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::PluginClock;
 use super::bindings::{self, LogLevel, PluginError, classifier, connector, fhir};
 use super::manifest::{Kind, Limits, Manifest};
 use super::metrics::PluginCallMetrics;
@@ -339,22 +340,24 @@ pub fn import_allowed(name: &str) -> bool {
 
 /// Trips after [`BREAKER_TRIPS`] consecutive traps; after the cooldown one
 /// call is let through, and another trap opens it again at once.
-#[derive(Default)]
 struct Breaker {
+    clock: PluginClock,
     consecutive: AtomicU32,
     open_until_ms: AtomicU64,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Breaker {
+    fn new(clock: PluginClock) -> Self {
+        Self {
+            clock,
+            consecutive: AtomicU32::new(0),
+            open_until_ms: AtomicU64::new(0),
+        }
+    }
+
     fn check(&self) -> Result<(), u32> {
         let open_until = self.open_until_ms.load(Ordering::Relaxed);
-        if open_until != 0 && now_ms() < open_until {
+        if open_until != 0 && self.clock.now_ms() < open_until {
             return Err(self.consecutive.load(Ordering::Relaxed));
         }
         Ok(())
@@ -371,7 +374,9 @@ impl Breaker {
         let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= BREAKER_TRIPS {
             self.open_until_ms.store(
-                now_ms() + BREAKER_COOLDOWN.as_millis() as u64,
+                self.clock
+                    .now_ms()
+                    .saturating_add(BREAKER_COOLDOWN.as_millis() as u64),
                 Ordering::Relaxed,
             );
             return true;
@@ -411,6 +416,7 @@ impl Plugin {
         settings: HashMap<String, String>,
         pre: WorldPre,
         metrics: PluginCallMetrics,
+        clock: PluginClock,
     ) -> Self {
         Self {
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
@@ -421,7 +427,7 @@ impl Plugin {
             pre,
             engine: runtime.engine.clone(),
             fuel: runtime.fuel,
-            breaker: Breaker::default(),
+            breaker: Breaker::new(clock),
             metrics,
             permits: Arc::clone(&runtime.permits),
         }
