@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::dispatch::{Dispatcher, TokioClock};
 use crate::error::Result;
 use crate::metrics::Metrics;
-use crate::plugin::{HostOptions, PluginClock, PluginHost};
+use crate::plugin::{ComponentCache, HostOptions, PluginClock, PluginHost};
 use crate::store::{self, Engine, Recovery, Store};
 
 /// What differs from a plain [`Broker::open`]; tests and benchmarks only.
@@ -57,7 +57,10 @@ impl Broker {
         let plugins = PluginHost::new(
             HostOptions {
                 clock: PluginClock::new(move || store::Clock::now_ms(&clock)),
-                cache_dir: config.plugin_cache_dir(),
+                cache: match config.plugin_cache_dir() {
+                    Some(dir) => Some(ComponentCache::new(dir, store.secret("plugin-cache")?)),
+                    None => None,
+                },
                 fuel: false,
                 settings: config.plugins.config.clone(),
             },

@@ -125,7 +125,7 @@ fn load(config: &Config, args: &TestArgs, fixture: &Fixture) -> Result<(PluginHo
     // Fuel metering on, everything else as in production.
     let host = PluginHost::new(
         HostOptions {
-            cache_dir: None,
+            cache: None,
             fuel: true,
             settings,
             ..HostOptions::default()

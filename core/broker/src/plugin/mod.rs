@@ -59,6 +59,7 @@ mod built {
 }
 
 pub use built::BUILTIN;
+pub use cache::ComponentCache;
 
 /// Paths of the hostile test plugins: (manifest, component).
 #[doc(hidden)]
@@ -105,8 +106,9 @@ impl std::fmt::Debug for PluginClock {
 pub struct HostOptions {
     /// The clock of the circuit breakers.
     pub clock: PluginClock,
-    /// Where compiled components are cached; `None`: compile every time.
-    pub cache_dir: Option<PathBuf>,
+    /// Where compiled components are cached, with the key that verifies
+    /// them; `None`: compile every time.
+    pub cache: Option<ComponentCache>,
     /// Meter fuel (for `mhero plugin test`; slower).
     pub fuel: bool,
     /// Per-plugin settings overriding their manifests' `[config]`.
@@ -226,8 +228,8 @@ impl PluginHost {
             ));
         }
         let engine = &self.runtime.engine;
-        let (component, source) = cache::load(engine, self.options.cache_dir.as_deref(), bytes)
-            .map_err(|e| {
+        let (component, source) =
+            cache::load(engine, self.options.cache.as_ref(), bytes).map_err(|e| {
                 load_error(
                     &name,
                     format!("{origin} is not a valid WebAssembly component: {e:#}"),

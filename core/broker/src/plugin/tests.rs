@@ -63,7 +63,7 @@ fn message(i: u32) -> OutboundMessage {
 fn built_ins_load_describe_themselves_and_come_from_the_cache_the_second_time() {
     let cache = tempfile::tempdir().unwrap();
     let options = HostOptions {
-        cache_dir: Some(cache.path().to_owned()),
+        cache: Some(ComponentCache::new(cache.path(), [7; 32])),
         ..HostOptions::default()
     };
     let first = PluginHost::new(options.clone(), PluginMetrics::default()).unwrap();
@@ -102,22 +102,148 @@ fn built_ins_load_describe_themselves_and_come_from_the_cache_the_second_time() 
     );
 }
 
-#[test]
-fn a_corrupt_cache_entry_is_recompiled_not_fatal() {
+/// A cache folder the built-ins were compiled into, and the options that
+/// use it.
+fn filled_cache() -> (tempfile::TempDir, HostOptions) {
     let cache = tempfile::tempdir().unwrap();
     let options = HostOptions {
-        cache_dir: Some(cache.path().to_owned()),
+        cache: Some(ComponentCache::new(cache.path(), [7; 32])),
         ..HostOptions::default()
     };
     PluginHost::new(options.clone(), PluginMetrics::default())
         .unwrap()
         .load_builtins()
         .unwrap();
+    (cache, options)
+}
+
+#[test]
+fn a_corrupt_cache_entry_is_recompiled_not_fatal() {
+    let (cache, options) = filled_cache();
     for entry in std::fs::read_dir(cache.path()).unwrap() {
         std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
     }
     let host = PluginHost::new(options, PluginMetrics::default()).unwrap();
     assert!(host.load_builtins().unwrap().iter().all(|l| !l.from_cache));
+}
+
+fn cache_entries(dir: &Path) -> Vec<PathBuf> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    entries
+}
+
+/// Every built-in works as its kind (a swapped entry would not).
+fn built_ins_work(host: &PluginHost) {
+    assert_eq!(
+        host.get("keywords")
+            .unwrap()
+            .classify("yes", &yes_no())
+            .unwrap()
+            .label,
+        "yes"
+    );
+    assert_eq!(
+        host.get("sandbox")
+            .unwrap()
+            .connector_info()
+            .unwrap()
+            .plugin
+            .name,
+        "sandbox"
+    );
+}
+
+#[test]
+fn a_well_formed_but_swapped_cache_entry_is_recompiled_never_run() {
+    let (cache, options) = filled_cache();
+    let entries = cache_entries(cache.path());
+    assert!(entries.len() >= 3, "{entries:?}");
+    // Real compiled code with a valid MAC, copied over every other entry:
+    // what someone who can write the folder but not read the store's key
+    // can do.
+    let donor = std::fs::read(&entries[0]).unwrap();
+    for e in &entries[1..] {
+        std::fs::write(e, &donor).unwrap();
+    }
+    let host = PluginHost::new(options, PluginMetrics::default()).unwrap();
+    let loaded = host.load_builtins().unwrap();
+    let cached: Vec<&str> = loaded
+        .iter()
+        .filter(|l| l.from_cache)
+        .map(|l| l.name.as_str())
+        .collect();
+    assert_eq!(
+        cached.len(),
+        1,
+        "only the donor's own entry verifies: {cached:?}"
+    );
+    built_ins_work(&host);
+}
+
+#[test]
+fn entries_written_under_another_key_are_recompiled_and_the_folder_is_private() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("plugin-cache");
+    let with_key = |key| HostOptions {
+        cache: Some(ComponentCache::new(&dir, key)),
+        ..HostOptions::default()
+    };
+    let load = |key| {
+        let host = PluginHost::new(with_key(key), PluginMetrics::default()).unwrap();
+        let loaded = host.load_builtins().unwrap();
+        (host, loaded)
+    };
+    let (_, first) = load([1; 32]);
+    assert!(first.iter().all(|l| !l.from_cache));
+    // Another broker's (or a forger's) entries do not verify here.
+    let (host, second) = load([2; 32]);
+    assert!(second.iter().all(|l| !l.from_cache), "{second:?}");
+    built_ins_work(&host);
+    // Rewritten under this key, they are used from then on.
+    let (_, third) = load([2; 32]);
+    assert!(third.iter().all(|l| l.from_cache), "{third:?}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{mode:o}");
+        for e in cache_entries(&dir) {
+            let name = e.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(
+                name.ends_with(".cwasm"),
+                "a temporary file was left: {name}"
+            );
+            let mode = std::fs::metadata(&e).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name}: {mode:o}");
+        }
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_symlinked_cache_entry_is_not_followed() {
+    let (cache, options) = filled_cache();
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, b"not the broker's").unwrap();
+    for e in cache_entries(cache.path()) {
+        std::fs::remove_file(&e).unwrap();
+        std::os::unix::fs::symlink(&victim, &e).unwrap();
+    }
+    let host = PluginHost::new(options, PluginMetrics::default()).unwrap();
+    assert!(host.load_builtins().unwrap().iter().all(|l| !l.from_cache));
+    built_ins_work(&host);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"not the broker's");
+    for e in cache_entries(cache.path()) {
+        assert!(
+            !std::fs::symlink_metadata(&e).unwrap().is_symlink(),
+            "{e:?}"
+        );
+    }
 }
 
 #[test]
@@ -227,14 +353,7 @@ fn an_infinite_loop_is_stopped_at_its_deadline_and_the_host_keeps_serving() {
     assert_eq!(kind, TrapKind::Timeout { timeout_ms: 50 });
     // The same plugin serves the next call on a fresh instance, and so do others.
     assert_eq!(plugin.classify("hello", &yes_no()).unwrap().label, "ok");
-    assert_eq!(
-        host.get("keywords")
-            .unwrap()
-            .classify("yes", &yes_no())
-            .unwrap()
-            .label,
-        "yes"
-    );
+    built_ins_work(&host);
 }
 
 #[test]

@@ -35,10 +35,18 @@ pub fn check_schema(value: &[u8]) -> Result<(), String> {
 const META_CHANNEL: u8 = b'C';
 const META_QUEUE: u8 = b'Q';
 const META_COUNTERS: u8 = b'K';
+const META_SECRET: u8 = b'S';
 /// Next campaign id.
 pub const NEXT_CAMPAIGN: &[u8] = b"Ncampaign";
 /// Store-wide counts (delayed, dead) and the delayed-scan floor.
 pub const GLOBALS: &[u8] = b"Gglobals";
+
+/// A secret the broker generated for itself (`name`: what it keys).
+pub fn secret(name: &str) -> Vec<u8> {
+    let mut k = vec![META_SECRET];
+    k.extend_from_slice(name.as_bytes());
+    k
+}
 
 pub fn channel_name(name: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + name.len());

@@ -526,6 +526,29 @@ impl Store {
         Pending::new(id, self.engine.submit(batch))
     }
 
+    /// A 32-byte secret of this store, generated (from the operating
+    /// system's random source) and committed the first time it is asked
+    /// for; the same bytes afterwards. It keys what the broker must trust
+    /// later, such as its compiled-component cache.
+    pub fn secret(&self, name: &str) -> Result<[u8; 32]> {
+        let key = keys::secret(name);
+        let _order = self.state.lock();
+        if let Some(v) = self.engine.get(Cf::Meta, &key)? {
+            return <[u8; 32]>::try_from(v.as_slice()).map_err(|_| Error::BadRecord {
+                cf: Cf::Meta.name(),
+                key: format!("secret {name}"),
+                message: format!("{} bytes, not 32", v.len()),
+            });
+        }
+        let mut secret = [0u8; 32];
+        rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut secret)
+            .map_err(|e| Error::Internal(format!("no random source for secret {name}: {e}")))?;
+        let mut batch = Batch::new();
+        batch.put(Cf::Meta, key, secret.to_vec());
+        self.engine.submit(batch).wait()?;
+        Ok(secret)
+    }
+
     /// Replaces a campaign's body (its state changed: cancelled, expired…).
     pub fn update_campaign(&self, id: CampaignId, body: Vec<u8>) -> Ticket {
         let _order = self.state.lock();

@@ -36,6 +36,7 @@ conformance!(
     channels_and_campaigns_persist,
     counters_account_for_every_delivery,
     a_clock_that_ran_ahead_does_not_park_later_retries,
+    a_secret_is_generated_once_and_kept,
 );
 
 const CH: ChannelId = ChannelId(1);
@@ -766,4 +767,14 @@ fn a_clock_that_ran_ahead_does_not_park_later_retries(h: &mut dyn Harness) {
     assert_eq!(f.store.promote_due().unwrap(), 0);
     f.clock.advance(1_000);
     assert_eq!(f.store.promote_due().unwrap(), 2);
+}
+
+fn a_secret_is_generated_once_and_kept(h: &mut dyn Harness) {
+    let f = fixture(h);
+    let first = f.store.secret("plugin-cache").unwrap();
+    assert_ne!(first, [0; 32]);
+    assert_eq!(f.store.secret("plugin-cache").unwrap(), first);
+    assert_ne!(f.store.secret("other").unwrap(), first);
+    let (f, _) = crash(h, f);
+    assert_eq!(f.store.secret("plugin-cache").unwrap(), first);
 }
