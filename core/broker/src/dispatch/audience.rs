@@ -41,8 +41,12 @@ pub struct StoredAudience {
     pub count: u32,
 }
 
+impl crate::store::Versioned for Recipient {
+    const VERSION: u8 = 1;
+}
+
 pub fn encode(r: &Recipient) -> Vec<u8> {
-    postcard::to_allocvec(r).expect("recipients serialize")
+    crate::store::encode(r)
 }
 
 impl AudienceCursor for StoredAudience {
@@ -59,12 +63,12 @@ impl AudienceCursor for StoredAudience {
             )?
             .into_iter()
             .map(|(i, bytes)| {
-                postcard::from_bytes(&bytes)
+                crate::store::decode_value(&bytes)
                     .map(|r| (i, r))
-                    .map_err(|e| Error::BadRecord {
+                    .map_err(|message| Error::BadRecord {
                         cf: "audience",
                         key: format!("{}-{i}", self.campaign),
-                        message: e.to_string(),
+                        message,
                     })
             })
             .collect()

@@ -232,13 +232,17 @@ pub struct CampaignRecord {
     pub stopped_ms: Option<u64>,
 }
 
+impl crate::store::Versioned for CampaignRecord {
+    const VERSION: u8 = 1;
+}
+
 impl CampaignRecord {
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).expect("campaign records serialize")
+        crate::store::encode(self)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        postcard::from_bytes(bytes).map_err(|e| format!("unreadable campaign record: {e}"))
+        crate::store::decode_value(bytes).map_err(|e| format!("unreadable campaign record: {e}"))
     }
 
     /// Recipients never fanned out because the campaign stopped.

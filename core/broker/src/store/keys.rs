@@ -7,7 +7,10 @@ use mhero_proto::{CampaignId, ChannelId, DeliveryId, Lane};
 /// The meta key holding the schema marker.
 pub const SCHEMA: &[u8] = b"schema";
 const SCHEMA_MAGIC: &[u8] = b"mhero-store";
-pub const SCHEMA_VERSION: u32 = 1;
+/// The store's layout: its column families and key formats. Version 2:
+/// every value carries its own layout version (see `records`), so value
+/// types change without changing this; it changes only with the keys.
+pub const SCHEMA_VERSION: u32 = 2;
 
 pub fn schema_value() -> Vec<u8> {
     let mut v = SCHEMA_MAGIC.to_vec();
@@ -23,6 +26,12 @@ pub fn check_schema(value: &[u8]) -> Result<(), String> {
     let version = <[u8; 4]>::try_from(version)
         .map(u32::from_be_bytes)
         .map_err(|_| "its schema marker is malformed".to_string())?;
+    if version == 1 {
+        return Err(
+            "it has store schema version 1, from a development build before stored values carried versions; this build cannot read it (move the folder aside and start a new store)"
+                .into(),
+        );
+    }
     if version != SCHEMA_VERSION {
         return Err(format!(
             "it has store schema version {version}; this build reads version {SCHEMA_VERSION}"

@@ -25,7 +25,10 @@ pub use engine::{Batch, Cf, Engine, Op, Pending, Ticket};
 pub use keys::QueueKey;
 pub use memory::MemoryEngine;
 pub use queue::{ChannelDepth, Clock, Leased, NewDelivery, Outcome, Recovery, Store, SystemClock};
-pub use records::{AttemptNote, Counters, DeadLetter, Globals, InboundRecord, Item, StatusRecord};
+pub use records::{
+    AttemptNote, Counters, DeadLetter, Globals, InboundRecord, Item, Quarantined, StatusRecord,
+    Versioned, decode_value, encode,
+};
 pub use rocks::RocksEngine;
 
 use crate::config::{Config, EngineKind};

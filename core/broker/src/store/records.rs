@@ -1,4 +1,13 @@
-//! Stored values: compact binary (postcard), never JSON.
+//! Stored values: compact binary (postcard), never JSON, each behind a
+//! version byte.
+//!
+//! postcard is not self-describing: a field added to a struct changes how
+//! every later byte reads. So every stored value is one byte, its type's
+//! [`Versioned::VERSION`], then its postcard encoding; a release that
+//! changes a stored type raises that type's version and keeps a reader for
+//! each earlier one in [`Versioned::upgrade`], so it reads the data every
+//! earlier release wrote. A value of a version newer than the build is
+//! refused, never misread.
 
 use mhero_proto::{ChannelId, DeliveryId, DeliveryStatus, Lane};
 use serde::de::DeserializeOwned;
@@ -95,6 +104,9 @@ pub struct Counters {
     pub enqueued: u64,
     pub delayed: u64,
     pub dead: u64,
+    /// Deliveries whose queued record could not be read: moved to the
+    /// quarantine, never sent.
+    pub quarantined: u64,
     /// Settled deliveries by current status, indexed by status code.
     pub statuses: [u64; 8],
     pub retries: u64,
@@ -113,7 +125,8 @@ impl Counters {
 
     /// Deliveries still in a queue: ready, leased or delayed.
     pub fn queued(&self) -> u64 {
-        self.enqueued.saturating_sub(self.settled() + self.dead)
+        self.enqueued
+            .saturating_sub(self.settled() + self.dead + self.quarantined)
     }
 }
 
@@ -127,25 +140,128 @@ pub struct Globals {
     pub delayed_floor: u64,
 }
 
-pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serializing these plain structs into a Vec cannot fail.
-    postcard::to_allocvec(value).expect("postcard encodes plain structs")
+/// A type stored in the engine, with the version of its layout.
+pub trait Versioned: Serialize + DeserializeOwned {
+    /// Raised whenever the type's fields change.
+    const VERSION: u8;
+
+    /// Reads a value an earlier release wrote: `body` is the postcard
+    /// encoding of layout `version` (< [`Self::VERSION`]).
+    fn upgrade(version: u8, body: &[u8]) -> std::result::Result<Self, String> {
+        let _ = body;
+        Err(format!("no reader for layout version {version}"))
+    }
 }
 
-pub fn decode<T: DeserializeOwned>(cf: Cf, key: &[u8], value: &[u8]) -> Result<T> {
-    postcard::from_bytes(value).map_err(|e| Error::BadRecord {
+macro_rules! first_version {
+    ($($t:ty),* $(,)?) => { $( impl Versioned for $t { const VERSION: u8 = 1; } )* };
+}
+
+first_version!(
+    Item,
+    QueueMeta,
+    StatusRecord,
+    InboundRecord,
+    DeadLetter,
+    Counters,
+    Globals,
+    Quarantined,
+    u32,
+    u64,
+);
+
+pub fn encode<T: Versioned>(value: &T) -> Vec<u8> {
+    // Serializing these plain structs into a Vec cannot fail.
+    postcard::to_extend(value, vec![T::VERSION]).expect("postcard encodes plain structs")
+}
+
+/// Reads a versioned value; the error says what is wrong with it.
+pub fn decode_value<T: Versioned>(value: &[u8]) -> std::result::Result<T, String> {
+    let Some((&version, body)) = value.split_first() else {
+        return Err("empty value".into());
+    };
+    match version.cmp(&T::VERSION) {
+        std::cmp::Ordering::Equal => postcard::from_bytes(body).map_err(|e| e.to_string()),
+        std::cmp::Ordering::Less if version > 0 => T::upgrade(version, body),
+        std::cmp::Ordering::Less => Err("layout version 0 does not exist".into()),
+        std::cmp::Ordering::Greater => Err(format!(
+            "layout version {version} was written by a newer release (this build reads up to {})",
+            T::VERSION
+        )),
+    }
+}
+
+pub fn decode<T: Versioned>(cf: Cf, key: &[u8], value: &[u8]) -> Result<T> {
+    decode_value(value).map_err(|message| Error::BadRecord {
         cf: cf.name(),
         key: hex(key),
-        message: e.to_string(),
+        message,
     })
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// A stored record that could not be read, moved aside as it was: which
+/// column family and key it had, its bytes, why it was unreadable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantined {
+    pub cf: String,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub reason: String,
+    pub at_ms: u64,
+}
+
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a later release does to a stored type, for the tests.
+#[cfg(test)]
+pub(crate) mod later {
+    use super::*;
+
+    /// A later release's `Counters` with a field added: what it must do to
+    /// read what this release wrote.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    pub struct CountersWithRegion {
+        pub enqueued: u64,
+        pub delayed: u64,
+        pub dead: u64,
+        pub quarantined: u64,
+        pub statuses: [u64; 8],
+        pub retries: u64,
+        pub rerouted: u64,
+        pub redelivered: u64,
+        pub region: Option<String>,
+    }
+
+    impl Versioned for CountersWithRegion {
+        const VERSION: u8 = 2;
+
+        fn upgrade(version: u8, body: &[u8]) -> std::result::Result<Self, String> {
+            match version {
+                1 => {
+                    let c: Counters = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+                    Ok(Self {
+                        enqueued: c.enqueued,
+                        delayed: c.delayed,
+                        dead: c.dead,
+                        quarantined: c.quarantined,
+                        statuses: c.statuses,
+                        retries: c.retries,
+                        rerouted: c.rerouted,
+                        redelivered: c.redelivered,
+                        region: None,
+                    })
+                }
+                v => Err(format!("no reader for layout version {v}")),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::later::CountersWithRegion;
     use super::*;
     use mhero_proto::CampaignId;
 
@@ -179,6 +295,30 @@ mod tests {
             decode::<DeadLetter>(Cf::Dead, b"k", &encode(&dead)).unwrap(),
             dead
         );
+    }
+
+    #[test]
+    fn a_field_added_later_still_reads_what_this_release_wrote() {
+        let today = Counters {
+            enqueued: 10,
+            dead: 1,
+            statuses: [0, 2, 3, 0, 0, 0, 0, 0],
+            ..Counters::default()
+        };
+        let bytes = encode(&today);
+        // Without the version byte, postcard would read the new field from
+        // whatever follows (nothing here): an error, or garbage.
+        assert!(postcard::from_bytes::<CountersWithRegion>(&bytes[1..]).is_err());
+        let later: CountersWithRegion = decode(Cf::Meta, b"k", &bytes).unwrap();
+        assert_eq!(later.enqueued, 10);
+        assert_eq!(later.statuses[2], 3);
+        assert_eq!(later.region, None);
+        // And the later release's own values are not misread by this one.
+        let newer = encode(&later);
+        let err = decode::<Counters>(Cf::Meta, b"k", &newer)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("newer release"), "{err}");
     }
 
     #[test]

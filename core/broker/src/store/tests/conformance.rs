@@ -37,6 +37,7 @@ conformance!(
     counters_account_for_every_delivery,
     a_clock_that_ran_ahead_does_not_park_later_retries,
     a_secret_is_generated_once_and_kept,
+    a_later_release_reads_the_counters_this_one_wrote,
 );
 
 const CH: ChannelId = ChannelId(1);
@@ -777,4 +778,45 @@ fn a_secret_is_generated_once_and_kept(h: &mut dyn Harness) {
     assert_ne!(f.store.secret("other").unwrap(), first);
     let (f, _) = crash(h, f);
     assert_eq!(f.store.secret("plugin-cache").unwrap(), first);
+}
+
+fn a_later_release_reads_the_counters_this_one_wrote(h: &mut dyn Harness) {
+    use crate::store::keys;
+    use crate::store::records::{decode, later::CountersWithRegion};
+
+    let f = fixture(h);
+    f.store
+        .enqueue(q(Lane::Normal, 1), new(0..5))
+        .wait()
+        .unwrap();
+    f.store.enqueue(q(Lane::Bulk, 2), new(0..3)).wait().unwrap();
+    let leased = lease(&f.store, 2);
+    f.store
+        .settle(
+            leased
+                .into_iter()
+                .map(|l| (l, done(DeliveryStatus::Wired)))
+                .collect(),
+        )
+        .unwrap()
+        .wait()
+        .unwrap();
+    let (f, _) = crash(h, f);
+    let (lo, hi) = keys::counters_range();
+    let mut read = 0;
+    f.store
+        .engine()
+        .scan(Cf::Meta, &lo, &hi, &mut |k, v| {
+            let campaign = keys::counters_from(k).unwrap();
+            let later: CountersWithRegion = decode(Cf::Meta, k, v).unwrap();
+            let now = f.store.counters(campaign);
+            assert_eq!(
+                (later.enqueued, later.statuses, later.region),
+                (now.enqueued, now.statuses, None)
+            );
+            read += 1;
+            Ok(true)
+        })
+        .unwrap();
+    assert_eq!(read, 2);
 }
