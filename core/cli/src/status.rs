@@ -17,6 +17,9 @@ pub struct StatusArgs {
     /// How many dead letters to list.
     #[arg(long, default_value_t = 10)]
     dead: usize,
+    /// How many quarantined (unreadable) records to list.
+    #[arg(long, default_value_t = 10)]
+    quarantine: usize,
     /// Read every delivery of every campaign and check that each recipient
     /// ended exactly once (status record, dead letter, or never sent
     /// because the campaign stopped).
@@ -88,6 +91,7 @@ pub fn run(config: &Config, args: &StatusArgs) -> Result<()> {
             "leased": leased,
             "delayed": k.delayed,
             "dead": k.dead,
+            "quarantined": k.quarantined,
             "statuses": statuses,
             "retries": k.retries,
             "rerouted": k.rerouted,
@@ -127,6 +131,14 @@ pub fn run(config: &Config, args: &StatusArgs) -> Result<()> {
                 "history": d.item.history.iter().map(|h| h.reason.clone()).collect::<Vec<_>>()})
         })
         .collect();
+    let quarantine: Vec<_> = store
+        .quarantined(0, args.quarantine)?
+        .into_iter()
+        .map(|(seq, q)| {
+            json!({"seq": seq, "cf": q.cf, "key": store::hex(&q.key), "bytes": q.value.len(),
+                "reason": q.reason, "at_ms": q.at_ms})
+        })
+        .collect();
     let out = json!({
         "data_dir": config.data_dir.display().to_string(),
         "leased_unsettled": recovery.requeued,
@@ -135,16 +147,19 @@ pub fn run(config: &Config, args: &StatusArgs) -> Result<()> {
         "delayed": globals.delayed,
         "dead": globals.dead,
         "dead_letters": dead,
+        "quarantined": store.quarantined_count(),
+        "quarantine": quarantine,
     });
     if args.json {
         println!("{out}");
         return Ok(());
     }
     println!(
-        "store {} — {} delayed, {} dead letters",
+        "store {} — {} delayed, {} dead letters, {} quarantined records",
         config.data_dir.display(),
         globals.delayed,
-        globals.dead
+        globals.dead,
+        out["quarantined"]
     );
     for c in out["campaigns"].as_array().into_iter().flatten() {
         println!(
@@ -170,6 +185,16 @@ pub fn run(config: &Config, args: &StatusArgs) -> Result<()> {
             d["delivery"].as_str().unwrap_or("?"),
             d["lane"].as_str().unwrap_or("?"),
             d["reason"].as_str().unwrap_or("?")
+        );
+    }
+    for q in out["quarantine"].as_array().into_iter().flatten() {
+        println!(
+            "  quarantined #{} {} key {} ({} bytes): {}",
+            q["seq"],
+            q["cf"].as_str().unwrap_or("?"),
+            q["key"].as_str().unwrap_or("?"),
+            q["bytes"],
+            q["reason"].as_str().unwrap_or("?")
         );
     }
     Ok(())

@@ -94,6 +94,9 @@ pub struct Progress {
     pub failed: u64,
     /// Dead letters (failed, kept with their history, replayable).
     pub dead: u64,
+    /// Queued records that could not be read, moved to the store's
+    /// quarantine (`mhero status` lists them); never sent.
+    pub quarantined: u64,
     pub expired: u64,
     pub cancelled: u64,
     pub retries: u64,
@@ -561,11 +564,18 @@ fn live(shared: &Shared, id: CampaignId, record: CampaignRecord) -> Result<Arc<L
 fn resume(shared: &Shared) -> Result<()> {
     let mut resumed = 0;
     for (id, bytes) in shared.store.campaigns()? {
-        let mut record = CampaignRecord::decode(&bytes).map_err(|message| Error::BadRecord {
-            cf: "campaigns",
-            key: id.to_string(),
-            message,
-        })?;
+        // An unreadable record stops nothing but itself: it is moved to the
+        // quarantine, and what was queued for it settles as dead letters.
+        let mut record = match CampaignRecord::decode(&bytes) {
+            Ok(r) => r,
+            Err(reason) => {
+                shared
+                    .store
+                    .quarantine_campaign(id, &bytes, reason)
+                    .wait()?;
+                continue;
+            }
+        };
         if record.state == CampaignState::Preparing {
             // Its submission never completed, so nobody was told it was
             // accepted: it is dropped, not sent.
@@ -577,7 +587,16 @@ fn resume(shared: &Shared) -> Result<()> {
         if record.state == CampaignState::Abandoned {
             continue;
         }
-        let live = live(shared, id, record)?;
+        let live = match live(shared, id, record) {
+            Ok(live) => live,
+            Err(e) => {
+                shared
+                    .store
+                    .quarantine_campaign(id, &bytes, e.to_string())
+                    .wait()?;
+                continue;
+            }
+        };
         let done = progress_of(shared, &live).done;
         if !done {
             resumed += 1;
@@ -651,6 +670,7 @@ fn progress_of(shared: &Shared, live: &Live) -> Progress {
         read: s(DeliveryStatus::Read),
         failed: s(DeliveryStatus::Failed),
         dead: k.dead,
+        quarantined: k.quarantined,
         expired: s(DeliveryStatus::Expired) + expired_unsent,
         cancelled: s(DeliveryStatus::Cancelled) + cancelled_unsent,
         retries: k.retries,
@@ -658,7 +678,7 @@ fn progress_of(shared: &Shared, live: &Live) -> Progress {
         redelivered: k.redelivered,
         done: false,
     };
-    let ended = k.settled() + k.dead + unsent;
+    let ended = k.settled() + k.dead + k.quarantined + unsent;
     Progress {
         done: ended >= u64::from(record.total) && k.queued() == 0,
         ..p

@@ -45,10 +45,30 @@ const META_CHANNEL: u8 = b'C';
 const META_QUEUE: u8 = b'Q';
 const META_COUNTERS: u8 = b'K';
 const META_SECRET: u8 = b'S';
+const META_QUARANTINE: u8 = b'X';
 /// Next campaign id.
 pub const NEXT_CAMPAIGN: &[u8] = b"Ncampaign";
 /// Store-wide counts (delayed, dead) and the delayed-scan floor.
 pub const GLOBALS: &[u8] = b"Gglobals";
+
+/// A record moved aside because it could not be read: `seq` in the order
+/// they were found.
+pub fn quarantine(seq: u64) -> Vec<u8> {
+    let mut k = vec![META_QUARANTINE];
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn quarantine_range() -> (Vec<u8>, Vec<u8>) {
+    (vec![META_QUARANTINE], vec![META_QUARANTINE + 1])
+}
+
+pub fn quarantine_from(key: &[u8]) -> Option<u64> {
+    match key {
+        [META_QUARANTINE, rest @ ..] => Some(u64::from_be_bytes(rest.try_into().ok()?)),
+        _ => None,
+    }
+}
 
 /// A secret the broker generated for itself (`name`: what it keys).
 pub fn secret(name: &str) -> Vec<u8> {

@@ -27,7 +27,7 @@ pub use memory::MemoryEngine;
 pub use queue::{ChannelDepth, Clock, Leased, NewDelivery, Outcome, Recovery, Store, SystemClock};
 pub use records::{
     AttemptNote, Counters, DeadLetter, Globals, InboundRecord, Item, Quarantined, StatusRecord,
-    Versioned, decode_value, encode,
+    Versioned, decode_value, encode, hex,
 };
 pub use rocks::RocksEngine;
 

@@ -31,8 +31,8 @@ use parking_lot::Mutex;
 use super::engine::{Batch, Cf, Engine, Pending, Ticket};
 use super::keys::{self, QueueKey};
 use super::records::{
-    AttemptNote, Counters, DeadLetter, Globals, InboundRecord, Item, QueueMeta, StatusRecord,
-    decode, encode,
+    self, AttemptNote, Counters, DeadLetter, Globals, InboundRecord, Item, Quarantined, QueueMeta,
+    StatusRecord, decode, encode,
 };
 use crate::error::{Error, Result};
 use crate::metrics::StoreMetrics;
@@ -175,9 +175,40 @@ struct State {
     /// moved it past the range it is about to delete.
     retry_floor: u64,
     committed: Arc<Mutex<Committed>>,
+    /// Records moved aside so far, and the next one's number.
+    quarantined: u64,
+    next_quarantine: u64,
 }
 
 impl State {
+    /// Moves an unreadable record aside in `batch`: deleted where it was,
+    /// kept whole under the quarantine, counted.
+    fn quarantine(
+        &mut self,
+        batch: &mut Batch,
+        cf: Cf,
+        key: &[u8],
+        value: &[u8],
+        reason: String,
+        now_ms: u64,
+    ) {
+        tracing::error!(cf = cf.name(), key = %records::hex(key), reason = %reason, "Unreadable record moved to the quarantine.");
+        batch.delete(cf, key.to_vec());
+        batch.put(
+            Cf::Meta,
+            keys::quarantine(self.next_quarantine),
+            encode(&Quarantined {
+                cf: cf.name().to_string(),
+                key: key.to_vec(),
+                value: value.to_vec(),
+                reason,
+                at_ms: now_ms,
+            }),
+        );
+        self.next_quarantine += 1;
+        self.quarantined += 1;
+    }
+
     fn queue(&mut self, q: QueueKey) -> &mut QueueState {
         self.queues.entry(q.channel).or_default().lanes[q.lane.code() as usize]
             .queues
@@ -299,6 +330,18 @@ pub struct Store {
     metrics: StoreMetrics,
 }
 
+/// A delayed entry as the promotion scan read it: the delivery, or its
+/// raw value and why it cannot be read.
+type DelayedEntry = std::result::Result<Item, (Vec<u8>, String)>;
+
+/// A queued record that could not be read.
+struct Unreadable {
+    qseq: u64,
+    key: Vec<u8>,
+    value: Vec<u8>,
+    reason: String,
+}
+
 /// Most delayed deliveries one [`Store::promote_due`] call moves.
 const PROMOTE_LIMIT: usize = 20_000;
 
@@ -337,7 +380,17 @@ impl Store {
             next_due: None,
             retry_floor: 0,
             committed: Arc::new(Mutex::new(Committed::default())),
+            quarantined: 0,
+            next_quarantine: 1,
         };
+        let (lo, hi) = keys::quarantine_range();
+        engine.scan(Cf::Meta, &lo, &hi, &mut |k, _| {
+            if let Some(seq) = keys::quarantine_from(k) {
+                state.quarantined += 1;
+                state.next_quarantine = state.next_quarantine.max(seq + 1);
+            }
+            Ok(true)
+        })?;
         let next_inbound = match engine.get(Cf::Inbound, keys::NEXT_INBOUND)? {
             Some(v) => decode(Cf::Inbound, keys::NEXT_INBOUND, &v)?,
             None => 1u64,
@@ -601,8 +654,10 @@ impl Store {
     pub fn lease(&self, channel: ChannelId, max: usize) -> Result<Pending<Vec<Leased>>> {
         let lease_lock = Arc::clone(self.leasing.lock().entry(channel).or_default());
         let _leasing = lease_lock.lock();
+        let now = self.clock.now_ms();
         let mut out = Vec::new();
         let mut touched = Touched::default();
+        let mut quarantine = Batch::new();
         for lane in Lane::ALL {
             let remaining = max - out.len();
             if remaining == 0 {
@@ -638,11 +693,38 @@ impl Store {
             };
             // Read, without the store's lock.
             let mut taken: Vec<Vec<Leased>> = Vec::with_capacity(plan.len());
+            let mut unreadable: Vec<(QueueKey, Vec<Unreadable>)> = Vec::new();
             for &(q, head, tail, redeliver_below, want) in &plan {
-                taken.push(self.read_ready(q, head, tail, redeliver_below, want)?);
+                let (got, bad) = self.read_ready(q, head, tail, redeliver_below, want)?;
+                taken.push(got);
+                if !bad.is_empty() {
+                    unreadable.push((q, bad));
+                }
             }
             // Apply.
             let mut state = self.state.lock();
+            // Unreadable records are moved aside, never handed out: the
+            // queue goes on past them.
+            for (q, bad) in unreadable {
+                for u in bad {
+                    state.quarantine(&mut quarantine, Cf::Ready, &u.key, &u.value, u.reason, now);
+                    let qs = state.queue(q);
+                    if qs.leased.contains(&u.qseq) {
+                        continue;
+                    }
+                    qs.meta.head = qs.meta.head.max(u.qseq + 1);
+                    qs.meta.ready = qs.meta.ready.saturating_sub(1);
+                    let emptied = qs.meta.ready == 0;
+                    let ls = state.lane(q.channel, q.lane);
+                    ls.ready = ls.ready.saturating_sub(1);
+                    if emptied {
+                        ls.active.remove(&q.campaign);
+                    }
+                    state.counters(q.campaign).quarantined += 1;
+                    touched.queues.insert(q);
+                    touched.campaigns.insert(q.campaign);
+                }
+            }
             let Some(ch) = state.queues.get_mut(&channel) else {
                 break;
             };
@@ -656,7 +738,7 @@ impl Store {
                     .queues
                     .get_mut(&q.campaign)
                     .expect("queues are never removed while the store is open");
-                qs.meta.head = last.qseq + 1;
+                qs.meta.head = qs.meta.head.max(last.qseq + 1);
                 qs.meta.ready -= got.len() as u64;
                 qs.leased.extend(got.iter().map(|l| l.qseq));
                 ls.ready -= got.len() as u64;
@@ -681,7 +763,7 @@ impl Store {
                 }
             }
         }
-        if out.is_empty() {
+        if out.is_empty() && quarantine.is_empty() {
             return Ok(Pending::ready(out));
         }
         let mut state = self.state.lock();
@@ -689,11 +771,13 @@ impl Store {
             state.counters(l.queue.campaign).redelivered += 1;
             touched.campaigns.insert(l.queue.campaign);
         }
-        let mut batch = Batch::new();
+        let mut batch = quarantine;
         touched.write(&mut state, &mut batch);
         Ok(Pending::new(out, self.engine.submit(batch)))
     }
 
+    /// Up to `want` readable deliveries of `q` from `head`, and the
+    /// records on the way that cannot be read.
     fn read_ready(
         &self,
         q: QueueKey,
@@ -701,27 +785,34 @@ impl Store {
         tail: u64,
         redeliver_below: u64,
         want: u64,
-    ) -> Result<Vec<Leased>> {
+    ) -> Result<(Vec<Leased>, Vec<Unreadable>)> {
         let mut got = Vec::with_capacity(want as usize);
+        let mut bad = Vec::new();
         let lower = keys::ready(q, head);
         let upper = keys::ready(q, tail);
         self.engine.scan(Cf::Ready, &lower, &upper, &mut |k, v| {
             let Some((_, qseq)) = keys::ready_from(k) else {
-                return Err(Error::BadRecord {
-                    cf: "ready",
-                    key: format!("{k:02x?}"),
-                    message: "malformed key".into(),
-                });
+                // Inside this queue's key range, so it has its prefix:
+                // only its length can be wrong. Nothing to lease there.
+                return Ok(true);
             };
-            got.push(Leased {
-                queue: q,
-                qseq,
-                item: decode(Cf::Ready, k, v)?,
-                redelivered: qseq < redeliver_below,
-            });
+            match decode::<Item>(Cf::Ready, k, v) {
+                Ok(item) => got.push(Leased {
+                    queue: q,
+                    qseq,
+                    item,
+                    redelivered: qseq < redeliver_below,
+                }),
+                Err(e) => bad.push(Unreadable {
+                    qseq,
+                    key: k.to_vec(),
+                    value: v.to_vec(),
+                    reason: e.to_string(),
+                }),
+            }
             Ok((got.len() as u64) < want)
         })?;
-        Ok(got)
+        Ok((got, bad))
     }
 
     /// Settles leased deliveries, each in its own atomic state change; all
@@ -1005,8 +1096,8 @@ impl Store {
         state.globals.delayed > 0 && state.next_due.is_some_and(|d| d <= now)
     }
 
-    /// Moves delayed deliveries that are due into the tail of their queues.
-    /// Returns how many moved; call again when it returns a full page.
+    /// Moves delayed deliveries that are due into the tail of their queues
+    /// (unreadable ones to the quarantine). Returns how many moved.
     ///
     /// The store's lock is not held while waiting for earlier commits or
     /// scanning: first the floor for new retries moves past `now` (so none
@@ -1029,9 +1120,12 @@ impl Store {
         self.engine.barrier()?;
         let lower = keys::delayed_floor(floor);
         let upper = keys::delayed_floor(now.saturating_add(1));
-        let mut due: Vec<(Vec<u8>, Item)> = Vec::new();
+        // Unreadable entries are moved aside as the scan meets them; the
+        // rest are promoted.
+        let mut due: Vec<(Vec<u8>, DelayedEntry)> = Vec::new();
         self.engine.scan(Cf::Delayed, &lower, &upper, &mut |k, v| {
-            due.push((k.to_vec(), decode(Cf::Delayed, k, v)?));
+            let item = decode::<Item>(Cf::Delayed, k, v).map_err(|e| (v.to_vec(), e.to_string()));
+            due.push((k.to_vec(), item));
             Ok(due.len() < PROMOTE_LIMIT)
         })?;
         let full = due.len() == PROMOTE_LIMIT;
@@ -1050,14 +1144,32 @@ impl Store {
         };
         let mut state = self.state.lock();
         let mut last_due = floor;
+        let mut quarantined = 0;
         for (k, item) in &due {
-            let Some((d, q, _)) = keys::delayed_from(k) else {
-                return Err(Error::BadRecord {
-                    cf: "delayed",
-                    key: format!("{k:02x?}"),
-                    message: "malformed key".into(),
-                });
+            let parsed = keys::delayed_from(k);
+            let item = match (parsed, item) {
+                (Some(_), Ok(item)) => item,
+                (_, Err((value, reason))) => {
+                    state.quarantine(&mut batch, Cf::Delayed, k, value, reason.clone(), now);
+                    quarantined += 1;
+                    if let Some((d, q, _)) = parsed {
+                        last_due = d;
+                        let c = state.counters(q.campaign);
+                        c.delayed = c.delayed.saturating_sub(1);
+                        c.quarantined += 1;
+                        touched.campaigns.insert(q.campaign);
+                    }
+                    continue;
+                }
+                (None, Ok(_)) => {
+                    // Inside the delayed range but not a delayed key: only
+                    // its length can be wrong.
+                    state.quarantine(&mut batch, Cf::Delayed, k, &[], "malformed key".into(), now);
+                    quarantined += 1;
+                    continue;
+                }
             };
+            let Some((d, q, _)) = parsed else { continue };
             last_due = d;
             let qseq = state.push_ready(q, 1);
             batch.put(Cf::Ready, keys::ready(q, qseq), encode(item));
@@ -1087,7 +1199,7 @@ impl Store {
         let ticket = self.engine.submit(batch);
         drop(state);
         ticket.wait()?;
-        Ok(due.len())
+        Ok(due.len() - quarantined)
     }
 
     /// Dead letters in delivery order, starting after `after`.
@@ -1360,6 +1472,46 @@ impl Store {
         depth
     }
 
+    /// Records moved to the quarantine since the store was created.
+    pub fn quarantined_count(&self) -> u64 {
+        self.state.lock().quarantined
+    }
+
+    /// Quarantined records, oldest first, after number `after`.
+    pub fn quarantined(&self, after: u64, limit: usize) -> Result<Vec<(u64, Quarantined)>> {
+        let (_, hi) = keys::quarantine_range();
+        let mut out = Vec::new();
+        self.engine.scan(
+            Cf::Meta,
+            &keys::quarantine(after.saturating_add(1)),
+            &hi,
+            &mut |k, v| {
+                if let Some(seq) = keys::quarantine_from(k) {
+                    out.push((seq, decode(Cf::Meta, k, v)?));
+                }
+                Ok(out.len() < limit)
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// Moves an unreadable campaign record to the quarantine (its queued
+    /// deliveries then settle as dead letters: nothing says what to send).
+    pub fn quarantine_campaign(&self, id: CampaignId, value: &[u8], reason: String) -> Ticket {
+        let now = self.clock.now_ms();
+        let mut state = self.state.lock();
+        let mut batch = Batch::new();
+        state.quarantine(
+            &mut batch,
+            Cf::Campaigns,
+            &keys::campaign(id),
+            value,
+            reason,
+            now,
+        );
+        self.engine.submit(batch)
+    }
+
     /// Store-wide counts as committed.
     pub fn globals(&self) -> Globals {
         self.committed.lock().globals.clone()
@@ -1399,7 +1551,10 @@ impl Store {
                 &keys::ready(q, head),
                 &keys::ready(q, tail),
                 &mut |k, v| {
-                    let item: Item = decode(Cf::Ready, k, v)?;
+                    // An unreadable head is quarantined by the next lease.
+                    let Ok(item) = decode::<Item>(Cf::Ready, k, v) else {
+                        return Ok(true);
+                    };
                     oldest = Some(oldest.map_or(item.enqueued_ms, |o| o.min(item.enqueued_ms)));
                     Ok(false)
                 },

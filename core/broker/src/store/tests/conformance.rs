@@ -38,6 +38,8 @@ conformance!(
     a_clock_that_ran_ahead_does_not_park_later_retries,
     a_secret_is_generated_once_and_kept,
     a_later_release_reads_the_counters_this_one_wrote,
+    an_unreadable_ready_record_is_quarantined_and_the_queue_goes_on,
+    an_unreadable_delayed_record_is_quarantined_and_promotion_goes_on,
 );
 
 const CH: ChannelId = ChannelId(1);
@@ -101,6 +103,19 @@ fn crash(h: &mut dyn Harness, f: Fixture) -> (Fixture, crate::store::Recovery) {
         },
         recovery,
     )
+}
+
+/// Settles every delivery in `got` as wired.
+fn wire_all(store: &Store, got: Vec<Leased>) {
+    store
+        .settle(
+            got.into_iter()
+                .map(|l| (l, done(DeliveryStatus::Wired)))
+                .collect(),
+        )
+        .unwrap()
+        .wait()
+        .unwrap();
 }
 
 fn lease(store: &Store, n: usize) -> Vec<Leased> {
@@ -676,15 +691,7 @@ fn rocksdb_store_survives_reopen_with_sync_durability() {
             .wait()
             .unwrap();
         let got = lease(&store, 400);
-        store
-            .settle(
-                got.into_iter()
-                    .map(|l| (l, done(DeliveryStatus::Wired)))
-                    .collect(),
-            )
-            .unwrap()
-            .wait()
-            .unwrap();
+        wire_all(&store, got);
     }
     let engine =
         Arc::new(crate::store::RocksEngine::open(dir.path(), &config, Default::default()).unwrap());
@@ -819,4 +826,91 @@ fn a_later_release_reads_the_counters_this_one_wrote(h: &mut dyn Harness) {
         })
         .unwrap();
     assert_eq!(read, 2);
+}
+
+/// Replaces the value under the `n`th key (in order) of `cf` between
+/// `lower` and `upper` with bytes no record decodes from.
+fn corrupt_nth(store: &Store, cf: Cf, lower: &[u8], upper: &[u8], n: usize) -> Vec<u8> {
+    let mut keys = Vec::new();
+    store
+        .engine()
+        .scan(cf, lower, upper, &mut |k, _| {
+            keys.push(k.to_vec());
+            Ok(true)
+        })
+        .unwrap();
+    let key = keys[n].clone();
+    let mut batch = Batch::new();
+    batch.put(cf, key.clone(), vec![1, 0xff, 0xff, 0xff]);
+    store.engine().write(batch).unwrap();
+    key
+}
+
+fn an_unreadable_ready_record_is_quarantined_and_the_queue_goes_on(h: &mut dyn Harness) {
+    use crate::store::keys;
+
+    let f = fixture(h);
+    let queue = q(Lane::Normal, 1);
+    f.store.enqueue(queue, new(0..5)).wait().unwrap();
+    let bad = corrupt_nth(
+        &f.store,
+        Cf::Ready,
+        &keys::ready(queue, 0),
+        &keys::ready(queue, u64::MAX),
+        1,
+    );
+    // The channel is not stopped: the four readable deliveries are leased.
+    let got = lease(&f.store, 10);
+    assert_eq!(ids(&got), vec![(1, 0), (1, 2), (1, 3), (1, 4)]);
+    assert_eq!(f.store.quarantined_count(), 1);
+    let listed = f.store.quarantined(0, 10).unwrap();
+    assert_eq!(listed.len(), 1);
+    let (_, record) = &listed[0];
+    assert_eq!(
+        (record.cf.as_str(), record.key.as_slice()),
+        ("ready", bad.as_slice())
+    );
+    assert_eq!(record.value, vec![1, 0xff, 0xff, 0xff], "kept as it was");
+    assert!(!record.reason.is_empty());
+    let k = f.store.counters(CampaignId(1));
+    assert_eq!((k.quarantined, k.queued()), (1, 4));
+    wire_all(&f.store, got);
+    assert_eq!(f.store.counters(CampaignId(1)).queued(), 0);
+    // After a restart it is still listed, once, and nothing is re-read.
+    let (f, recovery) = crash(h, f);
+    assert_eq!(recovery.requeued, 0);
+    assert!(lease(&f.store, 10).is_empty());
+    assert_eq!(f.store.quarantined_count(), 1);
+    assert_eq!(f.store.counters(CampaignId(1)).quarantined, 1);
+}
+
+fn an_unreadable_delayed_record_is_quarantined_and_promotion_goes_on(h: &mut dyn Harness) {
+    let f = fixture(h);
+    f.store
+        .enqueue(q(Lane::Normal, 1), new(0..3))
+        .wait()
+        .unwrap();
+    let now = f.clock.now();
+    let settled = lease(&f.store, 3)
+        .into_iter()
+        .map(|l| {
+            (
+                l,
+                Outcome::Retry {
+                    due_ms: now + 1000,
+                    reason: "timeout".into(),
+                },
+            )
+        })
+        .collect();
+    f.store.settle(settled).unwrap().wait().unwrap();
+    corrupt_nth(&f.store, Cf::Delayed, &[], &[0xff; 9], 0);
+    f.clock.advance(2000);
+    assert_eq!(f.store.promote_due().unwrap(), 2, "the readable two move");
+    assert_eq!(ids(&lease(&f.store, 10)), vec![(1, 1), (1, 2)]);
+    assert_eq!(f.store.globals().delayed, 0);
+    assert_eq!(f.store.quarantined_count(), 1);
+    assert_eq!(f.store.quarantined(0, 10).unwrap()[0].1.cf, "delayed");
+    let k = f.store.counters(CampaignId(1));
+    assert_eq!((k.delayed, k.quarantined, k.queued()), (0, 1, 2));
 }
