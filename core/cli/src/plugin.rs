@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use mhero_broker::Config;
 use mhero_broker::plugin::fixture::{self, Fixture};
+use mhero_broker::plugin::secrets::Redactor;
 use mhero_broker::plugin::{HostOptions, Manifest, Plugin, PluginHost, PluginMetrics};
 use serde_json::json;
 
@@ -150,6 +151,35 @@ fn load(config: &Config, args: &TestArgs, fixture: &Fixture) -> Result<(PluginHo
     Ok((host, name))
 }
 
+/// Hides secrets in a plugin's answer: the values of secret-named headers
+/// (`{"name": "authorization", "value": …}`), and the plugin's secret
+/// settings and URL credentials wherever they appear.
+fn redact_json(value: &mut serde_json::Value, redactor: &Redactor) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => {
+            if let std::borrow::Cow::Owned(clean) = redactor.redact(s) {
+                *s = clean;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| redact_json(v, redactor)),
+        Value::Object(fields) => {
+            let secret_header = fields
+                .get("name")
+                .and_then(Value::as_str)
+                .is_some_and(mhero_broker::plugin::secrets::is_secret_name);
+            for (k, v) in fields.iter_mut() {
+                if secret_header && k == "value" {
+                    *v = Value::String(mhero_broker::plugin::secrets::REDACTED.into());
+                } else {
+                    redact_json(v, redactor);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 fn test(config: &Config, args: &TestArgs) -> Result<()> {
     let mut failed = 0;
     let files = fixture_files(&args.fixtures)?;
@@ -169,10 +199,14 @@ fn test(config: &Config, args: &TestArgs) -> Result<()> {
         if matches!(verdict, Some(Err(_))) {
             failed += 1;
         }
-        let answer = match &result {
+        let mut answer = match &result {
             Ok(v) => v.clone(),
             Err(e) => json!({"error": fixture::error_json(e), "message": e.to_string()}),
         };
+        // Checked above as the plugin answered; shown without its secrets.
+        redact_json(&mut answer, plugin.redactor());
+        let verdict =
+            verdict.map(|v| v.map_err(|diff| plugin.redactor().redact(&diff).into_owned()));
         if args.json {
             println!(
                 "{}",

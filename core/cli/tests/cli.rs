@@ -118,3 +118,45 @@ fn plugin_test_reports_a_failing_fixture_and_exits_non_zero() {
             .contains("neither a component file nor a built-in plugin")
     );
 }
+
+#[test]
+fn plugin_test_never_prints_the_connectors_token() {
+    let fixture = workspace().join("plugins/connectors/sandbox/tests/fixtures/build-send.json");
+    // The manifest's own token: the fixture passes, the token is hidden.
+    let out = mhero()
+        .args(["plugin", "test", "sandbox", "--fixture"])
+        .arg(&fixture)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("PASS") && stdout.contains("[redacted]"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("sandbox-token"), "{stdout}");
+    // An operator's token: the fixture now fails, and its diff shows
+    // neither token.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mhero.toml");
+    std::fs::write(
+        &config,
+        "[plugins.config.sandbox]\ntoken = \"op-7f3c9e1d2b\"\n",
+    )
+    .unwrap();
+    for mode in [&[][..], &["--json"][..]] {
+        let out = mhero()
+            .arg("--config")
+            .arg(&config)
+            .args(["plugin", "test", "sandbox"])
+            .args(mode)
+            .arg("--fixture")
+            .arg(&fixture)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!stdout.contains("op-7f3c9e1d2b"), "{stdout}");
+        assert!(stdout.contains("[redacted]"), "{stdout}");
+    }
+}

@@ -632,7 +632,11 @@ async fn finish_round(
     let mut rng = SmallRng::from_rng(&mut rand::rng());
     let mut tally = Tally::default();
     for (r, answer) in parsed {
-        settled.push(decide(&shared, &ch, r, answer, now, &mut rng, &mut tally));
+        let (l, mut outcome) = decide(&shared, &ch, r, answer, now, &mut rng, &mut tally);
+        // Reasons go into retry history and dead letters: never with the
+        // connector's secrets (a gateway may echo a token or a URL).
+        redact_outcome(&mut outcome, ch.plugin.redactor());
+        settled.push((l, outcome));
     }
     tally.record(&shared, &ch);
     // Building the batch takes the store's lock, and handing it to a full
@@ -726,6 +730,21 @@ async fn wait_for_rate(shared: &Shared, ch: &Channel, cost: u32) {
     }
     if !waited.is_zero() {
         shared.metrics.waited(&ch.name, waited);
+    }
+}
+
+fn redact_outcome(outcome: &mut Outcome, redactor: &crate::plugin::secrets::Redactor) {
+    let reason = match outcome {
+        Outcome::Done {
+            reason: Some(r), ..
+        }
+        | Outcome::Retry { reason: r, .. }
+        | Outcome::Dead { reason: r }
+        | Outcome::Reroute { reason: r, .. } => r,
+        Outcome::Done { reason: None, .. } | Outcome::Defer { .. } => return,
+    };
+    if let std::borrow::Cow::Owned(clean) = redactor.redact(reason) {
+        *reason = clean;
     }
 }
 
@@ -847,7 +866,7 @@ fn decide(
             PluginError::Unauthorized(m) => {
                 let until = now.saturating_add(UNAUTHORIZED_PAUSE_MS);
                 if ch.paused_until_ms.fetch_max(until, Ordering::Relaxed) < now {
-                    tracing::error!(channel = %ch.name, error = %m, "Gateway refused the channel's credentials; channel paused for 30 s. Fix its configuration.");
+                    tracing::error!(channel = %ch.name, error = %ch.plugin.redactor().redact(&m), "Gateway refused the channel's credentials; channel paused for 30 s. Fix its configuration.");
                 }
                 *tally.retries.entry(reason::UNAUTHORIZED).or_default() += 1;
                 // The channel's credentials, not the message: it waits for

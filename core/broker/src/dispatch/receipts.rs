@@ -232,6 +232,14 @@ impl EventSink for Sink {
         receipts: Vec<Receipt>,
     ) -> BoxFuture<'_, Result<()>> {
         let now = self.shared.clock.now_ms();
+        // A receipt's reason can become a fallback's history: without the
+        // connector's secrets.
+        let redactor = self
+            .shared
+            .channels
+            .get(name)
+            .map(|ch| ch.plugin.redactor().clone())
+            .unwrap_or_default();
         let incoming: Vec<Held> = receipts
             .into_iter()
             .map(|r| {
@@ -248,7 +256,7 @@ impl EventSink for Sink {
                     channel,
                     external_id: r.external_id,
                     status,
-                    reason: r.reason,
+                    reason: r.reason.map(|reason| redactor.redact(&reason).into_owned()),
                     first_seen_ms: now,
                 }
             })

@@ -909,3 +909,54 @@ async fn a_retry_after_of_years_is_cut_to_the_channel_ceiling() {
     assert_eq!(p.retries, 10, "{p:?}");
     w.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_echoing_credentials_leaves_none_in_dead_letters() {
+    // Refuses every message, echoing the bearer token and a credentialed
+    // URL in its error text, as some gateways do.
+    let app = axum::Router::new().route(
+        "/messages",
+        axum::routing::post(|headers: axum::http::HeaderMap| async move {
+            let auth = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            (
+                axum::http::StatusCode::BAD_REQUEST,
+                serde_json::json!({
+                    "error": format!("number barred ({auth}) via https://ops:hunter2@gw.example/send?api_key=zz9q"),
+                    "code": "barred",
+                })
+                .to_string(),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let w = world_with(
+        [("sms".to_string(), channel(0.0, SandboxConfig::default()))].into(),
+        over_http(&url),
+    )
+    .await;
+    let id = w.submit(generated("echo", Lane::Normal, 3, &["sms"])).await;
+    assert!(
+        w.dispatcher()
+            .wait_done(&[id], Duration::from_secs(20))
+            .await
+    );
+    let dead = w.store().dead_letters(None, 10).unwrap();
+    assert_eq!(dead.len(), 3);
+    for d in &dead {
+        let all = format!("{} {:?}", d.reason, d.item.history);
+        for secret in ["sandbox-token", "hunter2", "zz9q"] {
+            assert!(!all.contains(secret), "{secret} in {all}");
+        }
+        assert!(d.reason.contains("number barred"), "{}", d.reason);
+        assert!(d.reason.contains("[redacted]"), "{}", d.reason);
+    }
+    w.shutdown().await;
+}

@@ -29,6 +29,7 @@ pub mod fixture;
 pub mod manifest;
 pub mod metrics;
 pub mod runtime;
+pub mod secrets;
 pub mod stdio;
 
 #[cfg(test)]

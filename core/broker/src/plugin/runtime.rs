@@ -17,6 +17,7 @@ use super::PluginClock;
 use super::bindings::{self, LogLevel, PluginError, classifier, connector, fhir};
 use super::manifest::{Kind, Limits, Manifest};
 use super::metrics::PluginCallMetrics;
+use super::secrets::Redactor;
 
 /// How often the epoch advances; per-call deadlines count these ticks.
 pub const TICK: Duration = Duration::from_millis(1);
@@ -28,6 +29,12 @@ pub const BREAKER_COOLDOWN: Duration = Duration::from_secs(10);
 const MAX_LOGS_PER_CALL: u32 = 64;
 /// Most bytes of one log line.
 const MAX_LOG_LINE: usize = 4096;
+/// Log lines (and printed lines) one plugin may write per second across
+/// all its calls, and at once; more are dropped, counted, and reported at
+/// most every [`LOG_NOTICE_EVERY`].
+const LOG_LINES_PER_S: u32 = 50;
+const LOG_BURST: u32 = 200;
+const LOG_NOTICE_EVERY: Duration = Duration::from_secs(10);
 /// Most warm instances of one plugin kept per thread.
 const POOL_PER_THREAD: usize = 2;
 
@@ -151,10 +158,51 @@ impl ResourceLimiter for Limiter {
     }
 }
 
+/// A plugin's log budget across all its calls and threads: a plugin that
+/// logs on every call cannot flood the broker's log.
+pub(crate) struct LogGate {
+    plugin: Arc<str>,
+    limiter: governor::DefaultDirectRateLimiter,
+    dropped: AtomicU64,
+    noticed: parking_lot::Mutex<Option<Instant>>,
+}
+
+impl LogGate {
+    fn new(plugin: Arc<str>) -> Self {
+        let quota = governor::Quota::per_second(
+            std::num::NonZeroU32::new(LOG_LINES_PER_S).expect("a positive rate"),
+        )
+        .allow_burst(std::num::NonZeroU32::new(LOG_BURST).expect("a positive burst"));
+        Self {
+            plugin,
+            limiter: governor::RateLimiter::direct(quota),
+            dropped: AtomicU64::new(0),
+            noticed: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// Whether one more line may be written now.
+    fn admit(&self) -> bool {
+        if self.limiter.check().is_ok() {
+            return true;
+        }
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        let mut noticed = self.noticed.lock();
+        if noticed.is_none_or(|t| t.elapsed() >= LOG_NOTICE_EVERY) {
+            *noticed = Some(Instant::now());
+            let dropped = self.dropped.swap(0, Ordering::Relaxed);
+            tracing::warn!(plugin = %self.plugin, dropped, "Plugin log lines over {LOG_LINES_PER_S} a second were dropped.");
+        }
+        false
+    }
+}
+
 /// A plugin instance's store data.
 pub struct PluginState {
     plugin: Arc<str>,
     settings: Arc<HashMap<String, String>>,
+    redactor: Arc<Redactor>,
+    gate: Arc<LogGate>,
     limiter: Limiter,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -175,13 +223,19 @@ impl WasiView for PluginState {
 }
 
 impl bindings::Host for PluginState {
-    fn log(&mut self, level: LogLevel, mut message: String) {
+    fn log(&mut self, level: LogLevel, message: String) {
+        // A plugin's own settings never reach the log, nor a panic
+        // message (it becomes an error, which can become a dead letter).
+        let mut message = self.redactor.redact(&message).into_owned();
         if let Some(panic) = message.strip_prefix(mhero_panic_prefix()) {
             self.panic = Some(panic.chars().take(MAX_LOG_LINE).collect());
         }
         self.logs += 1;
         if self.logs > MAX_LOGS_PER_CALL {
             self.dropped_logs += 1;
+            return;
+        }
+        if !self.gate.admit() {
             return;
         }
         if message.len() > MAX_LOG_LINE {
@@ -392,6 +446,8 @@ pub struct Plugin {
     limits: Limits,
     name: Arc<str>,
     settings: Arc<HashMap<String, String>>,
+    redactor: Arc<Redactor>,
+    gate: Arc<LogGate>,
     pre: WorldPre,
     engine: Engine,
     fuel: bool,
@@ -418,11 +474,14 @@ impl Plugin {
         metrics: PluginCallMetrics,
         clock: PluginClock,
     ) -> Self {
+        let name: Arc<str> = Arc::from(manifest.name.as_str());
         Self {
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
             limits: manifest.limits(),
-            name: Arc::from(manifest.name.as_str()),
+            gate: Arc::new(LogGate::new(Arc::clone(&name))),
+            name,
             manifest,
+            redactor: Arc::new(Redactor::from_settings(&settings)),
             settings: Arc::new(settings),
             pre,
             engine: runtime.engine.clone(),
@@ -476,6 +535,11 @@ impl Plugin {
         self.settings.get(key).cloned()
     }
 
+    /// What hides this plugin's secrets in text the broker writes down.
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
     /// Stats of the last call this thread made to any plugin.
     pub fn last_call_stats() -> CallStats {
         LAST_STATS.with(|s| s.borrow().clone())
@@ -486,6 +550,8 @@ impl Plugin {
         let state = PluginState {
             plugin: Arc::clone(&self.name),
             settings: Arc::clone(&self.settings),
+            redactor: Arc::clone(&self.redactor),
+            gate: Arc::clone(&self.gate),
             limiter: Limiter {
                 cap: self.limits.memory_bytes,
                 current: 0,
@@ -591,7 +657,7 @@ impl Plugin {
         if data.dropped_logs > 0 && data.logs > MAX_LOGS_PER_CALL {
             tracing::warn!(plugin = %self.name, dropped = data.logs - MAX_LOGS_PER_CALL, "Plugin log lines over the per-call limit were dropped.");
         }
-        forward_output(&self.name, &data.output);
+        forward_output(&self.name, &data.output, &self.redactor, &self.gate);
         LAST_STATS.with(|s| *s.borrow_mut() = stats);
         match result {
             Err(e) => {
@@ -678,10 +744,18 @@ impl Drop for Plugin {
 
 /// Forwards what a call printed to the log, at debug level: stdout and
 /// stderr are not the contract's log, and may carry message content.
-fn forward_output(plugin: &str, sink: &super::stdio::OutputSink) {
+fn forward_output(
+    plugin: &str,
+    sink: &super::stdio::OutputSink,
+    redactor: &Redactor,
+    gate: &LogGate,
+) {
     let (lines, dropped) = sink.take();
     for line in lines {
-        tracing::debug!(plugin, output = %line, "Plugin printed.");
+        if !gate.admit() {
+            break;
+        }
+        tracing::debug!(plugin, output = %redactor.redact(&line), "Plugin printed.");
     }
     if dropped > 0 {
         tracing::debug!(
@@ -720,5 +794,23 @@ fn classify(e: &wasmtime::Error, state: Option<&PluginState>, limits: &Limits) -
         None => TrapKind::InvalidOutput {
             message: format!("{e:#}"),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plugin_logging_on_every_call_is_held_to_its_log_rate() {
+        let gate = LogGate::new(Arc::from("chatty"));
+        let started = Instant::now();
+        let admitted = (0..5_000).filter(|_| gate.admit()).count() as f64;
+        // The burst at once, then the rate for however long this took.
+        let ceiling = f64::from(LOG_BURST)
+            + f64::from(LOG_LINES_PER_S) * started.elapsed().as_secs_f64()
+            + 1.0;
+        assert!(admitted >= f64::from(LOG_BURST), "{admitted}");
+        assert!(admitted <= ceiling, "{admitted} > {ceiling}");
     }
 }
