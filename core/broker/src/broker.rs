@@ -57,6 +57,7 @@ impl Broker {
         let plugins = PluginHost::new(
             HostOptions {
                 clock: PluginClock::new(move || store::Clock::now_ms(&clock)),
+                ceilings: config.plugins.ceilings.clone(),
                 cache: match config.plugin_cache_dir() {
                     Some(dir) => Some(ComponentCache::new(dir, store.secret("plugin-cache")?)),
                     None => None,

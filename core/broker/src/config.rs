@@ -43,6 +43,9 @@ pub struct PluginsConfig {
     /// Settings per plugin, overriding its manifest's `[config]`:
     /// `[plugins.config.<name>]`.
     pub config: BTreeMap<String, toml::Table>,
+    /// The most a plugin manifest may ask for (deadline, memory, input,
+    /// output); a plugin asking more is refused at load.
+    pub ceilings: crate::plugin::Ceilings,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -229,6 +232,10 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return Err(Error::Config("data_dir must not be empty".into()));
         }
+        self.plugins
+            .ceilings
+            .validate("plugins.ceilings")
+            .map_err(Error::Config)?;
         let d = &self.dispatch;
         if d.default_country.len() != 2
             || !d.default_country.bytes().all(|b| b.is_ascii_uppercase())

@@ -45,6 +45,7 @@ fn list(config: &Config) -> Result<()> {
     let host = PluginHost::new(
         HostOptions {
             settings: config.plugins.config.clone(),
+            ceilings: config.plugins.ceilings.clone(),
             ..HostOptions::default()
         },
         PluginMetrics::default(),
@@ -129,6 +130,7 @@ fn load(config: &Config, args: &TestArgs, fixture: &Fixture) -> Result<(PluginHo
             cache: None,
             fuel: true,
             settings,
+            ceilings: config.plugins.ceilings.clone(),
             ..HostOptions::default()
         },
         PluginMetrics::default(),

@@ -634,8 +634,9 @@ async fn finish_round(
     for (r, answer) in parsed {
         let (l, mut outcome) = decide(&shared, &ch, r, answer, now, &mut rng, &mut tally);
         // Reasons go into retry history and dead letters: never with the
-        // connector's secrets (a gateway may echo a token or a URL).
-        redact_outcome(&mut outcome, ch.plugin.redactor());
+        // connector's secrets (a gateway may echo a token or a URL), never
+        // longer than an error text may be.
+        clean_reason(&mut outcome, ch.plugin.redactor());
         settled.push((l, outcome));
     }
     tally.record(&shared, &ch);
@@ -733,7 +734,7 @@ async fn wait_for_rate(shared: &Shared, ch: &Channel, cost: u32) {
     }
 }
 
-fn redact_outcome(outcome: &mut Outcome, redactor: &crate::plugin::secrets::Redactor) {
+fn clean_reason(outcome: &mut Outcome, redactor: &crate::plugin::secrets::Redactor) {
     let reason = match outcome {
         Outcome::Done {
             reason: Some(r), ..
@@ -746,6 +747,7 @@ fn redact_outcome(outcome: &mut Outcome, redactor: &crate::plugin::secrets::Reda
     if let std::borrow::Cow::Owned(clean) = redactor.redact(reason) {
         *reason = clean;
     }
+    crate::plugin::truncate(reason, crate::plugin::MAX_ERROR_TEXT);
 }
 
 /// What the gateway said about one message.

@@ -29,8 +29,10 @@ impl<T: Size> Size for Option<T> {
 }
 
 impl<T: Size> Size for Vec<T> {
+    /// Each element counts what it holds in host memory, so a list of a
+    /// million empty entries is not free.
     fn size(&self) -> usize {
-        self.iter().map(Size::size).sum::<usize>() + self.len()
+        self.iter().map(Size::size).sum::<usize>() + self.len() * std::mem::size_of::<T>()
     }
 }
 

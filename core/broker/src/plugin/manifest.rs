@@ -90,7 +90,78 @@ pub struct Limits {
     pub recycle_after_calls: u32,
 }
 
+/// The most any manifest may ask for, set by the operator
+/// (`[plugins.ceilings]`): a plugin asking more is refused at load.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ceilings {
+    pub timeout_ms: u64,
+    pub memory_mb: u64,
+    pub max_input_kb: u64,
+    pub max_output_kb: u64,
+}
+
+impl Default for Ceilings {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 5_000,
+            memory_mb: 512,
+            max_input_kb: 64 << 10,
+            max_output_kb: 64 << 10,
+        }
+    }
+}
+
+impl Ceilings {
+    pub fn validate(&self, path: &str) -> Result<(), String> {
+        for (key, v) in [
+            ("timeout_ms", self.timeout_ms),
+            ("memory_mb", self.memory_mb),
+            ("max_input_kb", self.max_input_kb),
+            ("max_output_kb", self.max_output_kb),
+        ] {
+            if v == 0 {
+                return Err(format!("{path}.{key} must be > 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Limits {
+    /// Refuses limits above the operator's ceilings, naming the first one.
+    pub fn within(&self, c: &Ceilings) -> Result<(), String> {
+        let asks = [
+            ("timeout_ms", self.timeout_ms, c.timeout_ms, "ms"),
+            (
+                "memory_mb",
+                (self.memory_bytes >> 20) as u64,
+                c.memory_mb,
+                "MiB",
+            ),
+            (
+                "max_input_kb",
+                (self.max_input_bytes >> 10) as u64,
+                c.max_input_kb,
+                "KiB",
+            ),
+            (
+                "max_output_kb",
+                (self.max_output_bytes >> 10) as u64,
+                c.max_output_kb,
+                "KiB",
+            ),
+        ];
+        for (key, asked, allowed, unit) in asks {
+            if asked > allowed {
+                return Err(format!(
+                    "its manifest asks for {key} = {asked} {unit}; plugins.ceilings.{key} allows {allowed}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn defaults(kind: Kind) -> Self {
         match kind {
             Kind::Connector => Limits {

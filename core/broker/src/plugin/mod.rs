@@ -41,9 +41,10 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-pub use manifest::{Kind, Limits, Manifest};
+pub use manifest::{Ceilings, Kind, Limits, Manifest};
 pub use metrics::PluginMetrics;
 pub use runtime::{CallError, CallStats, Plugin, TrapKind};
+pub use runtime::{MAX_ERROR_TEXT, truncate};
 
 use crate::error::{Error, Result};
 use runtime::{Runtime, WorldPre};
@@ -107,6 +108,8 @@ impl std::fmt::Debug for PluginClock {
 pub struct HostOptions {
     /// The clock of the circuit breakers.
     pub clock: PluginClock,
+    /// The most a manifest may ask for.
+    pub ceilings: Ceilings,
     /// Where compiled components are cached, with the key that verifies
     /// them; `None`: compile every time.
     pub cache: Option<ComponentCache>,
@@ -228,6 +231,11 @@ impl PluginHost {
                 format!("a plugin named {name} is already loaded ({origin})"),
             ));
         }
+        // Before compiling anything: what it asks for must be allowed.
+        manifest
+            .limits()
+            .within(&self.options.ceilings)
+            .map_err(|e| load_error(&name, e))?;
         let engine = &self.runtime.engine;
         let (component, source) =
             cache::load(engine, self.options.cache.as_ref(), bytes).map_err(|e| {

@@ -35,6 +35,16 @@ const MAX_LOG_LINE: usize = 4096;
 const LOG_LINES_PER_S: u32 = 50;
 const LOG_BURST: u32 = 200;
 const LOG_NOTICE_EVERY: Duration = Duration::from_secs(10);
+/// Most bytes of a plugin's error text (or a reason it gives): it goes into
+/// retry history, dead letters and logs.
+pub const MAX_ERROR_TEXT: usize = 1024;
+/// Core instances, memories and tables one plugin instance may create (a
+/// component built by the usual toolchains needs a handful of each).
+const MAX_INSTANCES: usize = 32;
+const MAX_MEMORIES: usize = 4;
+const MAX_TABLES: usize = 32;
+/// Most entries of one table.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// Most warm instances of one plugin kept per thread.
 const POOL_PER_THREAD: usize = 2;
 
@@ -133,6 +143,18 @@ struct Limiter {
 }
 
 impl ResourceLimiter for Limiter {
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
     fn memory_growing(
         &mut self,
         _current: usize,
@@ -154,7 +176,39 @@ impl ResourceLimiter for Limiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// Cuts `text` to at most `max` bytes (at a character boundary), saying
+/// how much was cut.
+pub fn truncate(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let cut = text.len();
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&format!("… ({} bytes cut)", cut - end));
+}
+
+/// The same error with its text cut to [`MAX_ERROR_TEXT`].
+fn bounded(error: PluginError) -> PluginError {
+    let cut = |mut m: String| {
+        truncate(&mut m, MAX_ERROR_TEXT);
+        m
+    };
+    match error {
+        PluginError::InvalidInput(m) => PluginError::InvalidInput(cut(m)),
+        PluginError::Permanent(m) => PluginError::Permanent(cut(m)),
+        PluginError::Unauthorized(m) => PluginError::Unauthorized(cut(m)),
+        PluginError::Transient(mut t) => {
+            t.message = cut(t.message);
+            PluginError::Transient(t)
+        }
     }
 }
 
@@ -228,7 +282,9 @@ impl bindings::Host for PluginState {
         // message (it becomes an error, which can become a dead letter).
         let mut message = self.redactor.redact(&message).into_owned();
         if let Some(panic) = message.strip_prefix(mhero_panic_prefix()) {
-            self.panic = Some(panic.chars().take(MAX_LOG_LINE).collect());
+            let mut panic = panic.to_string();
+            truncate(&mut panic, MAX_ERROR_TEXT);
+            self.panic = Some(panic);
         }
         self.logs += 1;
         if self.logs > MAX_LOGS_PER_CALL {
@@ -238,13 +294,7 @@ impl bindings::Host for PluginState {
         if !self.gate.admit() {
             return;
         }
-        if message.len() > MAX_LOG_LINE {
-            let mut end = MAX_LOG_LINE;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            message.truncate(end);
-        }
+        truncate(&mut message, MAX_LOG_LINE);
         let plugin = &*self.plugin;
         match level {
             LogLevel::Trace => tracing::trace!(plugin, "{message}"),
@@ -570,6 +620,17 @@ impl Plugin {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
+        // What wasmtime copies out of the guest in one go (a call's result,
+        // a log line) stops near the output cap, before the host holds it:
+        // the exact cap is checked on the copied value, which may take up
+        // to twice its measured size in host memory (list elements are
+        // counted by their host size).
+        store.set_hostcall_fuel(
+            self.limits
+                .max_output_bytes
+                .saturating_mul(2)
+                .saturating_add(MAX_LOG_LINE * 4),
+        );
         store.epoch_deadline_trap();
         store.set_epoch_deadline(self.deadline_ticks());
         if self.fuel {
@@ -666,6 +727,7 @@ impl Plugin {
                 Err(self.trapped(kind, started))
             }
             Ok(Err(error)) => {
+                let error = bounded(error);
                 // The plugin answered; the instance is healthy.
                 self.breaker.success();
                 self.metrics.record("plugin_error", elapsed);
@@ -789,10 +851,24 @@ fn classify(e: &wasmtime::Error, state: Option<&PluginState>, limits: &Limits) -
         Some(trap) => TrapKind::Trap {
             message: trap.to_string(),
         },
+        // wasmtime stopped copying a result (or a log line) that went
+        // past the hostcall fuel: far over the output cap.
+        None if format!("{e:#}").contains("fuel allocated for hostcalls has been exhausted") => {
+            TrapKind::InvalidOutput {
+                message: format!(
+                    "output over the {}-byte limit (stopped while it was being copied)",
+                    limits.max_output_bytes
+                ),
+            }
+        }
         // Not a trap: the guest's answer could not be lifted (bad UTF-8,
         // out-of-range discriminant, pointer out of bounds…).
         None => TrapKind::InvalidOutput {
-            message: format!("{e:#}"),
+            message: {
+                let mut m = format!("{e:#}");
+                truncate(&mut m, MAX_ERROR_TEXT);
+                m
+            },
         },
     }
 }

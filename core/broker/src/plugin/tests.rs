@@ -382,14 +382,62 @@ fn a_panic_is_reported_with_its_message() {
 }
 
 #[test]
-fn oversized_output_is_refused() {
+fn oversized_output_is_stopped_while_it_is_copied() {
     let (_host, plugin) = hostile();
+    // 8 MiB against a 256 KiB cap: wasmtime stops lifting it at the
+    // hostcall fuel, before the host holds it.
     match trap_of(plugin.classify("big", &yes_no())) {
-        TrapKind::InvalidOutput { message } => {
-            assert!(message.contains("over the 262144-byte limit"), "{message}")
-        }
+        TrapKind::InvalidOutput { message } => assert!(
+            message.contains("over the 262144-byte limit")
+                && message.contains("stopped while it was being copied"),
+            "{message}"
+        ),
         other => panic!("expected invalid output, got {other:?}"),
     }
+    // The plugin serves on.
+    assert_eq!(plugin.classify("hello", &yes_no()).unwrap().label, "ok");
+}
+
+#[test]
+fn a_plugin_error_text_is_cut_to_its_limit() {
+    let (_host, plugin) = hostile();
+    match plugin.classify("longerror", &yes_no()) {
+        Err(CallError::Plugin {
+            error: bindings::PluginError::Permanent(m),
+            ..
+        }) => {
+            assert!(m.len() <= runtime::MAX_ERROR_TEXT + 32, "{} bytes", m.len());
+            assert!(m.starts_with("why why") && m.ends_with("bytes cut)"), "{m}");
+        }
+        other => panic!("expected a plugin error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_manifest_asking_more_than_the_operator_allows_is_refused() {
+    let host = PluginHost::new(
+        HostOptions {
+            ceilings: Ceilings {
+                timeout_ms: 20,
+                ..Ceilings::default()
+            },
+            ..HostOptions::default()
+        },
+        PluginMetrics::default(),
+    )
+    .unwrap();
+    let (manifest, component) = fixture_plugin("hostile-misbehave");
+    let err = host
+        .load_file(manifest, &component)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("hostile-misbehave")
+            && err.contains("timeout_ms = 50 ms")
+            && err.contains("plugins.ceilings.timeout_ms allows 20"),
+        "{err}"
+    );
+    assert!(host.get("hostile-misbehave").is_none());
 }
 
 #[test]

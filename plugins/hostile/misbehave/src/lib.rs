@@ -37,6 +37,7 @@ impl Classifier for Misbehave {
             }
             "panic" => panic!("hostile plugin panicked on purpose"),
             "big" => "x".repeat(8 << 20),
+            "longerror" => return Err(PluginError::Permanent("why ".repeat(100_000))),
             "fs" => std::fs::read_to_string("/etc/hostname")
                 .map_err(|e| PluginError::Permanent(format!("no file access: {e}")))?,
             "sleep" => {
