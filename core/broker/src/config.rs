@@ -66,6 +66,9 @@ pub struct DispatchConfig {
     pub receipt_poll_ms: u64,
     /// Housekeeping period: due retries, expiry, gauges (ms).
     pub tick_ms: u64,
+    /// Days an ended campaign is kept (its statuses, dead letters,
+    /// audience and receipt index) before it is purged; 0: forever.
+    pub retention_days: u32,
 }
 
 impl Default for DispatchConfig {
@@ -77,6 +80,7 @@ impl Default for DispatchConfig {
             lease_max: 2000,
             receipt_poll_ms: 50,
             tick_ms: 20,
+            retention_days: 90,
         }
     }
 }

@@ -174,10 +174,19 @@ struct WireWebhook<'a> {
     inbound: Vec<WireReply<'a>>,
 }
 
+/// Most message ids the simulated gateway remembers for idempotency.
+const IDEMPOTENCY_WINDOW: usize = 2_000_000;
+/// Most acceptance times it records (`record_times`, for measurements).
+const MAX_ACCEPT_LOG: usize = 5_000_000;
+
 struct State {
     rng: SmallRng,
     next_id: u64,
     accepted_ids: HashSet<u64, std::hash::BuildHasherDefault<Prehashed>>,
+    /// The same ids, oldest first: past [`IDEMPOTENCY_WINDOW`] the oldest
+    /// are forgotten, as a real gateway keeps idempotency keys for a while,
+    /// not forever.
+    accepted_order: VecDeque<u64>,
     pending: VecDeque<Pending>,
     stats: SandboxStats,
     accept_log: Vec<(u64, String)>,
@@ -257,6 +266,7 @@ impl SandboxGateway {
             rng: SmallRng::seed_from_u64(config.seed),
             next_id: 1,
             accepted_ids: HashSet::default(),
+            accepted_order: VecDeque::new(),
             pending: VecDeque::new(),
             stats: SandboxStats::default(),
             accept_log: Vec::new(),
@@ -416,8 +426,14 @@ impl SandboxGateway {
             state.stats.duplicates += 1;
             return Some(format!("sbx-dup-{key:016x}"));
         }
+        state.accepted_order.push_back(key);
+        if state.accepted_order.len() > IDEMPOTENCY_WINDOW
+            && let Some(oldest) = state.accepted_order.pop_front()
+        {
+            state.accepted_ids.remove(&oldest);
+        }
         state.stats.accepted += 1;
-        if self.config.record_times {
+        if self.config.record_times && state.accept_log.len() < MAX_ACCEPT_LOG {
             state.accept_log.push((now_ms, m.id.to_string()));
         }
         let n = state.next_id;

@@ -230,6 +230,9 @@ pub struct CampaignRecord {
     pub created_ms: u64,
     /// When it stopped sending (cancelled or expired).
     pub stopped_ms: Option<u64>,
+    /// When every recipient had ended (sent, failed, dead, never sent):
+    /// retention counts from here.
+    pub finished_ms: Option<u64>,
 }
 
 impl crate::store::Versioned for CampaignRecord {

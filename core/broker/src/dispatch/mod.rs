@@ -160,8 +160,23 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// A campaign in memory, or brought back from the store: an ended
+    /// campaign leaves memory, and is revived when work for it comes back
+    /// (a late failed receipt's fallback, a replayed dead letter). That
+    /// rare case reads the store where it is asked.
     pub fn campaign(&self, id: CampaignId) -> Option<Arc<Live>> {
-        self.campaigns.read().get(&id).cloned()
+        if let Some(live) = self.campaigns.read().get(&id).cloned() {
+            return Some(live);
+        }
+        let bytes = self.store.campaign(id).ok()??;
+        let mut record = CampaignRecord::decode(&bytes).ok()?;
+        if record.state == CampaignState::Abandoned || record.state == CampaignState::Preparing {
+            return None;
+        }
+        // Ended again once this work ends: stamped anew then.
+        record.finished_ms = None;
+        let live = live(self, id, record).ok()?;
+        Some(Arc::clone(self.campaigns.write().entry(id).or_insert(live)))
     }
 }
 
@@ -312,6 +327,7 @@ impl Dispatcher {
             cursor: 0,
             created_ms: now,
             stopped_ms: None,
+            finished_ms: None,
         };
         let id = shared.store.create_campaign(record.encode()).await?;
         for (chunk_no, chunk) in recipients.chunks(10_000).enumerate() {
@@ -587,6 +603,11 @@ fn resume(shared: &Shared) -> Result<()> {
         if record.state == CampaignState::Abandoned {
             continue;
         }
+        // Long ended: read from the store when asked, not kept in memory.
+        let now = crate::store::Clock::now_ms(&shared.clock);
+        if ended_at(&record).is_some_and(|t| now.saturating_sub(t) >= EVICT_AFTER_MS) {
+            continue;
+        }
         let live = match live(shared, id, record) {
             Ok(live) => live,
             Err(e) => {
@@ -637,13 +658,35 @@ async fn stop_campaign(shared: &Shared, id: CampaignId, state: CampaignState) ->
     Ok(())
 }
 
+/// A campaign's progress: from memory while it is active, else from its
+/// stored record (an ended campaign leaves memory an hour after it ended).
 fn progress(shared: &Shared, id: CampaignId) -> Option<Progress> {
-    shared.campaign(id).map(|live| progress_of(shared, &live))
+    let in_memory = shared.campaigns.read().get(&id).cloned();
+    if let Some(live) = in_memory {
+        return Some(progress_of(shared, &live));
+    }
+    let bytes = shared.store.campaign(id).ok()??;
+    let record = CampaignRecord::decode(&bytes).ok()?;
+    Some(progress_from(
+        id,
+        record.spec.lane,
+        &record,
+        &shared.store.counters(id),
+    ))
 }
 
 fn progress_of(shared: &Shared, live: &Live) -> Progress {
     let k = shared.store.counters(live.id);
     let record = live.record.lock();
+    progress_from(live.id, live.lane, &record, &k)
+}
+
+fn progress_from(
+    id: CampaignId,
+    lane: Lane,
+    record: &CampaignRecord,
+    k: &crate::store::Counters,
+) -> Progress {
     let unsent = u64::from(record.unsent());
     let cancelled_unsent = if record.state == CampaignState::Cancelled {
         unsent
@@ -657,9 +700,9 @@ fn progress_of(shared: &Shared, live: &Live) -> Progress {
     };
     let s = |st| k.status(st);
     let p = Progress {
-        id: live.id.to_string(),
+        id: id.to_string(),
         name: record.spec.name.clone(),
-        lane: live.lane.as_str(),
+        lane: lane.as_str(),
         state: record.state.as_str(),
         total: u64::from(record.total),
         fanned_out: u64::from(record.cursor),
@@ -833,6 +876,7 @@ fn no_route_reason(live: &Live) -> String {
 async fn housekeeping(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
     let mut last_gauges = tokio::time::Instant::now();
+    let mut last_retention = tokio::time::Instant::now();
     loop {
         if !crate::stop::tick(&mut shutdown, Duration::from_millis(shared.config.tick_ms)).await {
             return;
@@ -869,8 +913,107 @@ async fn housekeeping(shared: Arc<Shared>) {
             // The oldest-ready scan reads the store.
             let s = Arc::clone(&shared);
             let _ = tokio::task::spawn_blocking(move || update_gauges(&s, now)).await;
+            mark_finished(&shared, now).await;
+        }
+        if last_retention.elapsed() >= RETENTION_EVERY {
+            last_retention = tokio::time::Instant::now();
+            evict_ended(&shared, now);
+            let s = Arc::clone(&shared);
+            match tokio::task::spawn_blocking(move || purge_expired(&s, now)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "Purging ended campaigns failed."),
+                Err(e) => tracing::error!(error = %e, "Purge task failed."),
+            }
         }
     }
+}
+
+/// How often ended campaigns are evicted from memory and purged.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+/// An ended campaign leaves memory this long after it ended (its progress
+/// is then read from the store).
+const EVICT_AFTER_MS: u64 = 3_600_000;
+
+/// Stamps campaigns whose every recipient has ended: retention counts
+/// from then.
+async fn mark_finished(shared: &Shared, now: u64) {
+    let live: Vec<Arc<Live>> = shared
+        .campaigns
+        .read()
+        .values()
+        .filter(|l| l.record.lock().finished_ms.is_none())
+        .cloned()
+        .collect();
+    for live in live {
+        if !progress_of(shared, &live).done {
+            continue;
+        }
+        let written = {
+            let _order = live.persist.lock().await;
+            let bytes = {
+                let mut record = live.record.lock();
+                record.finished_ms = Some(now);
+                record.encode()
+            };
+            shared.store.update_campaign(live.id, bytes)
+        };
+        if let Err(e) = written.await {
+            tracing::error!(campaign = %live.id, error = %e, "Cannot record that the campaign ended.");
+        }
+    }
+}
+
+/// Drops ended campaigns from memory an hour after they ended (unless
+/// work for them came back since).
+fn evict_ended(shared: &Shared, now: u64) {
+    let ended: Vec<CampaignId> = shared
+        .campaigns
+        .read()
+        .values()
+        .filter(|l| {
+            l.record
+                .lock()
+                .finished_ms
+                .is_some_and(|t| now.saturating_sub(t) >= EVICT_AFTER_MS)
+        })
+        .filter(|l| progress_of(shared, l).done)
+        .map(|l| l.id)
+        .collect();
+    let mut campaigns = shared.campaigns.write();
+    for id in ended {
+        campaigns.remove(&id);
+    }
+}
+
+/// When a stored campaign ended, if it did (an abandoned submission ended
+/// when it was made).
+fn ended_at(record: &CampaignRecord) -> Option<u64> {
+    match record.state {
+        CampaignState::Abandoned => Some(record.created_ms),
+        _ => record.finished_ms,
+    }
+}
+
+/// Purges campaigns that ended more than `retention_days` ago (on a
+/// blocking thread: it scans the store).
+fn purge_expired(shared: &Shared, now: u64) -> Result<()> {
+    let days = shared.config.retention_days;
+    if days == 0 {
+        return Ok(());
+    }
+    let keep_ms = u64::from(days) * 86_400_000;
+    for (id, bytes) in shared.store.campaigns()? {
+        let Ok(record) = CampaignRecord::decode(&bytes) else {
+            continue;
+        };
+        if ended_at(&record).is_none_or(|t| now.saturating_sub(t) < keep_ms) {
+            continue;
+        }
+        let purged = shared.store.purge_campaign(id)?;
+        shared.campaigns.write().remove(&id);
+        tracing::info!(campaign = %id, statuses = purged.statuses, dead = purged.dead, receipts = purged.receipts, "Ended campaign purged after {days} days.");
+    }
+    Ok(())
 }
 
 fn update_gauges(shared: &Shared, now_ms: u64) {

@@ -47,7 +47,7 @@ async fn world_with(channels: BTreeMap<String, ChannelConfig>, mut config: crate
     config.dispatch = DispatchConfig {
         fanout_page: 200,
         fanout_ahead: 1000,
-        ..DispatchConfig::default()
+        ..config.dispatch
     };
     let options = crate::broker::Options {
         clock: Some(TokioClock::at(1_800_000_000_000)),
@@ -958,5 +958,51 @@ async fn a_gateway_echoing_credentials_leaves_none_in_dead_letters() {
         assert!(d.reason.contains("number barred"), "{}", d.reason);
         assert!(d.reason.contains("[redacted]"), "{}", d.reason);
     }
+    w.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn ended_campaigns_leave_memory_then_the_store_after_the_retention() {
+    let mut config = crate::Config::default();
+    config.dispatch.retention_days = 1;
+    let w = world_with(sms(0.0), config).await;
+    let ended = w
+        .submit(generated("ended", Lane::Normal, 50, &["sms"]))
+        .await;
+    assert!(
+        w.dispatcher()
+            .wait_done(&[ended], Duration::from_secs(10))
+            .await
+    );
+    run_for(1_500).await;
+    // An hour later it has left memory; its progress is read from the store.
+    tokio::time::advance(Duration::from_secs(3_600)).await;
+    run_for(61_000).await;
+    assert!(
+        w.dispatcher()
+            .all_progress()
+            .iter()
+            .all(|p| p.id != ended.to_string())
+    );
+    let p = w.dispatcher().progress(ended).unwrap();
+    assert_eq!((p.wired, p.done), (50, true), "{p:?}");
+    let active = w
+        .submit(generated("active", Lane::Normal, 5, &["sms"]))
+        .await;
+    // A day later the ended one is purged: record, statuses, counters.
+    tokio::time::advance(Duration::from_secs(86_400)).await;
+    run_for(61_000).await;
+    assert!(w.dispatcher().progress(ended).is_none());
+    assert_eq!(w.store().campaign(ended).unwrap(), None);
+    let mut statuses = 0;
+    w.store()
+        .scan_statuses(ended, &mut |_, _| {
+            statuses += 1;
+            Ok(true)
+        })
+        .unwrap();
+    assert_eq!(statuses, 0);
+    // The later campaign ended less than a day ago: kept.
+    assert!(w.dispatcher().progress(active).is_some());
     w.shutdown().await;
 }

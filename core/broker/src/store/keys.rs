@@ -232,6 +232,11 @@ pub fn external(channel: ChannelId, external_id: &str) -> Vec<u8> {
     k
 }
 
+/// Every key of the receipt index (channel ids stop below `u32::MAX`).
+pub fn external_range() -> (Vec<u8>, Vec<u8>) {
+    (Vec::new(), u32::MAX.to_be_bytes().to_vec())
+}
+
 /// Next inbound message sequence number.
 pub const NEXT_INBOUND: &[u8] = b"Ninbound";
 

@@ -24,7 +24,9 @@ use std::sync::Arc;
 pub use engine::{Batch, Cf, Engine, Op, Pending, Ticket};
 pub use keys::QueueKey;
 pub use memory::MemoryEngine;
-pub use queue::{ChannelDepth, Clock, Leased, NewDelivery, Outcome, Recovery, Store, SystemClock};
+pub use queue::{
+    ChannelDepth, Clock, Leased, NewDelivery, Outcome, Purged, Recovery, Store, SystemClock,
+};
 pub use records::{
     AttemptNote, Counters, DeadLetter, Globals, InboundRecord, Item, Quarantined, StatusRecord,
     Versioned, decode_value, encode, hex,

@@ -330,6 +330,14 @@ pub struct Store {
     metrics: StoreMetrics,
 }
 
+/// What [`Store::purge_campaign`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub statuses: u64,
+    pub dead: u64,
+    pub receipts: u64,
+}
+
 /// A delayed entry as the promotion scan read it: the delivery, or its
 /// raw value and why it cannot be read.
 type DelayedEntry = std::result::Result<Item, (Vec<u8>, String)>;
@@ -1510,6 +1518,87 @@ impl Store {
             now,
         );
         self.engine.submit(batch)
+    }
+
+    /// Removes everything the store holds for a campaign that has ended:
+    /// its record, counters, queue positions, status records, dead letters,
+    /// stored audience and receipt index entries. Keyed by campaign, most
+    /// of it goes as one range delete per keyspace (cheap for compaction);
+    /// the receipt index, keyed by channel, is scanned. Refused while any
+    /// of its deliveries is still queued. Returns how many status records,
+    /// dead letters and receipt entries went. Reads the store: call it
+    /// from a blocking thread.
+    pub fn purge_campaign(&self, id: CampaignId) -> Result<Purged> {
+        if self.counters(id).queued() > 0 || self.campaign_depth(id) != (0, 0) {
+            return Err(Error::Invalid(format!(
+                "campaign {id} still has queued deliveries; only an ended campaign is purged"
+            )));
+        }
+        let (lo, hi) = keys::campaign_deliveries(id);
+        let mut purged = Purged::default();
+        self.engine.scan(Cf::Status, &lo, &hi, &mut |_, _| {
+            purged.statuses += 1;
+            Ok(true)
+        })?;
+        self.engine.scan(Cf::Dead, &lo, &hi, &mut |_, _| {
+            purged.dead += 1;
+            Ok(true)
+        })?;
+        let mut external = Vec::new();
+        let (elo, ehi) = keys::external_range();
+        self.engine.scan(Cf::External, &elo, &ehi, &mut |k, v| {
+            if keys::delivery_from(v).is_some_and(|d| d.campaign == id) {
+                external.push(k.to_vec());
+            }
+            Ok(true)
+        })?;
+        purged.receipts = external.len() as u64;
+        let mut state = self.state.lock();
+        let mut batch = Batch::new();
+        for cf in [Cf::Status, Cf::Dead, Cf::Audience] {
+            batch.delete_range(cf, lo.clone(), hi.clone());
+        }
+        for k in external {
+            batch.delete(Cf::External, k);
+        }
+        batch.delete(Cf::Campaigns, keys::campaign(id));
+        batch.delete(Cf::Meta, keys::counters(id));
+        let mut queues = Vec::new();
+        for (channel, ch) in &mut state.queues {
+            for (code, lane) in ch.lanes.iter_mut().enumerate() {
+                if lane.queues.remove(&id).is_some() {
+                    lane.active.remove(&id);
+                    if lane.cursor == Some(id) {
+                        lane.cursor = None;
+                    }
+                    if let Some(l) = Lane::from_code(code as u8) {
+                        queues.push(QueueKey {
+                            channel: *channel,
+                            lane: l,
+                            campaign: id,
+                        });
+                    }
+                }
+            }
+        }
+        for q in queues {
+            batch.delete(Cf::Meta, keys::queue_meta(q));
+        }
+        state.counters.remove(&id);
+        state.globals.dead = state.globals.dead.saturating_sub(purged.dead);
+        let touched = Touched {
+            globals: true,
+            ..Touched::default()
+        };
+        touched.write(&mut state, &mut batch);
+        let committed = Arc::clone(&state.committed);
+        batch.on_commit(move || {
+            committed.lock().counters.remove(&id);
+        });
+        let ticket = self.engine.submit(batch);
+        drop(state);
+        ticket.wait()?;
+        Ok(purged)
     }
 
     /// Store-wide counts as committed.

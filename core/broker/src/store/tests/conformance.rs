@@ -40,6 +40,7 @@ conformance!(
     a_later_release_reads_the_counters_this_one_wrote,
     an_unreadable_ready_record_is_quarantined_and_the_queue_goes_on,
     an_unreadable_delayed_record_is_quarantined_and_promotion_goes_on,
+    purging_an_ended_campaign_removes_all_it_left_and_nothing_else,
 );
 
 const CH: ChannelId = ChannelId(1);
@@ -913,4 +914,73 @@ fn an_unreadable_delayed_record_is_quarantined_and_promotion_goes_on(h: &mut dyn
     assert_eq!(f.store.quarantined(0, 10).unwrap()[0].1.cf, "delayed");
     let k = f.store.counters(CampaignId(1));
     assert_eq!((k.delayed, k.quarantined, k.queued()), (0, 1, 2));
+}
+
+fn purging_an_ended_campaign_removes_all_it_left_and_nothing_else(h: &mut dyn Harness) {
+    let f = fixture(h);
+    // Campaign 1 ends: one wired with a receipt id, one dead letter, an
+    // audience stored. Campaign 2 is the neighbour that must stay whole.
+    for c in [1, 2] {
+        let campaign = f.store.create_campaign(vec![1, 0]).wait().unwrap();
+        assert_eq!(campaign, CampaignId(c));
+        f.store
+            .put_audience(campaign, 0, vec![vec![1, 7], vec![1, 8]])
+            .wait()
+            .unwrap();
+        f.store
+            .enqueue(q(Lane::Normal, c), new(0..2))
+            .wait()
+            .unwrap();
+        let mut got = lease(&f.store, 2).into_iter();
+        let (a, b) = (got.next().unwrap(), got.next().unwrap());
+        let wired = Outcome::Done {
+            status: DeliveryStatus::Wired,
+            external_id: Some(format!("gw-{c}")),
+            reason: None,
+        };
+        let dead = Outcome::Dead {
+            reason: "invalid number".into(),
+        };
+        f.store
+            .settle(vec![(a, wired), (b, dead)])
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    // Still queued: refused.
+    f.store
+        .enqueue(q(Lane::Normal, 2), new(5..6))
+        .wait()
+        .unwrap();
+    assert!(f.store.purge_campaign(CampaignId(2)).is_err());
+    assert_eq!(f.store.globals().dead, 2);
+
+    let purged = f.store.purge_campaign(CampaignId(1)).unwrap();
+    assert_eq!((purged.statuses, purged.dead, purged.receipts), (1, 1, 1));
+    let check = |store: &Store| {
+        let gone = DeliveryId::new(CampaignId(1), 0);
+        assert_eq!(store.status(gone).unwrap(), None);
+        assert_eq!(store.by_external_id(CH, "gw-1").unwrap(), None);
+        assert!(store.audience(CampaignId(1), 0, 10).unwrap().is_empty());
+        assert_eq!(store.campaign(CampaignId(1)).unwrap(), None);
+        assert_eq!(store.counters(CampaignId(1)), Default::default());
+        assert_eq!(store.globals().dead, 1);
+        assert!(
+            store
+                .dead_letters(None, 10)
+                .unwrap()
+                .iter()
+                .all(|d| d.id.campaign == CampaignId(2))
+        );
+        // The neighbour is whole.
+        let kept = DeliveryId::new(CampaignId(2), 0);
+        assert_eq!(store.by_external_id(CH, "gw-2").unwrap(), Some(kept));
+        assert_eq!(store.audience(CampaignId(2), 0, 10).unwrap().len(), 2);
+        assert!(store.campaign(CampaignId(2)).unwrap().is_some());
+        assert_eq!(store.counters(CampaignId(2)).enqueued, 3);
+    };
+    check(&f.store);
+    let (f, _) = crash(h, f);
+    check(&f.store);
+    assert_eq!(ids(&lease(&f.store, 10)), vec![(2, 5)]);
 }
