@@ -51,7 +51,12 @@ impl Broker {
         let clock = options.clock.unwrap_or_default();
         let (store, recovery) = match options.engine {
             Some(engine) => Store::open(engine, Arc::new(clock), metrics.store.clone())?,
-            None => store::open_with_clock(&config, metrics.store.clone(), Arc::new(clock))?,
+            None => store::open_with_clock(
+                &config.data_dir,
+                &config.store,
+                metrics.store.clone(),
+                Arc::new(clock),
+            )?,
         };
         let store = Arc::new(store);
         let plugins = PluginHost::new(

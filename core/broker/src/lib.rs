@@ -6,7 +6,8 @@
 //! - [`broker`]: the composition root, [`Broker::open`]: store, plugin
 //!   host, channels, dispatcher, webhooks and metrics, wired once; the CLI,
 //!   tests and benchmarks all start the broker through it.
-//! - [`store`]: the durable queues. One embedded RocksDB (or an in-memory
+//! - [`store`]: the durable queues (the `mhero-store` crate, which knows
+//!   nothing of the broker). One embedded RocksDB (or an in-memory
 //!   engine) behind a small [`store::Engine`] trait; the queue logic
 //!   (enqueue, lease, settle, retry, dead letters, recovery) is written once
 //!   on top of it. A group-commit writer thread turns many callers' batches
@@ -36,7 +37,8 @@ pub mod error;
 pub mod metrics;
 pub mod plugin;
 mod stop;
-pub mod store;
+/// The durable queues: the `mhero-store` crate.
+pub use mhero_store as store;
 
 pub use broker::Broker;
 pub use config::Config;

@@ -30,7 +30,11 @@ pub fn run(config: &Config, command: &DeadCommand) -> Result<()> {
             config.data_dir.display()
         );
     }
-    let (store, _) = store::open(config, Metrics::new().store.clone())?;
+    let (store, _) = store::open(
+        &config.data_dir,
+        &config.store,
+        Metrics::new().store.clone(),
+    )?;
     match command {
         DeadCommand::List { limit } => {
             for d in store.dead_letters(None, *limit)? {

@@ -67,7 +67,8 @@ pub fn run(config: &Config, args: &StatusArgs) -> Result<()> {
     }
     let metrics = Metrics::new();
     // Read-only: it never recovers or writes, and may run beside a broker.
-    let (store, recovery) = store::open_read_only(config, metrics.store.clone())?;
+    let (store, recovery) =
+        store::open_read_only(&config.data_dir, &config.store, metrics.store.clone())?;
     let mut campaigns = Vec::new();
     for (id, bytes) in store.campaigns()? {
         let k = store.counters(id);

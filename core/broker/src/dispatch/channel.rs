@@ -414,7 +414,7 @@ async fn lease(shared: &Shared, channel: ChannelId, max: usize) -> Result<Vec<Le
     let pending = tokio::task::spawn_blocking(move || store.lease(channel, max))
         .await
         .map_err(|e| crate::Error::Internal(format!("lease task failed: {e}")))??;
-    pending.await
+    Ok(pending.await?)
 }
 
 /// Where one request of a round stands.

@@ -7,7 +7,7 @@ use mhero_proto::{CampaignId, ChannelId, DeliveryId, DeliveryStatus, Lane};
 
 use super::{Harness, ManualClock, MemoryHarness, RocksHarness, open_store};
 use crate::error::Error;
-use crate::store::{Batch, Cf, Leased, NewDelivery, Outcome, QueueKey, Store};
+use crate::{Batch, Cf, Leased, NewDelivery, Outcome, QueueKey, Store};
 
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -92,7 +92,7 @@ fn fixture(h: &mut dyn Harness) -> Fixture {
     Fixture { clock, store }
 }
 
-fn crash(h: &mut dyn Harness, f: Fixture) -> (Fixture, crate::store::Recovery) {
+fn crash(h: &mut dyn Harness, f: Fixture) -> (Fixture, crate::Recovery) {
     let engine = f.store.engine().clone();
     drop(f.store);
     let engine = h.crash(engine);
@@ -672,7 +672,7 @@ fn counters_account_for_every_delivery(h: &mut dyn Harness) {
 
 impl ManualClock {
     fn now(&self) -> u64 {
-        crate::store::Clock::now_ms(self)
+        crate::Clock::now_ms(self)
     }
 }
 
@@ -683,9 +683,8 @@ fn rocksdb_store_survives_reopen_with_sync_durability() {
     assert_eq!(config.durability, crate::config::Durability::Sync);
     let clock = Arc::new(ManualClock::default());
     {
-        let engine = Arc::new(
-            crate::store::RocksEngine::open(dir.path(), &config, Default::default()).unwrap(),
-        );
+        let engine =
+            Arc::new(crate::RocksEngine::open(dir.path(), &config, Default::default()).unwrap());
         let (store, _) = open_store(engine, &clock);
         store
             .enqueue(q(Lane::Emergency, 1), new(0..1000))
@@ -695,7 +694,7 @@ fn rocksdb_store_survives_reopen_with_sync_durability() {
         wire_all(&store, got);
     }
     let engine =
-        Arc::new(crate::store::RocksEngine::open(dir.path(), &config, Default::default()).unwrap());
+        Arc::new(crate::RocksEngine::open(dir.path(), &config, Default::default()).unwrap());
     let (store, recovery) = open_store(engine, &clock);
     assert_eq!(recovery.requeued, 0);
     assert_eq!(store.depth(CH).ready[0], 600);
@@ -789,8 +788,8 @@ fn a_secret_is_generated_once_and_kept(h: &mut dyn Harness) {
 }
 
 fn a_later_release_reads_the_counters_this_one_wrote(h: &mut dyn Harness) {
-    use crate::store::keys;
-    use crate::store::records::{decode, later::CountersWithRegion};
+    use crate::keys;
+    use crate::records::{decode, later::CountersWithRegion};
 
     let f = fixture(h);
     f.store
@@ -848,7 +847,7 @@ fn corrupt_nth(store: &Store, cf: Cf, lower: &[u8], upper: &[u8], n: usize) -> V
 }
 
 fn an_unreadable_ready_record_is_quarantined_and_the_queue_goes_on(h: &mut dyn Harness) {
-    use crate::store::keys;
+    use crate::keys;
 
     let f = fixture(h);
     let queue = q(Lane::Normal, 1);

@@ -10,7 +10,7 @@ use mhero_proto::{CampaignId, ChannelId, DeliveryId, DeliveryStatus, Lane};
 use proptest::prelude::*;
 
 use super::{Harness, ManualClock, MemoryHarness, RocksHarness, open_store};
-use crate::store::{Leased, NewDelivery, Outcome, QueueKey, Store};
+use crate::{Leased, NewDelivery, Outcome, QueueKey, Store};
 
 #[derive(Clone, Debug)]
 enum Kind {
@@ -330,7 +330,7 @@ fn run(h: &mut dyn Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 real.leased.extend(got);
             }
             Op::Settle(picks) => {
-                let now = crate::store::Clock::now_ms(&*clock);
+                let now = crate::Clock::now_ms(&*clock);
                 let mut chosen: Vec<(usize, Kind)> = Vec::new();
                 for (pick, kind) in picks {
                     if real.leased.is_empty() {
@@ -405,7 +405,7 @@ fn run(h: &mut dyn Harness, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Promote { advance } => {
                 clock.advance(advance);
-                let now = crate::store::Clock::now_ms(&*clock);
+                let now = crate::Clock::now_ms(&*clock);
                 let moved = real
                     .store
                     .promote_due()

@@ -1,4 +1,7 @@
-//! Durable delivery queues.
+//! The mHero broker's durable delivery queues. This crate knows nothing
+//! of the broker above it (dispatch, plugins, channels): it owns its
+//! configuration ([`config`]), metrics ([`metrics`]) and errors
+//! ([`error`]), and the broker composes them.
 //!
 //! - [`engine`]: the storage boundary (key spaces, atomic batches, scans)
 //!   and the commit ticket.
@@ -9,9 +12,12 @@
 //!   enqueue, lease, settle (complete / retry / dead-letter / reroute),
 //!   delayed promotion, dead-letter replay, crash recovery.
 
+pub mod config;
 pub mod engine;
+pub mod error;
 pub mod keys;
 pub mod memory;
+pub mod metrics;
 pub mod queue;
 pub mod records;
 pub mod rocks;
@@ -19,6 +25,7 @@ pub mod rocks;
 #[cfg(test)]
 mod tests;
 
+use std::path::Path;
 use std::sync::Arc;
 
 pub use engine::{Batch, Cf, Engine, Op, Pending, Ticket};
@@ -33,22 +40,30 @@ pub use records::{
 };
 pub use rocks::RocksEngine;
 
-use crate::config::{Config, EngineKind};
-use crate::error::Result;
-use crate::metrics::StoreMetrics;
+pub use config::{Durability, EngineKind, StoreConfig};
+pub use error::{Error, Result};
+pub use metrics::StoreMetrics;
 
-/// Opens the store the config names, with the system clock.
-pub fn open(config: &Config, metrics: StoreMetrics) -> Result<(Store, Recovery)> {
-    open_with_clock(config, metrics, Arc::new(SystemClock))
+/// Opens the store `config` names under `data_dir`, with the system clock.
+pub fn open(
+    data_dir: &Path,
+    config: &StoreConfig,
+    metrics: StoreMetrics,
+) -> Result<(Store, Recovery)> {
+    open_with_clock(data_dir, config, metrics, Arc::new(SystemClock))
 }
 
-/// Opens the store the config names to read it: nothing is recovered or
+/// Opens the store under `data_dir` to read it: nothing is recovered or
 /// written, and a running broker may hold the store meanwhile.
-pub fn open_read_only(config: &Config, metrics: StoreMetrics) -> Result<(Store, Recovery)> {
-    let engine: Arc<dyn Engine> = match config.store.engine {
-        EngineKind::Rocksdb => Arc::new(RocksEngine::open_read_only(&config.data_dir)?),
+pub fn open_read_only(
+    data_dir: &Path,
+    config: &StoreConfig,
+    metrics: StoreMetrics,
+) -> Result<(Store, Recovery)> {
+    let engine: Arc<dyn Engine> = match config.engine {
+        EngineKind::Rocksdb => Arc::new(RocksEngine::open_read_only(data_dir)?),
         EngineKind::Memory => {
-            return Err(crate::Error::Invalid(
+            return Err(Error::Invalid(
                 "the memory engine keeps nothing to look at".into(),
             ));
         }
@@ -56,18 +71,15 @@ pub fn open_read_only(config: &Config, metrics: StoreMetrics) -> Result<(Store, 
     Store::open_read_only(engine, Arc::new(SystemClock), metrics)
 }
 
-/// Opens the store the config names with the given clock.
+/// Opens the store `config` names under `data_dir` with the given clock.
 pub fn open_with_clock(
-    config: &Config,
+    data_dir: &Path,
+    config: &StoreConfig,
     metrics: StoreMetrics,
     clock: Arc<dyn Clock>,
 ) -> Result<(Store, Recovery)> {
-    let engine: Arc<dyn Engine> = match config.store.engine {
-        EngineKind::Rocksdb => Arc::new(RocksEngine::open(
-            &config.data_dir,
-            &config.store,
-            metrics.clone(),
-        )?),
+    let engine: Arc<dyn Engine> = match config.engine {
+        EngineKind::Rocksdb => Arc::new(RocksEngine::open(data_dir, config, metrics.clone())?),
         EngineKind::Memory => Arc::new(MemoryEngine::new()),
     };
     Store::open(engine, clock, metrics)

@@ -10,7 +10,7 @@ use super::{ManualClock, open_store};
 use crate::config::StoreConfig;
 use crate::error::Error;
 use crate::metrics::StoreMetrics;
-use crate::store::{NewDelivery, Outcome, QueueKey, RocksEngine};
+use crate::{NewDelivery, Outcome, QueueKey, RocksEngine};
 
 fn open(path: &Path) -> Result<RocksEngine, Error> {
     RocksEngine::open(path, &StoreConfig::default(), StoreMetrics::default())
@@ -68,11 +68,11 @@ fn a_store_of_another_schema_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(dir.path()).unwrap());
     {
-        let cfs = crate::store::Cf::ALL.map(|cf| cf.name());
+        let cfs = crate::Cf::ALL.map(|cf| cf.name());
         let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), dir.path(), cfs).unwrap();
         let mut v = b"mhero-store".to_vec();
         v.extend_from_slice(&7u32.to_be_bytes());
-        db.put(crate::store::keys::SCHEMA, v).unwrap();
+        db.put(crate::keys::SCHEMA, v).unwrap();
     }
     let err = message(open(dir.path()).err().unwrap());
     assert!(err.contains("schema version 7"), "{err}");

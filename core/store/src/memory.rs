@@ -1,6 +1,6 @@
 //! The in-memory engine: ordered maps behind one lock. For tests and for
 //! trying the broker out; nothing survives the process. Dropping a
-//! [`crate::store::Store`] and opening another on the same engine models a
+//! [`crate::Store`] and opening another on the same engine models a
 //! crash and restart: committed data stays, in-memory queue state is lost.
 
 use std::collections::BTreeMap;
