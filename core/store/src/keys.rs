@@ -182,6 +182,22 @@ pub fn delayed(due_ms: u64, q: QueueKey, index: u32) -> Vec<u8> {
     k
 }
 
+/// Past every delayed key (due times are below `u64::MAX`).
+pub fn delayed_end() -> Vec<u8> {
+    u64::MAX.to_be_bytes().to_vec()
+}
+
+/// Every campaign record key (ids are below `u64::MAX`).
+pub fn campaigns_range() -> (Vec<u8>, Vec<u8>) {
+    (Vec::new(), u64::MAX.to_be_bytes().to_vec())
+}
+
+/// Past every delivery key (`campaign | index`, campaign ids below
+/// `u64::MAX`): status records, dead letters, audiences.
+pub fn deliveries_end() -> Vec<u8> {
+    u64::MAX.to_be_bytes().to_vec()
+}
+
 /// The first delayed key due at `due_ms` or later.
 pub fn delayed_floor(due_ms: u64) -> Vec<u8> {
     due_ms.to_be_bytes().to_vec()

@@ -625,13 +625,13 @@ impl Store {
     /// Every stored campaign id and body, oldest first.
     pub fn campaigns(&self) -> Result<Vec<(CampaignId, Vec<u8>)>> {
         let mut all = Vec::new();
-        self.engine
-            .scan(Cf::Campaigns, &[], &[0xff; 9], &mut |k, v| {
-                if let Ok(raw) = <[u8; 8]>::try_from(k) {
-                    all.push((CampaignId(u64::from_be_bytes(raw)), v.to_vec()));
-                }
-                Ok(true)
-            })?;
+        let (lo, hi) = keys::campaigns_range();
+        self.engine.scan(Cf::Campaigns, &lo, &hi, &mut |k, v| {
+            if let Ok(raw) = <[u8; 8]>::try_from(k) {
+                all.push((CampaignId(u64::from_be_bytes(raw)), v.to_vec()));
+            }
+            Ok(true)
+        })?;
         Ok(all)
     }
 
@@ -882,7 +882,7 @@ impl Store {
                     let due_ms = match outcome {
                         Outcome::Retry { due_ms, reason } => {
                             item.attempts += 1;
-                            item.history.push(AttemptNote {
+                            item.note(AttemptNote {
                                 at_ms: now,
                                 channel: l.queue.channel,
                                 reason,
@@ -928,7 +928,7 @@ impl Store {
                     reason,
                 } => {
                     let to = QueueKey { channel, ..l.queue };
-                    item.history.push(AttemptNote {
+                    item.note(AttemptNote {
                         at_ms: now,
                         channel: l.queue.channel,
                         reason,
@@ -1140,7 +1140,7 @@ impl Store {
         let mut later = None;
         if !full {
             self.engine
-                .scan(Cf::Delayed, &upper, &[0xff; 9], &mut |k, _| {
+                .scan(Cf::Delayed, &upper, &keys::delayed_end(), &mut |k, _| {
                     later = keys::delayed_from(k).map(|(d, _, _)| d);
                     Ok(false)
                 })?;
@@ -1225,7 +1225,7 @@ impl Store {
             return Ok(out);
         }
         self.engine
-            .scan(Cf::Dead, &lower, &[0xff; 13], &mut |k, v| {
+            .scan(Cf::Dead, &lower, &keys::deliveries_end(), &mut |k, v| {
                 out.push(decode(Cf::Dead, k, v)?);
                 Ok(out.len() < limit)
             })?;
@@ -1262,7 +1262,7 @@ impl Store {
                 campaign: dead.id.campaign,
             };
             let mut item = dead.item.clone();
-            item.history.push(AttemptNote {
+            item.note(AttemptNote {
                 at_ms: now,
                 channel: dead.channel,
                 reason: format!("replayed after: {}", dead.reason),

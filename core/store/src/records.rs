@@ -35,6 +35,22 @@ pub struct Item {
     pub history: Vec<AttemptNote>,
 }
 
+/// Most notes a delivery's history keeps: the first (why it first
+/// failed) and the latest ones. Retries are bounded by the channel's
+/// attempts, but reroutes and replays start them again.
+pub const MAX_HISTORY: usize = 16;
+
+impl Item {
+    /// Adds a note to the history, dropping the oldest after the first
+    /// beyond [`MAX_HISTORY`].
+    pub fn note(&mut self, note: AttemptNote) {
+        self.history.push(note);
+        if self.history.len() > MAX_HISTORY {
+            self.history.remove(1);
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptNote {
     pub at_ms: u64,

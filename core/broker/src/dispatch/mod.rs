@@ -281,38 +281,41 @@ impl Dispatcher {
         spec.channels.retain(|c| seen.insert(c.clone()));
         validate(shared, &spec)?;
         let now = crate::store::Clock::now_ms(&shared.clock);
-        let (audience_spec, recipients, rejected) = match &spec.audience {
-            AudienceSpec::Recipients(list) => {
-                let (ok, rejected) = normalize(list, &shared.config.default_country);
-                if ok.is_empty() {
-                    return Err(Error::Invalid(format!(
-                        "no valid recipient among {} (first problem: {})",
-                        list.len(),
-                        rejected
-                            .first()
-                            .map_or("the list is empty".to_string(), |r| format!(
-                                "#{}: {}",
-                                r.index, r.reason
-                            ))
-                    )));
+        let (audience_spec, recipients, rejected) =
+            match &spec.audience {
+                AudienceSpec::Recipients(list) => {
+                    let (ok, rejected) = normalize(list, &shared.config.default_country);
+                    if ok.is_empty() {
+                        return Err(Error::field_invalid(
+                            "audience",
+                            format!(
+                                "no valid recipient among {} (first problem: {})",
+                                list.len(),
+                                rejected.first().map_or(
+                                    "the list is empty".to_string(),
+                                    |r| format!("#{}: {}", r.index, r.reason)
+                                )
+                            ),
+                        ));
+                    }
+                    (
+                        AudienceSpec::Stored {
+                            count: ok.len() as u32,
+                        },
+                        ok,
+                        rejected,
+                    )
                 }
-                (
-                    AudienceSpec::Stored {
-                        count: ok.len() as u32,
-                    },
-                    ok,
-                    rejected,
-                )
-            }
-            AudienceSpec::Generated(g) => {
-                (AudienceSpec::Generated(g.clone()), Vec::new(), Vec::new())
-            }
-            AudienceSpec::Stored { .. } => {
-                return Err(Error::Invalid(
-                    "audience: give recipients or a generated audience".into(),
-                ));
-            }
-        };
+                AudienceSpec::Generated(g) => {
+                    (AudienceSpec::Generated(g.clone()), Vec::new(), Vec::new())
+                }
+                AudienceSpec::Stored { .. } => {
+                    return Err(Error::field_invalid(
+                        "audience",
+                        "give recipients or a generated audience",
+                    ));
+                }
+            };
         let total = match &audience_spec {
             AudienceSpec::Stored { count } => *count,
             AudienceSpec::Generated(g) => g.count,
@@ -418,82 +421,94 @@ pub const MAX_RECIPIENTS: usize = 1_000_000;
 
 fn validate(shared: &Shared, spec: &CampaignSpec) -> Result<()> {
     if spec.name.trim().is_empty() {
-        return Err(Error::Invalid("name must not be empty".into()));
+        return Err(Error::field_invalid("name", "must not be empty"));
     }
     if spec.name.chars().count() > MAX_NAME_CHARS {
-        return Err(Error::Invalid(format!(
-            "name is longer than {MAX_NAME_CHARS} characters"
-        )));
+        return Err(Error::field_invalid(
+            "name",
+            format!("longer than {MAX_NAME_CHARS} characters"),
+        ));
     }
     let text = |key: &str, t: &str| {
         if t.trim().is_empty() {
-            return Err(Error::Invalid(format!("{key} must not be empty")));
+            return Err(Error::field_invalid(key, "must not be empty"));
         }
         if t.chars().count() > MAX_TEXT_CHARS {
-            return Err(Error::Invalid(format!(
-                "{key} is longer than {MAX_TEXT_CHARS} characters"
-            )));
+            return Err(Error::field_invalid(
+                key,
+                format!("longer than {MAX_TEXT_CHARS} characters"),
+            ));
         }
         Ok(())
     };
     text("body.default", &spec.body.default)?;
     if spec.body.variants.len() > MAX_VARIANTS {
-        return Err(Error::Invalid(format!(
-            "body.variants has {} languages; at most {MAX_VARIANTS}",
-            spec.body.variants.len()
-        )));
+        return Err(Error::field_invalid(
+            "body.variants",
+            format!(
+                "{} languages; at most {MAX_VARIANTS}",
+                spec.body.variants.len()
+            ),
+        ));
     }
     for (lang, t) in &spec.body.variants {
         let tag_ok = !lang.is_empty()
             && lang.len() <= 35
             && lang.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if !tag_ok {
-            return Err(Error::Invalid(format!(
-                "body.variants: {lang:?} is not a language tag (like \"fr\" or \"pt-BR\")"
-            )));
+            return Err(Error::field_invalid(
+                "body.variants",
+                format!("{lang:?} is not a language tag (like \"fr\" or \"pt-BR\")"),
+            ));
         }
         text(&format!("body.variants.{lang}"), t)?;
     }
     if spec.channels.is_empty() {
-        return Err(Error::Invalid(
-            "channels must name at least one channel".into(),
+        return Err(Error::field_invalid(
+            "channels",
+            "must name at least one channel",
         ));
     }
     if spec.channels.len() > MAX_CHANNELS {
-        return Err(Error::Invalid(format!(
-            "channels names {} channels; at most {MAX_CHANNELS}",
-            spec.channels.len()
-        )));
+        return Err(Error::field_invalid(
+            "channels",
+            format!("{} channels; at most {MAX_CHANNELS}", spec.channels.len()),
+        ));
     }
     if let AudienceSpec::Recipients(list) = &spec.audience
         && list.len() > MAX_RECIPIENTS
     {
-        return Err(Error::Invalid(format!(
-            "audience lists {} recipients; at most {MAX_RECIPIENTS} in one submission",
-            list.len()
-        )));
+        return Err(Error::field_invalid(
+            "audience",
+            format!(
+                "{} recipients; at most {MAX_RECIPIENTS} in one submission",
+                list.len()
+            ),
+        ));
     }
     for c in &spec.channels {
         if !shared.channels.contains_key(c) {
             let known: Vec<&str> = shared.channels.keys().map(String::as_str).collect();
-            return Err(Error::Invalid(format!(
-                "unknown channel {c:?} (configured: {})",
-                known.join(", ")
-            )));
+            return Err(Error::field_invalid(
+                "channels",
+                format!("unknown channel {c:?} (configured: {})", known.join(", ")),
+            ));
         }
     }
     if let (Some(start), Some(end)) = (spec.start_at_ms, spec.expires_at_ms)
         && end <= start
     {
-        return Err(Error::Invalid(
-            "expires_at_ms must be after start_at_ms".into(),
+        return Err(Error::field_invalid(
+            "expires_at_ms",
+            "must be after start_at_ms",
         ));
     }
     if let AudienceSpec::Generated(g) = &spec.audience
         && g.count == 0
     {
-        return Err(Error::Invalid(
-            "audience.generated.count must be > 0".into(),
+        return Err(Error::field_invalid(
+            "audience.generated.count",
+            "must be > 0",
         ));
     }
     Ok(())
@@ -632,7 +647,10 @@ fn resume(shared: &Shared) -> Result<()> {
 
 async fn stop_campaign(shared: &Shared, id: CampaignId, state: CampaignState) -> Result<()> {
     let Some(live) = shared.campaign(id) else {
-        return Err(Error::Invalid(format!("no campaign {id}")));
+        return Err(Error::NotFound {
+            what: "campaign",
+            id: id.to_string(),
+        });
     };
     {
         // In memory at once: channels stop sending it from their next round.

@@ -425,13 +425,13 @@ async fn bad_campaigns_are_refused_clearly() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "unknown channel \"telegram\" (configured: sms)"
+        "channels: unknown channel \"telegram\" (configured: sms)"
     );
     let mut spec = generated("x", Lane::Normal, 10, &["sms"]);
     spec.body.default = " ".into();
     assert_eq!(
         w.dispatcher().submit(spec).await.unwrap_err().to_string(),
-        "body.default must not be empty"
+        "body.default: must not be empty"
     );
     let refused = |change: &dyn Fn(&mut CampaignSpec)| {
         let mut spec = generated("x", Lane::Normal, 10, &["sms"]);
@@ -441,11 +441,11 @@ async fn bad_campaigns_are_refused_clearly() {
     for (spec, message) in [
         (
             refused(&|s| s.name = "n".repeat(201)),
-            "name is longer than 200 characters",
+            "name: longer than 200 characters",
         ),
         (
             refused(&|s| s.body.default = "é".repeat(4097)),
-            "body.default is longer than 4096 characters",
+            "body.default: longer than 4096 characters",
         ),
         (
             refused(&|s| {
@@ -460,9 +460,19 @@ async fn bad_campaigns_are_refused_clearly() {
             // Nine times the same channel is one channel.
             assert!(result.is_ok(), "{result:?}");
         } else {
-            assert_eq!(result.unwrap_err().to_string(), message);
+            let err = result.unwrap_err();
+            assert_eq!(err.to_string(), message);
+            assert_eq!(err.code(), crate::error::ErrorCode::Invalid);
+            assert!(message.starts_with(err.field().unwrap()), "{message}");
         }
     }
+    // What does not exist is not found, with its id.
+    let missing = mhero_proto::CampaignId(999);
+    let err = w.dispatcher().cancel(missing).await.unwrap_err();
+    assert_eq!(
+        (err.code(), err.to_string().as_str()),
+        (crate::error::ErrorCode::NotFound, "no campaign c999")
+    );
     w.shutdown().await;
 }
 

@@ -41,6 +41,7 @@ conformance!(
     an_unreadable_ready_record_is_quarantined_and_the_queue_goes_on,
     an_unreadable_delayed_record_is_quarantined_and_promotion_goes_on,
     purging_an_ended_campaign_removes_all_it_left_and_nothing_else,
+    a_history_replayed_many_times_stays_bounded,
 );
 
 const CH: ChannelId = ChannelId(1);
@@ -904,7 +905,7 @@ fn an_unreadable_delayed_record_is_quarantined_and_promotion_goes_on(h: &mut dyn
         })
         .collect();
     f.store.settle(settled).unwrap().wait().unwrap();
-    corrupt_nth(&f.store, Cf::Delayed, &[], &[0xff; 9], 0);
+    corrupt_nth(&f.store, Cf::Delayed, &[], &crate::keys::delayed_end(), 0);
     f.clock.advance(2000);
     assert_eq!(f.store.promote_due().unwrap(), 2, "the readable two move");
     assert_eq!(ids(&lease(&f.store, 10)), vec![(1, 1), (1, 2)]);
@@ -982,4 +983,55 @@ fn purging_an_ended_campaign_removes_all_it_left_and_nothing_else(h: &mut dyn Ha
     let (f, _) = crash(h, f);
     check(&f.store);
     assert_eq!(ids(&lease(&f.store, 10)), vec![(2, 5)]);
+}
+
+fn a_history_replayed_many_times_stays_bounded(h: &mut dyn Harness) {
+    use crate::records::MAX_HISTORY;
+
+    let f = fixture(h);
+    f.store
+        .enqueue(q(Lane::Normal, 4), new(0..1))
+        .wait()
+        .unwrap();
+    let id = DeliveryId::new(CampaignId(4), 0);
+    let kill = |store: &Store, reason: String| {
+        let got = lease(store, 1);
+        assert_eq!(got.len(), 1);
+        store
+            .settle(
+                got.into_iter()
+                    .map(|l| {
+                        (
+                            l,
+                            Outcome::Dead {
+                                reason: reason.clone(),
+                            },
+                        )
+                    })
+                    .collect(),
+            )
+            .unwrap()
+            .wait()
+            .unwrap();
+    };
+    kill(&f.store, "r0".into());
+    for i in 1..=30 {
+        assert_eq!(f.store.replay_dead(&[id]).unwrap().wait().unwrap(), 1);
+        kill(&f.store, format!("r{i}"));
+    }
+    let dead = f.store.dead_letters(None, 10).unwrap();
+    let history: Vec<&str> = dead[0]
+        .item
+        .history
+        .iter()
+        .map(|n| n.reason.as_str())
+        .collect();
+    assert_eq!(history.len(), MAX_HISTORY, "{history:?}");
+    assert_eq!(history[0], "replayed after: r0", "the first is kept");
+    assert_eq!(
+        history[MAX_HISTORY - 1],
+        "replayed after: r29",
+        "the latest are kept"
+    );
+    assert_eq!(dead[0].reason, "r30");
 }
