@@ -420,6 +420,13 @@ pub const MAX_CHANNELS: usize = 8;
 pub const MAX_RECIPIENTS: usize = 1_000_000;
 
 fn validate(shared: &Shared, spec: &CampaignSpec) -> Result<()> {
+    let known: Vec<&str> = shared.channels.keys().map(String::as_str).collect();
+    validate_spec(spec, &known)
+}
+
+/// Checks a submitted campaign against the limits and the configured
+/// channels; the error names the field.
+pub fn validate_spec(spec: &CampaignSpec, channels: &[&str]) -> Result<()> {
     if spec.name.trim().is_empty() {
         return Err(Error::field_invalid("name", "must not be empty"));
     }
@@ -487,11 +494,13 @@ fn validate(shared: &Shared, spec: &CampaignSpec) -> Result<()> {
         ));
     }
     for c in &spec.channels {
-        if !shared.channels.contains_key(c) {
-            let known: Vec<&str> = shared.channels.keys().map(String::as_str).collect();
+        if !channels.contains(&c.as_str()) {
             return Err(Error::field_invalid(
                 "channels",
-                format!("unknown channel {c:?} (configured: {})", known.join(", ")),
+                format!(
+                    "unknown channel {c:?} (configured: {})",
+                    channels.join(", ")
+                ),
             ));
         }
     }
