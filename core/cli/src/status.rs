@@ -115,7 +115,7 @@ pub fn run(config: &Config, args: &StatusArgs) -> Result<()> {
         let mut entry = json!({"name": name, "lanes": lanes});
         if let Some(c) = config.channels.get(&name) {
             // What a crash can make this channel send again, at most.
-            entry["in_flight_bound"] = json!(mhero_broker::dispatch::channel::in_flight_bound(
+            entry["in_flight_bound"] = json!(mhero_broker::dispatch::sender::in_flight_bound(
                 c,
                 c.batch,
                 config.dispatch.lease_max

@@ -20,7 +20,7 @@ fn resend_bound_per_kill() -> u64 {
         ..mhero_broker::config::ChannelConfig::default()
     };
     let lease_max = mhero_broker::config::DispatchConfig::default().lease_max;
-    2 * mhero_broker::dispatch::channel::in_flight_bound(&channel, 1, lease_max) as u64
+    2 * mhero_broker::dispatch::sender::in_flight_bound(&channel, 1, lease_max) as u64
 }
 
 fn start(data: &std::path::Path) -> Child {

@@ -6,7 +6,8 @@
 //!   lane, channel preference, expiry, start time) and the record kept.
 //! - [`audience`]: the audience cursor: explicit stored lists and
 //!   generated directories, read page by page.
-//! - [`channel`]: each channel's sender, a pipeline: lease (highest lane
+//! - [`sender`]: each channel's sender (the transports it sends through
+//!   are the `crate::channel` module's), a pipeline: lease (highest lane
 //!   first, fair across campaigns) → rate (GCRA, SMS segments) → build
 //!   (wasm, on a plugin thread) → transport (up to `window` in flight) →
 //!   parse (wasm) → settle (wired / retry / fallback / dead).
@@ -25,13 +26,13 @@
 
 pub mod audience;
 pub mod campaign;
-pub mod channel;
 pub mod clock;
 pub mod metrics;
 pub mod ratelimit;
 pub mod receipts;
 pub mod retry;
 pub mod segments;
+pub mod sender;
 
 #[cfg(test)]
 mod tests;
@@ -150,7 +151,7 @@ pub(crate) struct Shared {
     pub clock: TokioClock,
     pub config: DispatchConfig,
     pub campaigns: RwLock<BTreeMap<CampaignId, Arc<Live>>>,
-    pub channels: BTreeMap<String, Arc<channel::Channel>>,
+    pub channels: BTreeMap<String, Arc<sender::Channel>>,
     pub metrics: DispatchMetrics,
     /// New ready work: fan-out, promotions, replays.
     pub work: Notify,
@@ -204,7 +205,7 @@ impl Dispatcher {
         let mut built = BTreeMap::new();
         for (name, c) in channels {
             let id = store.channel(name)?;
-            let ch = channel::Channel::new(name, id, c, plugins, clock, &metrics)?;
+            let ch = sender::Channel::new(name, id, c, plugins, clock, &metrics)?;
             built.insert(name.to_string(), Arc::new(ch));
         }
         let shared = Arc::new(Shared {
@@ -222,7 +223,7 @@ impl Dispatcher {
         let mut tasks = Vec::new();
         for ch in shared.channels.values() {
             for _ in 0..ch.workers() {
-                tasks.push(tokio::spawn(channel::run(
+                tasks.push(tokio::spawn(sender::run(
                     Arc::clone(&shared),
                     Arc::clone(ch),
                 )));
@@ -250,7 +251,7 @@ impl Dispatcher {
     }
 
     /// The running channels, by name.
-    pub fn channels(&self) -> &BTreeMap<String, Arc<channel::Channel>> {
+    pub fn channels(&self) -> &BTreeMap<String, Arc<sender::Channel>> {
         &self.shared.channels
     }
 

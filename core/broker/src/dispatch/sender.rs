@@ -785,7 +785,78 @@ impl Tally {
     }
 }
 
-/// Turns an answer into how the delivery settles.
+/// What an answer means for its delivery, before any effect: the pure
+/// half of deciding (no channel, store or clock is touched).
+#[derive(Debug, PartialEq)]
+enum Verdict {
+    Wired {
+        external_id: String,
+    },
+    /// Try again, not before `floor` (ms from now) when the gateway said
+    /// when; `throttled`: it said so for the whole channel.
+    Retry {
+        floor: Option<u64>,
+        reason: String,
+        label: &'static str,
+        throttled: bool,
+    },
+    /// This channel can never reach the recipient: the next channel may.
+    Fallback {
+        reason: String,
+    },
+    Dead {
+        reason: String,
+    },
+    /// The channel's credentials were refused: not the message's fault.
+    Unauthorized {
+        message: String,
+    },
+}
+
+/// Reads a gateway's (or the connector's) answer. What a gateway asks for
+/// is honoured up to `max_retry_after_ms`: one answer with a Retry-After
+/// of years must not stop a channel (and its emergency lane) for years.
+fn classify(answer: Answer, max_retry_after_ms: u64) -> Verdict {
+    let cap = |after: Option<u64>| after.map(|a| a.min(max_retry_after_ms));
+    let retry = |floor, reason, label| Verdict::Retry {
+        floor,
+        reason,
+        label,
+        throttled: false,
+    };
+    match answer {
+        Answer::Outcome(SendOutcome::Accepted(external_id)) => Verdict::Wired { external_id },
+        Answer::Outcome(SendOutcome::Retry(info)) => match cap(info.after_ms) {
+            Some(after) => Verdict::Retry {
+                floor: Some(after),
+                reason: info.reason,
+                label: reason::THROTTLED,
+                throttled: true,
+            },
+            None => retry(None, info.reason, reason::TRANSIENT),
+        },
+        Answer::Outcome(SendOutcome::Failed(f)) if f.unreachable => {
+            Verdict::Fallback { reason: f.reason }
+        }
+        Answer::Outcome(SendOutcome::Failed(f)) => Verdict::Dead { reason: f.reason },
+        Answer::Error(CallError::Plugin { error, .. }) => match error {
+            PluginError::Transient(t) => retry(cap(t.retry_after_ms), t.message, reason::TRANSIENT),
+            PluginError::Unauthorized(message) => Verdict::Unauthorized { message },
+            PluginError::Permanent(reason) => Verdict::Fallback { reason },
+            PluginError::InvalidInput(m) => Verdict::Dead {
+                reason: format!("connector refused the message: {m}"),
+            },
+        },
+        // The plugin trapped or its circuit is open: not the message's fault.
+        Answer::Error(e) => retry(None, e.to_string(), reason::PLUGIN_FAILURE),
+        Answer::Unanswered(why) => retry(None, why, reason::NETWORK),
+        Answer::Refused(reason) => Verdict::Dead { reason },
+    }
+}
+
+/// Decides a delivery's outcome: the verdict, then its effects on the
+/// channel (a gateway's pause and rate cut, a credentials pause), the
+/// retry policy, the fallback and the tallies.
 fn decide(
     shared: &Shared,
     ch: &Channel,
@@ -797,105 +868,65 @@ fn decide(
 ) -> (Leased, Outcome) {
     let l = r.leased;
     let lane = l.queue.lane;
-    // What a gateway asks for is honoured up to the channel's ceiling: one
-    // answer with a Retry-After of years must not stop a channel (and its
-    // emergency lane) for years.
-    let cap = |after: Option<u64>| after.map(|a| a.min(ch.config.max_retry_after_ms));
-    let mut count = |label: &'static str| *tally.by.entry((lane, label)).or_default() += 1;
-    let mut retry = |l: Leased,
-                     floor: Option<u64>,
-                     why: String,
-                     reason_label: &'static str,
-                     tally_retries: &mut HashMap<&'static str, u64>| {
-        let attempts = l.item.attempts + 1;
-        match ch.config.retry.next_wait(attempts, floor, rng) {
-            Some(wait) => {
-                *tally_retries.entry(reason_label).or_default() += 1;
-                (
-                    l,
-                    Outcome::Retry {
-                        due_ms: now.saturating_add(wait),
-                        reason: why,
-                    },
-                    outcome::RETRIED,
-                )
-            }
-            None => (
-                l,
-                Outcome::Dead {
-                    reason: format!("gave up after {attempts} attempts: {why}"),
-                },
-                outcome::DEAD,
-            ),
-        }
-    };
-    let (l, o, label) = match answer {
-        Answer::Outcome(SendOutcome::Accepted(external)) => (
+    let (l, o, label) = match classify(answer, ch.config.max_retry_after_ms) {
+        Verdict::Wired { external_id } => (
             l,
             Outcome::Done {
                 status: DeliveryStatus::Wired,
-                external_id: Some(external),
+                external_id: Some(external_id),
                 reason: None,
             },
             outcome::WIRED,
         ),
-        Answer::Outcome(SendOutcome::Retry(info)) => {
-            let after = cap(info.after_ms);
-            let label = if let Some(after) = after {
+        Verdict::Retry {
+            floor,
+            reason,
+            label,
+            throttled,
+        } => {
+            if throttled && let Some(after) = floor {
                 // The gateway says when: the whole channel waits, and slows.
-                let until = now.saturating_add(after);
-                ch.paused_until_ms.fetch_max(until, Ordering::Relaxed);
+                ch.paused_until_ms
+                    .fetch_max(now.saturating_add(after), Ordering::Relaxed);
                 let measured = ch.sent_last_second.load(Ordering::Relaxed) as f64;
                 ch.rate.lock().throttled(measured);
-                reason::THROTTLED
-            } else {
-                reason::TRANSIENT
-            };
-            retry(l, after, info.reason, label, &mut tally.retries)
-        }
-        Answer::Outcome(SendOutcome::Failed(f)) if f.unreachable => fallback(shared, l, f.reason),
-        Answer::Outcome(SendOutcome::Failed(f)) => {
-            (l, Outcome::Dead { reason: f.reason }, outcome::DEAD)
-        }
-        Answer::Error(CallError::Plugin { error, .. }) => match error {
-            PluginError::Transient(t) => retry(
-                l,
-                cap(t.retry_after_ms),
-                t.message,
-                reason::TRANSIENT,
-                &mut tally.retries,
-            ),
-            PluginError::Unauthorized(m) => {
-                let until = now.saturating_add(UNAUTHORIZED_PAUSE_MS);
-                if ch.paused_until_ms.fetch_max(until, Ordering::Relaxed) < now {
-                    tracing::error!(channel = %ch.name, error = %ch.plugin.redactor().redact(&m), "Gateway refused the channel's credentials; channel paused for 30 s. Fix its configuration.");
-                }
-                *tally.retries.entry(reason::UNAUTHORIZED).or_default() += 1;
-                // The channel's credentials, not the message: it waits for
-                // the channel without spending an attempt.
-                (l, Outcome::Defer { due_ms: until }, outcome::RETRIED)
             }
-            PluginError::Permanent(m) => fallback(shared, l, m),
-            PluginError::InvalidInput(m) => (
-                l,
-                Outcome::Dead {
-                    reason: format!("connector refused the message: {m}"),
-                },
-                outcome::DEAD,
-            ),
-        },
-        // The plugin trapped or its circuit is open: not the message's fault.
-        Answer::Error(e) => retry(
-            l,
-            None,
-            e.to_string(),
-            reason::PLUGIN_FAILURE,
-            &mut tally.retries,
-        ),
-        Answer::Unanswered(why) => retry(l, None, why, reason::NETWORK, &mut tally.retries),
-        Answer::Refused(why) => (l, Outcome::Dead { reason: why }, outcome::DEAD),
+            let attempts = l.item.attempts + 1;
+            match ch.config.retry.next_wait(attempts, floor, rng) {
+                Some(wait) => {
+                    *tally.retries.entry(label).or_default() += 1;
+                    (
+                        l,
+                        Outcome::Retry {
+                            due_ms: now.saturating_add(wait),
+                            reason,
+                        },
+                        outcome::RETRIED,
+                    )
+                }
+                None => (
+                    l,
+                    Outcome::Dead {
+                        reason: format!("gave up after {attempts} attempts: {reason}"),
+                    },
+                    outcome::DEAD,
+                ),
+            }
+        }
+        Verdict::Fallback { reason } => fallback(shared, l, reason),
+        Verdict::Dead { reason } => (l, Outcome::Dead { reason }, outcome::DEAD),
+        Verdict::Unauthorized { message } => {
+            let until = now.saturating_add(UNAUTHORIZED_PAUSE_MS);
+            if ch.paused_until_ms.fetch_max(until, Ordering::Relaxed) < now {
+                tracing::error!(channel = %ch.name, error = %ch.plugin.redactor().redact(&message), "Gateway refused the channel's credentials; channel paused for 30 s. Fix its configuration.");
+            }
+            *tally.retries.entry(reason::UNAUTHORIZED).or_default() += 1;
+            // The channel's credentials, not the message: it waits for the
+            // channel without spending an attempt.
+            (l, Outcome::Defer { due_ms: until }, outcome::RETRIED)
+        }
     };
-    count(label);
+    *tally.by.entry((lane, label)).or_default() += 1;
     (l, o)
 }
 
@@ -924,5 +955,87 @@ fn fallback(shared: &Shared, l: Leased, why: String) -> (Leased, Outcome, &'stat
             },
             outcome::DEAD,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::TransportError;
+
+    fn retry_info(after_ms: Option<u64>) -> Answer {
+        Answer::Outcome(SendOutcome::Retry(ct::RetryInfo {
+            after_ms,
+            reason: "throttled (429)".into(),
+        }))
+    }
+
+    #[test]
+    fn answers_are_classified_without_touching_the_channel() {
+        assert_eq!(
+            classify(
+                Answer::Outcome(SendOutcome::Accepted("gw-1".into())),
+                600_000
+            ),
+            Verdict::Wired {
+                external_id: "gw-1".into()
+            }
+        );
+        // A wait the gateway names is capped, and concerns the channel.
+        assert_eq!(
+            classify(retry_info(Some(u64::MAX)), 600_000),
+            Verdict::Retry {
+                floor: Some(600_000),
+                reason: "throttled (429)".into(),
+                label: reason::THROTTLED,
+                throttled: true,
+            }
+        );
+        assert!(matches!(
+            classify(retry_info(None), 600_000),
+            Verdict::Retry { floor: None, throttled: false, label, .. } if label == reason::TRANSIENT
+        ));
+        let failed = |unreachable| {
+            Answer::Outcome(SendOutcome::Failed(ct::Failure {
+                unreachable,
+                reason: "unknown subscriber".into(),
+            }))
+        };
+        assert!(matches!(
+            classify(failed(true), 1),
+            Verdict::Fallback { .. }
+        ));
+        assert!(matches!(classify(failed(false), 1), Verdict::Dead { .. }));
+        let plugin = |error| {
+            Answer::Error(CallError::Plugin {
+                plugin: "sandbox".into(),
+                error,
+            })
+        };
+        assert_eq!(
+            classify(plugin(PluginError::InvalidInput("no to".into())), 1),
+            Verdict::Dead {
+                reason: "connector refused the message: no to".into()
+            }
+        );
+        assert!(matches!(
+            classify(plugin(PluginError::Unauthorized("token".into())), 1),
+            Verdict::Unauthorized { .. }
+        ));
+        assert!(matches!(
+            classify(plugin(PluginError::Permanent("not on whatsapp".into())), 1),
+            Verdict::Fallback { .. }
+        ));
+        assert!(matches!(
+            classify(Answer::Unanswered("timed out".into()), 1),
+            Verdict::Retry { label, .. } if label == reason::NETWORK
+        ));
+        let refused = TransportError::Unsupported {
+            target: "ftp://gw.example".into(),
+        };
+        assert!(matches!(
+            classify(Answer::Refused(refused.to_string()), 1),
+            Verdict::Dead { .. }
+        ));
     }
 }
