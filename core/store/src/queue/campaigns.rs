@@ -1,0 +1,246 @@
+//! Campaign records, fan-out steps, stored audiences, secrets, and the
+//! purge of an ended campaign.
+
+use super::*;
+
+impl Store {
+    /// Stores a campaign body once and allocates its id.
+    pub fn create_campaign(&self, body: Vec<u8>) -> Pending<CampaignId> {
+        let mut state = self.state.lock();
+        let id = CampaignId(state.next_campaign);
+        state.next_campaign += 1;
+        let mut batch = Batch::new();
+        batch.put(Cf::Campaigns, keys::campaign(id), body);
+        batch.put(
+            Cf::Meta,
+            keys::NEXT_CAMPAIGN.to_vec(),
+            encode(&state.next_campaign),
+        );
+        batch.put(Cf::Meta, keys::counters(id), encode(state.counters(id)));
+        Pending::new(id, self.engine.submit(batch))
+    }
+
+    /// A 32-byte secret of this store, generated (from the operating
+    /// system's random source) and committed the first time it is asked
+    /// for; the same bytes afterwards. It keys what the broker must trust
+    /// later, such as its compiled-component cache.
+    pub fn secret(&self, name: &str) -> Result<[u8; 32]> {
+        let key = keys::secret(name);
+        let _order = self.state.lock();
+        if let Some(v) = self.engine.get(Cf::Meta, &key)? {
+            return <[u8; 32]>::try_from(v.as_slice()).map_err(|_| Error::BadRecord {
+                cf: Cf::Meta.name(),
+                key: format!("secret {name}"),
+                message: format!("{} bytes, not 32", v.len()),
+            });
+        }
+        let mut secret = [0u8; 32];
+        rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut secret)
+            .map_err(|e| Error::Internal(format!("no random source for secret {name}: {e}")))?;
+        let mut batch = Batch::new();
+        batch.put(Cf::Meta, key, secret.to_vec());
+        self.engine.submit(batch).wait()?;
+        Ok(secret)
+    }
+
+    /// Replaces a campaign's body (its state changed: cancelled, expired…).
+    pub fn update_campaign(&self, id: CampaignId, body: Vec<u8>) -> Ticket {
+        let _order = self.state.lock();
+        let mut batch = Batch::new();
+        batch.put(Cf::Campaigns, keys::campaign(id), body);
+        self.engine.submit(batch)
+    }
+
+    pub fn campaign(&self, id: CampaignId) -> Result<Option<Vec<u8>>> {
+        self.engine.get(Cf::Campaigns, &keys::campaign(id))
+    }
+
+    /// Every stored campaign id and body, oldest first.
+    pub fn campaigns(&self) -> Result<Vec<(CampaignId, Vec<u8>)>> {
+        let mut all = Vec::new();
+        let (lo, hi) = keys::campaigns_range();
+        self.engine.scan(Cf::Campaigns, &lo, &hi, &mut |k, v| {
+            if let Ok(raw) = <[u8; 8]>::try_from(k) {
+                all.push((CampaignId(u64::from_be_bytes(raw)), v.to_vec()));
+            }
+            Ok(true)
+        })?;
+        Ok(all)
+    }
+
+    /// One step of a campaign's fan-out, atomically: deliveries enqueued
+    /// into their queues, recipients that cannot be reached on any channel
+    /// settled as failed at once, and the campaign's record (its cursor)
+    /// replaced. A crash leaves either all of it or none.
+    pub fn fan_out(
+        &self,
+        campaign: CampaignId,
+        record: Vec<u8>,
+        queues: Vec<(QueueKey, Vec<NewDelivery>)>,
+        unreachable: Vec<(u32, String)>,
+    ) -> Pending<()> {
+        let now = self.clock.now_ms();
+        let mut state = self.state.lock();
+        let mut batch = Batch::new();
+        let mut touched = Touched::default();
+        touched.campaigns.insert(campaign);
+        for (queue, deliveries) in queues {
+            if deliveries.is_empty() {
+                continue;
+            }
+            debug_assert_eq!(queue.campaign, campaign);
+            state.add_new(&mut batch, queue, deliveries, now);
+            touched.queues.insert(queue);
+        }
+        for (index, reason) in unreachable {
+            let record = StatusRecord {
+                status: DeliveryStatus::Failed,
+                channel: ChannelId(0),
+                attempts: 0,
+                updated_ms: now,
+                external_id: None,
+                reason: Some(reason),
+            };
+            batch.put(
+                Cf::Status,
+                keys::delivery(DeliveryId::new(campaign, index)),
+                encode(&record),
+            );
+            let c = state.counters(campaign);
+            c.enqueued += 1;
+            c.statuses[DeliveryStatus::Failed.code() as usize] += 1;
+        }
+        batch.put(Cf::Campaigns, keys::campaign(campaign), record);
+        touched.write(&mut state, &mut batch);
+        Pending::new((), self.engine.submit(batch))
+    }
+
+    /// Stores part of an explicit audience: recipient `first + i` is
+    /// `recipients[i]` (opaque bytes the dispatcher encodes).
+    pub fn put_audience(
+        &self,
+        campaign: CampaignId,
+        first: u32,
+        recipients: Vec<Vec<u8>>,
+    ) -> Pending<()> {
+        let mut batch = Batch::new();
+        for (i, r) in recipients.into_iter().enumerate() {
+            batch.put(
+                Cf::Audience,
+                keys::delivery(DeliveryId::new(campaign, first + i as u32)),
+                r,
+            );
+        }
+        let _order = self.state.lock();
+        Pending::new((), self.engine.submit(batch))
+    }
+
+    /// Audience entries `[from, from + max)` of a campaign, in order.
+    pub fn audience(
+        &self,
+        campaign: CampaignId,
+        from: u32,
+        max: u32,
+    ) -> Result<Vec<(u32, Vec<u8>)>> {
+        let mut out = Vec::with_capacity(max as usize);
+        let lower = keys::delivery(DeliveryId::new(campaign, from));
+        let (_, upper) = keys::campaign_deliveries(campaign);
+        self.engine
+            .scan(Cf::Audience, &lower, &upper, &mut |k, v| {
+                if let Some(id) = keys::delivery_from(k) {
+                    out.push((id.index, v.to_vec()));
+                }
+                Ok((out.len() as u32) < max)
+            })?;
+        Ok(out)
+    }
+
+    /// Removes everything the store holds for a campaign that has ended:
+    /// its record, counters, queue positions, status records, dead letters,
+    /// stored audience and receipt index entries. Keyed by campaign, most
+    /// of it goes as one range delete per keyspace (cheap for compaction);
+    /// the receipt index, keyed by channel, is scanned. Refused while any
+    /// of its deliveries is still queued. Returns how many status records,
+    /// dead letters and receipt entries went. Reads the store: call it
+    /// from a blocking thread.
+    pub fn purge_campaign(&self, id: CampaignId) -> Result<Purged> {
+        if self.counters(id).queued() > 0 || self.campaign_depth(id) != (0, 0) {
+            return Err(Error::Invalid(format!(
+                "campaign {id} still has queued deliveries; only an ended campaign is purged"
+            )));
+        }
+        let (lo, hi) = keys::campaign_deliveries(id);
+        let mut purged = Purged::default();
+        self.engine.scan(Cf::Status, &lo, &hi, &mut |_, _| {
+            purged.statuses += 1;
+            Ok(true)
+        })?;
+        self.engine.scan(Cf::Dead, &lo, &hi, &mut |_, _| {
+            purged.dead += 1;
+            Ok(true)
+        })?;
+        let mut external = Vec::new();
+        let (elo, ehi) = keys::external_range();
+        self.engine.scan(Cf::External, &elo, &ehi, &mut |k, v| {
+            if keys::delivery_from(v).is_some_and(|d| d.campaign == id) {
+                external.push(k.to_vec());
+            }
+            Ok(true)
+        })?;
+        purged.receipts = external.len() as u64;
+        let mut state = self.state.lock();
+        let mut batch = Batch::new();
+        for cf in [Cf::Status, Cf::Dead, Cf::Audience] {
+            batch.delete_range(cf, lo.clone(), hi.clone());
+        }
+        for k in external {
+            batch.delete(Cf::External, k);
+        }
+        batch.delete(Cf::Campaigns, keys::campaign(id));
+        batch.delete(Cf::Meta, keys::counters(id));
+        let mut queues = Vec::new();
+        for (channel, ch) in &mut state.queues {
+            for (code, lane) in ch.lanes.iter_mut().enumerate() {
+                if lane.queues.remove(&id).is_some() {
+                    lane.active.remove(&id);
+                    if lane.cursor == Some(id) {
+                        lane.cursor = None;
+                    }
+                    if let Some(l) = Lane::from_code(code as u8) {
+                        queues.push(QueueKey {
+                            channel: *channel,
+                            lane: l,
+                            campaign: id,
+                        });
+                    }
+                }
+            }
+        }
+        for q in queues {
+            batch.delete(Cf::Meta, keys::queue_meta(q));
+        }
+        state.counters.remove(&id);
+        state.globals.dead = state.globals.dead.saturating_sub(purged.dead);
+        let touched = Touched {
+            globals: true,
+            ..Touched::default()
+        };
+        touched.write(&mut state, &mut batch);
+        let committed = Arc::clone(&state.committed);
+        batch.on_commit(move || {
+            committed.lock().counters.remove(&id);
+        });
+        let ticket = self.engine.submit(batch);
+        drop(state);
+        ticket.wait()?;
+        Ok(purged)
+    }
+}
+
+/// What [`Store::purge_campaign`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub statuses: u64,
+    pub dead: u64,
+    pub receipts: u64,
+}

@@ -1,0 +1,101 @@
+//! Status records and the receipt index: receipts move deliveries up
+//! the status ladder.
+
+use super::*;
+
+impl Store {
+    /// Applies status reports (receipts) to settled deliveries: a status
+    /// only ever moves forward ([`DeliveryStatus::advance`]). Returns how
+    /// many changed. Reports for deliveries without a status record are
+    /// skipped and counted in the second value. Callers apply one batch at
+    /// a time and wait for it, so each reads what the last one wrote.
+    pub fn update_statuses(
+        &self,
+        reports: &[(DeliveryId, DeliveryStatus, Option<String>)],
+    ) -> Result<Pending<(usize, usize)>> {
+        let now = self.clock.now_ms();
+        // The records are read before taking the lock: reads never hold up
+        // other channels, and receipts are applied by one caller at a time.
+        let mut current: HashMap<DeliveryId, Option<StatusRecord>> = HashMap::new();
+        for (id, _, _) in reports {
+            if current.contains_key(id) {
+                continue;
+            }
+            let key = keys::delivery(*id);
+            let record = self
+                .engine
+                .get(Cf::Status, &key)?
+                .map(|v| decode::<StatusRecord>(Cf::Status, &key, &v))
+                .transpose()?;
+            current.insert(*id, record);
+        }
+        let mut state = self.state.lock();
+        let mut batch = Batch::new();
+        let mut touched = Touched::default();
+        let mut changed = 0;
+        let mut unknown = 0;
+        for (id, next, reason) in reports {
+            let Some(Some(record)) = current.get_mut(id) else {
+                unknown += 1;
+                continue;
+            };
+            let advanced = record.status.advance(*next);
+            if advanced != record.status {
+                let c = state.counters(id.campaign);
+                c.statuses[record.status.code() as usize] -= 1;
+                c.statuses[advanced.code() as usize] += 1;
+                touched.campaigns.insert(id.campaign);
+                record.status = advanced;
+                record.updated_ms = now;
+                if reason.is_some() {
+                    record.reason.clone_from(reason);
+                }
+                batch.put(Cf::Status, keys::delivery(*id), encode(&*record));
+                changed += 1;
+            }
+        }
+        if batch.is_empty() {
+            return Ok(Pending::ready((0, unknown)));
+        }
+        touched.write(&mut state, &mut batch);
+        Ok(Pending::new((changed, unknown), self.engine.submit(batch)))
+    }
+
+    /// The status record of a delivery that left the queue.
+    pub fn status(&self, id: DeliveryId) -> Result<Option<StatusRecord>> {
+        let key = keys::delivery(id);
+        self.engine
+            .get(Cf::Status, &key)?
+            .map(|v| decode(Cf::Status, &key, &v))
+            .transpose()
+    }
+
+    /// Visits the status records of one campaign in delivery order.
+    pub fn scan_statuses(
+        &self,
+        campaign: CampaignId,
+        visit: &mut dyn FnMut(DeliveryId, StatusRecord) -> Result<bool>,
+    ) -> Result<()> {
+        let (lo, hi) = keys::campaign_deliveries(campaign);
+        self.engine.scan(Cf::Status, &lo, &hi, &mut |k, v| {
+            let id = keys::delivery_from(k).ok_or_else(|| Error::BadRecord {
+                cf: "status",
+                key: format!("{k:02x?}"),
+                message: "malformed key".into(),
+            })?;
+            visit(id, decode(Cf::Status, k, v)?)
+        })
+    }
+
+    /// The delivery a gateway's message id belongs to.
+    pub fn by_external_id(
+        &self,
+        channel: ChannelId,
+        external_id: &str,
+    ) -> Result<Option<DeliveryId>> {
+        Ok(self
+            .engine
+            .get(Cf::External, &keys::external(channel, external_id))?
+            .and_then(|v| keys::delivery_from(&v)))
+    }
+}
