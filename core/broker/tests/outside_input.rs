@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use mhero_broker::Config;
-use mhero_broker::dispatch::{CampaignSpec, Recipient, normalize, validate_spec};
+use mhero_broker::dispatch::{CampaignSpec, ChannelLimits, Recipient, normalize, validate_spec};
 use mhero_broker::plugin::bindings::classifier_types::{AnswerType, ClassifyContext};
 use mhero_broker::plugin::bindings::{Header, HttpRequest};
 use mhero_broker::plugin::{HostOptions, Manifest, PluginHost, PluginMetrics};
@@ -166,7 +166,11 @@ proptest! {
     #[test]
     fn any_campaign_json_is_validated_or_refused(value in json()) {
         if let Ok(spec) = serde_json::from_value::<CampaignSpec>(value) {
-            let _ = validate_spec(&spec, &["sms", "whatsapp"]);
+            let channels = [
+                ChannelLimits { name: "sms", max_text_chars: Some(1600) },
+                ChannelLimits { name: "whatsapp", max_text_chars: None },
+            ];
+            let _ = validate_spec(&spec, &channels);
         }
     }
 }

@@ -421,13 +421,28 @@ pub const MAX_CHANNELS: usize = 8;
 pub const MAX_RECIPIENTS: usize = 1_000_000;
 
 fn validate(shared: &Shared, spec: &CampaignSpec) -> Result<()> {
-    let known: Vec<&str> = shared.channels.keys().map(String::as_str).collect();
+    let known: Vec<ChannelLimits<'_>> = shared
+        .channels
+        .iter()
+        .map(|(name, ch)| ChannelLimits {
+            name,
+            max_text_chars: ch.plugin.manifest().capabilities.max_text_chars,
+        })
+        .collect();
     validate_spec(spec, &known)
+}
+
+/// What a submitted campaign is checked against for one configured channel.
+#[derive(Clone, Copy, Debug)]
+pub struct ChannelLimits<'a> {
+    pub name: &'a str,
+    /// Longest text the channel's connector accepts (characters).
+    pub max_text_chars: Option<u32>,
 }
 
 /// Checks a submitted campaign against the limits and the configured
 /// channels; the error names the field.
-pub fn validate_spec(spec: &CampaignSpec, channels: &[&str]) -> Result<()> {
+pub fn validate_spec(spec: &CampaignSpec, channels: &[ChannelLimits<'_>]) -> Result<()> {
     if spec.name.trim().is_empty() {
         return Err(Error::field_invalid("name", "must not be empty"));
     }
@@ -495,14 +510,31 @@ pub fn validate_spec(spec: &CampaignSpec, channels: &[&str]) -> Result<()> {
         ));
     }
     for c in &spec.channels {
-        if !channels.contains(&c.as_str()) {
+        let Some(limits) = channels.iter().find(|l| l.name == c) else {
+            let names: Vec<&str> = channels.iter().map(|l| l.name).collect();
             return Err(Error::field_invalid(
                 "channels",
-                format!(
-                    "unknown channel {c:?} (configured: {})",
-                    channels.join(", ")
-                ),
+                format!("unknown channel {c:?} (configured: {})", names.join(", ")),
             ));
+        };
+        // A text the channel's gateway cannot take fails on every attempt:
+        // refused now, naming the text and the channel.
+        if let Some(max) = limits.max_text_chars {
+            let texts = std::iter::once(("body.default".to_string(), &spec.body.default)).chain(
+                spec.body
+                    .variants
+                    .iter()
+                    .map(|(lang, t)| (format!("body.variants.{lang}"), t)),
+            );
+            for (field, text) in texts {
+                let n = text.chars().count();
+                if n > max as usize {
+                    return Err(Error::field_invalid(
+                        field,
+                        format!("{n} characters; channel {c} accepts at most {max}"),
+                    ));
+                }
+            }
         }
     }
     if let (Some(start), Some(end)) = (spec.start_at_ms, spec.expires_at_ms)
@@ -559,9 +591,56 @@ pub fn normalize(list: &[Recipient], country: &str) -> (Vec<Recipient>, Vec<Reje
             });
             continue;
         }
-        ok.push(r);
+        match normalize_addresses(&mut r.addresses, region) {
+            Ok(()) => ok.push(r),
+            Err(reason) => rejected.push(Rejected { index, reason }),
+        }
     }
     (ok, rejected)
+}
+
+/// Longest channel address accepted (bytes).
+const MAX_ADDRESS_BYTES: usize = 256;
+
+/// Checks a recipient's per-channel addresses: an address written as an
+/// international number (`+…`) is validated and normalised like a phone
+/// number; any other (a Telegram chat id, a Messenger page-scoped id) is
+/// an opaque id: not empty, not over 256 bytes, no control characters.
+fn normalize_addresses(
+    addresses: &mut BTreeMap<String, String>,
+    region: Option<phonenumber::country::Id>,
+) -> std::result::Result<(), String> {
+    for (channel, address) in addresses.iter_mut() {
+        let trimmed = address.trim();
+        if trimmed.is_empty() {
+            return Err(format!("the address for {channel} is empty"));
+        }
+        if trimmed.len() > MAX_ADDRESS_BYTES {
+            return Err(format!(
+                "the address for {channel} is longer than {MAX_ADDRESS_BYTES} bytes"
+            ));
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(format!(
+                "the address for {channel} contains control characters"
+            ));
+        }
+        if trimmed.starts_with('+') {
+            match phonenumber::parse(region, trimmed) {
+                Ok(number) if phonenumber::is_valid(&number) => {
+                    *address = number.format().mode(phonenumber::Mode::E164).to_string();
+                    continue;
+                }
+                _ => {
+                    return Err(format!(
+                        "the address for {channel}, {trimmed:?}, is not a valid phone number"
+                    ));
+                }
+            }
+        }
+        *address = trimmed.to_string();
+    }
+    Ok(())
 }
 
 fn live(shared: &Shared, id: CampaignId, record: CampaignRecord) -> Result<Arc<Live>> {

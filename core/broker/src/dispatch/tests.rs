@@ -453,6 +453,16 @@ async fn bad_campaigns_are_refused_clearly() {
             }),
             "body.variants: \"fr FR\" is not a language tag (like \"fr\" or \"pt-BR\")",
         ),
+        (
+            refused(&|s| s.body.default = "a".repeat(1601)),
+            "body.default: 1601 characters; channel sms accepts at most 1600",
+        ),
+        (
+            refused(&|s| {
+                s.body.variants.insert("fr".into(), "b".repeat(2000));
+            }),
+            "body.variants.fr: 2000 characters; channel sms accepts at most 1600",
+        ),
         (refused(&|s| s.channels = vec!["sms".into(); 9]), ""),
     ] {
         let result = w.dispatcher().submit(spec).await;
@@ -1015,4 +1025,42 @@ async fn ended_campaigns_leave_memory_then_the_store_after_the_retention() {
     // The later campaign ended less than a day ago: kept.
     assert!(w.dispatcher().progress(active).is_some());
     w.shutdown().await;
+}
+
+#[test]
+fn channel_addresses_are_checked_like_numbers_or_as_ids() {
+    let with = |channel: &str, address: &str| Recipient {
+        addresses: [(channel.to_string(), address.to_string())].into(),
+        ..Recipient::default()
+    };
+    let (ok, rejected) = normalize(
+        &[
+            with("whatsapp", "+231 77 012 3456"),
+            with("telegram", " 123456789 "),
+            with("whatsapp", "+231 12"),
+            with("telegram", "  "),
+            with("telegram", "abc\u{7}def"),
+            with("messenger", &"x".repeat(300)),
+        ],
+        "LR",
+    );
+    assert_eq!(ok.len(), 2);
+    assert_eq!(ok[0].addresses["whatsapp"], "+231770123456", "normalised");
+    assert_eq!(ok[1].addresses["telegram"], "123456789", "an id, trimmed");
+    let reasons: Vec<(usize, &str)> = rejected
+        .iter()
+        .map(|r| (r.index, r.reason.as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (
+                2,
+                "the address for whatsapp, \"+231 12\", is not a valid phone number"
+            ),
+            (3, "the address for telegram is empty"),
+            (4, "the address for telegram contains control characters"),
+            (5, "the address for messenger is longer than 256 bytes"),
+        ]
+    );
 }

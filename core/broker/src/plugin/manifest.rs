@@ -62,6 +62,11 @@ pub struct Capabilities {
     /// (the operator names their gateway in config; nothing else is reached).
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Longest message text (characters) the connector's gateway accepts;
+    /// a campaign with a longer text for this channel is refused at submit
+    /// instead of failing on every attempt.
+    #[serde(default)]
+    pub max_text_chars: Option<u32>,
 }
 
 /// Limits as written in the manifest; unset ones take the kind's default.
