@@ -27,6 +27,7 @@
 pub mod audience;
 pub mod campaign;
 pub mod clock;
+pub mod config;
 pub mod metrics;
 pub mod ratelimit;
 pub mod receipts;
@@ -55,10 +56,10 @@ pub use clock::TokioClock;
 pub use metrics::DispatchMetrics;
 pub use retry::RetryPolicy;
 
-use crate::config::{ChannelConfig, DispatchConfig};
 use crate::error::{Error, Result};
 use crate::plugin::PluginHost;
 use crate::store::{NewDelivery, QueueKey, Store};
+pub use config::{ChannelConfig, DispatchConfig};
 
 /// A recipient the submission refused, and why.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]

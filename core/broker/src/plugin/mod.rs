@@ -40,6 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
 
 pub use manifest::{Ceilings, Kind, Limits, Manifest};
 pub use metrics::PluginMetrics;
@@ -71,6 +72,28 @@ pub fn test_fixtures() -> &'static [(&'static str, &'static str)] {
 
 /// Largest component file accepted from a plugin folder.
 const MAX_COMPONENT_BYTES: u64 = 64 << 20;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// A folder of external plugins, one sub-folder each with a
+    /// `plugin.toml` and its component. The built-in plugins always load.
+    pub dir: Option<PathBuf>,
+    /// Where compiled components are cached; default `<data_dir>/plugin-cache`.
+    pub cache_dir: Option<PathBuf>,
+    /// Settings per plugin, overriding its manifest's `[config]`:
+    /// `[plugins.config.<name>]`.
+    pub config: BTreeMap<String, toml::Table>,
+    /// The most a plugin manifest may ask for (deadline, memory, input,
+    /// output); a plugin asking more is refused at load.
+    pub ceilings: Ceilings,
+}
+
+impl PluginsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        self.ceilings.validate("plugins.ceilings")
+    }
+}
 
 /// Milliseconds since the epoch, as the circuit breakers read them: the
 /// wall clock, or the broker's own (which tests run on tokio's paused
