@@ -20,13 +20,21 @@ pub enum Error {
     #[error("cannot open the store at {path}: {message}")]
     Open { path: PathBuf, message: String },
 
-    #[error("cannot read the store at {path}: {message}")]
-    Read { path: PathBuf, message: String },
+    #[error("cannot read the store at {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: rocksdb::Error,
+    },
 
     /// A failed commit: nothing of the failed group was acknowledged, and
     /// the store refuses later writes until it is reopened.
-    #[error("cannot write the store at {path}: {message}")]
-    Write { path: PathBuf, message: String },
+    #[error("cannot write the store at {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: rocksdb::Error,
+    },
 
     #[error("cannot access {path}")]
     Io {

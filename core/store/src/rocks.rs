@@ -249,7 +249,7 @@ fn writer_loop(
     let mut group: Vec<Request> = Vec::new();
     // After a failed commit RocksDB may be read-only; every later write fails
     // with the first error so nothing is acknowledged that was not written.
-    let mut failed: Option<String> = None;
+    let mut failed: Option<rocksdb::Error> = None;
     while let Ok(first) = rx.recv() {
         let mut ops = first.batch.len();
         group.push(first);
@@ -286,9 +286,9 @@ fn writer_loop(
                     (hook.0)();
                 }
             }
-            let reply = result.clone().map_err(|message| Error::Write {
+            let reply = result.clone().map_err(|source| Error::Write {
                 path: path.to_owned(),
-                message,
+                source,
             });
             // A caller that stopped waiting is not an error.
             let _ = req.ack.send(reply);
@@ -302,7 +302,7 @@ fn commit(
     group: &mut [Request],
     ops: usize,
     metrics: &StoreMetrics,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), rocksdb::Error> {
     let started = Instant::now();
     let mut wb = WriteBatch::default();
     let mut bytes = 0usize;
@@ -330,7 +330,7 @@ fn commit(
         db.write_opt(wb, wo)
     };
     metrics.observe_group(group.len(), ops, bytes, started.elapsed());
-    result.map_err(rocksdb::Error::into_string)
+    result
 }
 
 /// A database without our column families is foreign, unless it carries
@@ -405,9 +405,9 @@ fn check_schema(db: &DB, path: &Path, fresh: bool) -> Result<()> {
             wo.set_sync(true);
             let mut wb = WriteBatch::default();
             wb.put_cf(meta, keys::SCHEMA, keys::schema_value());
-            db.write_opt(wb, &wo).map_err(|e| Error::Write {
+            db.write_opt(wb, &wo).map_err(|source| Error::Write {
                 path: path.to_owned(),
-                message: e.into_string(),
+                source,
             })
         }
         None => Err(Error::ForeignStore {
@@ -471,7 +471,7 @@ fn read_error(path: &Path, e: rocksdb::Error) -> Error {
         },
         _ => Error::Read {
             path: path.to_owned(),
-            message,
+            source: e,
         },
     }
 }

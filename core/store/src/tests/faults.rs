@@ -190,6 +190,12 @@ fn a_full_disk_fails_writes_clearly_and_keeps_what_was_committed() {
     let text = err.to_string();
     assert!(text.contains(&data.display().to_string()), "{text}");
     assert!(matches!(err, Error::Write { .. }), "{err:?}");
+    // RocksDB's own error is kept as the cause.
+    let cause = std::error::Error::source(&err).map(ToString::to_string);
+    assert!(
+        cause.as_deref().is_some_and(|c| text.ends_with(c)),
+        "{err:?}"
+    );
     // Later writes are refused too rather than half-applied.
     assert!(
         store
