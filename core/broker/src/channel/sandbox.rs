@@ -216,6 +216,8 @@ pub struct SandboxGateway {
     config: SandboxConfig,
     state: Mutex<State>,
     hasher: std::hash::RandomState,
+    /// Most message ids remembered for idempotency.
+    idempotency_window: usize,
 }
 
 #[derive(Deserialize)]
@@ -275,6 +277,7 @@ impl SandboxGateway {
             config,
             state: Mutex::new(state),
             hasher: std::hash::RandomState::new(),
+            idempotency_window: IDEMPOTENCY_WINDOW,
         }
     }
 
@@ -427,7 +430,7 @@ impl SandboxGateway {
             return Some(format!("sbx-dup-{key:016x}"));
         }
         state.accepted_order.push_back(key);
-        if state.accepted_order.len() > IDEMPOTENCY_WINDOW
+        if state.accepted_order.len() > self.idempotency_window
             && let Some(oldest) = state.accepted_order.pop_front()
         {
             state.accepted_ids.remove(&oldest);
@@ -686,6 +689,29 @@ mod tests {
             body: serde_json::to_vec(&json!({"id": id, "to": to, "text": "hi", "lane": "normal"}))
                 .unwrap(),
         }
+    }
+
+    #[test]
+    fn idempotency_ids_are_remembered_in_a_bounded_window() {
+        let mut gw = SandboxGateway::new(SandboxConfig {
+            receipts: false,
+            ..SandboxConfig::default()
+        });
+        gw.idempotency_window = 3;
+        for i in 1..=4 {
+            gw.handle(
+                &send(&format!("c1-{i}"), "+231770000001", "sandbox-token"),
+                1000,
+            );
+        }
+        // The newest three are still known; the oldest was forgotten.
+        gw.handle(&send("c1-4", "+231770000001", "sandbox-token"), 1001);
+        gw.handle(&send("c1-1", "+231770000001", "sandbox-token"), 1002);
+        let stats = gw.stats();
+        assert_eq!((stats.accepted, stats.duplicates), (5, 1));
+        let state = gw.state.lock();
+        assert_eq!(state.accepted_ids.len(), 3);
+        assert_eq!(state.accepted_order.len(), 3);
     }
 
     #[test]

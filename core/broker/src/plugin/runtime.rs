@@ -877,6 +877,69 @@ fn classify(e: &wasmtime::Error, state: Option<&PluginState>, limits: &Limits) -
 mod tests {
     use super::*;
 
+    /// A core module with `memories` memories and `tables` tables, in the
+    /// binary format.
+    fn module(memories: u8, tables: u8) -> Vec<u8> {
+        let mut m = b"\0asm\x01\0\0\0".to_vec();
+        if tables > 0 {
+            let body: Vec<u8> = std::iter::once(tables)
+                .chain((0..tables).flat_map(|_| [0x70, 0x00, 0x00]))
+                .collect();
+            m.extend([0x04, body.len() as u8]);
+            m.extend(body);
+        }
+        if memories > 0 {
+            let body: Vec<u8> = std::iter::once(memories)
+                .chain((0..memories).flat_map(|_| [0x00, 0x00]))
+                .collect();
+            m.extend([0x05, body.len() as u8]);
+            m.extend(body);
+        }
+        m
+    }
+
+    fn store(engine: &Engine) -> Store<Limiter> {
+        let mut store = Store::new(
+            engine,
+            Limiter {
+                cap: 32 << 20,
+                current: 0,
+                peak: 0,
+                denied: false,
+            },
+        );
+        store.limiter(|l| l);
+        store.set_epoch_deadline(u64::MAX / 2);
+        store
+    }
+
+    #[test]
+    fn an_instance_gets_a_bounded_number_of_instances_memories_and_tables() {
+        let runtime = Runtime::new(false).unwrap();
+        let engine = &runtime.engine;
+        let instantiate = |store: &mut Store<Limiter>, bytes: &[u8]| {
+            let module = wasmtime::Module::new(engine, bytes).unwrap();
+            wasmtime::Instance::new(store, &module, &[]).map(|_| ())
+        };
+        let mut s = store(engine);
+        assert!(instantiate(&mut s, &module(MAX_MEMORIES as u8, 0)).is_ok());
+        let mut s = store(engine);
+        assert!(instantiate(&mut s, &module(MAX_MEMORIES as u8 + 1, 0)).is_err());
+        let mut s = store(engine);
+        assert!(instantiate(&mut s, &module(0, MAX_TABLES as u8)).is_ok());
+        let mut s = store(engine);
+        assert!(instantiate(&mut s, &module(0, MAX_TABLES as u8 + 1)).is_err());
+        let mut s = store(engine);
+        let empty = module(0, 0);
+        for _ in 0..MAX_INSTANCES {
+            instantiate(&mut s, &empty).unwrap();
+        }
+        assert!(
+            instantiate(&mut s, &empty).is_err(),
+            "one instance too many"
+        );
+    }
+
     #[test]
     fn a_plugin_logging_on_every_call_is_held_to_its_log_rate() {
         let gate = LogGate::new(Arc::from("chatty"));
