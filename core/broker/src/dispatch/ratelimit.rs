@@ -23,6 +23,9 @@ const CUT: f64 = 0.5;
 const RECOVER_PER_S: f64 = 0.1;
 /// Never slower than this (per second) after cuts.
 const FLOOR: f64 = 1.0;
+/// A gateway that asks for a pause again within this long of the last one
+/// is being sent too fast: the rate is cut as well.
+const REPEAT_PAUSE_NS: u64 = 10_000_000_000;
 
 pub struct ChannelRate {
     clock: TokioClock,
@@ -32,6 +35,8 @@ pub struct ChannelRate {
     gcra: Option<Gcra>,
     throttled_at_ns: Option<u64>,
     last_adjust_ns: u64,
+    /// When the gateway last named a pause (`Retry-After`).
+    paused_at_ns: Option<u64>,
 }
 
 impl ChannelRate {
@@ -46,6 +51,7 @@ impl ChannelRate {
             gcra: None,
             throttled_at_ns: None,
             last_adjust_ns: 0,
+            paused_at_ns: None,
         };
         rate.rebuild();
         rate
@@ -85,6 +91,24 @@ impl ChannelRate {
             // Cannot happen: the cost is clamped to the burst.
             Err(_) => Duration::from_millis(1),
         }
+    }
+
+    /// The gateway named a pause (a 429 with `Retry-After`): the channel
+    /// waits exactly that long, so the first time nothing else changes —
+    /// every lane, the emergency lane included, resumes at the full rate
+    /// when the gateway said it may. A second pause within 10 s of the
+    /// last means the channel sends too fast for it: the rate is cut too.
+    /// Returns whether it was.
+    pub fn gateway_paused(&mut self, measured_per_s: f64) -> bool {
+        let now = self.clock.elapsed_nanos();
+        let again = self
+            .paused_at_ns
+            .is_some_and(|t| now.saturating_sub(t) < REPEAT_PAUSE_NS);
+        self.paused_at_ns = Some(now);
+        if again {
+            self.throttled(measured_per_s);
+        }
+        again
     }
 
     /// The gateway throttled: slow down. `measured_per_s` is what went out
@@ -162,6 +186,19 @@ mod tests {
             Some(100.0),
             "back to the configured rate, not above"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_named_pause_keeps_the_rate_and_a_repeated_one_cuts_it() {
+        let mut rate = ChannelRate::new(TokioClock::new(), 100.0, 5);
+        assert!(!rate.gateway_paused(100.0));
+        assert_eq!(rate.current(), Some(100.0), "the gateway's pause is enough");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(!rate.gateway_paused(100.0));
+        assert_eq!(rate.current(), Some(100.0), "long after: still enough");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(rate.gateway_paused(100.0));
+        assert_eq!(rate.current(), Some(50.0), "asked again soon: too fast");
     }
 
     #[tokio::test(start_paused = true)]

@@ -885,11 +885,12 @@ fn decide(
             throttled,
         } => {
             if throttled && let Some(after) = floor {
-                // The gateway says when: the whole channel waits, and slows.
+                // The gateway says when: the whole channel waits that long
+                // (no longer), and slows only if it has to ask again soon.
                 ch.paused_until_ms
                     .fetch_max(now.saturating_add(after), Ordering::Relaxed);
                 let measured = ch.sent_last_second.load(Ordering::Relaxed) as f64;
-                ch.rate.lock().throttled(measured);
+                ch.rate.lock().gateway_paused(measured);
             }
             let attempts = l.item.attempts + 1;
             match ch.config.retry.next_wait(attempts, floor, rng) {
