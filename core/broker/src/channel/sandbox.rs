@@ -449,7 +449,7 @@ impl SandboxGateway {
     }
 
     fn schedule_receipts(&self, state: &mut State, message_id: &str, to: &str, now_ms: u64) {
-        let due = now_ms + self.config.receipt_delay_ms;
+        let due = now_ms.saturating_add(self.config.receipt_delay_ms);
         let undelivered = state.rng.random_range(0.0..100.0) < self.config.undelivered_percent;
         let status = if undelivered {
             "undelivered"

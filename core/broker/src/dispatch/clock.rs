@@ -47,7 +47,8 @@ impl Default for TokioClock {
 
 impl Clock for TokioClock {
     fn now_ms(&self) -> u64 {
-        self.start_ms + self.start.elapsed().as_millis() as u64
+        self.start_ms
+            .saturating_add(self.start.elapsed().as_millis() as u64)
     }
 }
 

@@ -530,7 +530,7 @@ fn prepare(
         for r in ready {
             let next_ok = last
                 .get(&r.message.to)
-                .map_or(0, |t| t + ch.config.recipient_interval_ms);
+                .map_or(0, |t| t.saturating_add(ch.config.recipient_interval_ms));
             if next_ok > now {
                 // Waiting its turn is not an attempt.
                 settled.push((r.leased, Outcome::Defer { due_ms: next_ok }));

@@ -98,7 +98,11 @@ impl Store {
             batch.delete_range(Cf::Delayed, lower, end);
         }
         state.globals.delayed -= due.len() as u64;
-        state.globals.delayed_floor = if full { last_due } else { now + 1 };
+        state.globals.delayed_floor = if full {
+            last_due
+        } else {
+            now.saturating_add(1)
+        };
         let found = if full { Some(last_due) } else { later };
         state.next_due = if state.globals.delayed == 0 {
             None
@@ -107,7 +111,7 @@ impl Store {
             // a retry committed before the barrier but due later was found.
             match (found, state.next_due) {
                 (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => Some(a.or(b).unwrap_or(now + 1)),
+                (a, b) => Some(a.or(b).unwrap_or(now.saturating_add(1))),
             }
         };
         touched.write(&mut state, &mut batch);
