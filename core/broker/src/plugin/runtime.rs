@@ -419,8 +419,12 @@ impl Drop for Runtime {
     }
 }
 
-/// Interfaces a plugin may import. Everything else (`wasi:sockets`,
-/// `wasi:http`, unknown packages) is refused at load.
+/// Interfaces a plugin may import. `wasi:sockets` is linked because
+/// mainstream toolchains import it (CPython's standard library, for one)
+/// even when the plugin never uses it, with every use denied: no TCP, no
+/// UDP, no name lookup, every address refused (see `PluginState`'s WASI
+/// context) — a network attempt fails at call time. Everything else
+/// (`wasi:http`, unknown packages) is refused at load.
 pub const ALLOWED_IMPORTS: &[&str] = &[
     // The contract: `host`, and the type-only interfaces worlds `use`.
     "mhero:plugin/",
@@ -429,6 +433,7 @@ pub const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:clocks/",
     "wasi:random/",
     "wasi:filesystem/",
+    "wasi:sockets/",
 ];
 
 pub fn import_allowed(name: &str) -> bool {
@@ -608,9 +613,15 @@ impl Plugin {
                 peak: 0,
                 denied: false,
             },
+            // Nothing is granted: no files (no preopens), no environment,
+            // no network of any kind.
             wasi: WasiCtx::builder()
                 .stdout(output.clone())
                 .stderr(output.clone())
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .socket_addr_check(|_, _| Box::pin(async { false }))
                 .build(),
             table: ResourceTable::new(),
             logs: 0,

@@ -1,5 +1,6 @@
 //! A classifier that tries to phone home: its component imports
-//! `wasi:sockets`, which the host refuses to load.
+//! `wasi:sockets`, which the host links with every use denied, so the
+//! connect fails when it is called.
 
 use mhero_sdk::classifier::{
     Classification, Classifier, ClassifierInfo, ClassifyContext, PluginError, PluginInfo,
