@@ -63,15 +63,7 @@ fn killed_with_sigkill_mid_campaign_every_recipient_ends_exactly_once() {
     );
 
     let status = super::status_json(&data, &["--verify"]);
-    // A kill between storing a campaign and accepting it leaves it
-    // abandoned (never acknowledged, never sent); the demo then submits it
-    // again.
-    let campaigns: Vec<&serde_json::Value> = status["campaigns"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["state"] != "abandoned")
-        .collect();
+    let campaigns = super::accepted_campaigns(&status);
     assert_eq!(campaigns.len(), 2, "{status}");
     for c in &campaigns {
         let v = &c["verified"];

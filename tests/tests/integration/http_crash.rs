@@ -139,12 +139,7 @@ base_url = "http://{addr}"
     );
 
     let status = super::status_json_with(&config, &["--verify"]);
-    let campaigns: Vec<&serde_json::Value> = status["campaigns"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["state"] != "abandoned")
-        .collect();
+    let campaigns = super::accepted_campaigns(&status);
     assert_eq!(campaigns.len(), 1, "{status}");
     let c = campaigns[0];
     assert_eq!(c["total"].as_u64(), Some(u64::from(RECIPIENTS)));

@@ -95,3 +95,15 @@ pub fn kill_after_banner(mut child: std::process::Child, after: std::time::Durat
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The campaigns of a `status --json` answer that were accepted: a kill
+/// between storing a campaign and accepting it leaves it abandoned (never
+/// acknowledged, never sent), and the demo then submits it again.
+pub fn accepted_campaigns(status: &serde_json::Value) -> Vec<&serde_json::Value> {
+    status["campaigns"]
+        .as_array()
+        .expect("status lists campaigns")
+        .iter()
+        .filter(|c| c["state"] != "abandoned")
+        .collect()
+}

@@ -234,12 +234,7 @@ impl EventSink for Sink {
         let now = self.shared.clock.now_ms();
         // A receipt's reason can become a fallback's history: without the
         // connector's secrets.
-        let redactor = self
-            .shared
-            .channels
-            .get(name)
-            .map(|ch| ch.plugin.redactor().clone())
-            .unwrap_or_default();
+        let ch = self.shared.channels.get(name);
         let incoming: Vec<Held> = receipts
             .into_iter()
             .map(|r| {
@@ -256,7 +251,10 @@ impl EventSink for Sink {
                     channel,
                     external_id: r.external_id,
                     status,
-                    reason: r.reason.map(|reason| redactor.redact(&reason).into_owned()),
+                    reason: r.reason.map(|reason| match ch {
+                        Some(ch) => ch.plugin.redactor().redact(&reason).into_owned(),
+                        None => reason,
+                    }),
                     first_seen_ms: now,
                 }
             })

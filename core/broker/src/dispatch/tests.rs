@@ -77,6 +77,19 @@ impl World {
         self.dispatcher().submit(spec).await.unwrap().id
     }
 
+    /// Waits until the campaign has ended (failing the test after
+    /// `secs`), and returns its progress.
+    async fn finish(&self, id: mhero_proto::CampaignId, secs: u64) -> Progress {
+        assert!(
+            self.dispatcher()
+                .wait_done(&[id], Duration::from_secs(secs))
+                .await,
+            "not done after {secs} s: {:?}",
+            self.dispatcher().progress(id)
+        );
+        self.dispatcher().progress(id).unwrap()
+    }
+
     fn dispatcher(&self) -> &Dispatcher {
         self.broker.dispatcher()
     }
@@ -233,12 +246,7 @@ async fn throttling_pauses_the_channel_and_every_message_still_goes() {
     ch.retry.max_attempts = 12;
     let w = world([("sms".to_string(), ch)].into()).await;
     let id = w.submit(generated("x", Lane::Normal, 300, &["sms"])).await;
-    assert!(
-        w.dispatcher()
-            .wait_done(&[id], Duration::from_secs(120))
-            .await
-    );
-    let p = w.dispatcher().progress(id).unwrap();
+    let p = w.finish(id, 120).await;
     assert_eq!((p.wired, p.dead), (300, 0));
     assert!(p.retries > 0);
     let stats = w.dispatcher().sandbox("sms").unwrap().stats();
@@ -306,12 +314,7 @@ async fn unreachable_recipients_fall_back_to_the_next_channel() {
         g.not_on_percent.insert("whatsapp".into(), 50.0);
     }
     let id = w.submit(spec).await;
-    assert!(
-        w.dispatcher()
-            .wait_done(&[id], Duration::from_secs(10))
-            .await
-    );
-    let p = w.dispatcher().progress(id).unwrap();
+    let p = w.finish(id, 10).await;
     assert_eq!(p.wired, 100);
     let not_on = (0..100)
         .filter(|i| {
@@ -349,11 +352,7 @@ async fn receipts_move_statuses_forward_and_never_back() {
     ch.sandbox.receipts = true;
     let w = world([("sms".to_string(), ch)].into()).await;
     let id = w.submit(generated("x", Lane::Normal, 20, &["sms"])).await;
-    assert!(
-        w.dispatcher()
-            .wait_done(&[id], Duration::from_secs(5))
-            .await
-    );
+    w.finish(id, 5).await;
     run_for(1000).await;
     let p = w.dispatcher().progress(id).unwrap();
     assert_eq!(p.read, 20, "delivered then read: {p:?}");
@@ -405,11 +404,7 @@ async fn explicit_recipients_are_normalised_and_bad_numbers_refused_with_reasons
     assert_eq!(reasons.len(), 2);
     assert_eq!(reasons[0].0, 1);
     assert_eq!(reasons[1], (3, "no phone number and no channel address"));
-    assert!(
-        w.dispatcher()
-            .wait_done(&[submitted.id], Duration::from_secs(5))
-            .await
-    );
+    w.finish(submitted.id, 5).await;
     let stats = w.dispatcher().sandbox("sms").unwrap().stats();
     assert_eq!(stats.accepted, 2);
     w.shutdown().await;
@@ -575,11 +570,7 @@ async fn the_in_flight_window_bounds_concurrent_requests() {
         (6..=8).contains(&wired),
         "two requests of 100 ms at a time: {wired} in 450 ms"
     );
-    assert!(
-        w.dispatcher()
-            .wait_done(&[id], Duration::from_secs(2))
-            .await
-    );
+    w.finish(id, 2).await;
     w.shutdown().await;
 }
 
@@ -612,12 +603,7 @@ async fn a_connector_that_prints_sleeps_and_busy_waits_does_not_stop_its_campaig
     let id = w
         .submit(generated("noisy", Lane::Normal, 40, &["sms"]))
         .await;
-    assert!(
-        w.dispatcher()
-            .wait_done(&[id], Duration::from_secs(30))
-            .await
-    );
-    let p = w.dispatcher().progress(id).unwrap();
+    let p = w.finish(id, 30).await;
     assert_eq!(p.wired, 40, "every message sent in the end: {p:?}");
     assert_eq!(p.dead, 0);
     // Indexes 0 and 1 modulo 4 failed their first attempt: a refused
@@ -834,12 +820,7 @@ async fn a_slow_gateway_gets_the_window_in_flight_and_the_campaign_completes() {
     let id = w
         .submit(generated("http", Lane::Normal, 400, &["sms"]))
         .await;
-    assert!(
-        w.dispatcher()
-            .wait_done(&[id], Duration::from_secs(30))
-            .await
-    );
-    let p = w.dispatcher().progress(id).unwrap();
+    let p = w.finish(id, 30).await;
     assert_eq!(p.wired, 400, "{p:?}");
     assert_eq!(gw.accepted.load(Ordering::SeqCst), 400);
     // One request at a time would take 20 s; the window keeps 32 going.
@@ -866,12 +847,7 @@ async fn gateway_errors_and_unreachable_gateways_are_retried_not_dead_lettered()
     let id = w
         .submit(generated("retry", Lane::Normal, 5, &["sms"]))
         .await;
-    assert!(
-        w.dispatcher()
-            .wait_done(&[id], Duration::from_secs(20))
-            .await
-    );
-    let p = w.dispatcher().progress(id).unwrap();
+    let p = w.finish(id, 20).await;
     assert_eq!((p.wired, p.retries, p.dead), (5, 5, 0), "{p:?}");
     assert_eq!(gw.accepted.load(Ordering::SeqCst), 5);
     w.shutdown().await;
@@ -883,12 +859,7 @@ async fn gateway_errors_and_unreachable_gateways_are_retried_not_dead_lettered()
     drop(closed);
     let w = world_with([("sms".to_string(), ch)].into(), over_http(&url)).await;
     let id = w.submit(generated("down", Lane::Normal, 3, &["sms"])).await;
-    assert!(
-        w.dispatcher()
-            .wait_done(&[id], Duration::from_secs(20))
-            .await
-    );
-    let p = w.dispatcher().progress(id).unwrap();
+    let p = w.finish(id, 20).await;
     assert_eq!((p.dead, p.retries), (3, 9), "{p:?}");
     let dead = w.store().dead_letters(None, 10).unwrap();
     assert!(
@@ -916,12 +887,7 @@ async fn a_retry_after_of_years_is_cut_to_the_channel_ceiling() {
     let id = w.submit(generated("x", Lane::Emergency, 5, &["sms"])).await;
     // Three attempts, each followed by at most the 5 s ceiling (and the
     // rate the throttling cut).
-    assert!(
-        w.dispatcher()
-            .wait_done(&[id], Duration::from_secs(60))
-            .await
-    );
-    let p = w.dispatcher().progress(id).unwrap();
+    let p = w.finish(id, 60).await;
     assert_eq!(
         p.dead, 5,
         "gave up after its attempts, not parked for years: {p:?}"
@@ -963,11 +929,7 @@ async fn a_gateway_echoing_credentials_leaves_none_in_dead_letters() {
     )
     .await;
     let id = w.submit(generated("echo", Lane::Normal, 3, &["sms"])).await;
-    assert!(
-        w.dispatcher()
-            .wait_done(&[id], Duration::from_secs(20))
-            .await
-    );
+    w.finish(id, 20).await;
     let dead = w.store().dead_letters(None, 10).unwrap();
     assert_eq!(dead.len(), 3);
     for d in &dead {
@@ -989,11 +951,7 @@ async fn ended_campaigns_leave_memory_then_the_store_after_the_retention() {
     let ended = w
         .submit(generated("ended", Lane::Normal, 50, &["sms"]))
         .await;
-    assert!(
-        w.dispatcher()
-            .wait_done(&[ended], Duration::from_secs(10))
-            .await
-    );
+    w.finish(ended, 10).await;
     run_for(1_500).await;
     // An hour later it has left memory; its progress is read from the store.
     tokio::time::advance(Duration::from_secs(3_600)).await;
