@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 
 use crate::channel::{SandboxGateway, Webhooks, sandbox};
 use crate::config::Config;
+use crate::directory::Directory;
 use crate::dispatch::{Dispatcher, TokioClock};
 use crate::error::Result;
 use crate::metrics::Metrics;
@@ -29,6 +30,7 @@ pub struct Options {
 pub struct Broker {
     config: Config,
     store: Arc<Store>,
+    directory: Arc<Directory>,
     plugins: Arc<PluginHost>,
     dispatcher: Dispatcher,
     webhooks: Arc<Webhooks>,
@@ -77,6 +79,9 @@ impl Broker {
             plugins.load_dir(dir)?;
         }
         let plugins = Arc::new(plugins);
+        // The directory's indexes load from the same store, before any
+        // campaign that selects from it resumes.
+        let directory = Arc::new(Directory::open(Arc::clone(store.engine()))?);
         let dispatcher = Dispatcher::start(
             Arc::clone(&store),
             &plugins,
@@ -84,6 +89,7 @@ impl Broker {
             config.dispatch.clone(),
             clock,
             metrics.dispatch.clone(),
+            Some(Arc::clone(&directory) as Arc<dyn crate::audience::AudienceSource>),
         )?;
         let mut webhooks = Webhooks::new(dispatcher.sink(), metrics.webhooks.clone());
         for (name, ch) in dispatcher.channels() {
@@ -108,6 +114,7 @@ impl Broker {
         Ok(Self {
             config,
             store,
+            directory,
             plugins,
             dispatcher,
             webhooks,
@@ -123,6 +130,11 @@ impl Broker {
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// The health-worker directory.
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.directory
     }
 
     pub fn plugins(&self) -> &Arc<PluginHost> {

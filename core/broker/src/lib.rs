@@ -32,6 +32,8 @@
 pub mod broker;
 pub mod channel;
 pub mod config;
+pub mod audience;
+pub mod directory;
 pub mod dispatch;
 pub mod error;
 pub mod metrics;

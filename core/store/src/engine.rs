@@ -32,10 +32,18 @@ pub enum Cf {
     /// Inbound messages as webhooks brought them: `seq`, and the
     /// de-duplication index `channel | external id` → seq.
     Inbound = 8,
+    /// The directory's contacts: `number` (u32, dense) → contact record.
+    Contacts = 9,
+    /// The directory's indexes and sources: posting lists, locations,
+    /// groups, look-ups by source id and by address, sync marks.
+    Directory = 10,
+    /// Audiences frozen at submit: `campaign` → the selected contact
+    /// numbers (a serialized bitmap).
+    Frozen = 11,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 9] = [
+    pub const ALL: [Cf; 12] = [
         Cf::Meta,
         Cf::Campaigns,
         Cf::Ready,
@@ -45,10 +53,13 @@ impl Cf {
         Cf::External,
         Cf::Audience,
         Cf::Inbound,
+        Cf::Contacts,
+        Cf::Directory,
+        Cf::Frozen,
     ];
     /// Families added after the first release: a store without them is
     /// older, not foreign; they are created when it opens.
-    pub const ADDED_LATER: [Cf; 1] = [Cf::Inbound];
+    pub const ADDED_LATER: [Cf; 4] = [Cf::Inbound, Cf::Contacts, Cf::Directory, Cf::Frozen];
     pub const COUNT: usize = Self::ALL.len();
 
     pub const fn name(self) -> &'static str {
@@ -62,6 +73,9 @@ impl Cf {
             Cf::External => "external",
             Cf::Audience => "audience",
             Cf::Inbound => "inbound",
+            Cf::Contacts => "contacts",
+            Cf::Directory => "directory",
+            Cf::Frozen => "frozen",
         }
     }
 

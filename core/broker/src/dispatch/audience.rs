@@ -6,32 +6,11 @@ use std::sync::Arc;
 
 use mhero_proto::CampaignId;
 
+pub use crate::audience::{AudienceCursor, Member};
+
 use super::campaign::{GeneratedAudience, Recipient};
 use crate::error::{Error, Result};
 use crate::store::Store;
-
-/// A campaign's audience, read from a position.
-pub trait AudienceCursor: Send + Sync {
-    /// Recipients in the audience.
-    fn len(&self) -> u32;
-
-    /// Up to `max` recipients from position `from`, with their positions.
-    fn page(&self, from: u32, max: u32) -> Result<Vec<(u32, Recipient)>>;
-
-    /// One recipient (for falling back to another channel).
-    fn get(&self, index: u32) -> Result<Option<Recipient>> {
-        Ok(self
-            .page(index, 1)?
-            .into_iter()
-            .next()
-            .filter(|(i, _)| *i == index)
-            .map(|(_, r)| r))
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 /// An explicit list stored with the campaign (store column family
 /// `audience`).
@@ -54,7 +33,7 @@ impl AudienceCursor for StoredAudience {
         self.count
     }
 
-    fn page(&self, from: u32, max: u32) -> Result<Vec<(u32, Recipient)>> {
+    fn page(&self, from: u32, max: u32) -> Result<Vec<(u32, Member)>> {
         self.store
             .audience(
                 self.campaign,
@@ -64,7 +43,7 @@ impl AudienceCursor for StoredAudience {
             .into_iter()
             .map(|(i, bytes)| {
                 crate::store::decode_value(&bytes)
-                    .map(|r| (i, r))
+                    .map(|r| (i, Member::Reach(r)))
                     .map_err(|message| Error::BadRecord {
                         cf: "audience",
                         key: format!("{}-{i}", self.campaign),
@@ -80,9 +59,11 @@ impl AudienceCursor for GeneratedAudience {
         self.count
     }
 
-    fn page(&self, from: u32, max: u32) -> Result<Vec<(u32, Recipient)>> {
+    fn page(&self, from: u32, max: u32) -> Result<Vec<(u32, Member)>> {
         let end = from.saturating_add(max).min(self.count);
-        Ok((from..end).map(|i| (i, self.recipient(i))).collect())
+        Ok((from..end)
+            .map(|i| (i, Member::Reach(self.recipient(i))))
+            .collect())
     }
 }
 

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 
 use mhero_proto::Lane;
+
+pub use crate::audience::Recipient;
 use serde::{Deserialize, Serialize};
 
 /// A campaign as submitted.
@@ -97,37 +99,12 @@ pub enum AudienceSpec {
     Generated(GeneratedAudience),
     /// An explicit list already stored (what the campaign record keeps).
     Stored { count: u32 },
-}
-
-/// One recipient.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Recipient {
-    /// Phone number; normalised to E.164 with the default country.
-    #[serde(default)]
-    pub phone: Option<String>,
-    /// Addresses per channel name, where they differ from the phone
-    /// number (a WhatsApp id, a Telegram chat id).
-    #[serde(default)]
-    pub addresses: BTreeMap<String, String>,
-    /// Channels this recipient is known not to be on.
-    #[serde(default)]
-    pub not_on: Vec<String>,
-    #[serde(default)]
-    pub language: Option<String>,
-}
-
-impl Recipient {
-    /// The recipient's address on a channel, if any.
-    pub fn address(&self, channel: &str) -> Option<&str> {
-        if self.not_on.iter().any(|c| c == channel) {
-            return None;
-        }
-        self.addresses
-            .get(channel)
-            .map(String::as_str)
-            .or(self.phone.as_deref())
-    }
+    /// Directory contacts a selector names (`role:nurse AND
+    /// location:Location/bong`), evaluated at submit.
+    Selector(String),
+    /// A selector's result as it was frozen at submit (what the campaign
+    /// record keeps).
+    Frozen { selector: String, count: u32 },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -48,7 +48,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-pub use audience::AudienceCursor;
+pub use audience::{AudienceCursor, Member};
 pub use campaign::{
     AudienceSpec, Body, CampaignRecord, CampaignSpec, CampaignState, GeneratedAudience, Recipient,
 };
@@ -56,6 +56,7 @@ pub use clock::TokioClock;
 pub use metrics::DispatchMetrics;
 pub use retry::RetryPolicy;
 
+use crate::audience::AudienceSource;
 use crate::error::{Error, Result};
 use crate::plugin::PluginHost;
 use crate::store::{NewDelivery, QueueKey, Store};
@@ -153,6 +154,8 @@ pub(crate) struct Shared {
     pub config: DispatchConfig,
     pub campaigns: RwLock<BTreeMap<CampaignId, Arc<Live>>>,
     pub channels: BTreeMap<String, Arc<sender::Channel>>,
+    /// Selector audiences (the directory), when the broker has one.
+    pub audiences: Option<Arc<dyn AudienceSource>>,
     pub metrics: DispatchMetrics,
     /// New ready work: fan-out, promotions, replays.
     pub work: Notify,
@@ -201,6 +204,7 @@ impl Dispatcher {
         config: DispatchConfig,
         clock: TokioClock,
         metrics: DispatchMetrics,
+        audiences: Option<Arc<dyn AudienceSource>>,
     ) -> Result<Self> {
         let (tx, rx) = watch::channel(false);
         let mut built = BTreeMap::new();
@@ -215,6 +219,7 @@ impl Dispatcher {
             config,
             campaigns: RwLock::new(BTreeMap::new()),
             channels: built,
+            audiences,
             metrics,
             work: Notify::new(),
             fanout_wake: Notify::new(),
@@ -311,17 +316,37 @@ impl Dispatcher {
                 AudienceSpec::Generated(g) => {
                     (AudienceSpec::Generated(g.clone()), Vec::new(), Vec::new())
                 }
-                AudienceSpec::Stored { .. } => {
+                AudienceSpec::Selector(selector) => {
+                    let Some(source) = &shared.audiences else {
+                        return Err(Error::field_invalid(
+                            "audience.selector",
+                            "this broker has no directory to select from",
+                        ));
+                    };
+                    source.check(selector)?;
+                    // Counted when it is frozen, below.
+                    (
+                        AudienceSpec::Frozen {
+                            selector: selector.clone(),
+                            count: 0,
+                        },
+                        Vec::new(),
+                        Vec::new(),
+                    )
+                }
+                AudienceSpec::Stored { .. } | AudienceSpec::Frozen { .. } => {
                     return Err(Error::field_invalid(
                         "audience",
-                        "give recipients or a generated audience",
+                        "give recipients, a selector or a generated audience",
                     ));
                 }
             };
         let total = match &audience_spec {
-            AudienceSpec::Stored { count } => *count,
+            AudienceSpec::Stored { count } | AudienceSpec::Frozen { count, .. } => *count,
             AudienceSpec::Generated(g) => g.count,
-            AudienceSpec::Recipients(_) => unreachable!("replaced above"),
+            AudienceSpec::Recipients(_) | AudienceSpec::Selector(_) => {
+                unreachable!("replaced above")
+            }
         };
         let mut stored_spec = spec.clone();
         stored_spec.audience = audience_spec;
@@ -342,6 +367,30 @@ impl Dispatcher {
                 .put_audience(id, (chunk_no * 10_000) as u32, encoded)
                 .await?;
         }
+        if let (AudienceSpec::Frozen { selector, .. }, Some(source)) =
+            (&record.spec.audience, &shared.audiences)
+        {
+            // Evaluated and written on a blocking thread; the campaign
+            // stays `preparing` (never sent, abandoned after a crash)
+            // until its audience is kept.
+            let source = Arc::clone(source);
+            let selector = selector.clone();
+            let count = tokio::task::spawn_blocking(move || source.freeze(id, &selector))
+                .await
+                .map_err(|e| Error::Internal(format!("freezing the audience failed: {e}")))??;
+            if count == 0 {
+                shared.store.purge_campaign(id)?;
+                return Err(Error::field_invalid(
+                    "audience.selector",
+                    "it selects no contact (opted-out and inactive contacts are never selected)",
+                ));
+            }
+            record.total = count;
+            if let AudienceSpec::Frozen { count: c, .. } = &mut record.spec.audience {
+                *c = count;
+            }
+        }
+        let total = record.total;
         record.state = if spec.start_at_ms.is_some_and(|t| t > now) {
             CampaignState::Scheduled
         } else {
@@ -653,9 +702,17 @@ fn live(shared: &Shared, id: CampaignId, record: CampaignRecord) -> Result<Arc<L
             count: *count,
         }),
         AudienceSpec::Generated(g) => Box::new(g.clone()),
-        AudienceSpec::Recipients(_) => {
+        AudienceSpec::Frozen { .. } => match &shared.audiences {
+            Some(source) => source.frozen(id)?,
+            None => {
+                return Err(Error::Invalid(format!(
+                    "campaign {id}: its audience is a directory selection, and this broker has no directory"
+                )));
+            }
+        },
+        AudienceSpec::Recipients(_) | AudienceSpec::Selector(_) => {
             return Err(Error::Invalid(format!(
-                "campaign {id}: its record holds an unstored list"
+                "campaign {id}: its record holds an unstored audience"
             )));
         }
     };
@@ -910,7 +967,14 @@ async fn fan_out_step(shared: &Shared, live: &Arc<Live>) -> Result<bool> {
     let next = page.last().map_or(total, |(i, _)| i + 1);
     let mut queues: HashMap<ChannelId, Vec<NewDelivery>> = HashMap::new();
     let mut unreachable = Vec::new();
-    for (index, recipient) in page {
+    for (index, member) in page {
+        let recipient = match member {
+            Member::Reach(recipient) => recipient,
+            Member::Withheld(why) => {
+                unreachable.push((index, why));
+                continue;
+            }
+        };
         match route(live, &recipient, 0) {
             Some((channel, route_no, address)) => {
                 queues.entry(channel).or_default().push(NewDelivery {

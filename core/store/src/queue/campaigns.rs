@@ -197,6 +197,7 @@ impl Store {
             batch.delete(Cf::External, k);
         }
         batch.delete(Cf::Campaigns, keys::campaign(id));
+        batch.delete(Cf::Frozen, keys::campaign(id));
         batch.delete(Cf::Meta, keys::counters(id));
         let mut queues = Vec::new();
         for (channel, ch) in &mut state.queues {
