@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 
 use crate::channel::{SandboxGateway, Webhooks, sandbox};
 use crate::config::Config;
-use crate::directory::Directory;
+use crate::directory::{Directory, Syncer};
 use crate::dispatch::{Dispatcher, TokioClock};
 use crate::error::Result;
 use crate::metrics::Metrics;
@@ -111,6 +111,27 @@ impl Broker {
                 )));
             }
         }
+        // Scheduled syncs of the directory's FHIR sources.
+        for (name, source) in &config.directory.sources {
+            if source.every_s == 0 {
+                continue;
+            }
+            let syncer = syncer(&config, &directory, &plugins, name)?;
+            let every = Duration::from_secs(source.every_s);
+            let mut shutdown = dispatcher.shutdown_signal();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let now = store::Clock::now_ms(&clock);
+                    match syncer.sync(now, &|_| {}).await {
+                        Ok(r) => tracing::info!(source = %syncer.name, pages = r.pages, created = r.import.created, updated = r.import.updated, removed = r.import.removed, problems = r.import.problems.len(), "Directory synced."),
+                        Err(e) => tracing::error!(source = %syncer.name, error = %e, "Directory sync failed; the next one resumes where it stopped."),
+                    }
+                    if !crate::stop::tick(&mut shutdown, every).await {
+                        return;
+                    }
+                }
+            }));
+        }
         Ok(Self {
             config,
             store,
@@ -135,6 +156,11 @@ impl Broker {
     /// The health-worker directory.
     pub fn directory(&self) -> &Arc<Directory> {
         &self.directory
+    }
+
+    /// The syncer of a configured FHIR source.
+    pub fn syncer(&self, source: &str) -> Result<Syncer> {
+        syncer(&self.config, &self.directory, &self.plugins, source)
     }
 
     pub fn plugins(&self) -> &Arc<PluginHost> {
@@ -203,4 +229,26 @@ pub fn tune_process() {
             );
         }
     }
+}
+
+fn syncer(
+    config: &Config,
+    directory: &Arc<Directory>,
+    plugins: &PluginHost,
+    name: &str,
+) -> Result<Syncer> {
+    let source = config.directory.sources.get(name).ok_or_else(|| {
+        crate::Error::NotFound {
+            what: "directory source",
+            id: name.to_string(),
+        }
+    })?;
+    let mapper = plugins.require(&source.mapper, crate::plugin::Kind::FhirMapper)?;
+    Syncer::new(
+        name,
+        source.clone(),
+        &config.dispatch.default_country,
+        Arc::clone(directory),
+        mapper,
+    )
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::directory::config::{DirectoryConfig, SourceConfig};
 pub use crate::dispatch::config::{ChannelConfig, DispatchConfig};
 use crate::error::{Error, Result};
 pub use crate::plugin::PluginsConfig;
@@ -19,6 +20,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub plugins: PluginsConfig,
     pub dispatch: DispatchConfig,
+    /// The health-worker directory and the FHIR servers it syncs from.
+    pub directory: DirectoryConfig,
     /// Channels by name (`sms`, `whatsapp`…): what campaigns send through.
     pub channels: BTreeMap<String, ChannelConfig>,
 }
@@ -30,6 +33,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             plugins: PluginsConfig::default(),
             dispatch: DispatchConfig::default(),
+            directory: DirectoryConfig::default(),
             channels: BTreeMap::new(),
         }
     }
@@ -73,6 +77,7 @@ impl Config {
         }
         self.plugins.validate().map_err(Error::Config)?;
         self.dispatch.validate().map_err(Error::Config)?;
+        self.directory.validate().map_err(Error::Config)?;
         for (name, c) in &self.channels {
             let path = format!("channels.{name}");
             if name.is_empty()

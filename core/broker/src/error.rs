@@ -62,6 +62,11 @@ pub enum Error {
     #[error("cannot parse config file {path}: {message}")]
     ConfigParse { path: PathBuf, message: String },
 
+    /// A system the broker reads from (a FHIR server) failed or refused,
+    /// after the retries it was due.
+    #[error("{system}: {message}")]
+    Upstream { system: String, message: String },
+
     /// A task the broker runs stopped unexpectedly (a bug, or shutdown).
     #[error("internal error: {0}")]
     Internal(String),
@@ -134,7 +139,10 @@ impl Error {
             Error::NotFound { .. } => ErrorCode::NotFound,
             Error::Conflict(_) => ErrorCode::Conflict,
             Error::Unauthorized(_) => ErrorCode::Unauthorized,
-            Error::PluginLoad { .. } | Error::ConfigFile { .. } | Error::Io { .. } => {
+            Error::PluginLoad { .. }
+            | Error::ConfigFile { .. }
+            | Error::Io { .. }
+            | Error::Upstream { .. } => {
                 ErrorCode::Unavailable
             }
             Error::BadRecord { .. } | Error::Internal(_) => ErrorCode::Internal,

@@ -6,8 +6,11 @@
 //! - `demo.rs`: `mhero demo`, the guided first run on the embedded store.
 //! - `status.rs`: `mhero status`, what a store holds.
 //! - `dead.rs`: `mhero dead list|replay`, dead letters.
+//! - `contacts.rs`: `mhero import`, `mhero sync`, `mhero contacts …`: the
+//!   health-worker directory.
 //! - `plugin.rs`: `mhero plugin test|list`, plugins under production limits.
 
+mod contacts;
 mod dead;
 mod demo;
 mod plugin;
@@ -43,6 +46,14 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Shows what a store holds: campaigns, counts, queues, dead letters.
     Status(status::StatusArgs),
+    /// Imports FHIR R4 documents (a Bundle file or a folder of them) into
+    /// the directory through a mapper plugin.
+    Import(contacts::ImportArgs),
+    /// Syncs the directory from the configured FHIR servers.
+    Sync(contacts::SyncArgs),
+    /// The directory: count a selector, show a contact.
+    #[command(subcommand)]
+    Contacts(contacts::ContactsCommand),
     /// Dead letters: list, replay.
     #[command(subcommand)]
     Dead(dead::DeadCommand),
@@ -102,6 +113,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Plugin(command) => plugin::run(&load()?, command),
         Command::Dead(command) => dead::run(&load()?, command),
+        Command::Import(args) => contacts::import(&load()?, args),
+        Command::Sync(args) => contacts::sync(&load()?, args),
+        Command::Contacts(command) => contacts::contacts(&load()?, command),
         Command::ConfigExample => {
             print!("{EXAMPLE_CONFIG}");
             Ok(())

@@ -536,7 +536,9 @@ impl Directory {
         record.derived = derived;
         let bitmap = state.postings.entry(posting.clone()).or_default();
         for m in &g.members {
-            if !record.members.contains(m) {
+            // A derived group (a cadre, tens of thousands strong) keeps its
+            // members in its bitmap only.
+            if !derived {
                 record.members.push(m.clone());
             }
             match ov

@@ -24,7 +24,10 @@
 //! a fallback finds a recipient by position. A contact who opts out after
 //! the freeze is withheld when the fan-out reaches them.
 
+pub mod config;
 pub mod contact;
+pub mod fhir;
+pub mod generate;
 pub mod import;
 pub mod selector;
 pub mod sync;
@@ -40,7 +43,9 @@ use parking_lot::RwLock;
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
+pub use config::{Auth, DirectoryConfig, SourceConfig};
 pub use contact::{Contact, OptOut, Part};
+pub use fhir::{SyncMark, SyncReport, Syncer};
 pub use import::{ImportReport, Incoming, IncomingContact, IncomingGroup, IncomingPlace, Telecom};
 pub use selector::{Expr, Field, ParseError};
 
@@ -412,10 +417,6 @@ impl Directory {
 
     pub(crate) fn engine(&self) -> &Arc<dyn Engine> {
         &self.engine
-    }
-
-    pub(crate) fn state(&self) -> &RwLock<State> {
-        &self.state
     }
 
     /// Parses a selector; the error names the field `audience.selector`.

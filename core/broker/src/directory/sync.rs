@@ -40,7 +40,7 @@ fn resource_ref(r: &Value) -> Option<String> {
 }
 
 /// `Practitioner/1` from an entry's request URL or full URL.
-fn url_ref(url: &str) -> Option<String> {
+pub(crate) fn url_ref(url: &str) -> Option<String> {
     let path = url.split(['?', '#']).next().unwrap_or(url);
     let parts: Vec<&str> = path.trim_end_matches('/').split('/').collect();
     let parts = match parts.iter().position(|p| *p == "_history") {

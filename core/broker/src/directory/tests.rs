@@ -537,3 +537,86 @@ mod model {
         }
     }
 }
+
+/// A generated iHRIS registry, through the real mapper plugin, gives the
+/// counts the generator's own rules give.
+#[test]
+fn a_generated_ihris_registry_imports_through_the_mapper_with_its_noise_reported() {
+    use super::generate::{ROLES, Registry};
+    use crate::plugin::{HostOptions, Kind, PluginHost, PluginMetrics};
+
+    let host = PluginHost::new(HostOptions::default(), PluginMetrics::default()).unwrap();
+    host.load_builtins().unwrap();
+    let mapper = host.require("ihris-practitioner", Kind::FhirMapper).unwrap();
+    let d = dir();
+    let reg = Registry {
+        noise_percent: 6.0,
+        retired_percent: 3.0,
+        page: 500,
+        ..Registry::new(3000)
+    };
+    let mut report = ImportReport::default();
+    let mut docs = vec![reg.places_bundle()];
+    docs.extend((0..reg.pages()).map(|p| reg.practitioners_page(p)));
+    docs.push(reg.groups_bundle());
+    for doc in docs {
+        let (r, _) =
+            sync::import_document(&d, &mapper, "ihris", "LR", &doc.to_string()).unwrap();
+        report.absorb(r);
+    }
+    assert_eq!(report.contacts(), 3000);
+    assert_eq!(report.created, 3000, "shared numbers within one source stay apart");
+    let noisy: Vec<u32> = (0..3000)
+        .filter(|i| reg.practitioner(*i).0["telecom"].as_array().unwrap().is_empty()
+            || reg.practitioner(*i).0["telecom"][0]["value"].as_str().unwrap().starts_with("077-"))
+        .collect();
+    let malformed = noisy
+        .iter()
+        .filter(|i| !reg.practitioner(**i).0["telecom"].as_array().unwrap().is_empty())
+        .count();
+    assert!(malformed > 0 && report.problems.len() == malformed, "{} vs {malformed}", report.problems.len());
+    assert!(!report.duplicates.is_empty());
+    let retired = (0..3000)
+        .filter(|i| reg.practitioner(*i).0["active"] == false)
+        .count() as u64;
+    assert_eq!(count(&d, "*"), 3000 - retired);
+
+    // Nurses in Bong county, by the generator's rules.
+    let want = (0..3000)
+        .filter(|i| {
+            let (p, r) = reg.practitioner(*i);
+            p["active"] == true
+                && r["code"][0]["coding"][0]["code"] == ROLES[0].0
+                && {
+                    let f: u32 = r["location"][0]["reference"].as_str().unwrap()["Location/F-".len()..]
+                        .parse()
+                        .unwrap();
+                    reg.district_of(f).starts_with("Location/D-bong-")
+                }
+        })
+        .count() as u64;
+    assert!(want > 0);
+    assert_eq!(count(&d, "role:nurse AND location:C-bong"), want);
+    assert_eq!(
+        count(&d, "role:nurse AND location:C-bong AND NOT group:\"Ebola responders\""),
+        want - (0..3000)
+            .step_by(20)
+            .filter(|i| {
+                let (p, r) = reg.practitioner(*i);
+                p["active"] == true
+                    && r["code"][0]["coding"][0]["code"] == ROLES[0].0
+                    && reg
+                        .district_of(
+                            r["location"][0]["reference"].as_str().unwrap()["Location/F-".len()..]
+                                .parse()
+                                .unwrap(),
+                        )
+                        .starts_with("Location/D-bong-")
+            })
+            .count() as u64
+    );
+    assert_eq!(count(&d, "lang:fr"), count(&d, "lang:fr AND *"));
+    let c = d.find("ihris:Practitioner/P-7").unwrap().unwrap();
+    assert_eq!(c.parts[0].version_id.as_deref(), Some("1"));
+    assert!(c.parts[0].last_updated.is_some());
+}

@@ -1022,3 +1022,75 @@ fn channel_addresses_are_checked_like_numbers_or_as_ids() {
         ]
     );
 }
+
+/// `n` nurses (and as many midwives) in the directory.
+fn directory_of(w: &World, n: usize) {
+    use crate::directory::{Incoming, IncomingContact, Telecom};
+    let contacts = (0..2 * n)
+        .map(|i| IncomingContact {
+            resource: format!("Practitioner/{i}"),
+            name: format!("Worker {i}"),
+            telecoms: vec![Telecom {
+                system: "phone".into(),
+                value: format!("07700{i:05}"),
+                ..Default::default()
+            }],
+            roles: vec![if i % 2 == 0 { "nurse" } else { "midwife" }.into()],
+            active: true,
+            ..Default::default()
+        })
+        .collect();
+    w.broker
+        .directory()
+        .import(
+            "ihris",
+            "LR",
+            Incoming {
+                contacts,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_selector_audience_is_frozen_at_submit_and_withholds_later_opt_outs() {
+    let w = world(sms(100.0)).await;
+    directory_of(&w, 1500);
+    let mut spec = generated("nurses", Lane::Normal, 1, &["sms"]);
+    spec.audience = AudienceSpec::Selector("role:nurse".into());
+    let submitted = w.dispatcher().submit(spec.clone()).await.unwrap();
+    assert_eq!(submitted.accepted, 1500);
+    let id = submitted.id;
+    // Joins after the submit are not in it; an opt-out before the fan-out
+    // reaches the contact is honoured.
+    directory_of(&w, 1600);
+    let last = w.broker.directory().find("Practitioner/2998").unwrap().unwrap();
+    w.broker
+        .directory()
+        .set_opted_out(
+            last.number,
+            Some(crate::directory::OptOut {
+                at_ms: 1,
+                via: "operator".into(),
+            }),
+        )
+        .unwrap();
+    let p = w.finish(id, 60).await;
+    assert_eq!(p.total, 1500);
+    assert_eq!(p.wired, 1499);
+    assert_eq!(p.failed + p.dead, 1);
+    let rec = w.store().status(DeliveryId::new(id, 1499)).unwrap().unwrap();
+    assert_eq!(rec.reason.as_deref(), Some("opted out"));
+
+    // A selector that selects nobody, or does not parse, is refused and
+    // leaves no campaign behind.
+    spec.audience = AudienceSpec::Selector("role:surgeon".into());
+    let e = w.dispatcher().submit(spec.clone()).await.unwrap_err();
+    assert!(e.to_string().contains("selects no contact"), "{e}");
+    spec.audience = AudienceSpec::Selector("role:nurse AND (".into());
+    let e = w.dispatcher().submit(spec).await.unwrap_err();
+    assert!(e.to_string().contains("audience.selector"), "{e}");
+    assert_eq!(w.dispatcher().all_progress().len(), 1);
+    w.shutdown().await;
+}

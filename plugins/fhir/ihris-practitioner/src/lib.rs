@@ -135,6 +135,29 @@ fn place(resource: &Value, kind_of: &str, id: String) -> Result<Location, String
     })
 }
 
+/// A FHIR Group: its name and its current members (`member.inactive`
+/// ones and members whose period has ended are left out).
+fn group(resource: &Value, id: String) -> Result<Group, String> {
+    let mut members = Vec::new();
+    for (i, m) in list(resource, "member")?.iter().enumerate() {
+        if m.get("inactive").and_then(Value::as_bool) == Some(true) {
+            continue;
+        }
+        if m.get("period").and_then(|p| p.get("end")).is_some() {
+            continue;
+        }
+        match reference(m.get("entity")) {
+            Some(r) => members.push(r),
+            None => return Err(format!("member[{i}] has no entity reference")),
+        }
+    }
+    Ok(Group {
+        name: text(resource, "name").unwrap_or(&id).to_string(),
+        source_id: id,
+        members,
+    })
+}
+
 fn entries(doc: &Value) -> Result<Vec<&Value>, PluginError> {
     match text(doc, "resourceType") {
         Some("Bundle") => match doc.get("entry") {
@@ -157,9 +180,9 @@ impl FhirMapper for IhrisPractitioner {
                 name: "ihris-practitioner".into(),
                 version: env!("CARGO_PKG_VERSION").into(),
                 kind: PluginKind::FhirMapper,
-                summary: "iHRIS Practitioner, PractitionerRole, Location, Organization to contacts and locations".into(),
+                summary: "iHRIS Practitioner, PractitionerRole, Location, Organization, Group to contacts, locations and groups".into(),
             },
-            resource_types: ["Practitioner", "PractitionerRole", "Location", "Organization"].map(String::from).to_vec(),
+            resource_types: ["Practitioner", "PractitionerRole", "Location", "Organization", "Group"].map(String::from).to_vec(),
         }
     }
 
@@ -170,6 +193,7 @@ impl FhirMapper for IhrisPractitioner {
         let mut practitioners: Vec<(u32, String, &Value)> = Vec::new();
         let mut roles: Vec<Role> = Vec::new();
         let mut places: BTreeMap<String, Location> = BTreeMap::new();
+        let mut fhir_groups: Vec<Group> = Vec::new();
 
         for (index, resource) in entries(&doc)?.into_iter().enumerate() {
             let kind = text(resource, "resourceType");
@@ -194,6 +218,7 @@ impl FhirMapper for IhrisPractitioner {
                 "PractitionerRole",
                 "Location",
                 "Organization",
+                "Group",
             ]
             .contains(&kind)
             {
@@ -205,6 +230,10 @@ impl FhirMapper for IhrisPractitioner {
             };
             match kind {
                 "Practitioner" => practitioners.push((index as u32, id, resource)),
+                "Group" => match group(resource, id) {
+                    Ok(g) => fhir_groups.push(g),
+                    Err(e) => fail(e),
+                },
                 "PractitionerRole" => {
                     if resource.get("active").and_then(Value::as_bool) == Some(false) {
                         continue;
@@ -327,7 +356,7 @@ impl FhirMapper for IhrisPractitioner {
         Ok(Mapped {
             contacts,
             locations: places.into_values().collect(),
-            groups: groups.into_values().collect(),
+            groups: groups.into_values().chain(fhir_groups).collect(),
             errors,
         })
     }

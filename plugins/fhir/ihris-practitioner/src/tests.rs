@@ -194,3 +194,25 @@ fn inactive_roles_are_ignored_and_cycles_in_parents_end() {
         vec!["Location/a", "Location/b"]
     );
 }
+
+#[test]
+fn fhir_groups_keep_their_current_members() {
+    let _host = MockHost::new().install();
+    let mapped = IhrisPractitioner::map_resources(bundle(vec![
+        json!({"resourceType": "Group", "id": "responders", "type": "practitioner", "actual": true,
+               "name": "Ebola responders",
+               "member": [
+                   {"entity": {"reference": "Practitioner/p1"}},
+                   {"entity": {"reference": "Practitioner/p2"}, "inactive": true},
+                   {"entity": {"reference": "Practitioner/p3"}, "period": {"end": "2020-01-01"}}
+               ]}),
+        json!({"resourceType": "Group", "id": "broken", "member": [{"entity": {}}]}),
+    ]))
+    .unwrap();
+    assert_eq!(mapped.groups.len(), 1);
+    assert_eq!(mapped.groups[0].source_id, "Group/responders");
+    assert_eq!(mapped.groups[0].name, "Ebola responders");
+    assert_eq!(mapped.groups[0].members, vec!["Practitioner/p1"]);
+    assert_eq!(mapped.errors.len(), 1);
+    assert!(mapped.errors[0].message.contains("member[0]"), "{:?}", mapped.errors);
+}
