@@ -52,9 +52,9 @@ for (let i = 0; i < args.length; i++) {
     process.exit(2);
   }
 }
-for (const key of ['failEvery', 'delayMs']) {
+for (const [key, flag] of [['failEvery', '--fail-every'], ['delayMs', '--delay-ms']]) {
   if (!Number.isInteger(options[key]) || options[key] < 0) {
-    console.error(`invalid ${key}: must be a non-negative integer`);
+    console.error(`${flag} must be a non-negative integer`);
     process.exit(2);
   }
 }
@@ -76,13 +76,13 @@ class TestRepository extends MemoryRepository {
   inTransaction = false;
 
   // A real server owns meta.versionId and meta.lastUpdated (MemoryRepository keeps client values
-  // on create). Timestamps are made strictly increasing so that "_lastUpdated=gt<t>" never
-  // depends on two writes landing in the same millisecond.
+  // on create). Timestamps have millisecond precision and never go backwards; writes in the same
+  // millisecond (e.g. one batch) share a timestamp.
   async createResource(resource, createOptions) {
     const copy = structuredClone(resource);
     copy.meta = { ...copy.meta };
     delete copy.meta.versionId;
-    this.lastStamp = Math.max(Date.now(), this.lastStamp + 1);
+    this.lastStamp = Math.max(Date.now(), this.lastStamp);
     copy.meta.lastUpdated = new Date(this.lastStamp).toISOString();
     if (options.validate) {
       validateResource(copy); // throws a 400 OperationOutcome on invalid FHIR
@@ -159,9 +159,10 @@ class TestRepository extends MemoryRepository {
     for (const target of searchRequest.revInclude ?? []) {
       referenceParam(target);
       if (matches.length === 0) continue;
+      const value = matches.map(getReferenceString).join(','); // comma = "any of"
       const found = await super.search({
         resourceType: target.resourceType,
-        filters: [{ code: target.searchParam, operator: Operator.EQUALS, value: [...matches.map(getReferenceString)].join(',') }],
+        filters: [{ code: target.searchParam, operator: Operator.EQUALS, value }],
       });
       (found.entry ?? []).forEach((e) => addIncluded(e.resource));
     }
@@ -177,7 +178,8 @@ class TestRepository extends MemoryRepository {
 function referenceParam(target) {
   const param = getSearchParameters(target.resourceType)?.[target.searchParam];
   if (param?.type !== 'reference') {
-    throw new OperationOutcomeError(badRequest(`Unknown reference parameter ${target.resourceType}:${target.searchParam}`));
+    const name = `${target.resourceType}:${target.searchParam}`;
+    throw new OperationOutcomeError(badRequest(`Unknown reference parameter ${name}`));
   }
   return param;
 }
@@ -225,7 +227,7 @@ function readBody(req, limit = 64 * 1024 * 1024) {
 }
 
 // Absolute fullUrls, and self/next/previous links that point back at this server.
-function addPagingLinks(bundle, base, path, query) {
+function addPagingLinks(bundle, base, resourceType, query) {
   for (const e of bundle.entry ?? []) {
     e.fullUrl = `${base}/${e.resource.resourceType}/${e.resource.id}`;
   }
@@ -235,7 +237,7 @@ function addPagingLinks(bundle, base, path, query) {
     const params = new URLSearchParams(query);
     params.set('_count', String(count));
     params.set('_offset', String(at));
-    return { relation, url: `${base}/${path}?${params}` };
+    return { relation, url: `${base}/${resourceType}?${params}` };
   };
   bundle.link = [link('self', offset)];
   if (count > 0 && offset + count < bundle.total) bundle.link.push(link('next', offset + count));
@@ -298,11 +300,14 @@ async function handle(req, res) {
   if (segments[0] === '_history' || segments[1] === '_history') {
     return send(res, 404, outcome('not-supported', 'System- and type-level _history are not supported by this server'));
   }
+  if (method === 'GET' && segments.length === 0) {
+    return send(res, 404, outcome('not-supported', 'System-level search is not supported by this server'));
+  }
   if (segments.length > 0 && !segments[0].startsWith('$') && !isResourceType(segments[0])) {
     return send(res, 404, outcome('not-supported', `Unknown resource type: ${segments[0]}`));
   }
 
-  const isSearch = method === 'GET' && segments.length === 1;
+  const isSearch = method === 'GET' && segments.length === 1 && !segments[0].startsWith('$');
   if (isSearch) {
     for (const name of ['_count', '_offset']) {
       const value = url.searchParams.get(name);
@@ -316,9 +321,13 @@ async function handle(req, res) {
   }
 
   let body;
+  const query = new URLSearchParams(url.search); // search parameters, for the paging links
   if (text.length > 0) {
     if ((req.headers['content-type'] ?? '').startsWith('application/x-www-form-urlencoded')) {
-      body = Object.fromEntries(new URLSearchParams(text)); // POST <Type>/_search
+      // POST <Type>/_search: the router reads parameters from the body only, so merge in the URL's.
+      new URLSearchParams(text).forEach((value, key) => query.append(key, value));
+      body = {};
+      for (const key of query.keys()) body[key] = query.getAll(key);
     } else {
       try {
         body = JSON.parse(text);
@@ -350,7 +359,7 @@ async function handle(req, res) {
   }
   const headers = {};
   if (resource.resourceType === 'Bundle' && resource.type === 'searchset') {
-    addPagingLinks(resource, base, path, url.searchParams);
+    addPagingLinks(resource, base, segments[0], query);
   } else if (resource.meta?.versionId) {
     headers.ETag = `W/"${resource.meta.versionId}"`;
     headers['Last-Modified'] = new Date(resource.meta.lastUpdated).toUTCString();

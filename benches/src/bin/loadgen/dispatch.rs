@@ -30,6 +30,11 @@ pub struct FanoutArgs {
     /// "sync" or "async".
     #[arg(long, default_value = "sync")]
     durability: String,
+    /// Where recipients come from: `generated` (derived from their
+    /// position) or `directory` (a directory of n contacts, selected with
+    /// `*` and frozen at submit).
+    #[arg(long, default_value = "generated")]
+    audience: String,
     #[arg(long)]
     dir: Option<PathBuf>,
     #[arg(long)]
@@ -73,7 +78,7 @@ pub(crate) struct Bench {
     pub broker: Broker,
     /// What the run changed from the defaults, for its JSON.
     pub differs: serde_json::Value,
-    _scratch: tempfile::TempDir,
+    pub _scratch: tempfile::TempDir,
 }
 
 pub(crate) fn config(
@@ -181,14 +186,19 @@ pub fn fanout(args: &FanoutArgs) -> Result<()> {
         )
         .await?;
         let data_dir = bench.broker.config().data_dir.clone();
+        let mut spec = campaign("fanout", Lane::Normal, args.n);
+        let audience = match args.audience.as_str() {
+            "generated" => "generated: recipient i derived from i, nothing read",
+            "directory" => {
+                crate::directory::load_for_fanout(&bench.broker, args.n).await?;
+                spec.audience = mhero_broker::dispatch::AudienceSpec::Selector("*".into());
+                "directory: n contacts selected with `*`, frozen at submit (inside the timing), each page's contacts read from the store"
+            }
+            other => bail!("--audience must be generated or directory, not {other:?}"),
+        };
         let accepted_ms = now_ms();
         let started = Instant::now();
-        let id = bench
-            .broker
-            .dispatcher()
-            .submit(campaign("fanout", Lane::Normal, args.n))
-            .await?
-            .id;
+        let id = bench.broker.dispatcher().submit(spec).await?.id;
         let receipts = !args.no_receipts;
         let finished = |p: &mhero_broker::dispatch::Progress| {
             p.done && (!receipts || p.delivered == u64::from(args.n))
@@ -219,6 +229,7 @@ pub fn fanout(args: &FanoutArgs) -> Result<()> {
                 "n": args.n,
                 "batch": args.batch,
                 "durability": args.durability,
+                "audience": audience,
                 "gateway": "sandbox simulator inside the broker (no network)",
                 "receipts": receipts,
                 "delivery_means": if receipts {

@@ -4,9 +4,12 @@
 //! - `plugin`: warm component calls against the same logic called natively.
 //! - `fanout`, `preempt`, `ratelimit`: the dispatcher through the sandbox
 //!   connector (a simulated gateway inside the broker).
+//! - `import`, `select`: the directory: a generated iHRIS registry through
+//!   the mapper plugin; selector counts and freezes over a million contacts.
 //! - `http`: the dispatcher through the real HTTP transport to the
 //!   `gateway-sink` binary, a separate process on loopback.
 
+mod directory;
 mod dispatch;
 mod http;
 mod plugin;
@@ -34,6 +37,10 @@ enum Scenario {
     Preempt(dispatch::PreemptArgs),
     /// A channel held to its rate: achieved rate and the most in any second.
     Ratelimit(dispatch::RatelimitArgs),
+    /// An iHRIS-shaped registry through the mapper into the directory.
+    Import(directory::ImportArgs),
+    /// Selector counts and freezes over a directory of a million.
+    Select(directory::SelectArgs),
     /// Channels over real HTTP to a gateway sink in another process.
     Http(http::HttpArgs),
 }
@@ -51,5 +58,7 @@ fn main() -> Result<()> {
         Scenario::Preempt(args) => dispatch::preempt(&args),
         Scenario::Ratelimit(args) => dispatch::ratelimit(&args),
         Scenario::Http(args) => http::run(&args),
+        Scenario::Import(args) => directory::import(&args),
+        Scenario::Select(args) => directory::select(&args),
     }
 }

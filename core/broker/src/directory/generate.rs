@@ -64,7 +64,8 @@ impl Registry {
         )
     }
 
-    fn facility_of(&self, i: u32) -> u32 {
+    /// The facility number of worker `i`.
+    pub fn facility_of(&self, i: u32) -> u32 {
         // Spread, not clustered: worker i's facility is a hash of i.
         ((u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) % u64::from(self.facilities())) as u32
     }

@@ -40,7 +40,7 @@ use std::sync::Arc;
 
 use mhero_proto::CampaignId;
 use parking_lot::RwLock;
-use roaring::RoaringBitmap;
+use roaring::{MultiOps, RoaringBitmap};
 use serde::{Deserialize, Serialize};
 
 pub use config::{Auth, DirectoryConfig, SourceConfig};
@@ -233,17 +233,21 @@ impl State {
             Field::Org => one(format!("org:{}", typed("Organization"))),
             Field::Location => {
                 let root = typed("Location");
-                let mut out = RoaringBitmap::new();
-                let mut known = self.places.contains_key(&root);
+                let mut lists: Vec<&RoaringBitmap> = Vec::new();
+                let mut key = String::new();
                 for place in self.subtree(&root) {
-                    for k in [format!("facility:{place}"), format!("org:{place}")] {
-                        if let Some(b) = self.posting(&k) {
-                            out |= b;
-                            known = true;
+                    for kind in ["facility:", "org:"] {
+                        key.clear();
+                        key.push_str(kind);
+                        key.push_str(place);
+                        if let Some(b) = self.posting(&key) {
+                            lists.push(b);
                         }
                     }
                 }
-                (out, known)
+                // One multi-way union, not one merge per facility.
+                let known = self.places.contains_key(&root) || !lists.is_empty();
+                (lists.union(), known)
             }
             Field::Group => {
                 let id = [value.to_string(), typed("Group")]

@@ -183,8 +183,9 @@ impl Limits {
                 max_output_bytes: 256 << 10,
                 recycle_after_calls: 100_000,
             },
+            // One call maps a whole Bundle: batch work, seconds not ms.
             Kind::FhirMapper => Limits {
-                timeout_ms: 50,
+                timeout_ms: 2000,
                 memory_bytes: 128 << 20,
                 max_input_bytes: 16 << 20,
                 max_output_bytes: 32 << 20,
