@@ -143,4 +143,15 @@ fi
 if [ "$peers" = 1 ]; then
   # util-linux for mount (the full-disk test mounts a small tmpfs).
   command -v mount >/dev/null 2>&1 || apt_install mount
+  # The FHIR R4 server the directory sync tests run (medplum's FHIR router
+  # on Node.js, from the npm registry, versions pinned by its lockfile).
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+  fi
+  fhir=tests/peers/fhir-server
+  if [ ! -d "$fhir/node_modules/@medplum/fhir-router" ] \
+    || [ "$fhir/package-lock.json" -nt "$fhir/node_modules/.package-lock.json" ]; then
+    say "installing the FHIR test server ($fhir)"
+    npm ci --prefix "$fhir" --no-audit --no-fund --loglevel=error >&2
+  fi
 fi

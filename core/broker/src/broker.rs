@@ -237,12 +237,14 @@ fn syncer(
     plugins: &PluginHost,
     name: &str,
 ) -> Result<Syncer> {
-    let source = config.directory.sources.get(name).ok_or_else(|| {
-        crate::Error::NotFound {
+    let source = config
+        .directory
+        .sources
+        .get(name)
+        .ok_or_else(|| crate::Error::NotFound {
             what: "directory source",
             id: name.to_string(),
-        }
-    })?;
+        })?;
     let mapper = plugins.require(&source.mapper, crate::plugin::Kind::FhirMapper)?;
     Syncer::new(
         name,

@@ -142,9 +142,7 @@ impl Error {
             Error::PluginLoad { .. }
             | Error::ConfigFile { .. }
             | Error::Io { .. }
-            | Error::Upstream { .. } => {
-                ErrorCode::Unavailable
-            }
+            | Error::Upstream { .. } => ErrorCode::Unavailable,
             Error::BadRecord { .. } | Error::Internal(_) => ErrorCode::Internal,
         }
     }

@@ -29,10 +29,10 @@
 //! settled: wired to a gateway, retried later, rerouted to another channel,
 //! or kept as a dead letter.
 
+pub mod audience;
 pub mod broker;
 pub mod channel;
 pub mod config;
-pub mod audience;
 pub mod directory;
 pub mod dispatch;
 pub mod error;

@@ -91,7 +91,10 @@ fn print_report(r: &ImportReport, json: bool) -> Result<()> {
         }
     }
     if !r.duplicates.is_empty() {
-        println!("{} numbers shared by several records of one source:", r.duplicates.len());
+        println!(
+            "{} numbers shared by several records of one source:",
+            r.duplicates.len()
+        );
         for (phone, resources) in &r.duplicates {
             println!("  {phone}: {}", resources.join(", "));
         }
@@ -100,7 +103,12 @@ fn print_report(r: &ImportReport, json: bool) -> Result<()> {
         println!(
             "{} active contacts with no usable address: {}",
             r.unreachable.len(),
-            r.unreachable.iter().take(20).cloned().collect::<Vec<_>>().join(", ")
+            r.unreachable
+                .iter()
+                .take(20)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     Ok(())
@@ -221,7 +229,11 @@ pub fn contacts(config: &Config, command: &ContactsCommand) -> Result<()> {
                     println!("{}", serde_json::to_string_pretty(&c)?);
                     return Ok(());
                 }
-                println!("{} contacts selected ({:.2} ms)", c.selected, took.as_secs_f64() * 1e3);
+                println!(
+                    "{} contacts selected ({:.2} ms)",
+                    c.selected,
+                    took.as_secs_f64() * 1e3
+                );
                 for (channel, n) in &c.by_channel {
                     println!("  {n} first on {channel}");
                 }
@@ -254,7 +266,13 @@ pub fn contacts(config: &Config, command: &ContactsCommand) -> Result<()> {
                     let path: Vec<String> = dir
                         .ancestry(f)
                         .into_iter()
-                        .map(|(id, name)| if name.is_empty() { id } else { format!("{name} ({id})") })
+                        .map(|(id, name)| {
+                            if name.is_empty() {
+                                id
+                            } else {
+                                format!("{name} ({id})")
+                            }
+                        })
                         .collect();
                     println!("  facility:  {}", path.join(" → "));
                 }
@@ -263,7 +281,10 @@ pub fn contacts(config: &Config, command: &ContactsCommand) -> Result<()> {
                 }
                 let groups = dir.groups_of(c.number);
                 if !groups.is_empty() {
-                    let g: Vec<String> = groups.into_iter().map(|(id, n)| format!("{n} ({id})")).collect();
+                    let g: Vec<String> = groups
+                        .into_iter()
+                        .map(|(id, n)| format!("{n} ({id})"))
+                        .collect();
                     println!("  groups:    {}", g.join(", "));
                 }
                 println!(

@@ -39,6 +39,7 @@ const options = {
   failEvery: Number(process.env.FAIL_EVERY || 0),
   delayMs: Number(process.env.DELAY_MS || 0),
   validate: true,
+  logRequests: false,
 };
 const args = process.argv.slice(2).flatMap((a) => (a.startsWith('--') ? a.split('=') : [a]));
 for (let i = 0; i < args.length; i++) {
@@ -46,6 +47,7 @@ for (let i = 0; i < args.length; i++) {
   if (arg === '--fail-every') options.failEvery = Number(args[++i]);
   else if (arg === '--delay-ms') options.delayMs = Number(args[++i]);
   else if (arg === '--no-validate') options.validate = false;
+  else if (arg === '--log-requests') options.logRequests = true;
   else if (/^\d+$/.test(arg)) options.port = Number(arg);
   else {
     console.error(`unknown argument: ${arg}`);
@@ -283,6 +285,8 @@ async function handle(req, res) {
     return send(res, 413, outcome('too-costly', 'Request body too large'));
   }
   if (options.delayMs) await new Promise((r) => setTimeout(r, options.delayMs));
+  // One line per request on stderr (tests wait for a sync to reach a point).
+  if (options.logRequests) process.stderr.write(`${req.method} ${req.url}\n`);
 
   const url = new URL(req.url, 'http://localhost');
   const base = `http://${req.headers.host || `127.0.0.1:${server.address().port}`}/fhir`;

@@ -6,6 +6,7 @@
 
 mod campaigns;
 mod crash;
+mod fhir_sync;
 mod http_crash;
 mod store;
 

@@ -146,7 +146,11 @@ pub fn load(dir: &Directory, mapper: &mhero_broker::plugin::Plugin, n: u32) -> R
                 name: format!("Given{i} Family{}", i % 997),
                 telecoms: vec![Telecom {
                     system: "phone".into(),
-                    value: format!("{}{:07}", if i % 2 == 0 { "077" } else { "088" }, i % 10_000_000),
+                    value: format!(
+                        "{}{:07}",
+                        if i % 2 == 0 { "077" } else { "088" },
+                        i % 10_000_000
+                    ),
                     use_: Some("mobile".into()),
                     rank: None,
                 }],
@@ -158,7 +162,14 @@ pub fn load(dir: &Directory, mapper: &mhero_broker::plugin::Plugin, n: u32) -> R
                 ..Default::default()
             })
             .collect();
-        dir.import("ihris", "LR", Incoming { contacts, ..Default::default() })?;
+        dir.import(
+            "ihris",
+            "LR",
+            Incoming {
+                contacts,
+                ..Default::default()
+            },
+        )?;
     }
     sync::import_document(dir, mapper, "ihris", "LR", &reg.groups_bundle().to_string())?;
     Ok(())
@@ -174,7 +185,10 @@ pub fn select(args: &SelectArgs) -> Result<()> {
     let (config, scratch, differs, load_s) = runtime()?.block_on(async {
         let (config, scratch) = config(args.dir.as_ref(), "sync")?;
         let bench = start(config, scratch, Default::default()).await?;
-        let mapper = bench.broker.plugins().require("ihris-practitioner", Kind::FhirMapper)?;
+        let mapper = bench
+            .broker
+            .plugins()
+            .require("ihris-practitioner", Kind::FhirMapper)?;
         let n = args.contacts;
         let loaded = Instant::now();
         {
@@ -185,18 +199,29 @@ pub fn select(args: &SelectArgs) -> Result<()> {
         let load_s = loaded.elapsed().as_secs_f64();
         let config = bench.broker.config().clone();
         let differs = bench.differs.clone();
-        let crate::dispatch::Bench { broker, _scratch, .. } = bench;
+        let crate::dispatch::Bench {
+            broker, _scratch, ..
+        } = bench;
         broker.shutdown().await;
         anyhow::Ok((config, _scratch, differs, load_s))
     })?;
     let out = std::process::Command::new(std::env::current_exe()?)
-        .args(["select", "--contacts", &args.contacts.to_string(), "--runs", &args.runs.to_string()])
+        .args([
+            "select",
+            "--contacts",
+            &args.contacts.to_string(),
+            "--runs",
+            &args.runs.to_string(),
+        ])
         .arg("--measure")
         .arg(&config.data_dir)
         .args(["--load-s", &load_s.to_string()])
         .output()?;
     if !out.status.success() {
-        bail!("the measuring run failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "the measuring run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let mut v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     v["differs_from_defaults"] = differs;

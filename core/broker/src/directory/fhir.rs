@@ -120,14 +120,22 @@ pub fn history_deletions(json: &str, decided: &mut HashSet<String>) -> Result<Ve
     let doc: Value = serde_json::from_str(json)
         .map_err(|e| Error::Invalid(format!("the history is not JSON: {e}")))?;
     let mut out = Vec::new();
-    for e in doc.get("entry").and_then(Value::as_array).into_iter().flatten() {
+    for e in doc
+        .get("entry")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let method = e
             .get("request")
             .and_then(|r| r.get("method"))
             .and_then(Value::as_str);
         let reference = match e.get("resource") {
             Some(r) if method != Some("DELETE") => {
-                match (r.get("resourceType").and_then(Value::as_str), r.get("id").and_then(Value::as_str)) {
+                match (
+                    r.get("resourceType").and_then(Value::as_str),
+                    r.get("id").and_then(Value::as_str),
+                ) {
                     (Some(t), Some(id)) => Some(format!("{t}/{id}")),
                     _ => None,
                 }
@@ -177,7 +185,10 @@ impl Syncer {
             .map_err(|e| Error::Internal(format!("HTTP client: {e}")))?;
         Ok(Self {
             name: name.to_string(),
-            country: config.country.clone().unwrap_or_else(|| default_country.to_string()),
+            country: config
+                .country
+                .clone()
+                .unwrap_or_else(|| default_country.to_string()),
             origin: origin(&config.base_url),
             config,
             dir,
@@ -194,7 +205,11 @@ impl Syncer {
     }
 
     pub fn mark(&self) -> Result<SyncMark> {
-        match self.dir.engine().get(Cf::Directory, &mark_key(&self.name))? {
+        match self
+            .dir
+            .engine()
+            .get(Cf::Directory, &mark_key(&self.name))?
+        {
             Some(v) => crate::store::decode_value(&v).map_err(|m| Error::BadRecord {
                 cf: "directory",
                 key: format!("sync mark {}", self.name),
@@ -206,7 +221,11 @@ impl Syncer {
 
     fn save(&self, mark: &SyncMark) -> Result<()> {
         let mut b = Batch::new();
-        b.put(Cf::Directory, mark_key(&self.name), crate::store::encode(mark));
+        b.put(
+            Cf::Directory,
+            mark_key(&self.name),
+            crate::store::encode(mark),
+        );
         Ok(self.dir.engine().write(b)?)
     }
 
@@ -238,8 +257,7 @@ impl Syncer {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.trim().parse::<u64>().ok())
                         .map(|s| Duration::from_secs(s.min(60)));
-                    if status.is_success() || (status.is_client_error() && status.as_u16() != 429)
-                    {
+                    if status.is_success() || (status.is_client_error() && status.as_u16() != 429) {
                         let body = read_limited(resp, MAX_DOCUMENT_BYTES)
                             .await
                             .map_err(|e| self.upstream(format!("GET {url}: {e}")))?;
@@ -481,7 +499,10 @@ fn diagnostics(body: &str) -> String {
     text
 }
 
-async fn read_limited(mut resp: reqwest::Response, limit: usize) -> std::result::Result<String, String> {
+async fn read_limited(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> std::result::Result<String, String> {
     if resp.content_length().is_some_and(|n| n as usize > limit) {
         return Err(format!("the response is over {limit} bytes"));
     }
@@ -523,7 +544,13 @@ mod tests {
 
     #[test]
     fn links_may_not_leave_the_server() {
-        assert_eq!(origin("https://ihris.example.org/fhir"), "https://ihris.example.org/");
-        assert_eq!(origin("http://127.0.0.1:8080/fhir/"), "http://127.0.0.1:8080/");
+        assert_eq!(
+            origin("https://ihris.example.org/fhir"),
+            "https://ihris.example.org/"
+        );
+        assert_eq!(
+            origin("http://127.0.0.1:8080/fhir/"),
+            "http://127.0.0.1:8080/"
+        );
     }
 }

@@ -24,8 +24,21 @@ pub struct Registry {
 }
 
 pub const COUNTIES: [&str; 15] = [
-    "bomi", "bong", "gbarpolu", "grand-bassa", "grand-cape-mount", "grand-gedeh", "grand-kru",
-    "lofa", "margibi", "maryland", "montserrado", "nimba", "river-cess", "river-gee", "sinoe",
+    "bomi",
+    "bong",
+    "gbarpolu",
+    "grand-bassa",
+    "grand-cape-mount",
+    "grand-gedeh",
+    "grand-kru",
+    "lofa",
+    "margibi",
+    "maryland",
+    "montserrado",
+    "nimba",
+    "river-cess",
+    "river-gee",
+    "sinoe",
 ];
 pub const DISTRICTS_PER_COUNTY: u32 = 6;
 /// Roles with their share (percent) of the workforce.
@@ -67,7 +80,8 @@ impl Registry {
     /// The facility number of worker `i`.
     pub fn facility_of(&self, i: u32) -> u32 {
         // Spread, not clustered: worker i's facility is a hash of i.
-        ((u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) % u64::from(self.facilities())) as u32
+        ((u64::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) % u64::from(self.facilities()))
+            as u32
     }
 
     /// The role index of worker `i`.
@@ -87,7 +101,12 @@ impl Registry {
     pub fn places_bundle(&self) -> Value {
         let mut entries = vec![location("LR", "Liberia", None, "country")];
         for c in COUNTIES {
-            entries.push(location(&format!("C-{c}"), &title(c), Some("Location/LR"), "county"));
+            entries.push(location(
+                &format!("C-{c}"),
+                &title(c),
+                Some("Location/LR"),
+                "county",
+            ));
             for d in 0..DISTRICTS_PER_COUNTY {
                 entries.push(location(
                     &format!("D-{c}-{d}"),
@@ -148,27 +167,32 @@ impl Registry {
 
     /// Worker `i`: a Practitioner and its PractitionerRole.
     pub fn practitioner(&self, i: u32) -> (Value, Value) {
-        let mut rng = SmallRng::seed_from_u64(self.seed ^ u64::from(i).wrapping_mul(0x2545_f491_4f6c_dd1d));
+        let mut rng =
+            SmallRng::seed_from_u64(self.seed ^ u64::from(i).wrapping_mul(0x2545_f491_4f6c_dd1d));
         let noise = rng.random_range(0.0..100.0) < self.noise_percent;
         let retired = rng.random_range(0.0..100.0) < self.retired_percent;
-        let prefix = if i % 2 == 0 { "077" } else { "088" };
-        let mut telecom = vec![json!({"system": "phone", "value": format!("{prefix}{:07}", i % 10_000_000), "use": "mobile"})];
+        let prefix = if i.is_multiple_of(2) { "077" } else { "088" };
+        let mut telecom = vec![
+            json!({"system": "phone", "value": format!("{prefix}{:07}", i % 10_000_000), "use": "mobile"}),
+        ];
         if noise {
             match i % 3 {
                 0 => telecom.clear(),
-                1 => telecom[0] = json!({"system": "phone", "value": format!("077-{}", i % 97), "use": "mobile"}),
+                1 => {
+                    telecom[0] = json!({"system": "phone", "value": format!("077-{}", i % 97), "use": "mobile"})
+                }
                 // The previous worker's number: one number, two records.
                 _ => {
                     let j = i.saturating_sub(1);
-                    let prefix = if j % 2 == 0 { "077" } else { "088" };
+                    let prefix = if j.is_multiple_of(2) { "077" } else { "088" };
                     telecom[0] = json!({"system": "phone", "value": format!("{prefix}{:07}", j % 10_000_000), "use": "mobile"});
                 }
             }
         }
-        if i % 4 == 0 && !telecom.is_empty() {
+        if i.is_multiple_of(4) && !telecom.is_empty() {
             telecom.push(json!({"system": "email", "value": format!("worker{i}@moh.gov.lr")}));
         }
-        let language = if i % 10 == 0 { "fr" } else { "en" };
+        let language = if i.is_multiple_of(10) { "fr" } else { "en" };
         let (code, display, _) = ROLES[self.role_of(i)];
         let facility = self.facility_of(i);
         let updated = format!(
@@ -232,7 +256,16 @@ fn collection(resources: Vec<Value>) -> Value {
     })
 }
 
-/// A collection Bundle as a `transaction` of `PUT`s (to load a server).
+/// A collection Bundle as a `batch` of `PUT`s (to load a server; each
+/// entry stands alone, and servers take far larger batches than
+/// transactions).
+pub fn as_batch(bundle: &Value) -> Value {
+    let mut b = as_transaction(bundle);
+    b["type"] = json!("batch");
+    b
+}
+
+/// A collection Bundle as a `transaction` of `PUT`s.
 pub fn as_transaction(bundle: &Value) -> Value {
     let entries: Vec<Value> = bundle["entry"]
         .as_array()
@@ -266,7 +299,11 @@ mod tests {
         assert!((3200..3800).contains(&nurses), "{nurses}");
         assert_eq!(r.facilities(), 200);
         assert_eq!(r.district_of(7), "Location/D-bong-1");
-        assert_eq!(r.district_of(90), "Location/D-bomi-0", "90 districts, then round again");
+        assert_eq!(
+            r.district_of(90),
+            "Location/D-bomi-0",
+            "90 districts, then round again"
+        );
         let page = r.practitioners_page(9);
         assert_eq!(page["entry"].as_array().unwrap().len(), 2000);
         assert_eq!(r.pages(), 10);

@@ -21,9 +21,9 @@ use serde::Serialize;
 
 use super::contact::{Contact, Part};
 use super::{
-    Directory, GROUP, IDENTITY, NEXT, PHONE, PLACE, Place, State, contact_key,
-    decode_contact, encode_contact, identity_key, key, number_from, numbers_from, numbers_to,
-    repost, write_postings,
+    Directory, GROUP, IDENTITY, NEXT, PHONE, PLACE, Place, State, contact_key, decode_contact,
+    encode_contact, identity_key, key, number_from, numbers_from, numbers_to, repost,
+    write_postings,
 };
 use crate::error::Result;
 use crate::store::{Batch, Cf};
@@ -185,10 +185,17 @@ impl<'a> Overlay<'a> {
 }
 
 /// E.164 for `raw` with `region` as the default country, or why not.
-pub fn e164(raw: &str, region: Option<phonenumber::country::Id>) -> std::result::Result<String, String> {
+pub fn e164(
+    raw: &str,
+    region: Option<phonenumber::country::Id>,
+) -> std::result::Result<String, String> {
     match phonenumber::parse(region, raw) {
-        Ok(n) if phonenumber::is_valid(&n) => Ok(n.format().mode(phonenumber::Mode::E164).to_string()),
-        Ok(_) => Err(format!("{raw:?} is not a valid phone number for its country")),
+        Ok(n) if phonenumber::is_valid(&n) => {
+            Ok(n.format().mode(phonenumber::Mode::E164).to_string())
+        }
+        Ok(_) => Err(format!(
+            "{raw:?} is not a valid phone number for its country"
+        )),
         Err(e) => Err(format!("{raw:?} is not a phone number: {e}")),
     }
 }
@@ -203,7 +210,12 @@ fn part(source: &str, c: &IncomingContact, region: Option<phonenumber::country::
         .filter(|t| matches!(t.system.as_str(), "phone" | "sms"))
         .collect();
     // Rank 1 first, then mobile numbers, then the order given.
-    phones.sort_by_key(|t| (t.rank.unwrap_or(u32::MAX), t.use_.as_deref() != Some("mobile")));
+    phones.sort_by_key(|t| {
+        (
+            t.rank.unwrap_or(u32::MAX),
+            t.use_.as_deref() != Some("mobile"),
+        )
+    });
     let mut phone = None;
     for t in phones {
         match e164(&t.value, region) {
@@ -215,12 +227,17 @@ fn part(source: &str, c: &IncomingContact, region: Option<phonenumber::country::
     let mut addresses = BTreeMap::new();
     for t in &c.telecoms {
         let kind = t.system.to_ascii_lowercase();
-        if !matches!(kind.as_str(), "whatsapp" | "telegram" | "messenger" | "email") {
+        if !matches!(
+            kind.as_str(),
+            "whatsapp" | "telegram" | "messenger" | "email"
+        ) {
             continue;
         }
         let value = t.value.trim();
         if value.is_empty() || value.len() > 256 || value.chars().any(char::is_control) {
-            problems.push(format!("the {kind} address {value:?} is empty, too long or not text"));
+            problems.push(format!(
+                "the {kind} address {value:?} is empty, too long or not text"
+            ));
             continue;
         }
         let value = if kind == "whatsapp" {
@@ -299,7 +316,11 @@ impl Directory {
             };
             state.set_parent(&p.id, place.parent.clone());
             state.places.insert(p.id.clone(), place.clone());
-            ov.put(Cf::Directory, key(PLACE, &p.id), crate::store::encode(&place));
+            ov.put(
+                Cf::Directory,
+                key(PLACE, &p.id),
+                crate::store::encode(&place),
+            );
             report.places += 1;
         }
         // What a document shows of a facility's ancestry fills parents the
@@ -307,12 +328,14 @@ impl Directory {
         for c in &incoming.contacts {
             for pair in c.ancestry.windows(2) {
                 let (child, parent) = (&pair[0], &pair[1]);
-                if child != parent
-                    && state.places.get(child).is_none_or(|p| p.parent.is_none())
-                {
+                if child != parent && state.places.get(child).is_none_or(|p| p.parent.is_none()) {
                     state.set_parent(child, Some(parent.clone()));
                     let place = state.places.get(child).cloned().unwrap_or_default();
-                    ov.put(Cf::Directory, key(PLACE, child), crate::store::encode(&place));
+                    ov.put(
+                        Cf::Directory,
+                        key(PLACE, child),
+                        crate::store::encode(&place),
+                    );
                 }
             }
         }
@@ -327,7 +350,10 @@ impl Directory {
                 });
             }
             let id_key = identity_key(source, &c.resource);
-            let existing = ov.get(Cf::Directory, &id_key)?.map(|v| number_from(&v)).transpose()?;
+            let existing = ov
+                .get(Cf::Directory, &id_key)?
+                .map(|v| number_from(&v))
+                .transpose()?;
             let (number, before) = match existing {
                 Some(n) => (n, ov.contact(n)?),
                 None => {
@@ -390,11 +416,16 @@ impl Directory {
                     contact.parts.push(new);
                 }
             }
-            if contact.selectable() && contact.phone().is_none() && contact.addresses().is_empty()
-            {
+            if contact.selectable() && contact.phone().is_none() && contact.addresses().is_empty() {
                 report.unreachable.push(c.resource.clone());
             }
-            self.rewrite(&mut state, &mut ov, &mut dirty, before.as_ref(), Some(&contact))?;
+            self.rewrite(
+                &mut state,
+                &mut ov,
+                &mut dirty,
+                before.as_ref(),
+                Some(&contact),
+            )?;
             ov.put(Cf::Directory, id_key, number.to_be_bytes().to_vec());
         }
 
@@ -405,7 +436,11 @@ impl Directory {
         self.resolve_groups(&mut state, &mut ov, &mut dirty, source)?;
 
         if state.next != next_before {
-            ov.put(Cf::Directory, NEXT.to_vec(), state.next.to_be_bytes().to_vec());
+            ov.put(
+                Cf::Directory,
+                NEXT.to_vec(),
+                state.next.to_be_bytes().to_vec(),
+            );
         }
         dirty.sort();
         dirty.dedup();
@@ -424,7 +459,10 @@ impl Directory {
         let mut dirty = Vec::new();
         for resource in resources {
             let id_key = identity_key(source, resource);
-            let Some(n) = ov.get(Cf::Directory, &id_key)?.map(|v| number_from(&v)).transpose()?
+            let Some(n) = ov
+                .get(Cf::Directory, &id_key)?
+                .map(|v| number_from(&v))
+                .transpose()?
             else {
                 continue;
             };
@@ -437,7 +475,13 @@ impl Directory {
                 .parts
                 .retain(|p| !(p.source == source && &p.resource == resource));
             let after = (!after.parts.is_empty()).then_some(after);
-            self.rewrite(&mut state, &mut ov, &mut dirty, Some(&before), after.as_ref())?;
+            self.rewrite(
+                &mut state,
+                &mut ov,
+                &mut dirty,
+                Some(&before),
+                after.as_ref(),
+            )?;
             report.removed += 1;
         }
         dirty.sort();
@@ -455,10 +499,11 @@ impl Directory {
         let mut upper = super::key(IDENTITY, source);
         upper.push(1);
         let mut out = Vec::new();
-        self.engine.scan(Cf::Directory, &lower, &upper, &mut |k, _| {
-            out.push(String::from_utf8_lossy(&k[lower.len()..]).into_owned());
-            Ok(true)
-        })?;
+        self.engine
+            .scan(Cf::Directory, &lower, &upper, &mut |k, _| {
+                out.push(String::from_utf8_lossy(&k[lower.len()..]).into_owned());
+                Ok(true)
+            })?;
         Ok(out)
     }
 
@@ -480,7 +525,10 @@ impl Directory {
         let new_phones = after.map(phones).unwrap_or_default();
         for p in old_phones.iter().filter(|p| !new_phones.contains(p)) {
             let k = key(PHONE, p);
-            let mut ns = ov.get(Cf::Directory, &k)?.map(|v| numbers_from(&v)).unwrap_or_default();
+            let mut ns = ov
+                .get(Cf::Directory, &k)?
+                .map(|v| numbers_from(&v))
+                .unwrap_or_default();
             ns.retain(|x| *x != number);
             if ns.is_empty() {
                 ov.delete(Cf::Directory, k);
@@ -490,14 +538,21 @@ impl Directory {
         }
         for p in new_phones.iter().filter(|p| !old_phones.contains(p)) {
             let k = key(PHONE, p);
-            let mut ns = ov.get(Cf::Directory, &k)?.map(|v| numbers_from(&v)).unwrap_or_default();
+            let mut ns = ov
+                .get(Cf::Directory, &k)?
+                .map(|v| numbers_from(&v))
+                .unwrap_or_default();
             if !ns.contains(&number) {
                 ns.push(number);
             }
             ov.put(Cf::Directory, k, numbers_to(&ns));
         }
         match after {
-            Some(c) => ov.put(Cf::Contacts, contact_key(number).to_vec(), encode_contact(c)),
+            Some(c) => ov.put(
+                Cf::Contacts,
+                contact_key(number).to_vec(),
+                encode_contact(c),
+            ),
             None => {
                 ov.delete(Cf::Contacts, contact_key(number).to_vec());
                 // Out of every group too.
@@ -564,8 +619,14 @@ impl Directory {
         {
             state.group_names.remove(&old);
         }
-        state.group_names.insert(g.name.to_lowercase(), g.id.clone());
-        ov.put(Cf::Directory, key(GROUP, &g.id), crate::store::encode(&record));
+        state
+            .group_names
+            .insert(g.name.to_lowercase(), g.id.clone());
+        ov.put(
+            Cf::Directory,
+            key(GROUP, &g.id),
+            crate::store::encode(&record),
+        );
         state.groups.insert(g.id.clone(), record);
         dirty.push(posting);
         Ok(())
@@ -605,9 +666,17 @@ impl Directory {
                 state.groups.insert(id, record);
                 continue;
             }
-            state.postings.entry(posting.clone()).or_default().extend(joined);
+            state
+                .postings
+                .entry(posting.clone())
+                .or_default()
+                .extend(joined);
             record.unresolved = still;
-            ov.put(Cf::Directory, key(GROUP, &id), crate::store::encode(&record));
+            ov.put(
+                Cf::Directory,
+                key(GROUP, &id),
+                crate::store::encode(&record),
+            );
             state.groups.insert(id, record);
             dirty.push(posting);
         }

@@ -492,7 +492,9 @@ impl Directory {
             };
         }
         if let Some((source, resource)) = q.split_once(':')
-            && let Some(v) = self.engine.get(Cf::Directory, &identity_key(source, resource))?
+            && let Some(v) = self
+                .engine
+                .get(Cf::Directory, &identity_key(source, resource))?
         {
             return self.contact(number_from(&v)?);
         }
@@ -528,7 +530,11 @@ impl Directory {
             .ancestry(id)
             .into_iter()
             .map(|p| {
-                let name = state.places.get(&p).map(|x| x.name.clone()).unwrap_or_default();
+                let name = state
+                    .places
+                    .get(&p)
+                    .map(|x| x.name.clone())
+                    .unwrap_or_default();
                 (p, name)
             })
             .collect()
@@ -592,7 +598,11 @@ impl Directory {
         let after = c.postings();
         let mut batch = Batch::new();
         let dirty = repost(&mut state, number, &before, &after);
-        batch.put(Cf::Contacts, contact_key(number).to_vec(), encode_contact(&c));
+        batch.put(
+            Cf::Contacts,
+            contact_key(number).to_vec(),
+            encode_contact(&c),
+        );
         write_postings(&state, &dirty, &mut batch);
         self.engine.write(batch)?;
         Ok(true)
@@ -604,7 +614,9 @@ impl Directory {
             .engine
             .get(Cf::Frozen, &crate::store::keys::campaign(campaign))?
             .ok_or_else(|| {
-                Error::Invalid(format!("campaign {campaign}: its frozen audience is missing"))
+                Error::Invalid(format!(
+                    "campaign {campaign}: its frozen audience is missing"
+                ))
             })?;
         let bitmap = decode_bitmap(&bytes, &format!("frozen audience of {campaign}"))?;
         Ok(FrozenAudience {
@@ -639,7 +651,12 @@ impl AudienceSource for Directory {
 
 /// Moves `number` from the posting lists `before` to `after`; the keys
 /// that changed.
-pub(crate) fn repost(state: &mut State, number: u32, before: &[String], after: &[String]) -> Vec<String> {
+pub(crate) fn repost(
+    state: &mut State,
+    number: u32,
+    before: &[String],
+    after: &[String],
+) -> Vec<String> {
     let mut dirty = Vec::new();
     for k in before {
         if !after.contains(k)
@@ -782,4 +799,3 @@ impl AudienceCursor for FrozenAudience {
 pub(crate) fn mark_key(source: &str) -> Vec<u8> {
     key(MARK, source)
 }
-

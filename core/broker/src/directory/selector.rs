@@ -110,9 +110,9 @@ impl fmt::Display for Expr {
                     }
                     // An OR inside an AND keeps its parentheses.
                     match (self, e) {
-                        (Expr::And(_), Expr::Or(_)) | (_, Expr::And(_)) | (Expr::Or(_), Expr::Or(_)) => {
-                            write!(f, "({e})")?
-                        }
+                        (Expr::And(_), Expr::Or(_))
+                        | (_, Expr::And(_))
+                        | (Expr::Or(_), Expr::Or(_)) => write!(f, "({e})")?,
                         _ => write!(f, "{e}")?,
                     }
                 }
@@ -440,8 +440,8 @@ mod tests {
                 ]),
             ])
         );
-        let e = parse(r#"(role:midwife OR role:"community health worker") AND has:whatsapp"#)
-            .unwrap();
+        let e =
+            parse(r#"(role:midwife OR role:"community health worker") AND has:whatsapp"#).unwrap();
         assert_eq!(
             e,
             Expr::And(vec![

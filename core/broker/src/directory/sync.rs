@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::import::{EntryProblem, ImportReport, Incoming, IncomingContact, IncomingGroup, IncomingPlace, Telecom};
 use super::Directory;
+use super::import::{
+    EntryProblem, ImportReport, Incoming, IncomingContact, IncomingGroup, IncomingPlace, Telecom,
+};
 use crate::error::{Error, Result};
 use crate::plugin::Plugin;
 use crate::plugin::bindings::fhir_types::Mapped;
@@ -85,7 +87,12 @@ pub fn envelope(json: &str) -> std::result::Result<Envelope, String> {
                     .and_then(Value::as_str)
                     .map(str::to_string);
             }
-            for e in doc.get("entry").and_then(Value::as_array).into_iter().flatten() {
+            for e in doc
+                .get("entry")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 let method = e
                     .get("request")
                     .and_then(|r| r.get("method"))
@@ -129,7 +136,11 @@ pub(crate) fn newer(a: &str, b: &str) -> bool {
 pub(crate) fn parse_instant(s: &str) -> Option<i64> {
     let (date, rest) = s.split_once('T')?;
     let mut d = date.split('-');
-    let (y, m, day): (i64, i64, i64) = (d.next()?.parse().ok()?, d.next()?.parse().ok()?, d.next()?.parse().ok()?);
+    let (y, m, day): (i64, i64, i64) = (
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+    );
     let (time, offset) = match rest.find(['Z', '+', '-']) {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "Z"),
@@ -151,7 +162,10 @@ pub(crate) fn parse_instant(s: &str) -> Option<i64> {
     let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400 + hh * 3600 + mm * 60 - off_min * 60) as f64 * 1000.0 + sec * 1000.0) as i64)
+    Some(
+        ((days * 86_400 + hh * 3600 + mm * 60 - off_min * 60) as f64 * 1000.0 + sec * 1000.0)
+            as i64,
+    )
 }
 
 /// A mapper's output in the directory's terms, with the envelope's meta.
@@ -258,7 +272,11 @@ pub fn documents(path: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(path)
         .map_err(io)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("json")) && p.is_file())
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("json"))
+                && p.is_file()
+        })
         .collect();
     files.sort();
     Ok(files)
@@ -313,14 +331,8 @@ mod tests {
     fn instants_compare_as_times() {
         assert!(newer("2024-05-01T10:00:00Z", "2024-05-01T09:59:59.999Z"));
         assert!(!newer("2024-05-01T10:00:00+02:00", "2024-05-01T09:00:00Z"));
-        assert_eq!(
-            parse_instant("1970-01-01T00:00:01.500Z"),
-            Some(1500)
-        );
-        assert_eq!(
-            parse_instant("2000-03-01T00:00:00Z"),
-            Some(951_868_800_000)
-        );
+        assert_eq!(parse_instant("1970-01-01T00:00:01.500Z"), Some(1500));
+        assert_eq!(parse_instant("2000-03-01T00:00:00Z"), Some(951_868_800_000));
     }
 
     #[test]

@@ -94,7 +94,10 @@ fn selectors_combine_roles_location_subtrees_and_groups() {
     assert_eq!(count(&d, "location:Location/suakoko"), 1);
     assert_eq!(count(&d, "facility:gbarnga-hc"), 2);
     assert_eq!(
-        count(&d, "role:nurse AND location:Location/bong AND NOT group:retiring"),
+        count(
+            &d,
+            "role:nurse AND location:Location/bong AND NOT group:retiring"
+        ),
         1
     );
     assert_eq!(count(&d, "group:\"retiring in 2026\""), 1, "by name");
@@ -114,7 +117,12 @@ fn selectors_combine_roles_location_subtrees_and_groups() {
         .collect();
     assert_eq!(
         ids,
-        ["Location/phebe", "Location/suakoko", "Location/bong", "Location/lr"]
+        [
+            "Location/phebe",
+            "Location/suakoko",
+            "Location/bong",
+            "Location/lr"
+        ]
     );
     // A district moved to another county takes its facilities along.
     d.import(
@@ -149,7 +157,11 @@ fn numbers_are_normalised_and_bad_ones_reported_per_contact() {
             "ihris",
             "LR",
             Incoming {
-                contacts: vec![noisy, no_phone, worker("3", "0880 123 456", "nurse", "phebe")],
+                contacts: vec![
+                    noisy,
+                    no_phone,
+                    worker("3", "0880 123 456", "nurse", "phebe"),
+                ],
                 ..Default::default()
             },
         )
@@ -157,7 +169,11 @@ fn numbers_are_normalised_and_bad_ones_reported_per_contact() {
     assert_eq!(r.created, 3);
     assert_eq!(r.problems.len(), 1);
     assert_eq!(r.problems[0].resource.as_deref(), Some("Practitioner/1"));
-    assert!(r.problems[0].message.contains("not a phone number"), "{:?}", r.problems);
+    assert!(
+        r.problems[0].message.contains("not a phone number"),
+        "{:?}",
+        r.problems
+    );
     assert_eq!(r.unreachable, vec!["Practitioner/2"]);
     let c = d.find("Practitioner/1").unwrap().unwrap();
     assert_eq!(c.phone(), Some("+231770000009"), "the valid one is kept");
@@ -220,14 +236,28 @@ fn sources_merge_by_number_and_duplicates_within_one_are_reported() {
     let mut moved = worker("1", "0770000001", "midwife", "phebe");
     moved.version_id = Some("2".into());
     let r = d
-        .import("ihris", "LR", Incoming { contacts: vec![moved.clone()], ..Default::default() })
+        .import(
+            "ihris",
+            "LR",
+            Incoming {
+                contacts: vec![moved.clone()],
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert_eq!(r.updated, 1);
     assert_eq!(count(&d, "role:nurse"), 2, "worker 1 is a midwife now");
     assert_eq!(count(&d, "role:midwife AND role:chw"), 1);
     // The same version again writes nothing.
     let r = d
-        .import("ihris", "LR", Incoming { contacts: vec![moved], ..Default::default() })
+        .import(
+            "ihris",
+            "LR",
+            Incoming {
+                contacts: vec![moved],
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert_eq!((r.updated, r.unchanged), (0, 1));
 
@@ -308,7 +338,11 @@ fn channels_count_first_choices_and_the_unreachable() {
         "ihris",
         "LR",
         Incoming {
-            contacts: vec![on_whatsapp, telegram_only, worker("3", "0770000003", "nurse", "phebe")],
+            contacts: vec![
+                on_whatsapp,
+                telegram_only,
+                worker("3", "0770000003", "nurse", "phebe"),
+            ],
             ..Default::default()
         },
     )
@@ -318,7 +352,10 @@ fn channels_count_first_choices_and_the_unreachable() {
         .unwrap();
     assert_eq!(c.selected, 3);
     // Dispatch routes to WhatsApp by the phone number too, as the count says.
-    assert_eq!(c.by_channel, vec![("whatsapp".into(), 2), ("sms".into(), 0)]);
+    assert_eq!(
+        c.by_channel,
+        vec![("whatsapp".into(), 2), ("sms".into(), 0)]
+    );
     assert_eq!(c.unreachable, 1, "the Telegram-only worker");
     let c = d.count("has:telegram", &["telegram".into()]).unwrap();
     assert_eq!((c.selected, c.unreachable), (1, 0));
@@ -338,8 +375,15 @@ fn a_frozen_audience_keeps_its_members_and_withholds_who_opted_out() {
             )
         })
         .collect();
-    d.import("ihris", "LR", Incoming { contacts, ..Default::default() })
-        .unwrap();
+    d.import(
+        "ihris",
+        "LR",
+        Incoming {
+            contacts,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let campaign = mhero_proto::CampaignId(7);
     assert_eq!(d.freeze(campaign, "role:nurse").unwrap(), 25);
     // New nurses after the freeze do not join it.
@@ -383,7 +427,11 @@ fn a_frozen_audience_keeps_its_members_and_withholds_who_opted_out() {
         from = page.last().unwrap().0 + 1;
     }
     assert_eq!(positions, (0..25).collect::<Vec<_>>());
-    assert_eq!(withheld, vec![(2, "opted out".to_string())], "nurse 4 is the third");
+    assert_eq!(
+        withheld,
+        vec![(2, "opted out".to_string())],
+        "nurse 4 is the third"
+    );
     assert_eq!(
         a.get(3).unwrap().unwrap().phone.as_deref(),
         Some("+231770000006")
@@ -416,9 +464,8 @@ fn the_indexes_survive_a_reopen_of_a_rocksdb_store() {
         )
         .unwrap();
     }
-    let engine: Arc<dyn Engine> = Arc::new(
-        crate::store::RocksEngine::open(tmp.path(), &config, Default::default()).unwrap(),
-    );
+    let engine: Arc<dyn Engine> =
+        Arc::new(crate::store::RocksEngine::open(tmp.path(), &config, Default::default()).unwrap());
     let d = Directory::open(engine).unwrap();
     assert_eq!(count(&d, "location:bong AND role:nurse"), 1);
     assert_eq!(count(&d, "location:lr"), 2);
@@ -447,8 +494,7 @@ mod model {
         let leaf = prop_oneof![
             Just(Expr::All),
             (0..ROLES.len()).prop_map(|i| Expr::Term(Field::Role, ROLES[i].into())),
-            (0..FACILITIES.len())
-                .prop_map(|i| Expr::Term(Field::Location, FACILITIES[i].into())),
+            (0..FACILITIES.len()).prop_map(|i| Expr::Term(Field::Location, FACILITIES[i].into())),
             Just(Expr::Term(Field::Location, "bong".into())),
             Just(Expr::Term(Field::Group, "g".into())),
             Just(Expr::Term(Field::Has, "whatsapp".into())),
@@ -472,15 +518,20 @@ mod model {
     }
 
     fn person() -> impl Strategy<Value = Person> {
-        (0..ROLES.len(), 0..FACILITIES.len(), any::<bool>(), any::<bool>(), 0..10u8).prop_map(
-            |(role, facility, in_group, whatsapp, a)| Person {
+        (
+            0..ROLES.len(),
+            0..FACILITIES.len(),
+            any::<bool>(),
+            any::<bool>(),
+            0..10u8,
+        )
+            .prop_map(|(role, facility, in_group, whatsapp, a)| Person {
                 role,
                 facility,
                 in_group,
                 whatsapp,
                 active: a > 1,
-            },
-        )
+            })
     }
 
     fn holds(e: &Expr, p: &Person) -> bool {
@@ -491,9 +542,7 @@ mod model {
                 let f = FACILITIES[p.facility];
                 // phebe and gbarnga-hc are in Bong (through suakoko and
                 // jorquelleh); ganta-hc is in Nimba.
-                f == v
-                    || (v == "bong" && f != "ganta-hc")
-                    || (v == "suakoko" && f == "phebe")
+                f == v || (v == "bong" && f != "ganta-hc") || (v == "suakoko" && f == "phebe")
             }
             Expr::Term(Field::Group, _) => p.in_group,
             Expr::Term(Field::Has, _) => p.whatsapp,
@@ -547,7 +596,9 @@ fn a_generated_ihris_registry_imports_through_the_mapper_with_its_noise_reported
 
     let host = PluginHost::new(HostOptions::default(), PluginMetrics::default()).unwrap();
     host.load_builtins().unwrap();
-    let mapper = host.require("ihris-practitioner", Kind::FhirMapper).unwrap();
+    let mapper = host
+        .require("ihris-practitioner", Kind::FhirMapper)
+        .unwrap();
     let d = dir();
     let reg = Registry {
         noise_percent: 6.0,
@@ -560,21 +611,40 @@ fn a_generated_ihris_registry_imports_through_the_mapper_with_its_noise_reported
     docs.extend((0..reg.pages()).map(|p| reg.practitioners_page(p)));
     docs.push(reg.groups_bundle());
     for doc in docs {
-        let (r, _) =
-            sync::import_document(&d, &mapper, "ihris", "LR", &doc.to_string()).unwrap();
+        let (r, _) = sync::import_document(&d, &mapper, "ihris", "LR", &doc.to_string()).unwrap();
         report.absorb(r);
     }
     assert_eq!(report.contacts(), 3000);
-    assert_eq!(report.created, 3000, "shared numbers within one source stay apart");
+    assert_eq!(
+        report.created, 3000,
+        "shared numbers within one source stay apart"
+    );
     let noisy: Vec<u32> = (0..3000)
-        .filter(|i| reg.practitioner(*i).0["telecom"].as_array().unwrap().is_empty()
-            || reg.practitioner(*i).0["telecom"][0]["value"].as_str().unwrap().starts_with("077-"))
+        .filter(|i| {
+            reg.practitioner(*i).0["telecom"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+                || reg.practitioner(*i).0["telecom"][0]["value"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("077-")
+        })
         .collect();
     let malformed = noisy
         .iter()
-        .filter(|i| !reg.practitioner(**i).0["telecom"].as_array().unwrap().is_empty())
+        .filter(|i| {
+            !reg.practitioner(**i).0["telecom"]
+                .as_array()
+                .unwrap()
+                .is_empty()
+        })
         .count();
-    assert!(malformed > 0 && report.problems.len() == malformed, "{} vs {malformed}", report.problems.len());
+    assert!(
+        malformed > 0 && report.problems.len() == malformed,
+        "{} vs {malformed}",
+        report.problems.len()
+    );
     assert!(!report.duplicates.is_empty());
     let retired = (0..3000)
         .filter(|i| reg.practitioner(*i).0["active"] == false)
@@ -585,20 +655,21 @@ fn a_generated_ihris_registry_imports_through_the_mapper_with_its_noise_reported
     let want = (0..3000)
         .filter(|i| {
             let (p, r) = reg.practitioner(*i);
-            p["active"] == true
-                && r["code"][0]["coding"][0]["code"] == ROLES[0].0
-                && {
-                    let f: u32 = r["location"][0]["reference"].as_str().unwrap()["Location/F-".len()..]
-                        .parse()
-                        .unwrap();
-                    reg.district_of(f).starts_with("Location/D-bong-")
-                }
+            p["active"] == true && r["code"][0]["coding"][0]["code"] == ROLES[0].0 && {
+                let f: u32 = r["location"][0]["reference"].as_str().unwrap()["Location/F-".len()..]
+                    .parse()
+                    .unwrap();
+                reg.district_of(f).starts_with("Location/D-bong-")
+            }
         })
         .count() as u64;
     assert!(want > 0);
     assert_eq!(count(&d, "role:nurse AND location:C-bong"), want);
     assert_eq!(
-        count(&d, "role:nurse AND location:C-bong AND NOT group:\"Ebola responders\""),
+        count(
+            &d,
+            "role:nurse AND location:C-bong AND NOT group:\"Ebola responders\""
+        ),
         want - (0..3000)
             .step_by(20)
             .filter(|i| {

@@ -1065,7 +1065,12 @@ async fn a_selector_audience_is_frozen_at_submit_and_withholds_later_opt_outs() 
     // Joins after the submit are not in it; an opt-out before the fan-out
     // reaches the contact is honoured.
     directory_of(&w, 1600);
-    let last = w.broker.directory().find("Practitioner/2998").unwrap().unwrap();
+    let last = w
+        .broker
+        .directory()
+        .find("Practitioner/2998")
+        .unwrap()
+        .unwrap();
     w.broker
         .directory()
         .set_opted_out(
@@ -1080,7 +1085,11 @@ async fn a_selector_audience_is_frozen_at_submit_and_withholds_later_opt_outs() 
     assert_eq!(p.total, 1500);
     assert_eq!(p.wired, 1499);
     assert_eq!(p.failed + p.dead, 1);
-    let rec = w.store().status(DeliveryId::new(id, 1499)).unwrap().unwrap();
+    let rec = w
+        .store()
+        .status(DeliveryId::new(id, 1499))
+        .unwrap()
+        .unwrap();
     assert_eq!(rec.reason.as_deref(), Some("opted out"));
 
     // A selector that selects nobody, or does not parse, is refused and

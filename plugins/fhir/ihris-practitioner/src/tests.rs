@@ -200,12 +200,12 @@ fn fhir_groups_keep_their_current_members() {
     let _host = MockHost::new().install();
     let mapped = IhrisPractitioner::map_resources(bundle(vec![
         json!({"resourceType": "Group", "id": "responders", "type": "practitioner", "actual": true,
-               "name": "Ebola responders",
-               "member": [
-                   {"entity": {"reference": "Practitioner/p1"}},
-                   {"entity": {"reference": "Practitioner/p2"}, "inactive": true},
-                   {"entity": {"reference": "Practitioner/p3"}, "period": {"end": "2020-01-01"}}
-               ]}),
+        "name": "Ebola responders",
+        "member": [
+            {"entity": {"reference": "Practitioner/p1"}},
+            {"entity": {"reference": "Practitioner/p2"}, "inactive": true},
+            {"entity": {"reference": "Practitioner/p3"}, "period": {"end": "2020-01-01"}}
+        ]}),
         json!({"resourceType": "Group", "id": "broken", "member": [{"entity": {}}]}),
     ]))
     .unwrap();
@@ -214,5 +214,9 @@ fn fhir_groups_keep_their_current_members() {
     assert_eq!(mapped.groups[0].name, "Ebola responders");
     assert_eq!(mapped.groups[0].members, vec!["Practitioner/p1"]);
     assert_eq!(mapped.errors.len(), 1);
-    assert!(mapped.errors[0].message.contains("member[0]"), "{:?}", mapped.errors);
+    assert!(
+        mapped.errors[0].message.contains("member[0]"),
+        "{:?}",
+        mapped.errors
+    );
 }

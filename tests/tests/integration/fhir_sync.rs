@@ -1,0 +1,404 @@
+//! The directory synced from a real FHIR R4 server: medplum's FHIR router
+//! with its in-memory repository (`tests/peers/fhir-server`, installed from
+//! the npm registry by `scripts/setup.sh --peers`), on loopback, through
+//! the real `mhero` binary (`mhero sync`, `mhero contacts`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use mhero_broker::directory::generate::{ROLES, Registry, as_batch};
+use serde_json::{Value, json};
+
+use super::mhero;
+
+/// A running FHIR server; stopped when dropped.
+struct FhirPeer {
+    child: Child,
+    base: String,
+}
+
+impl Drop for FhirPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn peer_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/fhir-server")
+}
+
+/// Starts the server, or says why it cannot and skips (a failure under
+/// `CI=true` or `MHERO_PEERS=1`).
+fn fhir_peer(args: &[&str]) -> Option<FhirPeer> {
+    fhir_peer_with(args, Stdio::inherit())
+}
+
+fn fhir_peer_with(args: &[&str], stderr: Stdio) -> Option<FhirPeer> {
+    let required = std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("MHERO_PEERS").is_ok_and(|v| v == "1");
+    let installed = peer_dir()
+        .join("node_modules/@medplum/fhir-router")
+        .is_dir();
+    let node = Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !(installed && node) {
+        let why = "the FHIR test server is not installed (run `scripts/setup.sh --peers`)";
+        assert!(!required, "{why}");
+        println!("skipped: {why}");
+        return None;
+    }
+    let mut child = Command::new("node")
+        .arg(peer_dir().join("server.mjs"))
+        .arg("0")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("start node");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("read the server's first line");
+    let port = line
+        .trim()
+        .strip_prefix("listening ")
+        .unwrap_or_else(|| panic!("unexpected first line from the FHIR server: {line:?}"));
+    Some(FhirPeer {
+        child,
+        base: format!("http://127.0.0.1:{port}/fhir"),
+    })
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+impl FhirPeer {
+    /// Loads a collection Bundle as a batch of PUTs; every entry must land.
+    fn load(&self, bundle: &Value) {
+        let batch = as_batch(bundle);
+        let resp = client()
+            .post(&self.base)
+            .header("content-type", "application/fhir+json")
+            .body(batch.to_string())
+            .send()
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+        let body: Value = serde_json::from_slice(&resp.bytes().unwrap()).unwrap();
+        for (i, e) in body["entry"].as_array().unwrap().iter().enumerate() {
+            let status = e["response"]["status"].as_str().unwrap_or("");
+            assert!(status.starts_with("20"), "entry {i}: {e}");
+        }
+    }
+
+    fn load_registry(&self, reg: &Registry) {
+        self.load(&reg.places_bundle());
+        for p in 0..reg.pages() {
+            self.load(&reg.practitioners_page(p));
+        }
+        self.load(&reg.groups_bundle());
+    }
+
+    fn put(&self, resource: &Value) {
+        let url = format!(
+            "{}/{}/{}",
+            self.base,
+            resource["resourceType"].as_str().unwrap(),
+            resource["id"].as_str().unwrap()
+        );
+        let mut r = resource.clone();
+        r.as_object_mut().unwrap().remove("meta");
+        let resp = client()
+            .put(url)
+            .header("content-type", "application/fhir+json")
+            .body(r.to_string())
+            .send()
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+    }
+
+    fn delete(&self, reference: &str) {
+        let resp = client()
+            .delete(format!("{}/{reference}", self.base))
+            .send()
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+    }
+}
+
+fn config(dir: &Path, base: &str, extra: &str) -> PathBuf {
+    let path = dir.join("mhero.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = {:?}\n[directory.sources.ihris]\nbase_url = {base:?}\nevery_s = 0\npage_size = 50\n{extra}",
+            dir.join("data")
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn sync(config: &Path) -> Value {
+    let out = mhero()
+        .arg("--config")
+        .arg(config)
+        .args(["sync", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mhero sync failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("sync prints JSON")
+}
+
+fn count(config: &Path, selector: &str) -> u64 {
+    let out = mhero()
+        .arg("--config")
+        .arg(config)
+        .args(["contacts", "count", selector, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["selected"].as_u64().unwrap()
+}
+
+fn summary(config: &Path) -> Value {
+    let out = mhero()
+        .arg("--config")
+        .arg(config)
+        .args(["contacts", "summary"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn registry() -> Registry {
+    Registry {
+        noise_percent: 6.0,
+        retired_percent: 3.0,
+        page: 200,
+        ..Registry::new(600)
+    }
+}
+
+/// Active nurses in Bong county, by the generator's own rules.
+fn nurses_in_bong(reg: &Registry, gone: &[u32]) -> u64 {
+    (0..reg.practitioners)
+        .filter(|i| !gone.contains(i))
+        .filter(|i| {
+            let (p, _) = reg.practitioner(*i);
+            p["active"] == true
+                && reg.role_of(*i) == 0
+                && reg
+                    .district_of(reg.facility_of(*i))
+                    .starts_with("Location/D-bong-")
+        })
+        .count() as u64
+}
+
+#[test]
+fn a_directory_syncs_from_a_real_fhir_server_with_updates_and_deletions() {
+    let Some(peer) = fhir_peer(&[]) else { return };
+    let reg = registry();
+    peer.load_registry(&reg);
+    let tmp = tempfile::tempdir().unwrap();
+    // Incremental after the first pass; a full reconcile only when asked.
+    let cfg = config(tmp.path(), &peer.base, "reconcile_every_s = 1000000\n");
+
+    let first = sync(&cfg);
+    assert_eq!(first["full"], true);
+    assert_eq!(first["import"]["created"], 600, "{first}");
+    let problems = first["import"]["problems"].as_array().unwrap();
+    assert!(
+        !problems.is_empty()
+            && problems.iter().all(|p| p["message"]
+                .as_str()
+                .unwrap()
+                .contains("not a phone number")
+                || p["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("not a valid phone number")),
+        "{problems:?}"
+    );
+    assert!(!first["import"]["duplicates"].as_array().unwrap().is_empty());
+    let want = nurses_in_bong(&reg, &[]);
+    assert!(want > 0);
+    assert_eq!(count(&cfg, "role:nurse AND location:C-bong"), want);
+    assert_eq!(
+        count(&cfg, "group:\"Ebola responders\" AND role:nurse"),
+        (0..600)
+            .step_by(20)
+            .filter(|i| reg.practitioner(*i).0["active"] == true && reg.role_of(*i) == 0)
+            .count() as u64
+    );
+
+    // Nothing changed: an incremental pass reads nothing new.
+    let again = sync(&cfg);
+    assert_eq!(again["full"], false);
+    assert_eq!(again["import"]["created"], 0);
+    assert_eq!(again["import"]["updated"], 0);
+
+    // Between syncs: two workers leave, one is retired, one moves to Bong
+    // as a nurse, one joins.
+    let gone = [3u32, 4];
+    for i in gone {
+        peer.delete(&format!("Practitioner/P-{i}"));
+        peer.delete(&format!("PractitionerRole/R-{i}"));
+    }
+    let (mut retired, _) = reg.practitioner(10);
+    retired["active"] = json!(false);
+    peer.put(&retired);
+    let joined = Registry::new(601).practitioner(600);
+    peer.put(&joined.0);
+    peer.put(&joined.1);
+
+    let inc = sync(&cfg);
+    assert_eq!(inc["full"], false);
+    assert_eq!(inc["import"]["created"], 1, "{inc}");
+    assert!(inc["import"]["updated"].as_u64().unwrap() >= 1, "{inc}");
+    // This server has no type history: deletions wait for a reconcile.
+    assert_eq!(inc["history"], false);
+    assert_eq!(inc["import"]["removed"], 0);
+    assert_eq!(summary(&cfg)["contacts"], 601);
+
+    let cfg = config(tmp.path(), &peer.base, "reconcile_every_s = 0\n");
+    let full = sync(&cfg);
+    assert_eq!(full["full"], true);
+    assert_eq!(full["import"]["removed"], 2, "{full}");
+    assert_eq!(summary(&cfg)["contacts"], 599);
+    let mut excluded = gone.to_vec();
+    excluded.push(10);
+    let joined_counts = u64::from(
+        Registry::new(601).role_of(600) == 0
+            && Registry::new(601)
+                .district_of(Registry::new(601).facility_of(600))
+                .starts_with("Location/D-bong-"),
+    );
+    assert_eq!(
+        count(&cfg, "role:nurse AND location:C-bong"),
+        nurses_in_bong(&reg, &excluded) + joined_counts
+    );
+    let out = mhero()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["contacts", "show", "ihris:Practitioner/P-3"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a deleted worker is gone");
+    let out = mhero()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["contacts", "show", "Practitioner/P-21"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("Liberia (Location/LR)"),
+        "the whole ancestry: {text}"
+    );
+    assert!(text.contains(ROLES[reg.role_of(21)].0), "{text}");
+}
+
+#[test]
+fn server_errors_are_retried_and_the_sync_completes() {
+    let Some(peer) = fhir_peer(&["--fail-every", "3"]) else {
+        return;
+    };
+    let reg = registry();
+    peer.load_registry(&reg);
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(tmp.path(), &peer.base, "");
+    let r = sync(&cfg);
+    assert!(r["requests_retried"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["import"]["created"], 600);
+}
+
+#[test]
+fn a_sync_killed_midway_resumes_without_duplicates_or_gaps() {
+    let Some(mut peer) = fhir_peer_with(&["--delay-ms", "50", "--log-requests"], Stdio::piped())
+    else {
+        return;
+    };
+    let requests = BufReader::new(peer.child.stderr.take().unwrap());
+    let reg = registry();
+    peer.load_registry(&reg);
+    let tmp = tempfile::tempdir().unwrap();
+    // 20 practitioners a page: 30 pages of workers.
+    let cfg = config(tmp.path(), &peer.base, "");
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("page_size = 50", "page_size = 20"),
+    )
+    .unwrap();
+    let mut child = mhero()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["sync", "--json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed once it has asked for the tenth page of practitioners. (The
+    // server's log is read to its end, so the server never blocks on it.)
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in requests.lines().map_while(Result::ok) {
+            if line.starts_with("GET /fhir/Practitioner?") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    for page in 1..=10 {
+        rx.recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no request for practitioner page {page}"));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the sync ended before it was killed"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let r = sync(&cfg);
+    assert_eq!(r["resumed"], true, "{r}");
+    let created = r["import"]["created"].as_u64().unwrap();
+    assert!(
+        created > 0 && created < 600,
+        "some were imported before the kill, the rest after: {r}"
+    );
+    let s = summary(&cfg);
+    assert_eq!(s["contacts"], 600, "no duplicates, no gaps: {s}");
+    assert_eq!(
+        count(&cfg, "role:nurse AND location:C-bong"),
+        nurses_in_bong(&reg, &[])
+    );
+}
