@@ -51,6 +51,21 @@ fn json() -> impl Strategy<Value = Value> {
         Just("audience".to_string()),
         Just("lane".to_string()),
         Just("+231770123456".to_string()),
+        Just("resourceType".to_string()),
+        Just("Practitioner".to_string()),
+        Just("PractitionerRole".to_string()),
+        Just("Location".to_string()),
+        Just("Group".to_string()),
+        Just("telecom".to_string()),
+        Just("value".to_string()),
+        Just("system".to_string()),
+        Just("phone".to_string()),
+        Just("reference".to_string()),
+        Just("partOf".to_string()),
+        Just("member".to_string()),
+        Just("entity".to_string()),
+        Just("practitioner".to_string()),
+        Just("Practitioner/1".to_string()),
         ".{0,12}",
     ];
     let leaf = prop_oneof![
@@ -77,6 +92,11 @@ fn host() -> PluginHost {
 }
 
 thread_local!(static HOST: PluginHost = host());
+thread_local!(static DIRECTORY: mhero_broker::directory::Directory =
+    mhero_broker::directory::Directory::open(std::sync::Arc::new(
+        mhero_broker::store::MemoryEngine::new(),
+    ))
+    .unwrap());
 
 proptest! {
     #![proptest_config(config())]
@@ -172,5 +192,38 @@ proptest! {
             ];
             let _ = validate_spec(&spec, &channels);
         }
+    }
+
+    /// Audience selectors as operators and integrators write them: any
+    /// text, and near-valid ones. What parses prints back to itself.
+    #[test]
+    fn any_selector_parses_or_is_refused_with_a_place(text in prop_oneof![
+        ".{0,120}",
+        "(\\(|\\)| |NOT |AND |OR |and |\\*|(role|location|group|lang|has|facility|org|x):([a-z/]{0,8}|\"[a-z \\\\\"]{0,6}\"?)){0,16}",
+    ]) {
+        match mhero_broker::directory::selector::parse(&text) {
+            Ok(expr) => {
+                let again = mhero_broker::directory::selector::parse(&expr.to_string());
+                prop_assert_eq!(again.as_ref(), Ok(&expr), "{}", expr);
+            }
+            Err(e) => prop_assert!(e.at <= text.len() && !e.message.is_empty()),
+        }
+    }
+
+    /// FHIR documents of any shape, through the iHRIS mapper into the
+    /// directory: imported with per-entry problems, or refused whole.
+    #[test]
+    fn any_fhir_document_is_imported_or_refused(value in json(), bundle in any::<bool>()) {
+        let doc = if bundle {
+            serde_json::json!({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": value}]})
+        } else {
+            value
+        };
+        HOST.with(|h| {
+            let mapper = h.get("ihris-practitioner").unwrap();
+            DIRECTORY.with(|d| {
+                let _ = mhero_broker::directory::sync::import_document(d, &mapper, "fuzz", "LR", &doc.to_string());
+            });
+        });
     }
 }

@@ -1,5 +1,6 @@
-//! `mhero demo`: a generated directory, a bulk update to everyone and an
-//! emergency alert to a slice, through the broker (opened with
+//! `mhero demo`: a generated iHRIS registry imported into the directory
+//! through the mapper plugin, a bulk update selected by role and an
+//! emergency alert selected by district, through the broker (opened with
 //! [`Broker::open`], as every entry point does) and the sandbox connector
 //! (a simulated gateway inside the broker, whose receipts come back
 //! through the webhook entry point), with a progress bar per campaign and a
@@ -20,10 +21,22 @@ use mhero_proto::{CampaignId, Lane};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Health workers in the generated directory.
+    /// Health workers in the generated registry (or, with `--generated`,
+    /// in the generated audience).
     #[arg(long, default_value_t = 100_000)]
     recipients: u32,
-    /// Share of them (percent) that receive the emergency alert.
+    /// Who gets the bulk update.
+    #[arg(long, default_value = BULK_SELECTOR)]
+    bulk_selector: String,
+    /// Who gets the emergency alert: a district.
+    #[arg(long, default_value = ALERT_SELECTOR)]
+    alert_selector: String,
+    /// Send to a generated audience (recipient i derived from i, 30 % not on
+    /// WhatsApp) instead of the directory, as the benchmarks do: nothing is
+    /// imported or read per recipient.
+    #[arg(long)]
+    generated: bool,
+    /// With `--generated`: the share (percent) that receives the alert.
     #[arg(long, default_value_t = 10)]
     alert_percent: u32,
     /// When the alert goes out, after the bulk update started (ms).
@@ -43,6 +56,10 @@ pub struct DemoArgs {
 
 const BULK: &str = "demo: monthly stock-report reminder";
 const ALERT: &str = "demo: cholera alert";
+/// The cadres that report stock.
+const BULK_SELECTOR: &str = "role:nurse OR role:chw OR role:midwife OR role:pharmacist";
+/// A district of Bong county in the generated registry.
+const ALERT_SELECTOR: &str = "location:D-bong-0";
 
 /// The channels the demo uses when the config names none: WhatsApp first,
 /// SMS as the fallback, both simulated.
@@ -76,7 +93,7 @@ fn demo_channels(rate: f64) -> BTreeMap<String, ChannelConfig> {
     [("whatsapp".to_string(), whatsapp), ("sms".to_string(), sms)].into()
 }
 
-fn bulk(recipients: u32, channels: &[String]) -> CampaignSpec {
+fn bulk(audience: AudienceSpec, channels: &[String]) -> CampaignSpec {
     let mut body = Body::text(
         "Reminder: send this month's stock report (ORS, zinc, ACT, RDTs) by Friday. Reply with the count of each.",
     );
@@ -94,18 +111,22 @@ fn bulk(recipients: u32, channels: &[String]) -> CampaignSpec {
         lane: Lane::Bulk,
         body,
         channels: channels.to_vec(),
-        audience: AudienceSpec::Generated(GeneratedAudience {
-            count: recipients,
-            languages: vec!["en".into(), "fr".into(), "sw".into(), "en".into()],
-            not_on_percent: [("whatsapp".to_string(), 30.0)].into(),
-            prefix: "+2317".into(),
-        }),
+        audience,
         expires_at_ms: None,
         start_at_ms: None,
     }
 }
 
-fn alert(count: u32, channels: &[String]) -> CampaignSpec {
+fn generated(count: u32, languages: &[&str]) -> AudienceSpec {
+    AudienceSpec::Generated(GeneratedAudience {
+        count,
+        languages: languages.iter().map(|l| l.to_string()).collect(),
+        not_on_percent: [("whatsapp".to_string(), 30.0)].into(),
+        prefix: "+2317".into(),
+    })
+}
+
+fn alert(audience: AudienceSpec, channels: &[String]) -> CampaignSpec {
     let mut body = Body::text(
         "URGENT: suspected cholera cases in Bong County. Report any acute watery diarrhoea today. Reply YES when read.",
     );
@@ -115,12 +136,7 @@ fn alert(count: u32, channels: &[String]) -> CampaignSpec {
         lane: Lane::Emergency,
         body,
         channels: channels.to_vec(),
-        audience: AudienceSpec::Generated(GeneratedAudience {
-            count,
-            languages: vec!["en".into(), "fr".into()],
-            not_on_percent: [("whatsapp".to_string(), 30.0)].into(),
-            prefix: "+2317".into(),
-        }),
+        audience,
         expires_at_ms: None,
         start_at_ms: None,
     }
@@ -189,14 +205,19 @@ async fn demo(config: Config, args: &DemoArgs) -> Result<()> {
             .and_then(|p| p.id.parse::<CampaignId>().ok())
     };
 
+    if !args.generated && find(BULK).is_none() {
+        import_registry(&broker, args).await?;
+    }
     let started = Instant::now();
     let bulk_id = match find(BULK) {
         Some(id) => id,
         None => {
-            dispatcher
-                .submit(bulk(args.recipients, &channels))
-                .await?
-                .id
+            let audience = if args.generated {
+                generated(args.recipients, &["en", "fr", "sw", "en"])
+            } else {
+                AudienceSpec::Selector(args.bulk_selector.clone())
+            };
+            dispatcher.submit(bulk(audience, &channels)).await?.id
         }
     };
     let bars = Bars::new(args.quiet);
@@ -205,7 +226,7 @@ async fn demo(config: Config, args: &DemoArgs) -> Result<()> {
         (u64::from(args.recipients) * u64::from(args.alert_percent.min(100)) / 100) as u32;
     let mut alert_id = find(ALERT);
     let mut alert_submitted = None;
-    if alert_id.is_none() && alert_count > 0 {
+    if alert_id.is_none() && (alert_count > 0 || !args.generated) {
         tokio::time::sleep(Duration::from_millis(args.alert_after_ms)).await;
         alert_submitted = Some(Instant::now());
         // Alerts go by SMS, which every phone receives.
@@ -214,7 +235,12 @@ async fn demo(config: Config, args: &DemoArgs) -> Result<()> {
         } else {
             channels.clone()
         };
-        alert_id = Some(dispatcher.submit(alert(alert_count, &via)).await?.id);
+        let audience = if args.generated {
+            generated(alert_count, &["en", "fr"])
+        } else {
+            AudienceSpec::Selector(args.alert_selector.clone())
+        };
+        alert_id = Some(dispatcher.submit(alert(audience, &via)).await?.id);
     }
     if let Some(id) = alert_id {
         bars.add(id, dispatcher);
@@ -273,6 +299,70 @@ async fn demo(config: Config, args: &DemoArgs) -> Result<()> {
             "store kept: `mhero status --data-dir {}` shows it; dead letters keep their reason and history.",
             config.data_dir.display()
         );
+    }
+    Ok(())
+}
+
+/// A generated iHRIS registry of `--recipients` workers (a four-level
+/// location tree, roles, groups, 2 % noisy numbers, 3 % retired), as FHIR
+/// Bundles through the `ihris-practitioner` mapper into the directory.
+/// Importing again is harmless: unchanged workers are not rewritten.
+async fn import_registry(broker: &Broker, args: &DemoArgs) -> Result<()> {
+    use mhero_broker::directory::generate::Registry;
+    use mhero_broker::directory::{ImportReport, sync};
+    let reg = Registry {
+        noise_percent: 2.0,
+        retired_percent: 3.0,
+        ..Registry::new(args.recipients)
+    };
+    let mapper = broker
+        .plugins()
+        .require("ihris-practitioner", mhero_broker::plugin::Kind::FhirMapper)?;
+    let dir = std::sync::Arc::clone(broker.directory());
+    let country = broker.config().dispatch.default_country.clone();
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(u64::from(reg.pages()))
+    };
+    bar.set_style(ProgressStyle::with_template(
+        "{prefix:<42} {bar:32.green/blue} {pos:>7}/{len:7} pages {msg}",
+    )?);
+    bar.set_prefix("directory: generated iHRIS registry");
+    let started = Instant::now();
+    let b = bar.clone();
+    let report = tokio::task::spawn_blocking(move || -> Result<ImportReport> {
+        let mut total = ImportReport::default();
+        let mut import = |doc: serde_json::Value| -> Result<()> {
+            let (r, _) =
+                sync::import_document(&dir, &mapper, "demo-ihris", &country, &doc.to_string())?;
+            total.absorb(r);
+            Ok(())
+        };
+        import(reg.places_bundle())?;
+        for page in 0..reg.pages() {
+            import(reg.practitioners_page(page))?;
+            b.inc(1);
+        }
+        import(reg.groups_bundle())?;
+        Ok(total)
+    })
+    .await??;
+    bar.finish_and_clear();
+    println!(
+        "directory: {} health workers imported from a generated iHRIS registry in {:.1} s ({} numbers refused with their reason, {} numbers shared by two records, {} unreachable); `mhero contacts count` selects from it",
+        report.contacts(),
+        started.elapsed().as_secs_f64(),
+        report.problems.len(),
+        report.duplicates.len(),
+        report.unreachable.len()
+    );
+    for (name, selector) in [
+        ("bulk", &args.bulk_selector),
+        ("alert", &args.alert_selector),
+    ] {
+        let c = broker.directory().count(selector, &[])?;
+        println!("  {name}: {selector}  →  {} workers", c.selected);
     }
     Ok(())
 }

@@ -27,6 +27,7 @@ fn start(data: &std::path::Path) -> Child {
     mhero()
         .args([
             "demo",
+            "--generated",
             "--keep",
             "--quiet",
             "--recipients",

@@ -402,3 +402,72 @@ fn a_sync_killed_midway_resumes_without_duplicates_or_gaps() {
         nurses_in_bong(&reg, &[])
     );
 }
+
+/// Clients from OpenMRS (its FHIR2 module serves Patients) beside workers
+/// from iHRIS, both on the same server here: a client with a worker's
+/// number joins that worker's contact; the others are new contacts.
+#[test]
+fn openmrs_patients_sync_as_clients_and_merge_with_workers_by_number() {
+    let Some(peer) = fhir_peer(&[]) else { return };
+    let reg = Registry::new(40);
+    peer.load_registry(&reg);
+    let patients: Vec<Value> = (0..5)
+        .map(|i| {
+            json!({
+                "resourceType": "Patient", "id": format!("pt-{i}"), "active": true,
+                "name": [{"family": "Client", "given": [format!("Number{i}")]}],
+                // Patient 0 has worker 0's number.
+                "telecom": [{"system": "phone", "value": if i == 0 { "0770000000".to_string() } else { format!("0886{:06}", i) }}],
+                "managingOrganization": {"reference": "Organization/MOH"}
+            })
+        })
+        .collect();
+    peer.load(&json!({
+        "resourceType": "Bundle", "type": "collection",
+        "entry": patients.iter().map(|p| json!({"resource": p})).collect::<Vec<_>>()
+    }));
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = config(
+        tmp.path(),
+        &peer.base,
+        &format!(
+            "[directory.sources.openmrs]\nbase_url = {:?}\nresource_types = [\"Patient\"]\nrevinclude = {{}}\nmapper = \"openmrs-patient\"\nevery_s = 0\n",
+            peer.base
+        ),
+    );
+    let out = mhero()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["sync", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count(&cfg, "role:client"), 5);
+    assert_eq!(
+        count(
+            &cfg,
+            "role:client AND role:nurse OR role:client AND NOT role:nurse"
+        ),
+        5
+    );
+    assert_eq!(
+        summary(&cfg)["contacts"],
+        44,
+        "40 workers + 4 clients; one client is a worker"
+    );
+    let out = mhero()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["contacts", "show", "+231770000000"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ihris Practitioner/P-0") && text.contains("openmrs Patient/pt-0"),
+        "{text}"
+    );
+}

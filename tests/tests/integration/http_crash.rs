@@ -70,6 +70,7 @@ fn start_demo(config: &std::path::Path) -> Child {
         .arg(config)
         .args([
             "demo",
+            "--generated",
             "--keep",
             "--quiet",
             "--recipients",

@@ -16,6 +16,7 @@ fn a_kept_demo_store_is_fully_accounted_for_by_status() {
     let out = mhero()
         .args([
             "demo",
+            "--generated",
             "--recipients",
             "3000",
             "--alert-after-ms",
@@ -86,6 +87,7 @@ fn a_store_in_use_by_another_process_is_refused_clearly() {
     let out = mhero()
         .args([
             "demo",
+            "--generated",
             "--keep",
             "--quiet",
             "--recipients",
@@ -225,4 +227,62 @@ fn dead_letters_are_listed_and_replayed_from_the_command_line() {
         Some(0),
         "{status}"
     );
+}
+
+/// The demo imports a generated iHRIS registry into the directory and
+/// selects its audiences there: the bulk by role, the alert by district.
+#[test]
+fn the_demo_selects_its_audiences_from_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("store");
+    let out = mhero()
+        .args([
+            "demo",
+            "--recipients",
+            "3000",
+            "--alert-after-ms",
+            "100",
+            "--keep",
+            "--quiet",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("3000 health workers imported"), "{report}");
+    let count = |selector: &str| -> u64 {
+        let out = mhero()
+            .args(["contacts", "count", selector, "--json", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["selected"].as_u64().unwrap()
+    };
+    let bulk = count("role:nurse OR role:chw OR role:midwife OR role:pharmacist");
+    let alert = count("location:D-bong-0");
+    assert!(bulk > 2000 && bulk < 3000, "{bulk}");
+    assert!(alert > 0 && alert < 100, "{alert}");
+    let status = super::status_json(&data, &["--verify"]);
+    let campaigns = super::accepted_campaigns(&status);
+    let totals: Vec<u64> = campaigns
+        .iter()
+        .map(|c| c["total"].as_u64().unwrap())
+        .collect();
+    assert_eq!(totals, vec![bulk, alert]);
+    for c in campaigns {
+        assert_eq!(c["verified"]["missing"], 0, "{c}");
+        assert_eq!(c["ready"].as_u64(), Some(0));
+    }
 }

@@ -380,7 +380,8 @@ mod tests {
             "tables reach plugins as JSON"
         );
         let ihris = Manifest::parse(IHRIS).unwrap();
-        assert_eq!(ihris.limits().memory_bytes, 128 << 20);
+        assert_eq!(ihris.limits().memory_bytes, 256 << 20);
+        assert_eq!(ihris.limits().timeout_ms, 2000, "a whole Bundle per call");
         assert_eq!(ihris.settings(None).unwrap()["cadre_groups"], "true");
     }
 

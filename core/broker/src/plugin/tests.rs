@@ -75,6 +75,7 @@ fn built_ins_load_describe_themselves_and_come_from_the_cache_the_second_time() 
         vec![
             ("ihris-practitioner", Kind::FhirMapper),
             ("keywords", Kind::Classifier),
+            ("openmrs-patient", Kind::FhirMapper),
             ("sandbox", Kind::Connector)
         ]
     );
@@ -84,7 +85,7 @@ fn built_ins_load_describe_themselves_and_come_from_the_cache_the_second_time() 
         (info.max_batch, info.counts_segments, info.idempotent),
         (100, true, true)
     );
-    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 3);
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 4);
     drop(first);
     let second = PluginHost::new(options, PluginMetrics::default()).unwrap();
     assert!(
@@ -255,6 +256,10 @@ fn every_golden_fixture_passes_on_the_built_components() {
         (
             "ihris-practitioner",
             "plugins/fhir/ihris-practitioner/tests/fixtures",
+        ),
+        (
+            "openmrs-patient",
+            "plugins/fhir/openmrs-patient/tests/fixtures",
         ),
     ] {
         let mut files: Vec<_> = std::fs::read_dir(workspace().join(dir))
@@ -602,7 +607,7 @@ fn oversized_input_wrong_kind_and_plugin_errors_are_clear() {
         host.require("nope", Kind::Connector)
             .unwrap_err()
             .to_string()
-            .contains("loaded: ihris-practitioner, keywords, sandbox")
+            .contains("loaded: ihris-practitioner, keywords, openmrs-patient, sandbox")
     );
 }
 
