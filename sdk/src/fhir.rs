@@ -28,6 +28,11 @@ pub use bindings::mhero::plugin::types::{
 
 crate::shared_types!(crate::fhir::bindings);
 
+/// Helpers for reading FHIR R4 JSON.
+#[cfg(feature = "fhir-mapper")]
+#[path = "fhir_json.rs"]
+pub mod json;
+
 pub trait FhirMapper {
     fn describe() -> MapperInfo;
 

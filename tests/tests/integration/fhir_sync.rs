@@ -147,50 +147,34 @@ fn config(dir: &Path, base: &str, extra: &str) -> PathBuf {
     path
 }
 
-fn sync(config: &Path) -> Value {
+/// `mhero --config <config> <args…>`, which must succeed and print JSON.
+fn mhero_json(config: &Path, args: &[&str]) -> Value {
     let out = mhero()
         .arg("--config")
         .arg(config)
-        .args(["sync", "--json"])
+        .args(args)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "mhero sync failed: {}",
+        "mhero {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("sync prints JSON")
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}
+
+fn sync(config: &Path) -> Value {
+    mhero_json(config, &["sync", "--json"])
 }
 
 fn count(config: &Path, selector: &str) -> u64 {
-    let out = mhero()
-        .arg("--config")
-        .arg(config)
-        .args(["contacts", "count", selector, "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["selected"].as_u64().unwrap()
+    mhero_json(config, &["contacts", "count", selector, "--json"])["selected"]
+        .as_u64()
+        .unwrap()
 }
 
 fn summary(config: &Path) -> Value {
-    let out = mhero()
-        .arg("--config")
-        .arg(config)
-        .args(["contacts", "summary"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    mhero_json(config, &["contacts", "summary"])
 }
 
 fn registry() -> Registry {
@@ -435,17 +419,7 @@ fn openmrs_patients_sync_as_clients_and_merge_with_workers_by_number() {
             peer.base
         ),
     );
-    let out = mhero()
-        .arg("--config")
-        .arg(&cfg)
-        .args(["sync", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sync(&cfg);
     assert_eq!(count(&cfg, "role:client"), 5);
     assert_eq!(
         count(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use mhero_benches::{fs_type, peak_rss_mb, round};
+use mhero_benches::{fs_type, peak_rss_mb, round, rss_mb};
 use mhero_broker::audience::AudienceSource;
 use mhero_broker::directory::generate::{ROLES, Registry};
 use mhero_broker::directory::{Directory, ImportReport, Incoming, IncomingContact, Telecom, sync};
@@ -58,15 +58,6 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
-}
-
-fn rss_now_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 pub fn import(args: &ImportArgs) -> Result<()> {
@@ -241,7 +232,7 @@ fn measure(args: &SelectArgs, data_dir: &std::path::Path) -> Result<()> {
         let broker = mhero_broker::Broker::open(config).await?;
         let open_s = opening.elapsed().as_secs_f64();
         let dir = Arc::clone(broker.directory());
-        let rss_open = rss_now_mb();
+        let rss_open = rss_mb();
         let selected = dir.count(THREE_TERMS, &[])?.selected;
         if selected == 0 {
             bail!("the selector selects nobody");

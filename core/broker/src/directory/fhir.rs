@@ -29,7 +29,7 @@ use serde_json::Value;
 
 use super::config::{Auth, SourceConfig};
 use super::import::ImportReport;
-use super::sync::{Envelope, MAX_DOCUMENT_BYTES, import_document, newer};
+use super::sync::{EntryState, Envelope, MAX_DOCUMENT_BYTES, import_document, newer};
 use super::{Directory, mark_key};
 use crate::error::{Error, Result};
 use crate::plugin::Plugin;
@@ -126,39 +126,16 @@ pub fn history_deletions(json: &str, decided: &mut HashSet<String>) -> Result<Ve
         .into_iter()
         .flatten()
     {
-        let method = e
-            .get("request")
-            .and_then(|r| r.get("method"))
-            .and_then(Value::as_str);
-        let reference = match e.get("resource") {
-            Some(r) if method != Some("DELETE") => {
-                match (
-                    r.get("resourceType").and_then(Value::as_str),
-                    r.get("id").and_then(Value::as_str),
-                ) {
-                    (Some(t), Some(id)) => Some(format!("{t}/{id}")),
-                    _ => None,
+        match super::sync::entry_state(e) {
+            EntryState::Present(_, Some(r)) => {
+                decided.insert(r);
+            }
+            EntryState::Deleted(r) => {
+                if decided.insert(r.clone()) {
+                    out.push(r);
                 }
             }
-            _ => e
-                .get("request")
-                .and_then(|r| r.get("url"))
-                .or_else(|| e.get("fullUrl"))
-                .and_then(Value::as_str)
-                .and_then(super::sync::url_ref),
-        };
-        let Some(reference) = reference else { continue };
-        if !decided.insert(reference.clone()) {
-            continue;
-        }
-        let gone = method == Some("DELETE")
-            || (e.get("resource").is_none()
-                && e.get("response")
-                    .and_then(|r| r.get("status"))
-                    .and_then(Value::as_str)
-                    .is_some_and(|s| s.starts_with("410")));
-        if gone {
-            out.push(reference);
+            EntryState::Present(_, None) | EntryState::Unknown => {}
         }
     }
     Ok(out)

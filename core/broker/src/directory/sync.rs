@@ -55,6 +55,42 @@ pub(crate) fn url_ref(url: &str) -> Option<String> {
     }
 }
 
+/// What a Bundle entry says of its resource.
+pub(crate) enum EntryState<'a> {
+    /// The resource, and its `Type/id` when it has both.
+    Present(&'a Value, Option<String>),
+    /// Deleted: a `DELETE` request, or a `410` response without a resource.
+    Deleted(String),
+    /// Neither (an entry naming nothing usable).
+    Unknown,
+}
+
+pub(crate) fn entry_state(e: &Value) -> EntryState<'_> {
+    let method = e
+        .get("request")
+        .and_then(|r| r.get("method"))
+        .and_then(Value::as_str);
+    match e.get("resource") {
+        Some(r) if method != Some("DELETE") => EntryState::Present(r, resource_ref(r)),
+        _ => {
+            let gone = method == Some("DELETE")
+                || e.get("response")
+                    .and_then(|r| r.get("status"))
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| s.starts_with("410"));
+            let url = e
+                .get("request")
+                .and_then(|r| r.get("url"))
+                .or_else(|| e.get("fullUrl"))
+                .and_then(Value::as_str);
+            match url.and_then(url_ref) {
+                Some(r) if gone => EntryState::Deleted(r),
+                _ => EntryState::Unknown,
+            }
+        }
+    }
+}
+
 /// Reads a document's envelope; `Err` when it is not FHIR JSON at all.
 pub fn envelope(json: &str) -> std::result::Result<Envelope, String> {
     let doc: Value = serde_json::from_str(json).map_err(|e| format!("not JSON: {e}"))?;
@@ -93,27 +129,10 @@ pub fn envelope(json: &str) -> std::result::Result<Envelope, String> {
                 .into_iter()
                 .flatten()
             {
-                let method = e
-                    .get("request")
-                    .and_then(|r| r.get("method"))
-                    .and_then(Value::as_str);
-                match e.get("resource") {
-                    Some(r) if method != Some("DELETE") => see(r, &mut env),
-                    _ => {
-                        let url = e
-                            .get("request")
-                            .and_then(|r| r.get("url"))
-                            .or_else(|| e.get("fullUrl"))
-                            .and_then(Value::as_str);
-                        let gone = method == Some("DELETE")
-                            || e.get("response")
-                                .and_then(|r| r.get("status"))
-                                .and_then(Value::as_str)
-                                .is_some_and(|s| s.starts_with("410"));
-                        if gone && let Some(r) = url.and_then(url_ref) {
-                            env.deleted.push(r);
-                        }
-                    }
+                match entry_state(e) {
+                    EntryState::Present(r, _) => see(r, &mut env),
+                    EntryState::Deleted(r) => env.deleted.push(r),
+                    EntryState::Unknown => {}
                 }
             }
         }

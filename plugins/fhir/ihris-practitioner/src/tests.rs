@@ -2,6 +2,7 @@ use mhero_sdk::testing::MockHost;
 use serde_json::json;
 
 use super::*;
+use mhero_sdk::fhir::Telecom;
 
 fn bundle(resources: Vec<Value>) -> String {
     json!({
