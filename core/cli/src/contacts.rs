@@ -36,6 +36,7 @@ pub struct SyncArgs {
     /// Only this source (default: every configured one).
     #[arg(long)]
     source: Option<String>,
+    /// Print the reports as one JSON array, a report per source.
     #[arg(long)]
     json: bool,
 }
@@ -57,6 +58,16 @@ pub enum ContactsCommand {
     Show { id: String },
     /// The directory's figures: contacts, active, opted out, unreachable.
     Summary,
+    /// Data quality: numbers shared by several contacts, active workers
+    /// with no address, numbers and addresses a source gave that are
+    /// unusable (what the registries should fix).
+    Quality {
+        /// Most entries listed per kind (the totals are whole).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn open(config: &Config) -> Result<(tokio::runtime::Runtime, Broker)> {
@@ -167,6 +178,7 @@ pub fn sync(config: &Config, args: &SyncArgs) -> Result<()> {
     }
     let (rt, broker) = open(config)?;
     let mut failed = false;
+    let mut reports = Vec::new();
     for name in names {
         let syncer = broker.syncer(&name)?;
         let bar = ProgressBar::new_spinner();
@@ -185,7 +197,7 @@ pub fn sync(config: &Config, args: &SyncArgs) -> Result<()> {
         match result {
             Ok(r) => {
                 if args.json {
-                    println!("{}", serde_json::to_string_pretty(&r)?);
+                    reports.push(r);
                 } else {
                     println!(
                         "{}: {} pass{}, {} pages, {} retried requests; next from {}",
@@ -206,6 +218,10 @@ pub fn sync(config: &Config, args: &SyncArgs) -> Result<()> {
         }
     }
     rt.block_on(broker.shutdown());
+    if args.json {
+        // One document: the report of each source that completed.
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
     if failed {
         bail!("a sync failed");
     }
@@ -311,6 +327,29 @@ pub fn contacts(config: &Config, command: &ContactsCommand) -> Result<()> {
             }
             ContactsCommand::Summary => {
                 println!("{}", serde_json::to_string_pretty(&dir.summary())?);
+                Ok(())
+            }
+            ContactsCommand::Quality { limit, json } => {
+                let q = dir.quality(*limit)?;
+                if *json {
+                    println!("{}", serde_json::to_string_pretty(&q)?);
+                    return Ok(());
+                }
+                println!(
+                    "{} numbers shared by several contacts",
+                    q.shared_numbers_total
+                );
+                for (phone, who) in &q.shared_numbers {
+                    println!("  {phone}: {}", who.join(", "));
+                }
+                println!("{} active contacts with no address", q.unreachable_total);
+                for who in &q.unreachable {
+                    println!("  {who}");
+                }
+                println!("{} contacts with unusable data", q.problems_total);
+                for (who, what) in &q.problems {
+                    println!("  {who}: {}", what.join("; "));
+                }
                 Ok(())
             }
         }

@@ -163,8 +163,9 @@ fn mhero_json(config: &Path, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("JSON on stdout")
 }
 
+/// Syncs every source; the report of the first.
 fn sync(config: &Path) -> Value {
-    mhero_json(config, &["sync", "--json"])
+    mhero_json(config, &["sync", "--json"])[0].clone()
 }
 
 fn count(config: &Path, selector: &str) -> u64 {
@@ -419,7 +420,16 @@ fn openmrs_patients_sync_as_clients_and_merge_with_workers_by_number() {
             peer.base
         ),
     );
-    sync(&cfg);
+    let reports = mhero_json(&cfg, &["sync", "--json"]);
+    let sources: Vec<&str> = reports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["source"].as_str().unwrap())
+        .collect();
+    assert_eq!(sources, ["ihris", "openmrs"]);
+    assert_eq!(reports[1]["import"]["created"], 4, "{reports}");
+    assert_eq!(reports[1]["import"]["merged"], 1, "{reports}");
     assert_eq!(count(&cfg, "role:client"), 5);
     assert_eq!(
         count(
@@ -444,4 +454,49 @@ fn openmrs_patients_sync_as_clients_and_merge_with_workers_by_number() {
         text.contains("ihris Practitioner/P-0") && text.contains("openmrs Patient/pt-0"),
         "{text}"
     );
+}
+
+/// A broker that runs syncs its sources itself: at start, then every
+/// `every_s`.
+#[test]
+fn a_running_broker_syncs_its_sources_on_schedule() {
+    let Some(peer) = fhir_peer(&[]) else { return };
+    let reg = Registry::new(100);
+    peer.load_registry(&reg);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = mhero_broker::Config {
+        data_dir: tmp.path().join("data"),
+        ..mhero_broker::Config::default()
+    };
+    config.directory.sources.insert(
+        "ihris".into(),
+        mhero_broker::directory::SourceConfig {
+            every_s: 1,
+            ..mhero_broker::directory::SourceConfig::new(&peer.base)
+        },
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let contacts = |broker: &mhero_broker::Broker, want: u64| {
+        rt.block_on(async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while broker.directory().summary().contacts != want {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{:?}",
+                    broker.directory().summary()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let broker = rt.block_on(mhero_broker::Broker::open(config)).unwrap();
+    contacts(&broker, 100);
+    let (p, r) = Registry::new(101).practitioner(100);
+    peer.put(&p);
+    peer.put(&r);
+    contacts(&broker, 101);
+    rt.block_on(broker.shutdown());
 }

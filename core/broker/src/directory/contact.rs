@@ -153,6 +153,9 @@ impl Contact {
         for kind in self.addresses().keys() {
             out.push(format!("addr:{kind}"));
         }
+        if self.parts.iter().any(|p| !p.problems.is_empty()) {
+            out.push(PROBLEMS.to_string());
+        }
         out.sort();
         out.dedup();
         out
@@ -179,6 +182,8 @@ impl Contact {
 /// Active and not opted out.
 pub const ACTIVE: &str = "active";
 pub const OPTED_OUT: &str = "opted-out";
+/// Some source gave something unusable (an invalid phone number).
+pub const PROBLEMS: &str = "quality:problems";
 
 /// `fr` for `fr-LR`, lower case.
 pub fn primary_language(tag: &str) -> String {

@@ -340,6 +340,22 @@ pub struct Count {
     pub unknown_terms: Vec<String>,
 }
 
+/// mHero's data-quality view of the directory: what the ministry's
+/// registries should fix.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Quality {
+    /// One number on several contacts: `(number, [source:resource…])`.
+    pub shared_numbers: Vec<(String, Vec<String>)>,
+    /// Active contacts with no address at all: `source:resource`.
+    pub unreachable: Vec<String>,
+    /// Contacts a source gave something unusable for, with what.
+    pub problems: Vec<(String, Vec<String>)>,
+    /// Totals (the lists stop at the limit asked).
+    pub shared_numbers_total: u64,
+    pub unreachable_total: u64,
+    pub problems_total: u64,
+}
+
 /// The directory's figures.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Summary {
@@ -584,6 +600,74 @@ impl Directory {
             with_phone: len("addr:tel"),
             unreachable: (state.active() - &reachable).len(),
         }
+    }
+
+    /// Shared numbers, unreachable workers and unusable data, each list
+    /// cut at `limit` (the totals are whole).
+    pub fn quality(&self, limit: usize) -> Result<Quality> {
+        let name = |c: &Contact| -> String {
+            c.parts
+                .iter()
+                .map(|p| format!("{}:{}", p.source, p.resource))
+                .collect::<Vec<_>>()
+                .join(" + ")
+        };
+        let mut q = Quality::default();
+        let mut shared = Vec::new();
+        self.engine
+            .scan(Cf::Directory, &[PHONE], &[PHONE + 1], &mut |k, v| {
+                let numbers = numbers_from(v);
+                if numbers.len() > 1 {
+                    q.shared_numbers_total += 1;
+                    if shared.len() < limit {
+                        shared.push((String::from_utf8_lossy(&k[1..]).into_owned(), numbers));
+                    }
+                }
+                Ok(true)
+            })?;
+        for (phone, numbers) in shared {
+            let mut who = Vec::new();
+            for n in numbers {
+                if let Some(c) = self.contact(n)? {
+                    who.push(name(&c));
+                }
+            }
+            q.shared_numbers.push((phone, who));
+        }
+        let (unreachable, problems) = {
+            let state = self.state.read();
+            let mut reachable = RoaringBitmap::new();
+            for (k, b) in &state.postings {
+                if k.starts_with("addr:") {
+                    reachable |= b;
+                }
+            }
+            (
+                state.active() - reachable,
+                state
+                    .posting(contact::PROBLEMS)
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+        };
+        q.unreachable_total = unreachable.len();
+        for n in unreachable.iter().take(limit) {
+            if let Some(c) = self.contact(n)? {
+                q.unreachable.push(name(&c));
+            }
+        }
+        q.problems_total = problems.len();
+        for n in problems.iter().take(limit) {
+            if let Some(c) = self.contact(n)? {
+                let what = c
+                    .parts
+                    .iter()
+                    .flat_map(|p| p.problems.iter().cloned())
+                    .collect();
+                q.problems.push((name(&c), what));
+            }
+        }
+        Ok(q)
     }
 
     /// Marks a contact as opted out (or back in): selected again only once

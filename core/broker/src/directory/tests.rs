@@ -691,3 +691,46 @@ fn a_generated_ihris_registry_imports_through_the_mapper_with_its_noise_reported
     assert_eq!(c.parts[0].version_id.as_deref(), Some("1"));
     assert!(c.parts[0].last_updated.is_some());
 }
+
+#[test]
+fn the_quality_report_lists_shared_numbers_unreachable_workers_and_bad_data() {
+    let d = dir();
+    let no_phone = IncomingContact {
+        telecoms: vec![],
+        ..worker("3", "", "nurse", "phebe")
+    };
+    d.import(
+        "ihris",
+        "LR",
+        Incoming {
+            contacts: vec![
+                worker("1", "0770000001", "nurse", "phebe"),
+                worker("2", "+231770000001", "nurse", "phebe"),
+                no_phone,
+                worker("4", "077-12", "nurse", "phebe"),
+            ],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let q = d.quality(10).unwrap();
+    assert_eq!(
+        q.shared_numbers,
+        vec![(
+            "+231770000001".to_string(),
+            vec![
+                "ihris:Practitioner/1".to_string(),
+                "ihris:Practitioner/2".to_string()
+            ]
+        )]
+    );
+    assert_eq!(
+        q.unreachable,
+        vec!["ihris:Practitioner/3", "ihris:Practitioner/4"]
+    );
+    assert_eq!(q.problems.len(), 1);
+    assert_eq!(q.problems[0].0, "ihris:Practitioner/4");
+    assert!(q.problems[0].1[0].contains("077-12"), "{:?}", q.problems);
+    let q = d.quality(1).unwrap();
+    assert_eq!((q.unreachable.len(), q.unreachable_total), (1, 2));
+}
