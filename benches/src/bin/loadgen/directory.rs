@@ -81,11 +81,15 @@ pub fn import(args: &ImportArgs) -> Result<()> {
         let started = Instant::now();
         let (report, elapsed, mapper_s, envelope_s) =
             tokio::task::spawn_blocking(move || -> Result<(ImportReport, f64, f64, f64)> {
-                let mut total = ImportReport::default();
-                for doc in &docs {
-                    let (r, _) = sync::import_document(&dir, &mapper, "ihris", "LR", doc)?;
-                    total.absorb(r);
-                }
+                // What `mhero import <folder>` runs, with the files read.
+                let total = sync::import_documents(
+                    &dir,
+                    &mapper,
+                    "ihris",
+                    "LR",
+                    docs.iter().enumerate().map(|(i, d)| (i.to_string(), Ok(d.clone()))),
+                    |_, _| {},
+                )?;
                 let elapsed = started.elapsed().as_secs_f64();
                 // What bounds it: the same documents through the mapper
                 // alone, and through the host's own read of them alone.
@@ -114,7 +118,7 @@ pub fn import(args: &ImportArgs) -> Result<()> {
                 "differs_from_defaults": bench.differs,
                 "n": args.n,
                 "page": args.page,
-                "path": "generated iHRIS Bundles (Practitioner + PractitionerRole per worker, 4-level Location tree, Organization, Group) as JSON text → ihris-practitioner mapper plugin (wasm) → directory (contacts, identity and phone indexes, posting lists) in RocksDB, one synced commit per Bundle",
+                "path": "generated iHRIS Bundles (Practitioner + PractitionerRole per worker, 4-level Location tree, Organization, Group) as JSON text → ihris-practitioner mapper plugin (wasm) → directory (contacts, identity and phone indexes, posting lists) in RocksDB, one synced commit per Bundle; the next Bundle is mapped while the one before is written (sync::import_documents, what `mhero import` runs)",
                 "durability": "sync",
                 "noise": "2 % missing/malformed/shared numbers, 3 % retired",
                 "documents_mb": round(bytes as f64 / 1e6, 1),
@@ -124,8 +128,8 @@ pub fn import(args: &ImportArgs) -> Result<()> {
                 "contacts_per_s": round(f64::from(args.n) / elapsed, 0),
                 "mapper_only_s": round(mapper_s, 3),
                 "envelope_only_s": round(envelope_s, 3),
-                "directory_s": round(elapsed - mapper_s - envelope_s, 3),
-                "breakdown_means": "mapper_only_s: the same documents through the mapper plugin alone (wasm JSON parsing and mapping); envelope_only_s: the host's own parse of each document (versions, deletions, next link); directory_s: the rest (phone numbers, merging, posting lists, RocksDB reads and synced commits)",
+                "map_stage_s": round(mapper_s + envelope_s, 3),
+                "breakdown_means": "mapper_only_s: the same documents through the mapper plugin alone (wasm JSON parsing and mapping); envelope_only_s: the host's own parse of each document (versions, deletions, next link). Reading and mapping run on one thread while writing runs on another, so elapsed_s is bounded below by map_stage_s (their sum): the mapping stage bounds the import",
                 "created": report.created,
                 "problems": report.problems.len(),
                 "duplicates": report.duplicates.len(),

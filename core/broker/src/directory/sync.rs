@@ -260,6 +260,14 @@ pub fn import_document(
     country: &str,
     json: &str,
 ) -> Result<(ImportReport, Envelope)> {
+    let (incoming, env) = map_document(mapper, json)?;
+    let report = apply(dir, source, country, incoming, &env)?;
+    Ok((report, env))
+}
+
+/// A document read by the host (its envelope) and mapped by the plugin;
+/// nothing written. `Error::Invalid` when it is not FHIR JSON.
+pub fn map_document(mapper: &Plugin, json: &str) -> Result<(Incoming, Envelope)> {
     if json.len() > MAX_DOCUMENT_BYTES {
         return Err(Error::Invalid(format!(
             "the document is {} bytes; at most {MAX_DOCUMENT_BYTES}",
@@ -270,11 +278,76 @@ pub fn import_document(
     let mapped = mapper
         .map_resources(json)
         .map_err(|e| Error::Invalid(format!("mapper {}: {e}", mapper.name())))?;
-    let mut report = dir.import(source, country, incoming(mapped, &env))?;
+    Ok((incoming(mapped, &env), env))
+}
+
+/// Writes a mapped document into the directory, and removes what it
+/// deletes.
+pub fn apply(
+    dir: &Directory,
+    source: &str,
+    country: &str,
+    incoming: Incoming,
+    env: &Envelope,
+) -> Result<ImportReport> {
+    let mut report = dir.import(source, country, incoming)?;
     if !env.deleted.is_empty() {
         report.absorb(dir.remove(source, &env.deleted)?);
     }
-    Ok((report, env))
+    Ok(report)
+}
+
+/// Imports documents in order, two stages at once: the next document is
+/// read and mapped (host parse, plugin call) on a thread of its own while
+/// the one before is written into the directory. `docs` yields a label
+/// and the text (or why it could not be read); a document that cannot be
+/// read or is not FHIR is reported under its label and the rest are
+/// imported. `progress` gets each label and its report.
+pub fn import_documents<I>(
+    dir: &Directory,
+    mapper: &Plugin,
+    source: &str,
+    country: &str,
+    docs: I,
+    mut progress: impl FnMut(&str, &ImportReport),
+) -> Result<ImportReport>
+where
+    I: IntoIterator<Item = (String, std::result::Result<String, String>)>,
+    I::IntoIter: Send,
+{
+    let refused = |label: String, message: String| ImportReport {
+        problems: vec![EntryProblem {
+            index: None,
+            resource: Some(label),
+            message,
+        }],
+        ..Default::default()
+    };
+    let docs = docs.into_iter();
+    std::thread::scope(|scope| {
+        // Two mapped documents wait at most: memory stays bounded.
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        scope.spawn(move || {
+            for (label, text) in docs {
+                let mapped = text.map(|json| map_document(mapper, &json));
+                if tx.send((label, mapped)).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut total = ImportReport::default();
+        for (label, mapped) in rx {
+            let report = match mapped {
+                Ok(Ok((incoming, env))) => apply(dir, source, country, incoming, &env)?,
+                Ok(Err(Error::Invalid(message))) => refused(label.clone(), message),
+                Ok(Err(e)) => return Err(e),
+                Err(message) => refused(label.clone(), message),
+            };
+            progress(&label, &report);
+            total.absorb(report);
+        }
+        Ok(total)
+    })
 }
 
 /// The files an import reads: `path` itself, or the `.json` files of a
@@ -301,9 +374,8 @@ pub fn documents(path: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Imports a file or a folder of FHIR JSON documents; `progress` gets
-/// each file and its report. A file that cannot be read or is not FHIR is
-/// reported and skipped; the rest are imported.
+/// Imports a file or a folder of FHIR JSON documents (see
+/// [`import_documents`]); `progress` gets each file and its report.
 pub fn import_path(
     dir: &Directory,
     mapper: &Plugin,
@@ -312,34 +384,16 @@ pub fn import_path(
     path: &Path,
     mut progress: impl FnMut(&Path, &ImportReport),
 ) -> Result<ImportReport> {
-    let mut total = ImportReport::default();
-    for file in documents(path)? {
-        let report = match std::fs::read_to_string(&file) {
-            Ok(json) => match import_document(dir, mapper, source, country, &json) {
-                Ok((r, _)) => r,
-                Err(Error::Invalid(message)) => ImportReport {
-                    problems: vec![EntryProblem {
-                        index: None,
-                        resource: Some(file.display().to_string()),
-                        message,
-                    }],
-                    ..Default::default()
-                },
-                Err(e) => return Err(e),
-            },
-            Err(e) => ImportReport {
-                problems: vec![EntryProblem {
-                    index: None,
-                    resource: Some(file.display().to_string()),
-                    message: format!("unreadable: {e}"),
-                }],
-                ..Default::default()
-            },
-        };
-        progress(&file, &report);
-        total.absorb(report);
-    }
-    Ok(total)
+    let files = documents(path)?;
+    let docs = files.iter().map(|f| {
+        (
+            f.display().to_string(),
+            std::fs::read_to_string(f).map_err(|e| format!("unreadable: {e}")),
+        )
+    });
+    import_documents(dir, mapper, source, country, docs, |label, r| {
+        progress(Path::new(label), r)
+    })
 }
 
 #[cfg(test)]

@@ -734,3 +734,65 @@ fn the_quality_report_lists_shared_numbers_unreachable_workers_and_bad_data() {
     let q = d.quality(1).unwrap();
     assert_eq!((q.unreachable.len(), q.unreachable_total), (1, 2));
 }
+
+/// `mhero import <folder>`: every readable FHIR file imported in name
+/// order, each bad one reported under its name.
+#[test]
+fn a_folder_imports_with_bad_files_reported_by_name() {
+    use super::generate::Registry;
+    use crate::plugin::{HostOptions, Kind, PluginHost, PluginMetrics};
+
+    let host = PluginHost::new(HostOptions::default(), PluginMetrics::default()).unwrap();
+    host.load_builtins().unwrap();
+    let mapper = host
+        .require("ihris-practitioner", Kind::FhirMapper)
+        .unwrap();
+    let folder = tempfile::tempdir().unwrap();
+    let reg = Registry {
+        page: 50,
+        ..Registry::new(200)
+    };
+    std::fs::write(
+        folder.path().join("0-places.json"),
+        reg.places_bundle().to_string(),
+    )
+    .unwrap();
+    for p in 0..reg.pages() {
+        std::fs::write(
+            folder.path().join(format!("1-workers-{p}.json")),
+            reg.practitioners_page(p).to_string(),
+        )
+        .unwrap();
+    }
+    std::fs::write(folder.path().join("2-broken.json"), "{\"resourceType\": ").unwrap();
+    std::fs::write(folder.path().join("3-other.json"), "[1, 2]").unwrap();
+    std::fs::write(folder.path().join("notes.txt"), "not read").unwrap();
+    let d = dir();
+    let mut seen = Vec::new();
+    let report = sync::import_path(&d, &mapper, "import", "LR", folder.path(), |f, _| {
+        seen.push(f.file_name().unwrap().to_string_lossy().into_owned())
+    })
+    .unwrap();
+    assert_eq!(report.created, 200);
+    assert_eq!(seen.len(), 2 + reg.pages() as usize + 1, "{seen:?}");
+    assert_eq!(seen.first().map(String::as_str), Some("0-places.json"));
+    let bad: Vec<(&str, &str)> = report
+        .problems
+        .iter()
+        .map(|p| (p.resource.as_deref().unwrap(), p.message.as_str()))
+        .collect();
+    assert_eq!(bad.len(), 2, "{bad:?}");
+    assert!(
+        bad[0].0.ends_with("2-broken.json") && bad[0].1.contains("not JSON"),
+        "{bad:?}"
+    );
+    assert!(
+        bad[1].0.ends_with("3-other.json") && bad[1].1.contains("resourceType"),
+        "{bad:?}"
+    );
+    assert_eq!(
+        count(&d, "location:C-bong"),
+        count(&d, "location:C-bong AND *")
+    );
+    assert!(count(&d, "*") > 0);
+}
