@@ -40,6 +40,9 @@ const options = {
   delayMs: Number(process.env.DELAY_MS || 0),
   validate: true,
   logRequests: false,
+  // Credentials every request must carry (off by default).
+  bearer: process.env.FHIR_BEARER || '',
+  basic: process.env.FHIR_BASIC || '',
 };
 const args = process.argv.slice(2).flatMap((a) => (a.startsWith('--') ? a.split('=') : [a]));
 for (let i = 0; i < args.length; i++) {
@@ -48,6 +51,8 @@ for (let i = 0; i < args.length; i++) {
   else if (arg === '--delay-ms') options.delayMs = Number(args[++i]);
   else if (arg === '--no-validate') options.validate = false;
   else if (arg === '--log-requests') options.logRequests = true;
+  else if (arg === '--bearer') options.bearer = args[++i] || '';
+  else if (arg === '--basic') options.basic = args[++i] || '';
   else if (/^\d+$/.test(arg)) options.port = Number(arg);
   else {
     console.error(`unknown argument: ${arg}`);
@@ -287,6 +292,15 @@ async function handle(req, res) {
   if (options.delayMs) await new Promise((r) => setTimeout(r, options.delayMs));
   // One line per request on stderr (tests wait for a sync to reach a point).
   if (options.logRequests) process.stderr.write(`${req.method} ${req.url}\n`);
+  if (options.bearer || options.basic) {
+    const wanted = options.bearer
+      ? `Bearer ${options.bearer}`
+      : `Basic ${Buffer.from(options.basic).toString('base64')}`;
+    if (req.headers.authorization !== wanted) {
+      res.setHeader('WWW-Authenticate', options.bearer ? 'Bearer' : 'Basic realm="fhir"');
+      return send(res, 401, outcome('login', 'Missing or wrong credentials'));
+    }
+  }
 
   const url = new URL(req.url, 'http://localhost');
   const base = `http://${req.headers.host || `127.0.0.1:${server.address().port}`}/fhir`;

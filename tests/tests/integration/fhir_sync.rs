@@ -17,6 +17,8 @@ use super::mhero;
 struct FhirPeer {
     child: Child,
     base: String,
+    /// The `Authorization` header the server demands, if any.
+    authorization: Option<String>,
 }
 
 impl Drop for FhirPeer {
@@ -68,10 +70,38 @@ fn fhir_peer_with(args: &[&str], stderr: Stdio) -> Option<FhirPeer> {
         .trim()
         .strip_prefix("listening ")
         .unwrap_or_else(|| panic!("unexpected first line from the FHIR server: {line:?}"));
+    let authorization = args.windows(2).find_map(|w| match w[0] {
+        "--bearer" => Some(format!("Bearer {}", w[1])),
+        "--basic" => Some(format!("Basic {}", base64_encode(w[1].as_bytes()))),
+        _ => None,
+    });
     Some(FhirPeer {
         child,
         base: format!("http://127.0.0.1:{port}/fhir"),
+        authorization,
     })
+}
+
+/// Standard base64 (for a basic-auth header).
+fn base64_encode(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 fn client() -> reqwest::blocking::Client {
@@ -85,12 +115,14 @@ impl FhirPeer {
     /// Loads a collection Bundle as a batch of PUTs; every entry must land.
     fn load(&self, bundle: &Value) {
         let batch = as_batch(bundle);
-        let resp = client()
+        let mut req = client()
             .post(&self.base)
             .header("content-type", "application/fhir+json")
-            .body(batch.to_string())
-            .send()
-            .unwrap();
+            .body(batch.to_string());
+        if let Some(a) = &self.authorization {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().unwrap();
         assert!(resp.status().is_success(), "{}", resp.status());
         let body: Value = serde_json::from_slice(&resp.bytes().unwrap()).unwrap();
         for (i, e) in body["entry"].as_array().unwrap().iter().enumerate() {
@@ -499,4 +531,41 @@ fn a_running_broker_syncs_its_sources_on_schedule() {
     peer.put(&r);
     contacts(&broker, 101);
     rt.block_on(broker.shutdown());
+}
+
+/// A server that demands credentials gets them from the source's `auth`;
+/// without them the sync fails, saying so, and imports nothing.
+#[test]
+fn bearer_and_basic_credentials_reach_the_server() {
+    for (flag, secret, auth) in [
+        (
+            "--bearer",
+            "s3cret-token",
+            "auth = { bearer = \"s3cret-token\" }\n",
+        ),
+        (
+            "--basic",
+            "mhero:pa55",
+            "auth = { basic = { user = \"mhero\", password = \"pa55\" } }\n",
+        ),
+    ] {
+        let Some(peer) = fhir_peer(&[flag, secret]) else {
+            return;
+        };
+        peer.load_registry(&Registry::new(30));
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path(), &peer.base, "");
+        let out = mhero()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["sync", "--json"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("401") && err.contains("credentials"), "{err}");
+        assert!(!err.contains(secret), "{err}");
+        let cfg = config(tmp.path(), &peer.base, auth);
+        assert_eq!(sync(&cfg)["import"]["created"], 30, "{flag}");
+    }
 }
