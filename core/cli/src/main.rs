@@ -8,12 +8,15 @@
 //! - `dead.rs`: `mhero dead list|replay`, dead letters.
 //! - `contacts.rs`: `mhero import`, `mhero sync`, `mhero contacts …`: the
 //!   health-worker directory.
-//! - `plugin.rs`: `mhero plugin test|list`, plugins under production limits.
+//! - `plugin.rs`: `mhero plugin test|list|new`, plugins under production limits.
+//! - `scaffold.rs`: `mhero plugin new`, a plugin folder in Rust, Python or
+//!   JavaScript; `templates/` holds its sources.
 
 mod contacts;
 mod dead;
 mod demo;
 mod plugin;
+mod scaffold;
 mod status;
 
 use std::path::PathBuf;

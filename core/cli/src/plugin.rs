@@ -16,6 +16,9 @@ pub enum PluginCommand {
     Test(TestArgs),
     /// Lists the built-in plugins and those in `plugins.dir`.
     List,
+    /// Makes a plugin folder that builds and passes `mhero plugin test`
+    /// unchanged: source, manifest, a golden fixture, a build script.
+    New(crate::scaffold::NewArgs),
 }
 
 #[derive(clap::Args)]
@@ -38,6 +41,7 @@ pub fn run(config: &Config, command: &PluginCommand) -> Result<()> {
     match command {
         PluginCommand::Test(args) => test(config, args),
         PluginCommand::List => list(config),
+        PluginCommand::New(args) => crate::scaffold::run(args),
     }
 }
 

@@ -8,6 +8,7 @@ mod campaigns;
 mod crash;
 mod fhir_sync;
 mod http_crash;
+mod scaffold;
 mod store;
 
 use std::path::PathBuf;
