@@ -148,10 +148,18 @@ if [ "$peers" = 1 ]; then
   if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     apt_install nodejs npm
   fi
-  fhir=tests/peers/fhir-server
-  if [ ! -d "$fhir/node_modules/@medplum/fhir-router" ] \
-    || [ "$fhir/package-lock.json" -nt "$fhir/node_modules/.package-lock.json" ]; then
-    say "installing the FHIR test server ($fhir)"
-    npm ci --prefix "$fhir" --no-audit --no-fund --loglevel=error >&2
+  # Its npm packages, and those of the SDK's JavaScript plugin examples
+  # (componentize-js), which the peer tests build from the registries.
+  for dir in tests/peers/fhir-server sdk/examples/js-classifier sdk/examples/js-connector; do
+    if [ ! -f "$dir/node_modules/.package-lock.json" ] \
+      || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+      say "installing the npm packages of $dir"
+      npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >&2
+    fi
+  done
+  # The Python plugin example builds componentize-py (from PyPI) into a
+  # virtualenv of its own.
+  if ! python3 -m venv --help >/dev/null 2>&1; then
+    apt_install python3-venv
   fi
 fi

@@ -100,7 +100,35 @@ fn fixture_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn load(config: &Config, args: &TestArgs, fixture: &Fixture) -> Result<(PluginHost, String)> {
+/// Compiled components for the fixtures of one run: the first fixture
+/// compiles the plugin, the others load it from here (an interpreter's
+/// component takes tens of seconds to compile). A scratch folder under a
+/// key of this run only.
+struct RunCache {
+    dir: tempfile::TempDir,
+    key: [u8; 32],
+}
+
+impl RunCache {
+    fn new() -> Result<Self> {
+        use std::io::Read;
+        let mut key = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut key))
+            .context("reading /dev/urandom for the run's cache key")?;
+        Ok(Self {
+            dir: tempfile::tempdir().context("making a scratch folder for compiled components")?,
+            key,
+        })
+    }
+}
+
+fn load(
+    config: &Config,
+    args: &TestArgs,
+    fixture: &Fixture,
+    cache: &RunCache,
+) -> Result<(PluginHost, String)> {
     let mut settings = config.plugins.config.clone();
     let path = Path::new(&args.plugin);
     let is_file = args.plugin.ends_with(".wasm") || path.is_file();
@@ -131,7 +159,10 @@ fn load(config: &Config, args: &TestArgs, fixture: &Fixture) -> Result<(PluginHo
     // Fuel metering on, everything else as in production.
     let host = PluginHost::new(
         HostOptions {
-            cache: None,
+            cache: Some(mhero_broker::plugin::ComponentCache::new(
+                cache.dir.path(),
+                cache.key,
+            )),
             fuel: true,
             settings,
             ceilings: config.plugins.ceilings.clone(),
@@ -189,11 +220,12 @@ fn redact_json(value: &mut serde_json::Value, redactor: &Redactor) {
 fn test(config: &Config, args: &TestArgs) -> Result<()> {
     let mut failed = 0;
     let files = fixture_files(&args.fixtures)?;
+    let cache = RunCache::new()?;
     for file in &files {
         let text =
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
         let fx = Fixture::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        let (host, name) = load(config, args, &fx)?;
+        let (host, name) = load(config, args, &fx, &cache)?;
         let plugin = host.get(&name).context("loaded above")?;
         // A first call warms the instance; the second is the one measured.
         let _ =

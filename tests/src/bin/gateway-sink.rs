@@ -1,6 +1,6 @@
 //! `gateway-sink`: a JSON SMS gateway on loopback, for the HTTP benchmarks
 //! and the cross-process crash test. It speaks the sandbox connector's
-//! protocol over real HTTP (`POST /messages`, `POST /messages/batch`,
+//! protocol over real HTTP (`POST /messages` or `/send`, `POST /messages/batch`,
 //! bearer token, `Idempotency-Key`), answers after an optional latency,
 //! and appends every message's idempotency key and recipient to its log
 //! file, so a test can count what reached the gateway, duplicates
@@ -186,6 +186,9 @@ fn main() -> Result<()> {
         println!("listening on http://{}", listener.local_addr()?);
         let app = Router::new()
             .route("/messages", post(one))
+            // The same message as JSON, as the SDK's JavaScript connector
+            // example (`json-gateway`) sends it.
+            .route("/send", post(one))
             .route("/messages/batch", post(batch))
             .route("/stats", get(stats))
             .with_state(sink);

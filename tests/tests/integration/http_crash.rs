@@ -19,9 +19,9 @@ const RECIPIENTS: u32 = 200_000;
 const RATE: f64 = 8_000.0;
 const KILLS: usize = 10;
 
-struct Sink {
+pub(crate) struct Sink {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
 }
 
 impl Drop for Sink {
@@ -31,7 +31,7 @@ impl Drop for Sink {
     }
 }
 
-fn start_sink(log: &std::path::Path) -> Sink {
+pub(crate) fn start_sink(log: &std::path::Path) -> Sink {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gateway-sink"))
         .args(["--latency-ms", "20", "--log"])
         .arg(log)
@@ -51,7 +51,7 @@ fn start_sink(log: &std::path::Path) -> Sink {
 }
 
 /// `GET /stats` with a plain socket: flushes the sink's log.
-fn sink_stats(addr: &str) -> serde_json::Value {
+pub(crate) fn sink_stats(addr: &str) -> serde_json::Value {
     let mut s = TcpStream::connect(addr).unwrap();
     write!(
         s,

@@ -9,6 +9,7 @@ mod crash;
 mod fhir_sync;
 mod http_crash;
 mod scaffold;
+mod sdk_examples;
 mod store;
 
 use std::path::PathBuf;

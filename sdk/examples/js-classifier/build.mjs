@@ -1,0 +1,22 @@
+// Builds js-keywords.wasm from classifier.js with componentize-js, against
+// the contract in sdk/wit (world `classifier`). Run `npm ci` first, then
+// `npm run build` (or `node build.mjs`).
+import { componentize } from '@bytecodealliance/componentize-js';
+import { writeFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+
+const here = (path) => fileURLToPath(new URL(path, import.meta.url));
+const out = here('js-keywords.wasm');
+
+const { component } = await componentize({
+  sourcePath: here('classifier.js'),
+  // The whole WIT folder (it holds several worlds); the world picks one.
+  witPath: here('../../wit'),
+  worldName: 'classifier',
+  // The broker refuses components that import wasi:http; a plugin never
+  // makes requests of its own. Keep stdio (console.* goes to the broker's
+  // debug log), clocks and random.
+  disableFeatures: ['http', 'fetch-event'],
+});
+await writeFile(out, component);
+console.log(`wrote ${out} (${component.length} bytes)`);

@@ -1,0 +1,169 @@
+//! Plugins written in Python and JavaScript (`sdk/examples`), built from
+//! the package registries (componentize-py from PyPI, componentize-js from
+//! npm; `scripts/setup.sh --peers` installs the npm packages), run on their
+//! golden fixtures under production limits, and the JavaScript connector
+//! carrying a campaign through a running broker to a gateway on loopback.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use mhero_broker::dispatch::{AudienceSpec, CampaignSpec, Recipient};
+use mhero_proto::Lane;
+
+use super::http_crash::{sink_stats, start_sink};
+use super::mhero;
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/examples")
+}
+
+/// What building the examples needs, or why it is missing.
+fn missing_tools() -> Option<String> {
+    let works = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !works("python3", &["-m", "venv", "--help"]) {
+        return Some("python3 with venv".into());
+    }
+    if !works("node", &["--version"]) {
+        return Some("node".into());
+    }
+    for js in ["js-classifier", "js-connector"] {
+        if !examples()
+            .join(js)
+            .join("node_modules/@bytecodealliance/componentize-js")
+            .is_dir()
+        {
+            return Some(format!("the npm packages of sdk/examples/{js}"));
+        }
+    }
+    None
+}
+
+/// Runs a build as an author would: nothing of this test's cargo
+/// environment.
+fn run_build(dir: &Path, program: &str, args: &[&str]) {
+    let mut cmd = Command::new(program);
+    cmd.args(args).current_dir(dir);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy().into_owned();
+        if key.starts_with("CARGO") && key != "CARGO_HOME" {
+            cmd.env_remove(&key);
+        }
+    }
+    let out = cmd.output().expect("run the build");
+    assert!(
+        out.status.success(),
+        "{program} {args:?} in {} failed: {}{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn plugin_test(dir: &Path, wasm: &str) {
+    let out = mhero()
+        .args(["plugin", "test"])
+        .arg(dir.join(wasm))
+        .arg("--fixture")
+        .arg(dir.join("tests/fixtures"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("PASS") && !text.contains("FAIL"),
+        "{wasm}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn python_and_javascript_plugins_build_from_the_registries_and_carry_a_campaign() {
+    let required = std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("MHERO_PEERS").is_ok_and(|v| v == "1");
+    if let Some(what) = missing_tools() {
+        let why = format!("{what} is not installed (run `scripts/setup.sh --peers`)");
+        assert!(!required, "{why}");
+        println!("skipped: {why}");
+        return;
+    }
+    let python = examples().join("python-classifier");
+    run_build(&python, "sh", &["build.sh"]);
+    plugin_test(&python, "py-keywords.wasm");
+    let js = examples().join("js-classifier");
+    run_build(&js, "node", &["build.mjs"]);
+    plugin_test(&js, "js-keywords.wasm");
+    let connector = examples().join("js-connector");
+    run_build(&connector, "node", &["build.mjs"]);
+    plugin_test(&connector, "json-gateway.wasm");
+
+    // The JavaScript connector in a running broker, against a gateway on
+    // loopback that records what it receives.
+    let tmp = tempfile::tempdir().unwrap();
+    let sink = start_sink(&tmp.path().join("sink.log"));
+    let plugins = tmp.path().join("plugins/json-gateway");
+    std::fs::create_dir_all(&plugins).unwrap();
+    for file in ["plugin.toml", "json-gateway.wasm"] {
+        std::fs::copy(connector.join(file), plugins.join(file)).unwrap();
+    }
+    let config = mhero_broker::Config::from_toml(
+        &format!(
+            r#"data_dir = "{data}"
+[plugins]
+dir = "{plugins}"
+[plugins.config.json-gateway]
+base_url = "http://{addr}"
+token = "sandbox-token"
+[channels.sms]
+connector = "json-gateway"
+rate = 200
+"#,
+            data = tmp.path().join("data").display(),
+            plugins = tmp.path().join("plugins").display(),
+            addr = sink.addr,
+        ),
+        Path::new("test.toml"),
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let broker = mhero_broker::Broker::open(config).await.unwrap();
+        let mut spec = CampaignSpec::generated(
+            "js connector",
+            Lane::High,
+            "Clinic opens at 8 tomorrow.",
+            1,
+            &["sms"],
+        );
+        spec.audience = AudienceSpec::Recipients(
+            (0..50)
+                .map(|i| Recipient {
+                    phone: Some(format!("07700{i:05}")),
+                    ..Recipient::default()
+                })
+                .collect(),
+        );
+        let id = broker.dispatcher().submit(spec).await.unwrap().id;
+        assert!(
+            broker
+                .dispatcher()
+                .wait_done(&[id], Duration::from_secs(120))
+                .await,
+            "{:?}",
+            broker.dispatcher().progress(id)
+        );
+        let p = broker.dispatcher().progress(id).unwrap();
+        assert_eq!((p.wired, p.failed, p.dead), (50, 0, 0), "{p:?}");
+        broker.shutdown().await;
+    });
+    let stats = sink_stats(&sink.addr);
+    assert_eq!(stats["messages"], 50, "{stats}");
+    assert_eq!(stats["duplicates"], 0, "{stats}");
+}
