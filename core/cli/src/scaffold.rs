@@ -156,11 +156,12 @@ pub fn run(args: &NewArgs) -> Result<()> {
         Lang::Rust => rust(&root, args.kind, name)?,
         Lang::Python | Lang::Js => interpreted(&root, args.kind, name, args.lang)?,
     }
+    let build = match args.lang {
+        Lang::Rust | Lang::Python => "sh build.sh",
+        Lang::Js => "npm ci && node build.mjs",
+    };
     println!(
-        "made {}: build it with `sh {}/build.sh`, then `mhero plugin test {}/{name}.wasm --fixture {}/tests/fixtures/`",
-        root.display(),
-        root.display(),
-        root.display(),
+        "made {}: build it with `{build}` there, then `mhero plugin test {name}.wasm --fixture tests/fixtures/`",
         root.display()
     );
     Ok(())
@@ -242,8 +243,74 @@ fn rust(root: &Path, kind: Kind, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn interpreted(_root: &Path, _kind: Kind, _name: &str, lang: Lang) -> Result<()> {
-    bail!("--lang {lang:?} is not available yet")
+/// A plugin in an interpreted language: the SDK's example of that
+/// language and kind (`sdk/examples`, built and tested in CI), renamed,
+/// with the WIT beside it.
+struct Example {
+    /// The example's plugin name, replaced by the new one everywhere.
+    name: &'static str,
+    /// Its npm package name, when it has one.
+    package: Option<&'static str>,
+    files: &'static [(&'static str, &'static str)],
+}
+
+macro_rules! example_files {
+    ($dir:literal: $($file:literal),* $(,)?) => {
+        &[$(($file, include_str!(concat!("../../../sdk/examples/", $dir, "/", $file)))),*]
+    };
+}
+
+const PYTHON_CLASSIFIER: Example = Example {
+    name: "py-keywords",
+    package: None,
+    files: example_files!("python-classifier": "app.py", "build.sh", "plugin.toml", ".gitignore", "tests/fixtures/yes-no-english.json"),
+};
+
+const JS_CLASSIFIER: Example = Example {
+    name: "js-keywords",
+    package: Some("mhero-example-js-classifier"),
+    files: example_files!("js-classifier": "classifier.js", "build.mjs", "package.json", "package-lock.json", "plugin.toml", ".gitignore", "tests/fixtures/yes-no-english.json"),
+};
+
+const JS_CONNECTOR: Example = Example {
+    name: "json-gateway",
+    package: Some("mhero-example-js-connector"),
+    files: example_files!("js-connector": "connector.js", "build.mjs", "package.json", "package-lock.json", "plugin.toml", ".gitignore", "tests/fixtures/parse-accepted.json"),
+};
+
+fn interpreted(root: &Path, kind: Kind, name: &str, lang: Lang) -> Result<()> {
+    let example = match (lang, kind) {
+        (Lang::Python, Kind::Classifier) => PYTHON_CLASSIFIER,
+        (Lang::Js, Kind::Classifier) => JS_CLASSIFIER,
+        (Lang::Js, Kind::Connector) => JS_CONNECTOR,
+        _ => bail!(
+            "no {} template in {lang:?} yet: start from the Rust one (`--lang rust`), or from a {lang:?} example in the SDK's examples",
+            kind.as_str()
+        ),
+    };
+    for (rel, text) in example.files {
+        let mut text = text.replace(example.name, name).replace("../../wit", "wit");
+        if let Some(package) = example.package {
+            text = text.replace(package, &format!("mhero-plugin-{name}"));
+        }
+        write(root, rel, &text)?;
+    }
+    for (rel, text) in SDK_FILES.iter().filter(|(r, _)| r.starts_with("wit/")) {
+        write(root, rel, text)?;
+    }
+    let build = match lang {
+        Lang::Python => "sh build.sh",
+        _ => "npm ci && node build.mjs",
+    };
+    write(
+        root,
+        "README.md",
+        &format!(
+            "# {name}\n\nA {} plugin for the mHero broker, in {lang:?}, made from the SDK's example.\n\n```sh\n{build}                 # → {name}.wasm, from the package registry\nmhero plugin test {name}.wasm --fixture tests/fixtures/\n```\n\n`wit/` is the contract as this broker has it; `plugin.toml` the manifest\n(limits, settings, allowed hosts); `tests/fixtures/` one golden fixture\n(one call). To load it, put this folder under the broker's `plugins.dir`.\n",
+            kind.as_str()
+        ),
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

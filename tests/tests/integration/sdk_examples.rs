@@ -167,3 +167,61 @@ rate = 200
     assert_eq!(stats["messages"], 50, "{stats}");
     assert_eq!(stats["duplicates"], 0, "{stats}");
 }
+
+/// `mhero plugin new --lang python|js`: each template, as made, builds
+/// from the registries and passes its fixture unchanged.
+#[test]
+fn new_python_and_javascript_plugins_build_and_pass_their_fixture() {
+    let required = std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("MHERO_PEERS").is_ok_and(|v| v == "1");
+    if let Some(what) = missing_tools() {
+        let why = format!("{what} is not installed (run `scripts/setup.sh --peers`)");
+        assert!(!required, "{why}");
+        println!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (kind, lang, name) in [
+        ("classifier", "python", "hello-py"),
+        ("classifier", "js", "hello-js"),
+        ("connector", "js", "gateway-js"),
+    ] {
+        let out = mhero()
+            .args(["plugin", "new", kind, name, "--lang", lang, "--dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let folder = dir.path().join(name);
+        if lang == "python" {
+            run_build(&folder, "sh", &["build.sh"]);
+        } else {
+            run_build(
+                &folder,
+                "npm",
+                &["ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            );
+            run_build(&folder, "node", &["build.mjs"]);
+        }
+        plugin_test(&folder, &format!("{name}.wasm"));
+    }
+    let out = mhero()
+        .args([
+            "plugin",
+            "new",
+            "fhir-mapper",
+            "m",
+            "--lang",
+            "python",
+            "--dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--lang rust"));
+}
