@@ -66,13 +66,16 @@ fn run_build(dir: &Path, program: &str, args: &[&str]) {
 }
 
 fn plugin_test(dir: &Path, wasm: &str) {
-    let out = mhero()
-        .args(["plugin", "test"])
-        .arg(dir.join(wasm))
-        .arg("--fixture")
-        .arg(dir.join("tests/fixtures"))
-        .output()
-        .unwrap();
+    plugin_test_on(dir, wasm, &[dir.join("tests/fixtures")]);
+}
+
+fn plugin_test_on(dir: &Path, wasm: &str, fixtures: &[PathBuf]) {
+    let mut cmd = mhero();
+    cmd.args(["plugin", "test"]).arg(dir.join(wasm));
+    for f in fixtures {
+        cmd.arg("--fixture").arg(f);
+    }
+    let out = cmd.output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.contains("PASS") && !text.contains("FAIL"),
@@ -91,12 +94,22 @@ fn python_and_javascript_plugins_build_from_the_registries_and_carry_a_campaign(
         println!("skipped: {why}");
         return;
     }
+    // The Rust `keywords` classifier's own fixtures for the part of it the
+    // examples implement.
+    let keywords = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins/classifiers/keywords/tests/fixtures");
+    let shared: Vec<PathBuf> = ["yes-no-french", "numbered-choice", "unknown", "keywords"]
+        .iter()
+        .map(|f| keywords.join(format!("{f}.json")))
+        .collect();
     let python = examples().join("python-classifier");
     run_build(&python, "sh", &["build.sh"]);
     plugin_test(&python, "py-keywords.wasm");
+    plugin_test_on(&python, "py-keywords.wasm", &shared);
     let js = examples().join("js-classifier");
     run_build(&js, "node", &["build.mjs"]);
     plugin_test(&js, "js-keywords.wasm");
+    plugin_test_on(&js, "js-keywords.wasm", &shared);
     let connector = examples().join("js-connector");
     run_build(&connector, "node", &["build.mjs"]);
     plugin_test(&connector, "json-gateway.wasm");
