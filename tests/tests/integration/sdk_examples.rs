@@ -44,6 +44,22 @@ fn missing_tools() -> Option<String> {
     None
 }
 
+/// Whether the tools are here; if not, says so and the test skips (a
+/// failure under `CI=true` or `MHERO_PEERS=1`).
+fn tools_present() -> bool {
+    let required = std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("MHERO_PEERS").is_ok_and(|v| v == "1");
+    match missing_tools() {
+        None => true,
+        Some(what) => {
+            let why = format!("{what} is not installed (run `scripts/setup.sh --peers`)");
+            assert!(!required, "{why}");
+            println!("skipped: {why}");
+            false
+        }
+    }
+}
+
 /// Runs a build as an author would: nothing of this test's cargo
 /// environment.
 fn run_build(dir: &Path, program: &str, args: &[&str]) {
@@ -86,12 +102,7 @@ fn plugin_test_on(dir: &Path, wasm: &str, fixtures: &[PathBuf]) {
 
 #[test]
 fn python_and_javascript_plugins_build_from_the_registries_and_carry_a_campaign() {
-    let required = std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("MHERO_PEERS").is_ok_and(|v| v == "1");
-    if let Some(what) = missing_tools() {
-        let why = format!("{what} is not installed (run `scripts/setup.sh --peers`)");
-        assert!(!required, "{why}");
-        println!("skipped: {why}");
+    if !tools_present() {
         return;
     }
     // The Rust `keywords` classifier's own fixtures for the part of it the
@@ -185,12 +196,7 @@ rate = 200
 /// from the registries and passes its fixture unchanged.
 #[test]
 fn new_python_and_javascript_plugins_build_and_pass_their_fixture() {
-    let required = std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("MHERO_PEERS").is_ok_and(|v| v == "1");
-    if let Some(what) = missing_tools() {
-        let why = format!("{what} is not installed (run `scripts/setup.sh --peers`)");
-        assert!(!required, "{why}");
-        println!("skipped: {why}");
+    if !tools_present() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
