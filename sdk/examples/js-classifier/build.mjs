@@ -13,10 +13,10 @@ const { component } = await componentize({
   // The whole WIT folder (it holds several worlds); the world picks one.
   witPath: here('../../wit'),
   worldName: 'classifier',
-  // The broker refuses components that import wasi:http; a plugin never
-  // makes requests of its own. Keep stdio (console.* goes to the broker's
-  // debug log), clocks and random.
-  disableFeatures: ['http', 'fetch-event'],
+  // componentize-js's default features. The component then imports
+  // wasi:http (for fetch()), which the broker links with every request
+  // denied: a plugin makes no requests of its own. console.* goes to the
+  // broker's debug log.
 });
 await writeFile(out, component);
 console.log(`wrote ${out} (${component.length} bytes)`);

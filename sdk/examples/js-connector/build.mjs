@@ -13,10 +13,10 @@ const { component } = await componentize({
   // The whole WIT folder (it holds several worlds); the world picks one.
   witPath: here('../../wit'),
   worldName: 'connector',
-  // The broker refuses components that import wasi:http: a connector
-  // builds requests and the broker performs them. Keep stdio (console.*
-  // goes to the broker's debug log), clocks and random (crypto.subtle).
-  disableFeatures: ['http', 'fetch-event'],
+  // componentize-js's default features. The component then imports
+  // wasi:http (for fetch()), which the broker links with every request
+  // denied: a connector builds requests and the broker performs them.
+  // console.* goes to the broker's debug log; crypto.subtle works.
 });
 await writeFile(out, component);
 console.log(`wrote ${out} (${component.length} bytes)`);

@@ -100,6 +100,19 @@ fn plugin_test_on(dir: &Path, wasm: &str, fixtures: &[PathBuf]) {
     );
 }
 
+/// The component's import section names `interface` (a component's
+/// import names are stored as plain text).
+fn assert_imports(wasm: &Path, interface: &str) {
+    let bytes = std::fs::read(wasm).unwrap();
+    assert!(
+        bytes
+            .windows(interface.len())
+            .any(|w| w == interface.as_bytes()),
+        "{} does not import {interface}",
+        wasm.display()
+    );
+}
+
 #[test]
 fn python_and_javascript_plugins_build_from_the_registries_and_carry_a_campaign() {
     if !tools_present() {
@@ -115,6 +128,9 @@ fn python_and_javascript_plugins_build_from_the_registries_and_carry_a_campaign(
         .collect();
     let python = examples().join("python-classifier");
     run_build(&python, "sh", &["build.sh"]);
+    // Built with the toolchains' defaults, the components import the
+    // network interfaces the broker links with every use denied.
+    assert_imports(&python.join("py-keywords.wasm"), "wasi:sockets/tcp@");
     plugin_test(&python, "py-keywords.wasm");
     plugin_test_on(&python, "py-keywords.wasm", &shared);
     let js = examples().join("js-classifier");
@@ -123,6 +139,11 @@ fn python_and_javascript_plugins_build_from_the_registries_and_carry_a_campaign(
     plugin_test_on(&js, "js-keywords.wasm", &shared);
     let connector = examples().join("js-connector");
     run_build(&connector, "node", &["build.mjs"]);
+    assert_imports(&js.join("js-keywords.wasm"), "wasi:http/outgoing-handler@");
+    assert_imports(
+        &connector.join("json-gateway.wasm"),
+        "wasi:http/outgoing-handler@",
+    );
     plugin_test(&connector, "json-gateway.wasm");
 
     // The JavaScript connector in a running broker, against a gateway on

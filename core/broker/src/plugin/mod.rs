@@ -26,6 +26,7 @@ pub mod bindings;
 pub mod cache;
 pub mod calls;
 pub mod fixture;
+mod http;
 pub mod manifest;
 pub mod metrics;
 pub mod runtime;

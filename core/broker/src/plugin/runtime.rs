@@ -259,6 +259,8 @@ pub struct PluginState {
     gate: Arc<LogGate>,
     limiter: Limiter,
     wasi: WasiCtx,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    http_hooks: super::http::DenyAll,
     table: ResourceTable,
     logs: u32,
     dropped_logs: u32,
@@ -273,6 +275,19 @@ impl WasiView for PluginState {
             ctx: &mut self.wasi,
             table: &mut self.table,
         }
+    }
+}
+
+impl PluginState {
+    /// What `wasi:http` works on (see [`super::http`]).
+    pub(crate) fn http_parts(
+        &mut self,
+    ) -> (
+        &mut wasmtime_wasi_http::WasiHttpCtx,
+        &mut ResourceTable,
+        &mut dyn wasmtime_wasi_http::WasiHttpHooks,
+    ) {
+        (&mut self.http, &mut self.table, &mut self.http_hooks)
     }
 }
 
@@ -377,6 +392,8 @@ impl Runtime {
         // Plugins run on host threads that must never be parked: waiting
         // on a pollable (a sleep) is refused instead of blocking.
         super::stdio::link_no_wait_poll(&mut linker)?;
+        // wasi:http with every outgoing request denied.
+        super::http::link_denied_http(&mut linker)?;
         connector::mhero::plugin::host::add_to_linker::<PluginState, HasSelf<PluginState>>(
             &mut linker,
             |s| s,
@@ -419,12 +436,14 @@ impl Drop for Runtime {
     }
 }
 
-/// Interfaces a plugin may import. `wasi:sockets` is linked because
-/// mainstream toolchains import it (CPython's standard library, for one)
-/// even when the plugin never uses it, with every use denied: no TCP, no
-/// UDP, no name lookup, every address refused (see `PluginState`'s WASI
-/// context) — a network attempt fails at call time. Everything else
-/// (`wasi:http`, unknown packages) is refused at load.
+/// Interfaces a plugin may import. `wasi:sockets` and `wasi:http` are
+/// linked because mainstream toolchains import them (CPython's standard
+/// library links sockets, componentize-js links http for `fetch()`) even
+/// when the plugin never uses them, with every use denied: no TCP, no UDP,
+/// no name lookup, every address refused (see `PluginState`'s WASI
+/// context), every HTTP request refused (see [`super::http`]) — a network
+/// attempt fails at call time. Everything else (unknown packages) is
+/// refused at load.
 pub const ALLOWED_IMPORTS: &[&str] = &[
     // The contract: `host`, and the type-only interfaces worlds `use`.
     "mhero:plugin/",
@@ -434,6 +453,7 @@ pub const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:random/",
     "wasi:filesystem/",
     "wasi:sockets/",
+    "wasi:http/",
 ];
 
 pub fn import_allowed(name: &str) -> bool {
@@ -623,6 +643,8 @@ impl Plugin {
                 .allow_ip_name_lookup(false)
                 .socket_addr_check(|_, _| Box::pin(async { false }))
                 .build(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http_hooks: super::http::DenyAll,
             table: ResourceTable::new(),
             logs: 0,
             dropped_logs: 0,
@@ -887,6 +909,28 @@ fn classify(e: &wasmtime::Error, state: Option<&PluginState>, limits: &Limits) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_allow_list_names_packages_not_prefixes_of_names() {
+        for allowed in [
+            "mhero:plugin/host@0.1.0",
+            "wasi:cli/stdout@0.2.3",
+            "wasi:sockets/tcp@0.2.0",
+            "wasi:http/outgoing-handler@0.2.3",
+            "wasi:http/types",
+        ] {
+            assert!(import_allowed(allowed), "{allowed}");
+        }
+        for refused in [
+            "wasi:keyvalue/store@0.2.0-draft",
+            "wasi:httpx/types@0.2.0",
+            "wasi:http",
+            "mhero:plugins/host@0.1.0",
+            "example:evil/exfiltrate",
+        ] {
+            assert!(!import_allowed(refused), "{refused}");
+        }
+    }
 
     /// A core module with `memories` memories and `tables` tables, in the
     /// binary format.

@@ -499,12 +499,13 @@ async fn plugins_called_from_blocking_threads_print_and_are_refused_a_sleep() {
 }
 
 #[test]
-fn a_plugin_that_tries_to_connect_loads_and_is_denied_at_run_time() {
+fn a_plugin_that_tries_the_network_loads_and_is_denied_at_run_time() {
     let host = host();
-    let (manifest, component) = fixture_plugin("hostile-sockets");
-    // It imports `wasi:sockets` (as CPython-based plugins do): it loads.
+    let (manifest, component) = fixture_plugin("hostile-network");
+    // It imports `wasi:sockets` (as CPython-based plugins do) and
+    // `wasi:http` (as componentize-js plugins do): it loads.
     host.load_file(manifest, &component).unwrap();
-    let plugin = host.get("hostile-sockets").unwrap();
+    let plugin = host.get("hostile-network").unwrap();
     for _ in 0..3 {
         match plugin.classify("phone home", &yes_no()) {
             Err(CallError::Plugin {
@@ -516,8 +517,17 @@ fn a_plugin_that_tries_to_connect_loads_and_is_denied_at_run_time() {
             ),
             other => panic!("expected the connect to be denied, got {other:?}"),
         }
+        // The whole request is built (headers, body); handing it over is
+        // refused at once, with the error code wasi:http has for it.
+        match plugin.classify("http", &yes_no()) {
+            Err(CallError::Plugin {
+                error: bindings::PluginError::Permanent(m),
+                ..
+            }) => assert_eq!(m, "http failed: ErrorCode::HttpRequestDenied"),
+            other => panic!("expected the request to be denied, got {other:?}"),
+        }
     }
-    // A denied connect is an answer, not a trap: no circuit opens, and the
+    // A denied attempt is an answer, not a trap: no circuit opens, and the
     // host serves on.
     built_ins_work(&host);
 }
