@@ -12,7 +12,8 @@ use serde_json::json;
 #[derive(clap::Subcommand)]
 pub enum PluginCommand {
     /// Runs a plugin on golden fixtures under production limits and prints
-    /// each answer with its time, fuel and peak memory.
+    /// each answer with its time, fuel, peak memory and what a fresh
+    /// instance costs.
     Test(TestArgs),
     /// Lists the built-in plugins and those in `plugins.dir`.
     List,
@@ -233,6 +234,8 @@ fn test(config: &Config, args: &TestArgs) -> Result<()> {
         let result =
             fixture::run(&plugin, &fx).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         let stats = Plugin::last_call_stats();
+        // What a fresh instance costs a thread before its first call.
+        let cold = plugin.cold_start()?;
         let verdict = fixture::check(&fx, &result);
         if matches!(verdict, Some(Err(_))) {
             failed += 1;
@@ -256,6 +259,7 @@ fn test(config: &Config, args: &TestArgs) -> Result<()> {
                     "time_us": stats.elapsed.as_secs_f64() * 1e6,
                     "fuel": stats.fuel,
                     "peak_memory_bytes": stats.peak_memory_bytes,
+                    "instantiate_ms": cold.instantiate.as_secs_f64() * 1e3,
                     "pass": verdict.as_ref().map(Result::is_ok),
                 })
             );
@@ -270,10 +274,11 @@ fn test(config: &Config, args: &TestArgs) -> Result<()> {
             serde_json::to_string_pretty(&answer).unwrap_or_default()
         );
         println!(
-            "   time {:.1} µs · fuel {} · peak memory {} KiB",
+            "   time {:.1} µs · fuel {} · peak memory {} KiB · a fresh instance {:.2} ms",
             stats.elapsed.as_secs_f64() * 1e6,
             stats.fuel.map_or("-".to_string(), |f| f.to_string()),
-            stats.peak_memory_bytes / 1024
+            stats.peak_memory_bytes / 1024,
+            cold.instantiate.as_secs_f64() * 1e3
         );
         match verdict {
             Some(Ok(())) => println!("   PASS"),

@@ -83,6 +83,7 @@ fn plugin_test_runs_a_built_in_plugin_on_its_fixtures() {
         assert!(l["fuel"].as_u64().unwrap() > 0, "fuel is metered: {l}");
         assert!(l["peak_memory_bytes"].as_u64().unwrap() > 0);
         assert!(l["time_us"].as_f64().unwrap() > 0.0);
+        assert!(l["instantiate_ms"].as_f64().unwrap() > 0.0);
     }
 }
 

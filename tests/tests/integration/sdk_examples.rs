@@ -5,81 +5,15 @@
 //! carrying a campaign through a running broker to a gateway on loopback.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use mhero_broker::dispatch::{AudienceSpec, CampaignSpec, Recipient};
 use mhero_proto::Lane;
 
+use mhero_tests::examples::{examples, run_build, tools_present};
+
 use super::http_crash::{sink_stats, start_sink};
 use super::mhero;
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/examples")
-}
-
-/// What building the examples needs, or why it is missing.
-fn missing_tools() -> Option<String> {
-    let works = |cmd: &str, args: &[&str]| {
-        Command::new(cmd)
-            .args(args)
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !works("python3", &["-m", "venv", "--help"]) {
-        return Some("python3 with venv".into());
-    }
-    if !works("node", &["--version"]) {
-        return Some("node".into());
-    }
-    for js in ["js-classifier", "js-connector"] {
-        if !examples()
-            .join(js)
-            .join("node_modules/@bytecodealliance/componentize-js")
-            .is_dir()
-        {
-            return Some(format!("the npm packages of sdk/examples/{js}"));
-        }
-    }
-    None
-}
-
-/// Whether the tools are here; if not, says so and the test skips (a
-/// failure under `CI=true` or `MHERO_PEERS=1`).
-fn tools_present() -> bool {
-    let required = std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("MHERO_PEERS").is_ok_and(|v| v == "1");
-    match missing_tools() {
-        None => true,
-        Some(what) => {
-            let why = format!("{what} is not installed (run `scripts/setup.sh --peers`)");
-            assert!(!required, "{why}");
-            println!("skipped: {why}");
-            false
-        }
-    }
-}
-
-/// Runs a build as an author would: nothing of this test's cargo
-/// environment.
-fn run_build(dir: &Path, program: &str, args: &[&str]) {
-    let mut cmd = Command::new(program);
-    cmd.args(args).current_dir(dir);
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy().into_owned();
-        if key.starts_with("CARGO") && key != "CARGO_HOME" {
-            cmd.env_remove(&key);
-        }
-    }
-    let out = cmd.output().expect("run the build");
-    assert!(
-        out.status.success(),
-        "{program} {args:?} in {} failed: {}{}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn plugin_test(dir: &Path, wasm: &str) {
     plugin_test_on(dir, wasm, &[dir.join("tests/fixtures")]);

@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 
 pub use manifest::{Ceilings, Kind, Limits, Manifest};
 pub use metrics::PluginMetrics;
-pub use runtime::{CallError, CallStats, Plugin, TrapKind};
+pub use runtime::{CallError, CallStats, ColdStart, Plugin, TrapKind};
 pub use runtime::{MAX_ERROR_TEXT, truncate};
 
 use crate::error::{Error, Result};

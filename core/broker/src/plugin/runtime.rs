@@ -134,6 +134,17 @@ pub struct CallStats {
     pub fresh_instance: bool,
 }
 
+/// What making one fresh instance cost ([`Plugin::cold_start`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ColdStart {
+    /// From the pre-instantiated component to a ready instance: memories
+    /// mapped (copy-on-write from the component's initial image), data
+    /// and tables set up, start functions run.
+    pub instantiate: Duration,
+    /// Linear memory the instance holds before its first call.
+    pub memory_bytes: usize,
+}
+
 /// Memory accounting and the cap.
 struct Limiter {
     cap: usize,
@@ -618,6 +629,22 @@ impl Plugin {
     /// Stats of the last call this thread made to any plugin.
     pub fn last_call_stats() -> CallStats {
         LAST_STATS.with(|s| s.borrow().clone())
+    }
+
+    /// Makes a fresh instance and drops it, as a thread does on its first
+    /// call to this plugin or when it replaces a used-up or trapped
+    /// instance: what that costs, for `mhero plugin test` and the
+    /// benchmarks. Nothing is pooled or called.
+    pub fn cold_start(&self) -> Result<ColdStart, CallError> {
+        let started = Instant::now();
+        let pooled = self
+            .instantiate()
+            .map_err(|e| self.trapped(classify(&e, None, &self.limits), started))?;
+        let instantiate = started.elapsed();
+        Ok(ColdStart {
+            instantiate,
+            memory_bytes: pooled.baseline_memory,
+        })
     }
 
     fn instantiate(&self) -> wasmtime::Result<Pooled> {

@@ -1,0 +1,96 @@
+//! `loadgen plugin` runs and reports what it says it reports. Figures are
+//! benchmarks, not test results: nothing here asserts a speed.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn plugin_report(langs: &str) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["plugin", "--json", "--calls", "2000"])
+        .args(["--interpreter-calls", "200", "--instances", "5"])
+        .args(["--lang", langs])
+        .output()
+        .expect("run loadgen");
+    assert!(
+        out.status.success(),
+        "loadgen plugin --lang {langs}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+fn check_language(report: &Value, lang: &str, plugin: &str) {
+    let l = &report["languages"][lang];
+    assert_eq!(l["plugin"], plugin, "{l}");
+    for field in [
+        "component_mb",
+        "warm_calls_per_s",
+        "warm_p50_us",
+        "instantiate_p50_ms",
+        "fresh_call_p50_ms",
+        "linear_memory_mib",
+    ] {
+        assert!(
+            l[field].as_f64().is_some_and(|v| v > 0.0),
+            "{lang} {field}: {l}"
+        );
+    }
+    // A call on a fresh instance includes making one.
+    assert!(
+        l["fresh_call_p50_ms"].as_f64() >= l["instantiate_p50_ms"].as_f64(),
+        "{l}"
+    );
+    assert!(
+        l["warm_p50_us"].as_f64() <= l["warm_p99_us"].as_f64(),
+        "{l}"
+    );
+}
+
+#[test]
+fn the_rust_classifier_is_reported_by_default() {
+    let report = plugin_report("rust");
+    check_language(&report, "rust", "keywords");
+    assert!(report["classify"]["p50_us"].as_f64().is_some());
+    assert_eq!(report["languages"].as_object().unwrap().len(), 1);
+}
+
+#[test]
+fn classifiers_in_three_languages_side_by_side() {
+    // Builds the examples from the registries; skips (or fails under
+    // CI=true) where their tools are missing.
+    if !mhero_tests::examples::build_classifiers() {
+        return;
+    }
+    let report = plugin_report("rust,js,python");
+    check_language(&report, "rust", "keywords");
+    check_language(&report, "js", "js-keywords");
+    check_language(&report, "python", "py-keywords");
+}
+
+#[test]
+fn an_unbuilt_example_is_named_with_its_build_command() {
+    let examples = tempfile::tempdir().unwrap();
+    let folder = examples.path().join("js-classifier");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../sdk/examples/js-classifier/plugin.toml"
+        ),
+        folder.join("plugin.toml"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["plugin", "--json", "--calls", "10", "--lang", "js"])
+        .arg("--examples")
+        .arg(examples.path())
+        .output()
+        .expect("run loadgen");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("js-keywords.wasm is not built: run `npm ci && npm run build`"),
+        "{err}"
+    );
+}
