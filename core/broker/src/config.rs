@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::api::ApiConfig;
 pub use crate::directory::config::{DirectoryConfig, SourceConfig};
 pub use crate::dispatch::config::{ChannelConfig, DispatchConfig};
 use crate::error::{Error, Result};
@@ -24,6 +25,8 @@ pub struct Config {
     pub directory: DirectoryConfig,
     /// Channels by name (`sms`, `whatsapp`…): what campaigns send through.
     pub channels: BTreeMap<String, ChannelConfig>,
+    /// The HTTP API (`mhero serve`).
+    pub api: ApiConfig,
 }
 
 impl Default for Config {
@@ -35,6 +38,7 @@ impl Default for Config {
             dispatch: DispatchConfig::default(),
             directory: DirectoryConfig::default(),
             channels: BTreeMap::new(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -78,6 +82,7 @@ impl Config {
         self.plugins.validate().map_err(Error::Config)?;
         self.dispatch.validate().map_err(Error::Config)?;
         self.directory.validate().map_err(Error::Config)?;
+        self.api.validate().map_err(Error::Config)?;
         for (name, c) in &self.channels {
             let path = format!("channels.{name}");
             if name.is_empty()

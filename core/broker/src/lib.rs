@@ -20,6 +20,8 @@
 //!   entry point that routes receipts and inbound messages to their sinks.
 //! - [`dispatch`]: campaigns, lazy fan-out, per-channel schedulers (lanes,
 //!   rate limits, in-flight windows, retries, fallback), statuses.
+//! - [`api`]: the HTTP API (axum): REST under `/v1`, channel webhooks,
+//!   `/metrics`, health checks, tokens with roles, the OpenAPI document.
 //! - [`config`]: the TOML configuration, validated, unknown keys refused.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`error`]: the crate's error type.
@@ -29,6 +31,7 @@
 //! settled: wired to a gateway, retried later, rerouted to another channel,
 //! or kept as a dead letter.
 
+pub mod api;
 pub mod audience;
 pub mod broker;
 pub mod channel;

@@ -11,13 +11,17 @@
 //! - `plugin.rs`: `mhero plugin test|list|new`, plugins under production limits.
 //! - `scaffold.rs`: `mhero plugin new`, a plugin folder in Rust, Python or
 //!   JavaScript; `templates/` holds its sources.
+//! - `serve.rs`: `mhero serve`, the broker with its HTTP API.
+//! - `token.rs`: `mhero token create|list|revoke`, API tokens.
 
 mod contacts;
 mod dead;
 mod demo;
 mod plugin;
 mod scaffold;
+mod serve;
 mod status;
+mod token;
 
 use std::path::PathBuf;
 
@@ -45,6 +49,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Runs the broker with its HTTP API until SIGTERM or Ctrl-C.
+    Serve(serve::ServeArgs),
+    /// API tokens: create, list, revoke (while the broker is stopped).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Runs a generated campaign through the embedded store and reports.
     Demo(demo::DemoArgs),
     /// Shows what a store holds: campaigns, counts, queues, dead letters.
@@ -104,6 +113,8 @@ fn run(cli: Cli) -> Result<()> {
         Ok(config)
     };
     match &cli.command {
+        Command::Serve(args) => serve::run(load()?, args),
+        Command::Token(command) => token::run(&load()?, command),
         Command::Demo(args) => demo::run(load()?, args),
         Command::Status(args) => {
             let config = load()?;

@@ -46,6 +46,7 @@ const META_QUEUE: u8 = b'Q';
 const META_COUNTERS: u8 = b'K';
 const META_SECRET: u8 = b'S';
 const META_QUARANTINE: u8 = b'X';
+const META_TOKEN: u8 = b'T';
 /// Next campaign id.
 pub const NEXT_CAMPAIGN: &[u8] = b"Ncampaign";
 /// Store-wide counts (delayed, dead) and the delayed-scan floor.
@@ -75,6 +76,22 @@ pub fn secret(name: &str) -> Vec<u8> {
     let mut k = vec![META_SECRET];
     k.extend_from_slice(name.as_bytes());
     k
+}
+
+/// An API token, by the SHA-256 of its secret (the secret is never kept).
+pub fn token(hash: &[u8; 32]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(33);
+    k.push(META_TOKEN);
+    k.extend_from_slice(hash);
+    k
+}
+
+pub fn tokens_range() -> (Vec<u8>, Vec<u8>) {
+    (vec![META_TOKEN], vec![META_TOKEN + 1])
+}
+
+pub fn token_from(key: &[u8]) -> Option<[u8; 32]> {
+    key.strip_prefix(&[META_TOKEN])?.try_into().ok()
 }
 
 pub fn channel_name(name: &str) -> Vec<u8> {

@@ -10,6 +10,7 @@ mod fhir_sync;
 mod http_crash;
 mod scaffold;
 mod sdk_examples;
+mod server;
 mod store;
 
 use std::path::PathBuf;

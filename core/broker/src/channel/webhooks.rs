@@ -216,7 +216,8 @@ fn error(status: u16, code: &str, message: &str) -> HttpResponse {
             name: "content-type".into(),
             value: "application/json".into(),
         }],
-        body: serde_json::to_vec(&serde_json::json!({"error": message, "code": code}))
+        // The shape of every error the HTTP API answers.
+        body: serde_json::to_vec(&serde_json::json!({"error": {"code": code, "message": message}}))
             .unwrap_or_default(),
     }
 }

@@ -49,7 +49,7 @@ fn normal() -> Lane {
 }
 
 /// The text, with per-language variants.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Body {
     /// Used when no variant matches the recipient's language.

@@ -79,12 +79,14 @@ pub struct Submitted {
 }
 
 /// A campaign's exact counts, readable while it runs.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Progress {
     pub id: String,
     pub name: String,
     pub lane: &'static str,
     pub state: &'static str,
+    /// When it was accepted (ms since the Unix epoch).
+    pub created_ms: u64,
     pub total: u64,
     /// Recipients expanded into queues so far.
     pub fanned_out: u64,
@@ -105,6 +107,9 @@ pub struct Progress {
     pub retries: u64,
     pub rerouted: u64,
     pub redelivered: u64,
+    /// Recipients whose delivery has ended (settled, dead, quarantined,
+    /// or never sent because the campaign stopped).
+    pub ended: u64,
     /// Every recipient has ended.
     pub done: bool,
 }
@@ -418,6 +423,11 @@ impl Dispatcher {
         stop_campaign(&self.shared, id, state).await
     }
 
+    /// The dispatcher's clock (ms since the Unix epoch).
+    pub fn now_ms(&self) -> u64 {
+        crate::store::Clock::now_ms(&self.shared.clock)
+    }
+
     pub fn progress(&self, id: CampaignId) -> Option<Progress> {
         progress(&self.shared, id)
     }
@@ -428,6 +438,38 @@ impl Dispatcher {
         ids.into_iter()
             .filter_map(|id| progress(&self.shared, id))
             .collect()
+    }
+
+    /// Progress of every stored campaign, newest first, at most `limit`
+    /// (reads the store: call it off the async workers).
+    pub fn list_progress(&self, limit: usize) -> Result<Vec<Progress>> {
+        let mut ids: Vec<CampaignId> = self
+            .shared
+            .store
+            .campaigns()?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        ids.reverse();
+        Ok(ids
+            .into_iter()
+            .take(limit)
+            .filter_map(|id| progress(&self.shared, id))
+            .collect())
+    }
+
+    /// Puts dead letters back at the tail of their queues with a fresh
+    /// attempt count, and wakes the channels; how many went back.
+    pub async fn replay_dead(&self, ids: Vec<mhero_proto::DeliveryId>) -> Result<usize> {
+        let store = Arc::clone(&self.shared.store);
+        let pending = tokio::task::spawn_blocking(move || store.replay_dead(&ids))
+            .await
+            .map_err(|e| Error::Internal(format!("replaying dead letters failed: {e}")))??;
+        let n = pending.await?;
+        if n > 0 {
+            self.shared.work.notify_waiters();
+        }
+        Ok(n)
     }
 
     /// Waits until every listed campaign is done, or the timeout passes.
@@ -869,6 +911,7 @@ fn progress_from(
         name: record.spec.name.clone(),
         lane: lane.as_str(),
         state: record.state.as_str(),
+        created_ms: record.created_ms,
         total: u64::from(record.total),
         fanned_out: u64::from(record.cursor),
         queued: k.queued(),
@@ -884,10 +927,12 @@ fn progress_from(
         retries: k.retries,
         rerouted: k.rerouted,
         redelivered: k.redelivered,
+        ended: 0,
         done: false,
     };
     let ended = k.settled() + k.dead + k.quarantined + unsent;
     Progress {
+        ended,
         done: ended >= u64::from(record.total) && k.queued() == 0,
         ..p
     }

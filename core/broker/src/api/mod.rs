@@ -1,0 +1,328 @@
+//! The HTTP API (axum): what integrators and operators call.
+//!
+//! # Layout
+//!
+//! - this file: [`ApiConfig`], the shared state [`Api`], the router (which
+//!   role each route needs), health checks, `/metrics`, channel webhooks
+//!   and [`serve`].
+//! - [`v1`]: REST JSON under `/v1`: campaigns, audience counts, channels,
+//!   plugins, dead letters, tokens.
+//! - [`auth`]: tokens with roles, kept hashed.
+//! - [`error`]: every error response, with its machine-readable code.
+//! - [`openapi`]: the OpenAPI 3 document, generated from the handlers.
+//!
+//! Every route needs a token (`Authorization: Bearer …`) except the
+//! health checks and the channel webhooks, which the channel's connector
+//! verifies (signatures, secret tokens). A viewer reads; a sender also
+//! submits and cancels; an admin also manages tokens and dead letters.
+
+pub mod auth;
+pub mod error;
+pub mod openapi;
+pub mod v1;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{Next, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde::{Deserialize, Serialize};
+
+pub use auth::{Role, TokenInfo, Tokens};
+pub use error::ApiError;
+
+use crate::Broker;
+use crate::channel::webhooks::MAX_WEBHOOK_BYTES;
+use crate::error::Result;
+use crate::plugin::bindings::{Header, HttpRequest};
+
+/// `[api]`: the HTTP listener and its limits.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address and port of the HTTP API.
+    pub listen: SocketAddr,
+    /// Largest request body (KiB); larger ones get 413. Channel webhooks
+    /// have their own limit (1 MiB).
+    pub max_body_kb: usize,
+    /// An admin token given by the operator (at least 24 characters; or
+    /// the `MHERO_ADMIN_TOKEN` environment variable). Without one, the
+    /// first start makes an admin token and prints it once.
+    pub admin_token: Option<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_kb: 4096,
+            admin_token: None,
+        }
+    }
+}
+
+impl ApiConfig {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.max_body_kb == 0 || self.max_body_kb > 1024 * 1024 {
+            return Err("api.max_body_kb must be between 1 and 1048576".into());
+        }
+        if let Some(t) = &self.admin_token
+            && t.len() < 24
+        {
+            return Err("api.admin_token must be at least 24 characters".into());
+        }
+        Ok(())
+    }
+}
+
+/// What every handler shares.
+pub struct Api {
+    broker: Arc<Broker>,
+    tokens: Arc<Tokens>,
+    config: ApiConfig,
+    stopping: AtomicBool,
+}
+
+impl Api {
+    pub fn new(broker: Arc<Broker>, tokens: Arc<Tokens>) -> Self {
+        let config = broker.config().api.clone();
+        Self {
+            broker,
+            tokens,
+            config,
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    pub fn tokens(&self) -> &Arc<Tokens> {
+        &self.tokens
+    }
+
+    /// From now on `/readyz` answers 503, so load balancers stop sending
+    /// new work while what is in flight finishes.
+    pub fn stop_accepting(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The admin token on start: the operator's (config or environment) is
+/// adopted; with none and no token at all, one is made and returned, to
+/// be shown once.
+pub fn first_admin(
+    tokens: &Tokens,
+    configured: Option<&str>,
+    now_ms: u64,
+) -> Result<Option<String>> {
+    if let Some(secret) = configured {
+        tokens.adopt(secret, Role::Admin, "configured admin", now_ms)?;
+        return Ok(None);
+    }
+    if tokens.is_empty() {
+        let (secret, _) = tokens.create(Role::Admin, "first start", now_ms)?;
+        return Ok(Some(secret));
+    }
+    Ok(None)
+}
+
+/// The whole HTTP surface.
+pub fn router(api: Arc<Api>) -> Router {
+    let viewer = Router::new()
+        .route("/v1/campaigns", get(v1::list_campaigns))
+        .route("/v1/campaigns/{id}", get(v1::get_campaign))
+        .route("/v1/audience/count", post(v1::count_audience))
+        .route("/v1/channels", get(v1::channels))
+        .route("/v1/plugins", get(v1::plugins))
+        .route("/v1/dead-letters", get(v1::dead_letters))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::document))
+        .route_layer(from_fn_with_state(Arc::clone(&api), require_viewer));
+    let sender = Router::new()
+        .route("/v1/campaigns", post(v1::create_campaign))
+        .route("/v1/campaigns/{id}/cancel", post(v1::cancel_campaign))
+        .route_layer(from_fn_with_state(Arc::clone(&api), require_sender));
+    let admin = Router::new()
+        .route("/v1/tokens", get(v1::list_tokens).post(v1::create_token))
+        .route("/v1/tokens/{id}", delete(v1::revoke_token))
+        .route("/v1/dead-letters/replay", post(v1::replay_dead_letters))
+        .route_layer(from_fn_with_state(Arc::clone(&api), require_admin));
+    let body_limit = api.config.max_body_kb * 1024;
+    let webhooks = Router::new()
+        .route("/webhooks/{channel}", get(webhook).post(webhook))
+        // One byte over the entry point's limit, so that it answers.
+        .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES + 1));
+    viewer
+        .merge(sender)
+        .merge(admin)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(webhooks)
+        .fallback(not_found)
+        .with_state(api)
+}
+
+/// Serves until `shutdown` resolves, then lets the requests in flight
+/// finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    api: Arc<Api>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(api))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Checks the request's token against `role`; the token's record goes
+/// into the request's extensions for the handler.
+async fn authorize(api: &Api, role: Role, mut req: Request, next: Next) -> Response {
+    let Some(secret) = bearer(req.headers()) else {
+        return ApiError::unauthorized("an API token is required: Authorization: Bearer <token>")
+            .into_response();
+    };
+    let Some(token) = api.tokens.check(secret) else {
+        return ApiError::unauthorized("the token is not known (revoked, or mistyped)")
+            .into_response();
+    };
+    if token.role < role {
+        return ApiError::forbidden(format!(
+            "token {} is a {}; this needs a {} token",
+            token.id,
+            token.role.as_str(),
+            role.as_str()
+        ))
+        .into_response();
+    }
+    req.extensions_mut().insert(token);
+    next.run(req).await
+}
+
+async fn require_viewer(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
+    authorize(&api, Role::Viewer, req, next).await
+}
+
+async fn require_sender(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
+    authorize(&api, Role::Sender, req, next).await
+}
+
+async fn require_admin(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
+    authorize(&api, Role::Admin, req, next).await
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route {}", uri.path()))
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "The process answers")))]
+pub async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness: the broker takes work (503 while it stops).
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, description = "Taking work"),
+    (status = 503, description = "Stopping", body = error::ErrorBody),
+))]
+pub async fn readyz(State(api): State<Arc<Api>>) -> Response {
+    if api.stopping.load(Ordering::Relaxed) {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the broker is stopping",
+        )
+        .into_response();
+    }
+    axum::Json(serde_json::json!({"status": "ready"})).into_response()
+}
+
+/// The broker's metrics, in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "metrics", security(("token" = [])), responses(
+    (status = 200, description = "Metrics", content_type = "text/plain; version=0.0.4"),
+))]
+pub async fn metrics(State(api): State<Arc<Api>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        api.broker.metrics().encode(),
+    )
+        .into_response()
+}
+
+/// A channel's webhook (delivery reports, inbound messages, verification
+/// challenges), handed to its connector.
+#[utoipa::path(post, path = "/webhooks/{channel}", tag = "webhooks",
+    params(("channel" = String, Path, description = "The channel's name")),
+    responses(
+        (status = 200, description = "What the connector answers"),
+        (status = 404, description = "No such channel", body = error::ErrorBody),
+        (status = 413, description = "Body over 1 MiB", body = error::ErrorBody),
+    ))]
+pub async fn webhook(
+    State(api): State<Arc<Api>>,
+    Path(channel): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            let code = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "invalid"
+            };
+            return ApiError::new(rejection.status(), code, rejection.body_text()).into_response();
+        }
+    };
+    let request = HttpRequest {
+        method: method.to_string(),
+        url: uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_string(), ToString::to_string),
+        headers: headers
+            .iter()
+            .filter_map(|(name, value)| {
+                Some(Header {
+                    name: name.as_str().to_string(),
+                    value: value.to_str().ok()?.to_string(),
+                })
+            })
+            .collect(),
+        body: body.to_vec(),
+    };
+    let answer = api.broker.webhooks().handle(&channel, request).await;
+    let mut response = Response::new(axum::body::Body::from(answer.body));
+    *response.status_mut() =
+        StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for h in answer.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_str(&h.value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+}

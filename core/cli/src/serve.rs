@@ -1,0 +1,111 @@
+//! `mhero serve`: the broker with its HTTP API, until SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use mhero_broker::Config;
+use mhero_broker::api::{self, Api, Tokens};
+use mhero_broker::config::ChannelConfig;
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Overrides `api.listen` (`127.0.0.1:0` picks a free port; the
+    /// address is printed).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+}
+
+pub fn run(mut config: Config, args: &ServeArgs) -> Result<()> {
+    if let Some(listen) = args.listen {
+        config.api.listen = listen;
+    }
+    if config.api.admin_token.is_none()
+        && let Ok(token) = std::env::var("MHERO_ADMIN_TOKEN")
+    {
+        config.api.admin_token = Some(token);
+    }
+    if config.channels.is_empty() {
+        eprintln!(
+            "mhero: no channels configured; serving the `sandbox` channel (a simulated gateway inside the broker)"
+        );
+        config
+            .channels
+            .insert("sandbox".into(), ChannelConfig::default());
+    }
+    config.validate()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> Result<()> {
+    let broker = mhero_broker::Broker::open(config.clone())
+        .await
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    let tokens = Arc::new(Tokens::open(Arc::clone(broker.store().engine()))?);
+    let now = broker.dispatcher().now_ms();
+    if let Some(secret) = api::first_admin(&tokens, config.api.admin_token.as_deref(), now)? {
+        eprintln!(
+            "mhero: first start: an admin token was made. It is shown this once; keep it safe:\n\n    {secret}\n"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(config.api.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.api.listen))?;
+    let addr = listener.local_addr()?;
+    println!(
+        "mhero: serving http://{addr} (data in {})",
+        config.data_dir.display()
+    );
+    let broker = Arc::new(broker);
+    let api = Arc::new(Api::new(Arc::clone(&broker), tokens));
+    let stopping = Arc::clone(&api);
+    let served = api::serve(listener, api, async move {
+        stop_signal().await;
+        eprintln!("mhero: stopping: finishing requests in flight");
+        stopping.stop_accepting();
+    })
+    .await;
+    served.context("serving HTTP")?;
+    // The connections' tasks let go of the router (and its hold on the
+    // broker) just after the server returns.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut held = broker;
+    let broker = loop {
+        match Arc::try_unwrap(held) {
+            Ok(broker) => break broker,
+            Err(still) if tokio::time::Instant::now() < deadline => {
+                held = still;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(_) => anyhow::bail!("the broker is still in use 10 s after the server stopped"),
+        }
+    };
+    broker.shutdown().await;
+    eprintln!("mhero: stopped; the store is closed");
+    Ok(())
+}
+
+/// SIGTERM (what service managers send) or Ctrl-C.
+async fn stop_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

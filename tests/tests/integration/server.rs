@@ -1,0 +1,540 @@
+//! `mhero serve`: the HTTP API over a real socket, with the real binary:
+//! tokens and roles, campaigns from submission to delivery, clear errors,
+//! the OpenAPI document, metrics, a clean stop on SIGTERM and a restart
+//! that keeps everything.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use reqwest::StatusCode;
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use serde_json::{Value, json};
+
+use super::mhero;
+
+struct Server {
+    child: Child,
+    base: String,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(data: &Path) -> Server {
+        let mut child = mhero()
+            .arg("--data-dir")
+            .arg(data)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start mhero serve");
+        // Drained all along, or the server would block on a full pipe.
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let lines = Arc::clone(&stderr);
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                lines.lock().push(line);
+            }
+        });
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .trim()
+            .strip_prefix("mhero: serving ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("serve said {line:?}; stderr: {:?}", stderr.lock()))
+            .to_string();
+        Server {
+            child,
+            base,
+            stderr,
+        }
+    }
+
+    /// The admin token the first start printed.
+    fn first_admin_token(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(t) = self
+                .stderr
+                .lock()
+                .iter()
+                .map(|l| l.trim())
+                .find(|l| l.starts_with("mhero_"))
+            {
+                return t.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no admin token in {:?}",
+                self.stderr.lock()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "still running after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn with(req: RequestBuilder, token: &str) -> RequestBuilder {
+    req.bearer_auth(token)
+}
+
+trait JsonBody {
+    fn json_body(self, value: &Value) -> Self;
+}
+
+impl JsonBody for RequestBuilder {
+    fn json_body(self, value: &Value) -> Self {
+        self.header("content-type", "application/json")
+            .body(value.to_string())
+    }
+}
+
+fn json_of(r: Response) -> (StatusCode, Value) {
+    let status = r.status();
+    let text = r.text().unwrap();
+    let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {status} {text}"));
+    (status, value)
+}
+
+fn error_code(r: Response) -> (StatusCode, String) {
+    let (status, body) = json_of(r);
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {body}"))
+        .to_string();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    (status, code)
+}
+
+fn make_token(client: &Client, server: &Server, admin: &str, role: &str) -> (String, String) {
+    let (status, body) = json_of(
+        with(client.post(server.url("/v1/tokens")), admin)
+            .json_body(&json!({"role": role, "name": format!("test {role}")}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["role"], role);
+    (
+        body["token"].as_str().unwrap().to_string(),
+        body["id"].as_str().unwrap().to_string(),
+    )
+}
+
+fn wait_done(client: &Client, server: &Server, token: &str, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = json_of(
+            with(
+                client.get(server.url(&format!("/v1/campaigns/{id}"))),
+                token,
+            )
+            .send()
+            .unwrap(),
+        );
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if body["done"] == true {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "not done: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn serve_takes_campaigns_over_http_with_tokens_roles_and_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let client = Client::new();
+    let server = Server::start(&data);
+    let admin = server.first_admin_token();
+
+    // Health checks need no token; everything else does.
+    let (status, body) = json_of(client.get(server.url("/healthz")).send().unwrap());
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+    assert_eq!(
+        client.get(server.url("/readyz")).send().unwrap().status(),
+        StatusCode::OK
+    );
+    let r = client.get(server.url("/v1/campaigns")).send().unwrap();
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    assert_eq!(
+        error_code(r),
+        (StatusCode::UNAUTHORIZED, "unauthorized".into())
+    );
+    let r = with(client.get(server.url("/v1/campaigns")), "mhero_not-a-token")
+        .send()
+        .unwrap();
+    assert_eq!(
+        error_code(r),
+        (StatusCode::UNAUTHORIZED, "unauthorized".into())
+    );
+
+    let (viewer, viewer_id) = make_token(&client, &server, &admin, "viewer");
+    let (sender, _) = make_token(&client, &server, &admin, "sender");
+    // A sender may not manage tokens; a viewer may not send.
+    let r = with(client.post(server.url("/v1/tokens")), &sender)
+        .json_body(&json!({"role": "admin", "name": "escalate"}))
+        .send()
+        .unwrap();
+    assert_eq!(error_code(r), (StatusCode::FORBIDDEN, "forbidden".into()));
+    let campaign = json!({
+        "name": "Cholera alert, Bong",
+        "lane": "emergency",
+        "body": {"default": "Report suspected cholera cases today.", "variants": {"fr": "Signalez les cas suspects aujourd'hui."}},
+        "channels": ["sandbox"],
+        "audience": {"recipients": [
+            {"phone": "+231770000001"},
+            {"phone": "0770000002", "language": "fr"},
+            {"phone": "not a number"}
+        ]}
+    });
+    let r = with(client.post(server.url("/v1/campaigns")), &viewer)
+        .json_body(&campaign)
+        .send()
+        .unwrap();
+    assert_eq!(error_code(r), (StatusCode::FORBIDDEN, "forbidden".into()));
+
+    // Bad input: a clear error with a code, nothing accepted.
+    let post = |body: String| {
+        with(client.post(server.url("/v1/campaigns")), &sender)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    let (status, code) = error_code(post("{\"name\": ".into()));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_json")
+    );
+    let mut unknown = campaign.clone();
+    unknown["priority"] = json!("stat");
+    let (status, body) = json_of(post(unknown.to_string()));
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "invalid_json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("priority"),
+        "{body}"
+    );
+    let mut nobody = campaign.clone();
+    nobody["audience"] = json!({"recipients": [{"phone": "12"}]});
+    let (status, body) = json_of(post(nobody.to_string()));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid"))
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("audience"),
+        "{body}"
+    );
+    let mut no_channel = campaign.clone();
+    no_channel["channels"] = json!(["telegram"]);
+    let (status, code) = error_code(post(no_channel.to_string()));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid")
+    );
+    // Over api.max_body_kb (4 MiB by default).
+    let (status, code) = error_code(post(format!("\"{}\"", "x".repeat(5 << 20))));
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+    );
+    let (status, body) = json_of(
+        with(client.get(server.url("/v1/campaigns")), &viewer)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!([])),
+        "nothing was accepted"
+    );
+
+    // A campaign from submission to delivery.
+    let r = post(campaign.to_string());
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let (_, created) = json_of(r);
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(location, format!("/v1/campaigns/{id}"));
+    assert_eq!(created["accepted"], 2);
+    assert_eq!(created["rejected"][0]["index"], 2, "{created}");
+    let done = wait_done(&client, &server, &viewer, &id);
+    assert_eq!(done["total"], 2, "{done}");
+    assert_eq!(done["lane"], "emergency");
+    assert_eq!(done["eta_s"], 0.0);
+    assert_eq!(
+        done["delivered"].as_u64().unwrap()
+            + done["sent"].as_u64().unwrap()
+            + done["wired"].as_u64().unwrap(),
+        2,
+        "{done}"
+    );
+
+    // A scheduled campaign, cancelled before it starts: nothing is sent.
+    let mut later = campaign.clone();
+    later["lane"] = json!("bulk");
+    later["start_at_ms"] = json!(4_102_444_800_000u64);
+    let (status, scheduled) = json_of(post(later.to_string()));
+    assert_eq!(status, StatusCode::CREATED, "{scheduled}");
+    let later_id = scheduled["id"].as_str().unwrap().to_string();
+    let (status, body) = json_of(
+        with(
+            client.get(server.url(&format!("/v1/campaigns/{later_id}"))),
+            &viewer,
+        )
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (StatusCode::OK, Some("scheduled"))
+    );
+    assert_eq!(body["eta_s"], Value::Null, "nothing has ended yet: {body}");
+    let (status, body) = json_of(
+        with(
+            client.post(server.url(&format!("/v1/campaigns/{later_id}/cancel"))),
+            &sender,
+        )
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (StatusCode::OK, Some("cancelled")),
+        "{body}"
+    );
+    let cancelled = wait_done(&client, &server, &viewer, &later_id);
+    assert_eq!(cancelled["cancelled"], 2, "{cancelled}");
+    let r = with(client.get(server.url("/v1/campaigns/c999999")), &viewer)
+        .send()
+        .unwrap();
+    assert_eq!(error_code(r), (StatusCode::NOT_FOUND, "not_found".into()));
+
+    // Newest first.
+    let (_, list) = json_of(
+        with(client.get(server.url("/v1/campaigns?limit=10")), &viewer)
+            .send()
+            .unwrap(),
+    );
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [later_id.as_str(), id.as_str()]);
+
+    // The directory is empty here: a selector reaches nobody, and says
+    // which of its terms matched nothing; an unreadable one is refused.
+    let (status, count) = json_of(
+        with(client.post(server.url("/v1/audience/count")), &viewer)
+            .json_body(&json!({"selector": "role:nurse", "channels": ["sandbox"]}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::OK, "{count}");
+    assert_eq!(count["selected"], 0);
+    assert_eq!(count["unknown_terms"], json!(["role:nurse"]));
+    let r = with(client.post(server.url("/v1/audience/count")), &viewer)
+        .json_body(&json!({"selector": "role:nurse AND ("}))
+        .send()
+        .unwrap();
+    assert_eq!(error_code(r), (StatusCode::BAD_REQUEST, "invalid".into()));
+
+    // Channels, plugins, dead letters, metrics, the OpenAPI document.
+    let (_, channels) = json_of(
+        with(client.get(server.url("/v1/channels")), &viewer)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(channels[0]["name"], "sandbox", "{channels}");
+    let (_, plugins) = json_of(
+        with(client.get(server.url("/v1/plugins")), &viewer)
+            .send()
+            .unwrap(),
+    );
+    assert!(
+        plugins
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "keywords" && p["kind"] == "classifier"),
+        "{plugins}"
+    );
+    let (status, dead) = json_of(
+        with(client.get(server.url("/v1/dead-letters")), &viewer)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!((status, dead), (StatusCode::OK, json!([])));
+    let r = with(client.post(server.url("/v1/dead-letters/replay")), &admin)
+        .json_body(&json!({}))
+        .send()
+        .unwrap();
+    assert_eq!(error_code(r), (StatusCode::BAD_REQUEST, "invalid".into()));
+    let metrics = with(client.get(server.url("/metrics")), &viewer)
+        .send()
+        .unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK);
+    let metrics = metrics.text().unwrap();
+    assert!(metrics.contains("mhero_dispatch_"), "{metrics}");
+    let (status, doc) = json_of(
+        with(client.get(server.url("/openapi.json")), &viewer)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["paths"]["/v1/campaigns"]["post"].is_object());
+
+    // Webhooks need no token: the connector checks them. An unknown
+    // channel is a clear 404.
+    let (status, code) = error_code(
+        client
+            .post(server.url("/webhooks/telegram"))
+            .body("{}")
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::NOT_FOUND, "unknown_channel")
+    );
+    let r = client.get(server.url("/v2/anything")).send().unwrap();
+    assert_eq!(error_code(r), (StatusCode::NOT_FOUND, "not_found".into()));
+
+    // A revoked token stops working at once.
+    let r = with(
+        client.delete(server.url(&format!("/v1/tokens/{viewer_id}"))),
+        &admin,
+    )
+    .send()
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = with(client.get(server.url("/v1/campaigns")), &viewer)
+        .send()
+        .unwrap();
+    assert_eq!(
+        error_code(r),
+        (StatusCode::UNAUTHORIZED, "unauthorized".into())
+    );
+
+    // Tokens cannot be made in the store while the broker holds it.
+    let out = mhero()
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["token", "create", "--role", "viewer"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use by a running broker"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // SIGTERM: a clean stop.
+    let stderr = Arc::clone(&server.stderr);
+    let status = server.stop();
+    assert!(status.success(), "{status}: {:?}", stderr.lock());
+    assert!(
+        stderr
+            .lock()
+            .iter()
+            .any(|l| l.contains("the store is closed")),
+        "{:?}",
+        stderr.lock()
+    );
+
+    // Stopped, the CLI makes a token; restarted, the broker keeps its
+    // campaigns and tokens and prints no new admin token.
+    let out = mhero()
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["token", "create", "--role", "viewer", "--name", "dashboard"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let offline = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let server = Server::start(&data);
+    let (status, list) = json_of(
+        with(client.get(server.url("/v1/campaigns")), &offline)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    assert_eq!(list[1]["delivered"], done["delivered"], "{list}");
+    let (status, _) = json_of(
+        with(client.get(server.url("/v1/tokens")), &admin)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::OK);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !server
+            .stderr
+            .lock()
+            .iter()
+            .any(|l| l.trim().starts_with("mhero_")),
+        "a second admin token was made"
+    );
+    assert!(server.stop().success());
+}
