@@ -83,6 +83,13 @@ impl Config {
         self.dispatch.validate().map_err(Error::Config)?;
         self.directory.validate().map_err(Error::Config)?;
         self.api.validate().map_err(Error::Config)?;
+        for c in &self.api.fhir_channels {
+            if !self.channels.contains_key(c) {
+                return Err(Error::Config(format!(
+                    "api.fhir_channels: {c:?} is not a configured channel"
+                )));
+            }
+        }
         for (name, c) in &self.channels {
             let path = format!("channels.{name}");
             if name.is_empty()

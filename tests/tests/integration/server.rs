@@ -538,3 +538,257 @@ fn serve_takes_campaigns_over_http_with_tokens_roles_and_clear_errors() {
     );
     assert!(server.stop().success());
 }
+
+fn fhir_of(r: Response) -> (StatusCode, Value) {
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/fhir+json",
+        "FHIR answers are application/fhir+json"
+    );
+    json_of(r)
+}
+
+/// The `OperationOutcome` of a refused FHIR request: its issue code and
+/// diagnostics.
+fn outcome_of(r: Response) -> (StatusCode, String, String) {
+    let (status, body) = fhir_of(r);
+    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+    let issue = &body["issue"][0];
+    assert_eq!(issue["severity"], "error");
+    (
+        status,
+        issue["code"].as_str().unwrap().to_string(),
+        issue["diagnostics"].as_str().unwrap().to_string(),
+    )
+}
+
+fn progress_count(request: &Value, name: &str) -> u64 {
+    request["extension"][0]["extension"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["url"] == name)
+        .and_then(|e| e["valueUnsignedInt"].as_u64())
+        .unwrap_or_else(|| panic!("no {name} in {request}"))
+}
+
+#[test]
+fn the_fhir_facade_imports_workers_and_sends_communication_requests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let client = Client::new();
+    let server = Server::start(&tmp.path().join("data"));
+    let admin = server.first_admin_token();
+    let (sender, _) = make_token(&client, &server, &admin, "sender");
+
+    // Refusals are OperationOutcomes too.
+    let (status, code, _) = outcome_of(client.get(server.url("/fhir/r4/metadata")).send().unwrap());
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::UNAUTHORIZED, "security")
+    );
+    let (status, caps) = fhir_of(
+        with(client.get(server.url("/fhir/r4/metadata")), &sender)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(caps["resourceType"], "CapabilityStatement");
+    assert_eq!(caps["fhirVersion"], "4.0.1");
+
+    // Workers in through a transaction Bundle; the entry the mapper
+    // cannot read is answered 422, the others are imported.
+    let bundle = json!({
+        "resourceType": "Bundle", "type": "transaction",
+        "entry": [
+            {"resource": {"resourceType": "Practitioner", "id": "P-1", "name": [{"text": "Musu Kollie"}],
+                          "telecom": [{"system": "phone", "value": "+231770000101"}]},
+             "request": {"method": "PUT", "url": "Practitioner/P-1"}},
+            {"resource": {"resourceType": "Practitioner", "id": "P-2", "name": [{"text": "Jallah Flomo"}],
+                          "telecom": [{"system": "phone", "value": "0770000102"}],
+                          "communication": [{"coding": [{"code": "fr"}]}]},
+             "request": {"method": "PUT", "url": "Practitioner/P-2"}},
+            {"resource": {"resourceType": "Practitioner", "id": "P-3", "telecom": {"system": "phone", "value": "0770"}},
+             "request": {"method": "PUT", "url": "Practitioner/P-3"}}
+        ]
+    });
+    let (status, response) = fhir_of(
+        with(client.post(server.url("/fhir/r4")), &sender)
+            .json_body(&bundle)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::OK, "{response}");
+    assert_eq!(response["type"], "transaction-response");
+    let statuses: Vec<&str> = response["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["200 OK", "200 OK", "422 Unprocessable Entity"],
+        "{response}"
+    );
+
+    // A Mobile Report Alert to a worker in the directory and one given
+    // inline (a contained Practitioner), with a French variant.
+    let alert = json!({
+        "resourceType": "CommunicationRequest",
+        "status": "active",
+        "priority": "stat",
+        "identifier": [{"value": "cholera-bong-1"}],
+        "contained": [{"resourceType": "Practitioner", "id": "c1",
+                       "telecom": [{"system": "phone", "value": "+231770000199"}]}],
+        "recipient": [{"reference": "Practitioner/P-1"}, {"reference": "#c1"}],
+        "medium": [{"coding": [{"code": "sandbox"}]}],
+        "payload": [
+            {"contentString": "Report suspected cholera cases today."},
+            {"contentString": "Signalez les cas suspects aujourd'hui.",
+             "extension": [{"url": "https://mhero.org/fhir/StructureDefinition/payload-language", "valueCode": "fr"}]}
+        ]
+    });
+    let r = with(
+        client.post(server.url("/fhir/r4/CommunicationRequest")),
+        &sender,
+    )
+    .json_body(&alert)
+    .send()
+    .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let (_, created) = fhir_of(r);
+    assert_eq!(created["resourceType"], "CommunicationRequest");
+    assert_eq!(created["priority"], "stat");
+    assert_eq!(
+        created["payload"][1]["contentString"],
+        "Signalez les cas suspects aujourd'hui."
+    );
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(location, format!("/fhir/r4/CommunicationRequest/{id}"));
+    assert_eq!(progress_count(&created, "total"), 2);
+    // The same campaign through the REST view: the emergency lane.
+    let (_, campaign) = json_of(
+        with(
+            client.get(server.url(&format!("/v1/campaigns/{id}"))),
+            &sender,
+        )
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(campaign["lane"], "emergency");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let (status, read) = fhir_of(
+            with(client.get(server.url(&location)), &sender)
+                .send()
+                .unwrap(),
+        );
+        assert_eq!(status, StatusCode::OK);
+        if read["status"] == "completed" {
+            break read;
+        }
+        assert_eq!(read["status"], "active");
+        assert!(Instant::now() < deadline, "{read}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        progress_count(&done, "sent") + progress_count(&done, "delivered"),
+        2,
+        "{done}"
+    );
+
+    // A selector instead of recipients, scheduled: read back as sent.
+    let later = json!({
+        "resourceType": "CommunicationRequest",
+        "status": "active",
+        "priority": "routine",
+        "extension": [{"url": "https://mhero.org/fhir/StructureDefinition/audience-selector", "valueString": "*"}],
+        "occurrenceDateTime": "2099-01-01T08:00:00+00:00",
+        "payload": [{"contentString": "Stock report due Friday."}]
+    });
+    let (status, scheduled) = fhir_of(
+        with(
+            client.post(server.url("/fhir/r4/CommunicationRequest")),
+            &sender,
+        )
+        .json_body(&later)
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(status, StatusCode::CREATED, "{scheduled}");
+    assert_eq!(scheduled["status"], "active");
+    assert_eq!(scheduled["occurrenceDateTime"], "2099-01-01T08:00:00.000Z");
+    assert_eq!(
+        progress_count(&scheduled, "total"),
+        2,
+        "P-1 and P-2: {scheduled}"
+    );
+    assert_eq!(progress_count(&scheduled, "queued"), 0, "{scheduled}");
+
+    // Bad requests: each an OperationOutcome naming what is wrong, and
+    // nothing accepted.
+    let refused = |body: String| {
+        outcome_of(
+            with(
+                client.post(server.url("/fhir/r4/CommunicationRequest")),
+                &sender,
+            )
+            .header("content-type", "application/fhir+json")
+            .body(body)
+            .send()
+            .unwrap(),
+        )
+    };
+    let mut unknown = alert.clone();
+    unknown["recipient"] = json!([{"reference": "Practitioner/P-404"}]);
+    let (status, code, why) = refused(unknown.to_string());
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid")
+    );
+    assert!(why.contains("Practitioner/P-404"), "{why}");
+    let mut priority = alert.clone();
+    priority["priority"] = json!("whenever");
+    assert!(refused(priority.to_string()).2.contains("priority"));
+    let mut date_only = later.clone();
+    date_only["occurrenceDateTime"] = json!("2099-01-01");
+    assert!(
+        refused(date_only.to_string())
+            .2
+            .contains("occurrenceDateTime")
+    );
+    let mut draft = alert.clone();
+    draft["status"] = json!("draft");
+    assert!(refused(draft.to_string()).2.contains("status"));
+    assert!(
+        refused(json!({"resourceType": "Patient"}).to_string())
+            .2
+            .contains("Patient")
+    );
+    let (status, _, _) = refused("{not json".into());
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, code, _) = outcome_of(
+        with(
+            client.get(server.url("/fhir/r4/CommunicationRequest/c4040")),
+            &sender,
+        )
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::NOT_FOUND, "not-found")
+    );
+    let (_, list) = json_of(
+        with(client.get(server.url("/v1/campaigns")), &sender)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        2,
+        "only the two accepted: {list}"
+    );
+    assert!(server.stop().success());
+}

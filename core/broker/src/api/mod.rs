@@ -7,6 +7,8 @@
 //!   and [`serve`].
 //! - [`v1`]: REST JSON under `/v1`: campaigns, audience counts, channels,
 //!   plugins, dead letters, tokens.
+//! - [`fhir`]: the FHIR R4 facade under `/fhir/r4`: CommunicationRequest
+//!   in and out, Bundle import into the directory, the CapabilityStatement.
 //! - [`auth`]: tokens with roles, kept hashed.
 //! - [`error`]: every error response, with its machine-readable code.
 //! - [`openapi`]: the OpenAPI 3 document, generated from the handlers.
@@ -18,6 +20,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod fhir;
 pub mod openapi;
 pub mod v1;
 
@@ -56,6 +59,9 @@ pub struct ApiConfig {
     /// the `MHERO_ADMIN_TOKEN` environment variable). Without one, the
     /// first start makes an admin token and prints it once.
     pub admin_token: Option<String>,
+    /// Channels a FHIR `CommunicationRequest` without `medium` goes
+    /// through, in preference order; empty: every configured channel.
+    pub fhir_channels: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -64,6 +70,7 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_kb: 4096,
             admin_token: None,
+            fhir_channels: Vec::new(),
         }
     }
 }
@@ -146,10 +153,20 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/dead-letters", get(v1::dead_letters))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::document))
+        .route("/fhir/r4/metadata", get(fhir::capability_statement))
+        .route(
+            "/fhir/r4/CommunicationRequest/{id}",
+            get(fhir::read_communication_request),
+        )
         .route_layer(from_fn_with_state(Arc::clone(&api), require_viewer));
     let sender = Router::new()
         .route("/v1/campaigns", post(v1::create_campaign))
         .route("/v1/campaigns/{id}/cancel", post(v1::cancel_campaign))
+        .route(
+            "/fhir/r4/CommunicationRequest",
+            post(fhir::create_communication_request),
+        )
+        .route("/fhir/r4", post(fhir::import_bundle))
         .route_layer(from_fn_with_state(Arc::clone(&api), require_sender));
     let admin = Router::new()
         .route("/v1/tokens", get(v1::list_tokens).post(v1::create_token))
@@ -193,22 +210,29 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// Checks the request's token against `role`; the token's record goes
 /// into the request's extensions for the handler.
 async fn authorize(api: &Api, role: Role, mut req: Request, next: Next) -> Response {
+    let refuse = |e: ApiError, req: &Request| {
+        if req.uri().path().starts_with("/fhir/") {
+            fhir::outcome(&e)
+        } else {
+            e.into_response()
+        }
+    };
     let Some(secret) = bearer(req.headers()) else {
-        return ApiError::unauthorized("an API token is required: Authorization: Bearer <token>")
-            .into_response();
+        let e = ApiError::unauthorized("an API token is required: Authorization: Bearer <token>");
+        return refuse(e, &req);
     };
     let Some(token) = api.tokens.check(secret) else {
-        return ApiError::unauthorized("the token is not known (revoked, or mistyped)")
-            .into_response();
+        let e = ApiError::unauthorized("the token is not known (revoked, or mistyped)");
+        return refuse(e, &req);
     };
     if token.role < role {
-        return ApiError::forbidden(format!(
+        let e = ApiError::forbidden(format!(
             "token {} is a {}; this needs a {} token",
             token.id,
             token.role.as_str(),
             role.as_str()
-        ))
-        .into_response();
+        ));
+        return refuse(e, &req);
     }
     req.extensions_mut().insert(token);
     next.run(req).await

@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{auth, error, v1};
+use super::{auth, error, fhir, v1};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -31,6 +31,10 @@ use super::{auth, error, v1};
         v1::create_token,
         v1::list_tokens,
         v1::revoke_token,
+        fhir::create_communication_request,
+        fhir::read_communication_request,
+        fhir::import_bundle,
+        fhir::capability_statement,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail, auth::Role, auth::TokenInfo)),
     modifiers(&BearerToken),
@@ -77,6 +81,10 @@ mod tests {
             ("/webhooks/{channel}", "post"),
             ("/healthz", "get"),
             ("/metrics", "get"),
+            ("/fhir/r4/CommunicationRequest", "post"),
+            ("/fhir/r4/CommunicationRequest/{id}", "get"),
+            ("/fhir/r4", "post"),
+            ("/fhir/r4/metadata", "get"),
         ] {
             assert!(doc["paths"][path][method].is_object(), "{method} {path}");
         }

@@ -1,0 +1,600 @@
+//! The FHIR R4 facade under `/fhir/r4`, as mHero's FHIR connector (emNutt)
+//! and IHE mACM (ITI-84) use it.
+//!
+//! - `POST /fhir/r4/CommunicationRequest`: a campaign. Recipients are
+//!   `Practitioner/…` or `Patient/…` references (looked up in the
+//!   directory), `Group/…` references, contained resources with a phone
+//!   `telecom` (`#p1`), or a selector in the extension
+//!   [`SELECTOR_EXTENSION`]. `payload.contentString` is the text (more
+//!   payloads with the [`LANGUAGE_EXTENSION`] are its language variants),
+//!   `priority` picks the lane (`stat` → emergency, `asap` and `urgent` →
+//!   high, `routine` → normal), `occurrenceDateTime` schedules it, and
+//!   `medium` codes name the channels (else `api.fhir_channels`, else every
+//!   configured channel).
+//! - `GET /fhir/r4/CommunicationRequest/{id}`: its status (`active` while
+//!   it sends, `completed`, `revoked` once cancelled), with its counts.
+//! - `POST /fhir/r4`: a `transaction` or `batch` Bundle of directory
+//!   resources, imported through a mapper plugin.
+//! - `GET /fhir/r4/metadata`: the CapabilityStatement.
+//!
+//! Every error is an `OperationOutcome`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use mhero_proto::{CampaignId, Lane};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Api;
+use super::error::ApiError;
+use crate::audience::Recipient;
+use crate::dispatch::{AudienceSpec, Body, CampaignRecord, CampaignSpec, Progress};
+use crate::error::Error;
+
+/// A selector for the audience, instead of or beside `recipient`.
+pub const SELECTOR_EXTENSION: &str = "https://mhero.org/fhir/StructureDefinition/audience-selector";
+/// The language (BCP 47) of one `payload`: a variant of the text.
+pub const LANGUAGE_EXTENSION: &str = "https://mhero.org/fhir/StructureDefinition/payload-language";
+/// The campaign's counts, on a `CommunicationRequest` read back.
+pub const PROGRESS_EXTENSION: &str = "https://mhero.org/fhir/StructureDefinition/delivery-progress";
+
+/// The FHIR media type.
+const FHIR_JSON: &str = "application/fhir+json";
+
+/// An error as FHIR says it: an `OperationOutcome`, with the API's code
+/// in `details.text`.
+pub fn outcome(e: &ApiError) -> Response {
+    let code = match e.status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "security",
+        StatusCode::NOT_FOUND => "not-found",
+        StatusCode::PAYLOAD_TOO_LARGE => "too-long",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::SERVICE_UNAVAILABLE => "transient",
+        s if s.is_server_error() => "exception",
+        _ => "invalid",
+    };
+    let body = json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{
+            "severity": "error",
+            "code": code,
+            "details": {"text": e.code},
+            "diagnostics": e.message,
+        }]
+    });
+    fhir_json(e.status, &body)
+}
+
+fn fhir_json(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, FHIR_JSON)],
+        serde_json::to_vec(body).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+/// A FHIR route's answer: the resource, or an `OperationOutcome`.
+pub struct Fhir(Result<(StatusCode, Value, Option<String>), ApiError>);
+
+impl IntoResponse for Fhir {
+    fn into_response(self) -> Response {
+        match self.0 {
+            Ok((status, body, location)) => {
+                let mut r = fhir_json(status, &body);
+                if let Some(l) = location
+                    && let Ok(v) = l.parse()
+                {
+                    r.headers_mut().insert(header::LOCATION, v);
+                }
+                r
+            }
+            Err(e) => outcome(&e),
+        }
+    }
+}
+
+impl From<Result<(StatusCode, Value, Option<String>), ApiError>> for Fhir {
+    fn from(r: Result<(StatusCode, Value, Option<String>), ApiError>) -> Self {
+        Fhir(r)
+    }
+}
+
+/// A JSON resource from a body, or the reason it is not one.
+fn resource(body: Result<Bytes, BytesRejection>, kind: &str) -> Result<Value, ApiError> {
+    let body = body.map_err(|r| {
+        let code = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            "too_large"
+        } else {
+            "invalid"
+        };
+        ApiError::new(r.status(), code, r.body_text())
+    })?;
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
+    match value.get("resourceType").and_then(Value::as_str) {
+        Some(t) if t == kind => Ok(value),
+        Some(t) => Err(ApiError::invalid(format!(
+            "resourceType is {t}; this endpoint takes a {kind}"
+        ))),
+        None => Err(ApiError::invalid(format!(
+            "not a FHIR resource (no resourceType); this endpoint takes a {kind}"
+        ))),
+    }
+}
+
+fn lane(priority: Option<&str>) -> Result<Lane, ApiError> {
+    match priority {
+        None | Some("routine") => Ok(Lane::Normal),
+        Some("urgent" | "asap") => Ok(Lane::High),
+        Some("stat") => Ok(Lane::Emergency),
+        Some(p) => Err(ApiError::invalid(format!(
+            "priority: {p:?} is not a FHIR request priority (routine, urgent, asap, stat)"
+        ))),
+    }
+}
+
+fn priority(lane: Lane) -> &'static str {
+    match lane {
+        Lane::Emergency => "stat",
+        Lane::High => "urgent",
+        Lane::Normal | Lane::Bulk => "routine",
+    }
+}
+
+fn instant(ms: u64) -> String {
+    jiff::Timestamp::from_millisecond(ms as i64)
+        .map_or_else(|_| String::new(), |t| format!("{t:.3}"))
+}
+
+fn parse_datetime(field: &str, s: &str) -> Result<u64, ApiError> {
+    let t: jiff::Timestamp = s.parse().map_err(|e| {
+        ApiError::invalid(format!(
+            "{field}: {s:?} is not a dateTime with a time and a time zone ({e})"
+        ))
+    })?;
+    u64::try_from(t.as_millisecond())
+        .map_err(|_| ApiError::invalid(format!("{field}: {s:?} is before 1970")))
+}
+
+fn extension<'a>(value: &'a Value, url: &str) -> Option<&'a Value> {
+    value
+        .get("extension")?
+        .as_array()?
+        .iter()
+        .find(|e| e.get("url").and_then(Value::as_str) == Some(url))
+}
+
+/// The phone number of a contained resource's `telecom`.
+fn contained_phone(request: &Value, id: &str) -> Option<String> {
+    let resource = request
+        .get("contained")?
+        .as_array()?
+        .iter()
+        .find(|r| r.get("id").and_then(Value::as_str) == Some(id))?;
+    resource
+        .get("telecom")?
+        .as_array()?
+        .iter()
+        .find(|t| {
+            matches!(
+                t.get("system").and_then(Value::as_str),
+                Some("phone" | "sms")
+            )
+        })
+        .and_then(|t| t.get("value")?.as_str())
+        .map(str::to_string)
+}
+
+/// A `CommunicationRequest` as a campaign. Directory look-ups read the
+/// store: call it on a blocking thread.
+fn campaign_of(api: &Api, request: &Value) -> Result<CampaignSpec, ApiError> {
+    match request.get("status").and_then(Value::as_str) {
+        Some("active") | None => {}
+        Some(s) => {
+            return Err(ApiError::invalid(format!(
+                "status: {s:?}; only an active CommunicationRequest is sent"
+            )));
+        }
+    }
+    let lane = lane(request.get("priority").and_then(Value::as_str))?;
+    // The text, and its variants per language.
+    let mut default = None;
+    let mut variants = BTreeMap::new();
+    for (i, p) in request
+        .get("payload")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let Some(text) = p.get("contentString").and_then(Value::as_str) else {
+            return Err(ApiError::invalid(format!(
+                "payload[{i}]: only contentString is sent (attachments and references are not)"
+            )));
+        };
+        match extension(p, LANGUAGE_EXTENSION).and_then(|e| e.get("valueCode")?.as_str()) {
+            Some(lang) => {
+                variants.insert(lang.to_string(), text.to_string());
+            }
+            None if default.is_none() => default = Some(text.to_string()),
+            None => {
+                return Err(ApiError::invalid(format!(
+                    "payload[{i}]: a second text without a language (give each variant the {LANGUAGE_EXTENSION} extension)"
+                )));
+            }
+        }
+    }
+    let Some(default) = default.or_else(|| variants.values().next().cloned()) else {
+        return Err(ApiError::invalid("payload: a contentString is required"));
+    };
+
+    // Who receives it.
+    let directory = api.broker.directory();
+    let mut recipients = Vec::new();
+    let mut groups = Vec::new();
+    let mut unknown = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, r) in request
+        .get("recipient")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let Some(reference) = r.get("reference").and_then(Value::as_str) else {
+            return Err(ApiError::invalid(format!(
+                "recipient[{i}]: a reference is required"
+            )));
+        };
+        if let Some(id) = reference.strip_prefix('#') {
+            match contained_phone(request, id) {
+                Some(phone) => recipients.push(Recipient {
+                    phone: Some(phone),
+                    ..Recipient::default()
+                }),
+                None => {
+                    return Err(ApiError::invalid(format!(
+                        "recipient[{i}]: contained resource {id:?} has no phone telecom"
+                    )));
+                }
+            }
+            continue;
+        }
+        match reference.split_once('/') {
+            Some(("Group", id)) => groups.push(format!("group:\"Group/{}\"", id.replace('"', ""))),
+            Some(("Practitioner" | "Patient" | "PractitionerRole" | "RelatedPerson", _)) => {
+                match directory.find(reference)? {
+                    Some(contact) => {
+                        if seen.insert(contact.number) {
+                            recipients.push(contact.recipient());
+                        }
+                    }
+                    None => unknown.push(reference.to_string()),
+                }
+            }
+            _ => {
+                return Err(ApiError::invalid(format!(
+                    "recipient[{i}]: {reference:?} is not a Practitioner, Patient, Group or contained resource"
+                )));
+            }
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(ApiError::invalid(format!(
+            "recipient: not in the directory: {} (sync or import them first)",
+            unknown.join(", ")
+        )));
+    }
+    let selector = extension(request, SELECTOR_EXTENSION)
+        .and_then(|e| e.get("valueString")?.as_str())
+        .map(|s| format!("({s})"));
+    let terms: Vec<String> = groups.into_iter().chain(selector).collect();
+    let audience = match (recipients.is_empty(), terms.is_empty()) {
+        (_, true) if !recipients.is_empty() => AudienceSpec::Recipients(recipients),
+        (true, false) => AudienceSpec::Selector(terms.join(" OR ")),
+        (false, false) => {
+            // Both: the selected contacts join the named ones.
+            let (selected, _) = directory.select(&terms.join(" OR "))?;
+            for number in selected {
+                if seen.insert(number)
+                    && let Some(contact) = directory.contact(number)?
+                {
+                    recipients.push(contact.recipient());
+                }
+            }
+            AudienceSpec::Recipients(recipients)
+        }
+        _ => {
+            return Err(ApiError::invalid(format!(
+                "recipient: at least one is required (or a selector in the {SELECTOR_EXTENSION} extension)"
+            )));
+        }
+    };
+
+    // Through which channels.
+    let configured: Vec<String> = api.broker.dispatcher().channels().keys().cloned().collect();
+    let mut channels: Vec<String> = request
+        .get("medium")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get("coding")?.as_array())
+        .flatten()
+        .filter_map(|c| c.get("code")?.as_str().map(str::to_string))
+        .collect();
+    if channels.is_empty() {
+        channels = if api.config.fhir_channels.is_empty() {
+            configured
+        } else {
+            api.config.fhir_channels.clone()
+        };
+    }
+
+    let name = request
+        .get("identifier")
+        .and_then(Value::as_array)
+        .and_then(|ids| ids.first())
+        .and_then(|id| id.get("value")?.as_str())
+        .map_or_else(
+            || format!("CommunicationRequest ({})", priority(lane)),
+            |v| format!("CommunicationRequest {v}"),
+        );
+    let start_at_ms = match request.get("occurrenceDateTime").and_then(Value::as_str) {
+        Some(s) => Some(parse_datetime("occurrenceDateTime", s)?),
+        None => None,
+    };
+    let expires_at_ms = match request
+        .get("occurrencePeriod")
+        .and_then(|p| p.get("end"))
+        .and_then(Value::as_str)
+    {
+        Some(s) => Some(parse_datetime("occurrencePeriod.end", s)?),
+        None => None,
+    };
+    let start_at_ms = match request
+        .get("occurrencePeriod")
+        .and_then(|p| p.get("start"))
+        .and_then(Value::as_str)
+    {
+        Some(s) if start_at_ms.is_none() => Some(parse_datetime("occurrencePeriod.start", s)?),
+        _ => start_at_ms,
+    };
+    Ok(CampaignSpec {
+        name,
+        lane,
+        body: Body { default, variants },
+        channels,
+        audience,
+        expires_at_ms,
+        start_at_ms,
+    })
+}
+
+/// A campaign as a `CommunicationRequest`.
+fn communication_request(id: CampaignId, record: &CampaignRecord, progress: &Progress) -> Value {
+    let status = match progress.state {
+        "cancelled" => "revoked",
+        _ if progress.done => "completed",
+        _ => "active",
+    };
+    let mut payload = vec![json!({"contentString": record.spec.body.default})];
+    for (lang, text) in &record.spec.body.variants {
+        payload.push(json!({
+            "extension": [{"url": LANGUAGE_EXTENSION, "valueCode": lang}],
+            "contentString": text,
+        }));
+    }
+    let counts: Vec<Value> = [
+        ("total", progress.total),
+        ("queued", progress.queued),
+        ("sent", progress.sent + progress.wired),
+        ("delivered", progress.delivered + progress.read),
+        ("failed", progress.failed + progress.dead),
+        ("expired", progress.expired),
+        ("cancelled", progress.cancelled),
+    ]
+    .iter()
+    .map(|(k, v)| json!({"url": k, "valueUnsignedInt": v}))
+    .collect();
+    let mut r = json!({
+        "resourceType": "CommunicationRequest",
+        "id": id.to_string(),
+        "meta": {"lastUpdated": instant(record.stopped_ms.or(record.finished_ms).unwrap_or(record.created_ms))},
+        "status": status,
+        "priority": priority(record.spec.lane),
+        "authoredOn": instant(record.created_ms),
+        "payload": payload,
+        "medium": record.spec.channels.iter().map(|c| json!({"coding": [{"code": c}]})).collect::<Vec<_>>(),
+        "extension": [{"url": PROGRESS_EXTENSION, "extension": counts}],
+    });
+    if let AudienceSpec::Frozen { selector, .. } = &record.spec.audience {
+        r["extension"]
+            .as_array_mut()
+            .expect("an array above")
+            .push(json!({"url": SELECTOR_EXTENSION, "valueString": selector}));
+    }
+    if let Some(t) = record.spec.start_at_ms {
+        r["occurrenceDateTime"] = json!(instant(t));
+    }
+    r
+}
+
+fn read_campaign(api: &Api, id: CampaignId) -> Result<Value, ApiError> {
+    let not_found = || ApiError::not_found(format!("no CommunicationRequest {id}"));
+    let bytes = api.broker.store().campaign(id)?.ok_or_else(not_found)?;
+    let record = CampaignRecord::decode(&bytes).map_err(|e| Error::Internal(e.to_string()))?;
+    let progress = api.broker.dispatcher().progress(id).ok_or_else(not_found)?;
+    Ok(communication_request(id, &record, &progress))
+}
+
+/// `POST /fhir/r4/CommunicationRequest`
+#[utoipa::path(post, path = "/fhir/r4/CommunicationRequest", tag = "fhir", security(("token" = [])),
+    request_body(content = Object, content_type = "application/fhir+json", description = "A FHIR R4 CommunicationRequest"),
+    responses(
+        (status = 201, description = "The CommunicationRequest as stored, with its id", content_type = "application/fhir+json"),
+        (status = 400, description = "An OperationOutcome naming what is wrong", content_type = "application/fhir+json"),
+    ))]
+pub async fn create_communication_request(
+    State(api): State<Arc<Api>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Fhir {
+    async {
+        let request = resource(body, "CommunicationRequest")?;
+        let reader = Arc::clone(&api);
+        let spec = tokio::task::spawn_blocking(move || campaign_of(&reader, &request)).await??;
+        let submitted = api.broker.dispatcher().submit(spec).await?;
+        let id = submitted.id;
+        let reader = Arc::clone(&api);
+        let created = tokio::task::spawn_blocking(move || read_campaign(&reader, id)).await??;
+        Ok((
+            StatusCode::CREATED,
+            created,
+            Some(format!("/fhir/r4/CommunicationRequest/{id}")),
+        ))
+    }
+    .await
+    .into()
+}
+
+/// `GET /fhir/r4/CommunicationRequest/{id}`
+#[utoipa::path(get, path = "/fhir/r4/CommunicationRequest/{id}", tag = "fhir", security(("token" = [])),
+    params(("id" = String, Path, description = "Campaign id (`c12`)")),
+    responses(
+        (status = 200, description = "Its status and counts", content_type = "application/fhir+json"),
+        (status = 404, description = "An OperationOutcome", content_type = "application/fhir+json"),
+    ))]
+pub async fn read_communication_request(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+) -> Fhir {
+    async {
+        let id: CampaignId = id
+            .parse()
+            .map_err(|e: mhero_proto::ParseIdError| ApiError::not_found(e.to_string()))?;
+        let value = tokio::task::spawn_blocking(move || read_campaign(&api, id)).await??;
+        Ok((StatusCode::OK, value, None))
+    }
+    .await
+    .into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportQuery {
+    /// The source the contacts belong to (default `fhir-api`).
+    pub source: Option<String>,
+    /// The mapper plugin (default `ihris-practitioner`).
+    pub mapper: Option<String>,
+}
+
+/// `POST /fhir/r4`: a transaction or batch Bundle into the directory.
+#[utoipa::path(post, path = "/fhir/r4", tag = "fhir", security(("token" = [])),
+    params(
+        ("source" = Option<String>, Query, description = "The source the contacts belong to (default fhir-api)"),
+        ("mapper" = Option<String>, Query, description = "The mapper plugin (default ihris-practitioner)"),
+    ),
+    request_body(content = Object, content_type = "application/fhir+json", description = "A transaction or batch Bundle of directory resources"),
+    responses(
+        (status = 200, description = "A transaction-response or batch-response Bundle, one entry per entry", content_type = "application/fhir+json"),
+        (status = 400, description = "An OperationOutcome", content_type = "application/fhir+json"),
+    ))]
+pub async fn import_bundle(
+    State(api): State<Arc<Api>>,
+    Query(query): Query<ImportQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> Fhir {
+    async {
+        let bundle = resource(body, "Bundle")?;
+        let kind = match bundle.get("type").and_then(Value::as_str) {
+            Some("transaction") => "transaction-response",
+            Some("batch") => "batch-response",
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "Bundle.type is {other:?}; this endpoint takes a transaction or a batch"
+                )));
+            }
+        };
+        let source = query.source.unwrap_or_else(|| "fhir-api".into());
+        let mapper_name = query.mapper.unwrap_or_else(|| "ihris-practitioner".into());
+        let mapper = api
+            .broker
+            .plugins()
+            .require(&mapper_name, crate::plugin::Kind::FhirMapper)
+            .map_err(|e| ApiError::invalid(format!("mapper: {e}")))?;
+        let entries = bundle
+            .get("entry")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        let directory = Arc::clone(api.broker.directory());
+        let country = api.broker.config().dispatch.default_country.clone();
+        let text = bundle.to_string();
+        let (report, _) = tokio::task::spawn_blocking(move || {
+            crate::directory::sync::import_document(&directory, &mapper, &source, &country, &text)
+        })
+        .await??;
+        let mut problems: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+        for p in &report.problems {
+            if let Some(i) = p.index {
+                problems.entry(i).or_default().push(p.message.clone());
+            }
+        }
+        let entry: Vec<Value> = (0..entries as u32)
+            .map(|i| match problems.get(&i) {
+                None => json!({"response": {"status": "200 OK"}}),
+                Some(messages) => json!({"response": {
+                    "status": "422 Unprocessable Entity",
+                    "outcome": {
+                        "resourceType": "OperationOutcome",
+                        "issue": messages.iter().map(|m| json!({"severity": "error", "code": "invalid", "diagnostics": m})).collect::<Vec<_>>(),
+                    }
+                }}),
+            })
+            .collect();
+        Ok((
+            StatusCode::OK,
+            json!({"resourceType": "Bundle", "type": kind, "entry": entry}),
+            None,
+        ))
+    }
+    .await
+    .into()
+}
+
+/// `GET /fhir/r4/metadata`
+#[utoipa::path(get, path = "/fhir/r4/metadata", tag = "fhir", security(("token" = [])),
+    responses((status = 200, description = "The CapabilityStatement", content_type = "application/fhir+json")))]
+pub async fn capability_statement() -> Response {
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date()
+        .to_string();
+    fhir_json(
+        StatusCode::OK,
+        &json!({
+            "resourceType": "CapabilityStatement",
+            "status": "active",
+            "date": today,
+            "kind": "instance",
+            "software": {"name": "mHero broker", "version": env!("CARGO_PKG_VERSION")},
+            "fhirVersion": "4.0.1",
+            "format": ["json"],
+            "rest": [{
+                "mode": "server",
+                "security": {"service": [{"text": "Bearer token (Authorization: Bearer …)"}]},
+                "resource": [
+                    {"type": "CommunicationRequest",
+                     "interaction": [{"code": "create"}, {"code": "read"}],
+                     "documentation": "A message to health workers (IHE mACM Mobile Report Alert)"},
+                ],
+                "interaction": [{"code": "transaction"}, {"code": "batch"}],
+            }]
+        }),
+    )
+}
