@@ -1,6 +1,29 @@
 //! Helpers shared by test binaries of several crates. Those of the
 //! integration tests alone live in the test binary itself.
 
+/// Whether a test's peer is here (`missing`: why not). If not, says so and
+/// the test skips — a failure under `CI=true` or `MHERO_PEERS=1`, where
+/// every peer must run.
+pub fn peer_present(missing: Option<String>) -> bool {
+    let Some(why) = missing else {
+        return true;
+    };
+    let required = std::env::var("CI").is_ok_and(|v| v == "true")
+        || std::env::var("MHERO_PEERS").is_ok_and(|v| v == "1");
+    assert!(!required, "{why}");
+    println!("skipped: {why}");
+    false
+}
+
+/// The path of a program on `PATH`, if it is there.
+pub fn program(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
 pub mod examples {
     //! The SDK's Python and JavaScript examples (`sdk/examples`), built
     //! from the package registries as their authors build them.
@@ -42,17 +65,10 @@ pub mod examples {
     /// Whether the tools are here; if not, says so and the test skips (a
     /// failure under `CI=true` or `MHERO_PEERS=1`).
     pub fn tools_present() -> bool {
-        let required = std::env::var("CI").is_ok_and(|v| v == "true")
-            || std::env::var("MHERO_PEERS").is_ok_and(|v| v == "1");
-        match missing_tools() {
-            None => true,
-            Some(what) => {
-                let why = format!("{what} is not installed (run `scripts/setup.sh --peers`)");
-                assert!(!required, "{why}");
-                println!("skipped: {why}");
-                false
-            }
-        }
+        super::peer_present(
+            missing_tools()
+                .map(|what| format!("{what} is not installed (run `scripts/setup.sh --peers`)")),
+        )
     }
 
     /// Runs a build as an author would: nothing of this test's cargo

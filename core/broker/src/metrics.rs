@@ -43,13 +43,57 @@ impl Metrics {
         }
     }
 
-    /// The text exposition served at `/metrics`.
+    /// The metrics in the Prometheus text format (0.0.4), what `/metrics`
+    /// serves unless the scraper asks for OpenMetrics: what `promtool
+    /// check metrics` and older scrapers read.
+    pub fn encode_text(&self) -> String {
+        openmetrics_to_text(&self.encode())
+    }
+
+    /// The OpenMetrics exposition (what Prometheus asks for first).
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         encode(&mut out, &self.registry).expect("encoding metrics into a String");
         out
     }
+}
+
+/// OpenMetrics → Prometheus text 0.0.4. The two differ, for what the
+/// registry writes, only in that a counter's `HELP` and `TYPE` name it
+/// without `_total` in OpenMetrics (and with it in the text format), that
+/// OpenMetrics has `UNIT` lines, and that it ends with `# EOF`.
+pub fn openmetrics_to_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|rest| ("# HELP ", rest))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|rest| ("# TYPE ", rest)));
+        match meta {
+            Some((kind, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(kind);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]
@@ -74,5 +118,23 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn the_text_format_names_counters_with_total_and_has_no_eof() {
+        let metrics = Metrics::new();
+        let text = metrics.encode_text();
+        assert!(text.contains("# HELP mhero_store_commits_total Commit groups written."));
+        assert!(text.contains("# TYPE mhero_store_commits_total counter\n"));
+        assert!(text.contains("# TYPE mhero_store_commit_duration_seconds histogram\n"));
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"));
+        // Samples are as they were.
+        let samples = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(samples(&text), samples(&metrics.encode()));
     }
 }

@@ -39,8 +39,6 @@ fn fhir_peer(args: &[&str]) -> Option<FhirPeer> {
 }
 
 fn fhir_peer_with(args: &[&str], stderr: Stdio) -> Option<FhirPeer> {
-    let required = std::env::var("CI").is_ok_and(|v| v == "true")
-        || std::env::var("MHERO_PEERS").is_ok_and(|v| v == "1");
     let installed = peer_dir()
         .join("node_modules/@medplum/fhir-router")
         .is_dir();
@@ -48,10 +46,9 @@ fn fhir_peer_with(args: &[&str], stderr: Stdio) -> Option<FhirPeer> {
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !(installed && node) {
-        let why = "the FHIR test server is not installed (run `scripts/setup.sh --peers`)";
-        assert!(!required, "{why}");
-        println!("skipped: {why}");
+    if !mhero_tests::peer_present((!(installed && node)).then(|| {
+        "the FHIR test server is not installed (run `scripts/setup.sh --peers`)".to_string()
+    })) {
         return None;
     }
     let mut child = Command::new("node")

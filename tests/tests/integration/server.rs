@@ -182,6 +182,34 @@ fn wait_done(client: &Client, server: &Server, token: &str, id: &str) -> Value {
     }
 }
 
+/// `promtool check metrics` (Debian's prometheus package) finds nothing
+/// to say about the exposition: a peer check.
+fn promtool_accepts(metrics: &str) {
+    let promtool = mhero_tests::program("promtool");
+    if !mhero_tests::peer_present(
+        promtool
+            .is_none()
+            .then(|| "promtool is not installed (run `scripts/setup.sh --peers`)".to_string()),
+    ) {
+        return;
+    }
+    let mut child = std::process::Command::new(promtool.unwrap())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), metrics.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn serve_takes_campaigns_over_http_with_tokens_roles_and_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
@@ -429,8 +457,20 @@ fn serve_takes_campaigns_over_http_with_tokens_roles_and_clear_errors() {
         .send()
         .unwrap();
     assert_eq!(metrics.status(), StatusCode::OK);
+    assert_eq!(
+        metrics.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
     let metrics = metrics.text().unwrap();
     assert!(metrics.contains("mhero_dispatch_"), "{metrics}");
+    promtool_accepts(&metrics);
+    let openmetrics = with(client.get(server.url("/metrics")), &viewer)
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
     let (status, doc) = json_of(
         with(client.get(server.url("/openapi.json")), &viewer)
             .send()

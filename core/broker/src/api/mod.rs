@@ -277,17 +277,30 @@ pub async fn readyz(State(api): State<Arc<Api>>) -> Response {
     axum::Json(serde_json::json!({"status": "ready"})).into_response()
 }
 
-/// The broker's metrics, in the Prometheus text format.
+/// The broker's metrics: the Prometheus text format, or OpenMetrics when
+/// the scraper asks for it (`Accept: application/openmetrics-text`).
 #[utoipa::path(get, path = "/metrics", tag = "metrics", security(("token" = [])), responses(
     (status = 200, description = "Metrics", content_type = "text/plain; version=0.0.4"),
 ))]
-pub async fn metrics(State(api): State<Arc<Api>>) -> Response {
+pub async fn metrics(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    let (content_type, body) = if openmetrics {
+        (
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            api.broker.metrics().encode(),
+        )
+    } else {
+        (
+            "text/plain; version=0.0.4; charset=utf-8",
+            api.broker.metrics().encode_text(),
+        )
+    };
     (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        )],
-        api.broker.metrics().encode(),
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
     )
         .into_response()
 }
