@@ -69,19 +69,8 @@ async fn serve(config: Config) -> Result<()> {
     })
     .await;
     served.context("serving HTTP")?;
-    // The connections' tasks let go of the router (and its hold on the
-    // broker) just after the server returns.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut held = broker;
-    let broker = loop {
-        match Arc::try_unwrap(held) {
-            Ok(broker) => break broker,
-            Err(still) if tokio::time::Instant::now() < deadline => {
-                held = still;
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            Err(_) => anyhow::bail!("the broker is still in use 10 s after the server stopped"),
-        }
+    let Some(broker) = api::release(broker, std::time::Duration::from_secs(10)).await else {
+        anyhow::bail!("the broker is still in use 10 s after the server stopped");
     };
     broker.shutdown().await;
     eprintln!("mhero: stopped; the store is closed");

@@ -8,7 +8,10 @@
 //!   the mapper plugin; selector counts and freezes over a million contacts.
 //! - `http`: the dispatcher through the real HTTP transport to the
 //!   `gateway-sink` binary, a separate process on loopback.
+//! - `api`: FHIR CommunicationRequests over HTTP to the server of
+//!   `mhero serve`, from concurrent clients.
 
+mod api;
 mod directory;
 mod dispatch;
 mod http;
@@ -43,6 +46,8 @@ enum Scenario {
     Select(directory::SelectArgs),
     /// Channels over real HTTP to a gateway sink in another process.
     Http(http::HttpArgs),
+    /// FHIR CommunicationRequests over HTTP from concurrent clients.
+    Api(api::ApiArgs),
 }
 
 #[global_allocator]
@@ -58,6 +63,7 @@ fn main() -> Result<()> {
         Scenario::Preempt(args) => dispatch::preempt(&args),
         Scenario::Ratelimit(args) => dispatch::ratelimit(&args),
         Scenario::Http(args) => http::run(&args),
+        Scenario::Api(args) => api::run(&args),
         Scenario::Import(args) => directory::import(&args),
         Scenario::Select(args) => directory::select(&args),
     }

@@ -192,6 +192,21 @@ fn contained_phone(request: &Value, id: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Whether turning `request` into a campaign looks anything up in the
+/// directory: any recipient that is not a contained resource.
+fn reads_directory(request: &Value) -> bool {
+    request
+        .get("recipient")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|r| {
+            !r.get("reference")
+                .and_then(Value::as_str)
+                .is_some_and(|s| s.starts_with('#'))
+        })
+}
+
 /// A `CommunicationRequest` as a campaign. Directory look-ups read the
 /// store: call it on a blocking thread.
 fn campaign_of(api: &Api, request: &Value) -> Result<CampaignSpec, ApiError> {
@@ -377,15 +392,21 @@ fn campaign_of(api: &Api, request: &Value) -> Result<CampaignSpec, ApiError> {
     })
 }
 
-/// A campaign as a `CommunicationRequest`.
-fn communication_request(id: CampaignId, record: &CampaignRecord, progress: &Progress) -> Value {
+/// A campaign as a `CommunicationRequest`: its spec as submitted or as
+/// stored, and its progress.
+fn communication_request(
+    id: CampaignId,
+    spec: &CampaignSpec,
+    updated_ms: u64,
+    progress: &Progress,
+) -> Value {
     let status = match progress.state {
         "cancelled" => "revoked",
         _ if progress.done => "completed",
         _ => "active",
     };
-    let mut payload = vec![json!({"contentString": record.spec.body.default})];
-    for (lang, text) in &record.spec.body.variants {
+    let mut payload = vec![json!({"contentString": spec.body.default})];
+    for (lang, text) in &spec.body.variants {
         payload.push(json!({
             "extension": [{"url": LANGUAGE_EXTENSION, "valueCode": lang}],
             "contentString": text,
@@ -406,21 +427,22 @@ fn communication_request(id: CampaignId, record: &CampaignRecord, progress: &Pro
     let mut r = json!({
         "resourceType": "CommunicationRequest",
         "id": id.to_string(),
-        "meta": {"lastUpdated": instant(record.stopped_ms.or(record.finished_ms).unwrap_or(record.created_ms))},
+        "meta": {"lastUpdated": instant(updated_ms)},
         "status": status,
-        "priority": priority(record.spec.lane),
-        "authoredOn": instant(record.created_ms),
+        "priority": priority(spec.lane),
+        "authoredOn": instant(progress.created_ms),
         "payload": payload,
-        "medium": record.spec.channels.iter().map(|c| json!({"coding": [{"code": c}]})).collect::<Vec<_>>(),
+        "medium": spec.channels.iter().map(|c| json!({"coding": [{"code": c}]})).collect::<Vec<_>>(),
         "extension": [{"url": PROGRESS_EXTENSION, "extension": counts}],
     });
-    if let AudienceSpec::Frozen { selector, .. } = &record.spec.audience {
+    if let AudienceSpec::Frozen { selector, .. } | AudienceSpec::Selector(selector) = &spec.audience
+    {
         r["extension"]
             .as_array_mut()
             .expect("an array above")
             .push(json!({"url": SELECTOR_EXTENSION, "valueString": selector}));
     }
-    if let Some(t) = record.spec.start_at_ms {
+    if let Some(t) = spec.start_at_ms {
         r["occurrenceDateTime"] = json!(instant(t));
     }
     r
@@ -431,7 +453,11 @@ fn read_campaign(api: &Api, id: CampaignId) -> Result<Value, ApiError> {
     let bytes = api.broker.store().campaign(id)?.ok_or_else(not_found)?;
     let record = CampaignRecord::decode(&bytes).map_err(|e| Error::Internal(e.to_string()))?;
     let progress = api.broker.dispatcher().progress(id).ok_or_else(not_found)?;
-    Ok(communication_request(id, &record, &progress))
+    let updated = record
+        .stopped_ms
+        .or(record.finished_ms)
+        .unwrap_or(record.created_ms);
+    Ok(communication_request(id, &record.spec, updated, &progress))
 }
 
 /// `POST /fhir/r4/CommunicationRequest`
@@ -447,12 +473,23 @@ pub async fn create_communication_request(
 ) -> Fhir {
     async {
         let request = resource(body, "CommunicationRequest")?;
-        let reader = Arc::clone(&api);
-        let spec = tokio::task::spawn_blocking(move || campaign_of(&reader, &request)).await??;
-        let submitted = api.broker.dispatcher().submit(spec).await?;
+        // Directory look-ups read the store, on a blocking thread; a
+        // request whose recipients are all contained needs none.
+        let spec = if reads_directory(&request) {
+            let reader = Arc::clone(&api);
+            tokio::task::spawn_blocking(move || campaign_of(&reader, &request)).await??
+        } else {
+            campaign_of(&api, &request)?
+        };
+        let submitted = api.broker.dispatcher().submit(spec.clone()).await?;
         let id = submitted.id;
-        let reader = Arc::clone(&api);
-        let created = tokio::task::spawn_blocking(move || read_campaign(&reader, id)).await??;
+        // Just accepted, it is in memory: no read of the store.
+        let progress = api
+            .broker
+            .dispatcher()
+            .live_progress(id)
+            .ok_or_else(|| Error::Internal(format!("campaign {id} vanished after submit")))?;
+        let created = communication_request(id, &spec, progress.created_ms, &progress);
         Ok((
             StatusCode::CREATED,
             created,

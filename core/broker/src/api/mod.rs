@@ -201,6 +201,24 @@ pub async fn serve(
         .await
 }
 
+/// The broker back from the server once it has stopped: the connections'
+/// tasks let go of the router (and its hold on the broker) just after
+/// [`serve`] returns. `None` if something still holds it after `wait`.
+pub async fn release(broker: Arc<Broker>, wait: std::time::Duration) -> Option<Broker> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut held = broker;
+    loop {
+        match Arc::try_unwrap(held) {
+            Ok(broker) => return Some(broker),
+            Err(still) if tokio::time::Instant::now() < deadline => {
+                held = still;
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;

@@ -432,6 +432,13 @@ impl Dispatcher {
         progress(&self.shared, id)
     }
 
+    /// Progress of a campaign in memory (active, or ended within the
+    /// hour); never reads the store.
+    pub fn live_progress(&self, id: CampaignId) -> Option<Progress> {
+        let live = self.shared.campaigns.read().get(&id).cloned()?;
+        Some(progress_of(&self.shared, &live))
+    }
+
     /// Progress of every campaign the dispatcher knows.
     pub fn all_progress(&self) -> Vec<Progress> {
         let ids: Vec<CampaignId> = self.shared.campaigns.read().keys().copied().collect();

@@ -1,0 +1,177 @@
+//! `loadgen api`: FHIR `CommunicationRequest`s to one recipient each, over
+//! HTTP from concurrent clients, to the server `mhero serve` runs: what an
+//! EMR or a lab system sending results one by one asks of the broker.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
+use mhero_benches::{fs_type, peak_rss_mb, round};
+use mhero_broker::Broker;
+use mhero_broker::api::{self, Api, Role, Tokens};
+use mhero_broker::config::ChannelConfig;
+use serde_json::json;
+
+#[derive(clap::Args)]
+pub struct ApiArgs {
+    /// Requests sent (each a whole campaign to one recipient).
+    #[arg(long, default_value_t = 20_000)]
+    n: u64,
+    /// Clients sending at once, each waiting for its answer before the
+    /// next request.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Parent folder of the scratch store (default: the system's temp dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// `sync` (the default: fsynced before the 201) or `async`.
+    #[arg(long, default_value = "sync")]
+    durability: String,
+    /// Print JSON (the only output format).
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: &ApiArgs) -> Result<()> {
+    if args.concurrency == 0 {
+        bail!("--concurrency must be > 0");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(bench(args))
+}
+
+async fn bench(args: &ApiArgs) -> Result<()> {
+    let parent = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let scratch = tempfile::tempdir_in(&parent)
+        .with_context(|| format!("creating a scratch folder in {}", parent.display()))?;
+    // What `mhero serve` runs with no config: the defaults, the sandbox
+    // channel; only the durability may differ (`--durability`).
+    let mut config = mhero_broker::Config {
+        data_dir: scratch.path().join("store"),
+        ..mhero_broker::Config::default()
+    };
+    config.store.durability = match args.durability.as_str() {
+        "sync" => mhero_broker::config::Durability::Sync,
+        "async" => mhero_broker::config::Durability::Async,
+        other => bail!("--durability must be sync or async, not {other:?}"),
+    };
+    config
+        .channels
+        .insert("sandbox".into(), ChannelConfig::default());
+    let data_dir = config.data_dir.clone();
+    let broker = Arc::new(Broker::open(config).await?);
+    let tokens = Arc::new(Tokens::open(Arc::clone(broker.store().engine()))?);
+    let (token, _) = tokens.create(Role::Sender, "loadgen", 0)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let api = Arc::new(Api::new(Arc::clone(&broker), tokens));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(api::serve(listener, api, async {
+        let _ = stopped.await;
+    }));
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency {
+        let (client, next, token, base) = (
+            client.clone(),
+            Arc::clone(&next),
+            token.clone(),
+            base.clone(),
+        );
+        let n = args.n;
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let mut errors = 0u64;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return anyhow::Ok((latencies, errors));
+                }
+                let body = json!({
+                    "resourceType": "CommunicationRequest",
+                    "status": "active",
+                    "priority": "urgent",
+                    "identifier": [{"value": format!("lab-{i}")}],
+                    "contained": [{"resourceType": "Practitioner", "id": "p",
+                                   "telecom": [{"system": "phone", "value": format!("+23177{:07}", i % 10_000_000)}]}],
+                    "recipient": [{"reference": "#p"}],
+                    "payload": [{"contentString": format!("Lab result ready for sample S-{i}: collect it at the district lab.")}]
+                });
+                let t = Instant::now();
+                let r = client
+                    .post(format!("{base}/fhir/r4/CommunicationRequest"))
+                    .bearer_auth(&token)
+                    .header("content-type", "application/fhir+json")
+                    .body(body.to_string())
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == reqwest::StatusCode::CREATED => {
+                        let _ = r.bytes().await?;
+                        latencies.saturating_record(t.elapsed().as_micros() as u64);
+                    }
+                    Ok(r) => {
+                        errors += 1;
+                        if errors == 1 {
+                            eprintln!("refused: {} {}", r.status(), r.text().await.unwrap_or_default());
+                        }
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        if errors == 1 {
+                            eprintln!("request failed: {e}");
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let mut latencies = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut errors = 0;
+    for w in workers {
+        let (h, e) = w.await??;
+        latencies.add(h)?;
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let rss = peak_rss_mb();
+    let _ = stop.send(());
+    server.await??;
+    let Some(broker) = api::release(broker, std::time::Duration::from_secs(10)).await else {
+        bail!("the broker was still in use after the server stopped");
+    };
+    broker.shutdown().await;
+    let ms = |q: f64| round(latencies.value_at_quantile(q) as f64 / 1000.0, 2);
+    println!(
+        "{}",
+        json!({
+            "scenario": "api",
+            "n": args.n,
+            "concurrency": args.concurrency,
+            "requests_per_s": round(latencies.len() as f64 / elapsed, 0),
+            "p50_ms": ms(0.5),
+            "p99_ms": ms(0.99),
+            "max_ms": round(latencies.max() as f64 / 1000.0, 2),
+            "errors": errors,
+            "seconds": round(elapsed, 2),
+            "peak_rss_mb": round(rss, 1),
+            "data_dir": data_dir.display().to_string(),
+            "filesystem": fs_type(&data_dir),
+            "durability": args.durability,
+            "path": "POST /fhir/r4/CommunicationRequest over HTTP/1.1 on loopback (keep-alive), the server of `mhero serve` with its defaults (sender token, body limit, the sandbox channel); each request is a whole campaign (record, audience, state: synced writes) whose one message is sent through the sandbox connector while requests arrive",
+            "differs": "server and clients share one process and its 2 cores; the gateway is the sandbox simulator inside the broker",
+        })
+    );
+    drop(scratch);
+    Ok(())
+}
