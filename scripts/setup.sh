@@ -157,8 +157,10 @@ if [ "$peers" = 1 ]; then
       npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >&2
     fi
   done
-  # promtool checks the broker's /metrics (Debian's prometheus package).
+  # promtool checks the broker's /metrics (Debian's prometheus package);
+  # headless Chromium drives the dashboard.
   command -v promtool >/dev/null 2>&1 || apt_install prometheus
+  command -v chromium >/dev/null 2>&1 || apt_install chromium
   # The Python plugin example builds componentize-py (from PyPI) into a
   # virtualenv of its own.
   if ! python3 -m venv --help >/dev/null 2>&1; then

@@ -6,6 +6,7 @@
 
 mod campaigns;
 mod crash;
+mod dashboard;
 mod fhir_sync;
 mod http_crash;
 mod scaffold;

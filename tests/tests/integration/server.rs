@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::mhero;
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
     base: String,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -31,9 +31,15 @@ impl Drop for Server {
 
 impl Server {
     fn start(data: &Path) -> Server {
+        Self::start_with(data, &[])
+    }
+
+    /// With more arguments before `serve` (`--config …`).
+    pub(crate) fn start_with(data: &Path, args: &[&str]) -> Server {
         let mut child = mhero()
             .arg("--data-dir")
             .arg(data)
+            .args(args)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -66,7 +72,7 @@ impl Server {
     }
 
     /// The admin token the first start printed.
-    fn first_admin_token(&self) -> String {
+    pub(crate) fn first_admin_token(&self) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(t) = self
@@ -87,12 +93,12 @@ impl Server {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
     /// SIGTERM, then the exit status.
-    fn stop(mut self) -> std::process::ExitStatus {
+    pub(crate) fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         let killed = std::process::Command::new("kill")
             .args(["-TERM", &pid])
@@ -110,11 +116,11 @@ impl Server {
     }
 }
 
-fn with(req: RequestBuilder, token: &str) -> RequestBuilder {
+pub(crate) fn with(req: RequestBuilder, token: &str) -> RequestBuilder {
     req.bearer_auth(token)
 }
 
-trait JsonBody {
+pub(crate) trait JsonBody {
     fn json_body(self, value: &Value) -> Self;
 }
 
@@ -125,7 +131,7 @@ impl JsonBody for RequestBuilder {
     }
 }
 
-fn json_of(r: Response) -> (StatusCode, Value) {
+pub(crate) fn json_of(r: Response) -> (StatusCode, Value) {
     let status = r.status();
     let text = r.text().unwrap();
     let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {status} {text}"));
@@ -147,7 +153,12 @@ fn error_code(r: Response) -> (StatusCode, String) {
     (status, code)
 }
 
-fn make_token(client: &Client, server: &Server, admin: &str, role: &str) -> (String, String) {
+pub(crate) fn make_token(
+    client: &Client,
+    server: &Server,
+    admin: &str,
+    role: &str,
+) -> (String, String) {
     let (status, body) = json_of(
         with(client.post(server.url("/v1/tokens")), admin)
             .json_body(&json!({"role": role, "name": format!("test {role}")}))

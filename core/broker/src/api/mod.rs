@@ -14,8 +14,9 @@
 //! - [`openapi`]: the OpenAPI 3 document, generated from the handlers.
 //!
 //! Every route needs a token (`Authorization: Bearer …`) except the
-//! health checks and the channel webhooks, which the channel's connector
-//! verifies (signatures, secret tokens). A viewer reads; a sender also
+//! health checks, the channel webhooks, which the channel's connector
+//! verifies (signatures, secret tokens), and the dashboard page at `/`,
+//! which holds no data and reads the API with the operator's token. A viewer reads; a sender also
 //! submits and cancels; an admin also manages tokens and dead letters.
 
 pub mod auth;
@@ -151,6 +152,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/channels", get(v1::channels))
         .route("/v1/plugins", get(v1::plugins))
         .route("/v1/dead-letters", get(v1::dead_letters))
+        .route("/v1/inbound", get(v1::inbound))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::document))
         .route("/fhir/r4/metadata", get(fhir::capability_statement))
@@ -182,6 +184,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .merge(sender)
         .merge(admin)
         .layer(DefaultBodyLimit::max(body_limit))
+        .route("/", get(dashboard))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(webhooks)
@@ -266,6 +269,23 @@ async fn require_sender(State(api): State<Arc<Api>>, req: Request, next: Next) -
 
 async fn require_admin(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
     authorize(&api, Role::Admin, req, next).await
+}
+
+/// The operator's dashboard: one page, served by the binary, reading the
+/// API with the token the operator gives it (the page itself holds no
+/// data, so it needs none).
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'",
+            ),
+        ],
+        include_str!("dashboard.html"),
+    )
+        .into_response()
 }
 
 async fn not_found(uri: Uri) -> ApiError {

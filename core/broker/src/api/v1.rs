@@ -316,27 +316,120 @@ pub struct ChannelView {
     pub window: usize,
     /// Messages per request where the connector has a batch form.
     pub batch: usize,
+    /// Deliveries waiting in each lane: ready to lease, and leased (on
+    /// their way).
+    pub lanes: Vec<LaneDepth>,
+    /// Messages sent in the last whole second.
+    pub sent_last_second: u64,
+    /// `sent_last_second` over `rate`: 1 is the channel at its limit.
+    pub saturation: Option<f64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LaneDepth {
+    pub lane: String,
+    pub ready: u64,
+    pub leased: u64,
 }
 
 /// The configured channels.
 #[utoipa::path(get, path = "/v1/channels", tag = "channels", security(("token" = [])),
     responses((status = 200, body = Vec<ChannelView>)))]
 pub async fn channels(State(api): State<Arc<Api>>) -> Json<Vec<ChannelView>> {
+    let now = now_ms(&api);
+    let store = api.broker.store();
     Json(
         api.broker
             .dispatcher()
             .channels()
             .iter()
-            .map(|(name, ch)| ChannelView {
-                name: name.clone(),
-                connector: ch.config.connector.clone(),
-                rate: ch.config.rate,
-                burst: ch.config.burst,
-                window: ch.config.window,
-                batch: ch.config.batch,
+            .map(|(name, ch)| {
+                // Counts kept in memory by the store: no read.
+                let depth = store.depth(ch.id);
+                let sent = ch.sent_last_second(now);
+                ChannelView {
+                    name: name.clone(),
+                    connector: ch.config.connector.clone(),
+                    rate: ch.config.rate,
+                    burst: ch.config.burst,
+                    window: ch.config.window,
+                    batch: ch.config.batch,
+                    lanes: Lane::ALL
+                        .iter()
+                        .map(|l| LaneDepth {
+                            lane: l.as_str().to_string(),
+                            ready: depth.ready[l.code() as usize],
+                            leased: depth.leased[l.code() as usize],
+                        })
+                        .collect(),
+                    sent_last_second: sent,
+                    saturation: (ch.config.rate > 0.0)
+                        .then(|| (sent as f64 / ch.config.rate * 100.0).round() / 100.0),
+                }
             })
             .collect(),
     )
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct InboundQuery {
+    /// Most listed (default 100, at most 1000).
+    pub limit: Option<usize>,
+    /// List those after this sequence number (the last one of a page).
+    pub after: Option<u64>,
+}
+
+/// A message a health worker sent, as its channel's webhook brought it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct InboundView {
+    /// Its place in arrival order: page with `after`.
+    pub seq: u64,
+    pub channel: String,
+    /// The sender's address on the channel (E.164 for SMS).
+    pub from: String,
+    pub text: String,
+    /// When the gateway says it arrived (ms), if it says.
+    pub received_ms: Option<u64>,
+    /// When the broker stored it (ms).
+    pub stored_ms: u64,
+}
+
+/// Inbound messages, oldest first.
+#[utoipa::path(get, path = "/v1/inbound", tag = "inbound", security(("token" = [])),
+    params(InboundQuery),
+    responses((status = 200, body = Vec<InboundView>)))]
+pub async fn inbound(
+    State(api): State<Arc<Api>>,
+    Query(query): Query<InboundQuery>,
+) -> Result<Json<Vec<InboundView>>, ApiError> {
+    let limit = query.limit.unwrap_or(100).min(1000);
+    let after = query.after.unwrap_or(0);
+    let store = Arc::clone(api.broker.store());
+    let messages = tokio::task::spawn_blocking(move || store.inbound(after, limit)).await??;
+    let names: std::collections::HashMap<_, _> = api
+        .broker
+        .dispatcher()
+        .channels()
+        .iter()
+        .map(|(name, ch)| (ch.id, name.clone()))
+        .collect();
+    Ok(Json(
+        messages
+            .into_iter()
+            .map(|(seq, m)| InboundView {
+                seq,
+                channel: names
+                    .get(&m.channel)
+                    .cloned()
+                    .unwrap_or_else(|| m.channel.to_string()),
+                from: m.from,
+                text: m.text,
+                received_ms: m.received_ms,
+                stored_ms: m.stored_ms,
+            })
+            .collect(),
+    ))
 }
 
 /// A loaded plugin.

@@ -163,6 +163,14 @@ impl Channel {
         lease_max.min(by_window).min(by_rate)
     }
 
+    /// Messages sent in the last whole second (0 once sending has paused).
+    pub fn sent_last_second(&self, now_ms: u64) -> u64 {
+        if now_ms >= self.second_started_ms.load(Ordering::Relaxed) + 2000 {
+            return 0;
+        }
+        self.sent_last_second.load(Ordering::Relaxed)
+    }
+
     fn count_sent(&self, n: u64, now_ms: u64) {
         let started = self.second_started_ms.load(Ordering::Relaxed);
         if now_ms >= started + 1000 {

@@ -1,0 +1,154 @@
+//! The operator's dashboard in a real browser (headless Chromium, from
+//! Debian's `chromium`): while a rate-limited campaign runs, the numbers
+//! the page shows are the API's.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use reqwest::blocking::Client;
+use serde_json::{Value, json};
+
+use super::server::{JsonBody, Server, json_of, make_token, with};
+
+/// The page as Chromium renders it after `budget_ms` of (virtual) time:
+/// scripts run, the API is read, the tables are filled.
+fn rendered(chromium: &std::path::Path, url: &str, budget_ms: u64) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--virtual-time-budget={budget_ms}"))
+        .arg("--dump-dom")
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "chromium: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The texts of the number cells of the row marked `attr="key"`.
+fn numbers(dom: &str, attr: &str, key: &str) -> Vec<String> {
+    let marker = format!("<tr {attr}=\"{key}\">");
+    let start = dom
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no row {marker} in {dom}"));
+    let row = &dom[start..start + dom[start..].find("</tr>").unwrap()];
+    row.split("<td class=\"n\">")
+        .skip(1)
+        .map(|c| c[..c.find("</td>").unwrap()].to_string())
+        .collect()
+}
+
+fn campaign(client: &Client, server: &Server, token: &str, id: &str) -> Value {
+    let (status, body) = json_of(
+        with(
+            client.get(server.url(&format!("/v1/campaigns/{id}"))),
+            token,
+        )
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+#[test]
+fn the_dashboard_shows_what_the_api_says_while_a_campaign_runs() {
+    let chromium = mhero_tests::program("chromium");
+    if !mhero_tests::peer_present(
+        chromium
+            .is_none()
+            .then(|| "chromium is not installed (run `scripts/setup.sh --peers`)".to_string()),
+    ) {
+        return;
+    }
+    let chromium = chromium.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("mhero.toml");
+    std::fs::write(
+        &config,
+        "[channels.sms]\nconnector = \"sandbox\"\nrate = 300\nburst = 10\n",
+    )
+    .unwrap();
+    let server = Server::start_with(
+        &tmp.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let client = Client::new();
+    let admin = server.first_admin_token();
+    let (viewer, _) = make_token(&client, &server, &admin, "viewer");
+
+    // The page itself needs no token, and shows nothing without one.
+    let page = client.get(server.url("/")).send().unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(page.text().unwrap().contains("<title>mHero broker</title>"));
+
+    // 3,000 workers at 300/s: about ten seconds of sending.
+    let recipients: Vec<Value> = (0..3000)
+        .map(|i| json!({"phone": format!("+23177{i:07}")}))
+        .collect();
+    let (status, created) = json_of(
+        with(client.post(server.url("/v1/campaigns")), &admin)
+            .json_body(&json!({
+                "name": "Stock report reminder",
+                "lane": "bulk",
+                "body": {"default": "Send this week's stock report."},
+                "channels": ["sms"],
+                "audience": {"recipients": recipients}
+            }))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while campaign(&client, &server, &viewer, &id)["delivered"] == 0 {
+        assert!(Instant::now() < deadline, "nothing delivered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let before = campaign(&client, &server, &viewer, &id);
+    let dom = rendered(&chromium, &server.url(&format!("/#token={viewer}")), 2500);
+    let after = campaign(&client, &server, &viewer, &id);
+    assert_eq!(after["done"], false, "still running: {after}");
+
+    // total, sent, delivered, failed, queued, ETA
+    let shown = numbers(&dom, "data-campaign", &id);
+    assert_eq!(shown.len(), 6, "{shown:?}");
+    assert_eq!(shown[0], "3000");
+    let delivered: u64 = shown[2].parse().unwrap();
+    let d = |v: &Value| v["delivered"].as_u64().unwrap() + v["read"].as_u64().unwrap();
+    assert!(
+        d(&before) <= delivered && delivered <= d(&after),
+        "shown {delivered}, the API said {} then {}",
+        d(&before),
+        d(&after)
+    );
+    assert_eq!(shown[3], "0", "nothing failed");
+    assert!(
+        shown[5] != "done" && shown[5] != "—",
+        "an ETA while it runs: {shown:?}"
+    );
+    assert!(dom.contains("<polyline"), "the progress chart is drawn");
+
+    // The channel: its configured rate, and the bulk lane's backlog.
+    let channel = numbers(&dom, "data-channel", "sms");
+    assert_eq!(channel[0], "300", "{channel:?}");
+    // rate, sent in the last second, then each lane: emergency … bulk.
+    let bulk: u64 = channel[5].parse().unwrap();
+    assert!(bulk > 0 && bulk <= 3000, "{channel:?}");
+    assert!(
+        dom.contains("updated "),
+        "the page says when it last read the API"
+    );
+    assert!(server.stop().success());
+}
