@@ -47,6 +47,8 @@ const META_COUNTERS: u8 = b'K';
 const META_SECRET: u8 = b'S';
 const META_QUARANTINE: u8 = b'X';
 const META_TOKEN: u8 = b'T';
+const META_CAP_ALERT: u8 = b'A';
+const META_CHANNEL_HELD: u8 = b'H';
 /// Next campaign id.
 pub const NEXT_CAMPAIGN: &[u8] = b"Ncampaign";
 /// Store-wide counts (delayed, dead) and the delayed-scan floor.
@@ -92,6 +94,24 @@ pub fn tokens_range() -> (Vec<u8>, Vec<u8>) {
 
 pub fn token_from(key: &[u8]) -> Option<[u8; 32]> {
     key.strip_prefix(&[META_TOKEN])?.try_into().ok()
+}
+
+/// The campaign a CAP alert became: `sender \0 identifier`.
+pub fn cap_alert(sender: &str, identifier: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + sender.len() + identifier.len());
+    k.push(META_CAP_ALERT);
+    k.extend_from_slice(sender.as_bytes());
+    k.push(0);
+    k.extend_from_slice(identifier.as_bytes());
+    k
+}
+
+/// Present while an operator holds (pauses) the channel `name`.
+pub fn channel_held(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(META_CHANNEL_HELD);
+    k.extend_from_slice(name.as_bytes());
+    k
 }
 
 pub fn channel_name(name: &str) -> Vec<u8> {

@@ -32,7 +32,8 @@ pub use engine::{Batch, Cf, Engine, Op, Pending, Ticket};
 pub use keys::QueueKey;
 pub use memory::MemoryEngine;
 pub use queue::{
-    ChannelDepth, Clock, Leased, NewDelivery, Outcome, Purged, Recovery, Store, SystemClock,
+    ChannelDepth, Clock, DeliveryPage, Leased, NewDelivery, Outcome, Purged, Recovery, Store,
+    SystemClock,
 };
 pub use records::{
     AttemptNote, Counters, DeadLetter, Globals, InboundRecord, Item, Quarantined, StatusRecord,

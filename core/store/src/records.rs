@@ -81,10 +81,49 @@ pub struct StatusRecord {
     pub status: DeliveryStatus,
     pub channel: ChannelId,
     pub attempts: u16,
+    /// When its status last changed (a receipt moves it on).
     pub updated_ms: u64,
     /// The gateway's id for the message, for matching receipts.
     pub external_id: Option<String>,
     pub reason: Option<String>,
+    /// When it left the queue: handed to the gateway, or failed. Receipts
+    /// leave it as it is, so with `updated_ms` it gives a FHIR
+    /// `Communication` its `sent` and `received` times. (Layout 2; layout
+    /// 1 records read it as `updated_ms`.)
+    pub sent_ms: u64,
+}
+
+/// Layout 1 of [`StatusRecord`]: without `sent_ms`.
+#[derive(Deserialize)]
+struct StatusRecordV1 {
+    status: DeliveryStatus,
+    channel: ChannelId,
+    attempts: u16,
+    updated_ms: u64,
+    external_id: Option<String>,
+    reason: Option<String>,
+}
+
+impl Versioned for StatusRecord {
+    const VERSION: u8 = 2;
+
+    fn upgrade(version: u8, body: &[u8]) -> std::result::Result<Self, String> {
+        match version {
+            1 => {
+                let v1: StatusRecordV1 = postcard::from_bytes(body).map_err(|e| e.to_string())?;
+                Ok(Self {
+                    status: v1.status,
+                    channel: v1.channel,
+                    attempts: v1.attempts,
+                    updated_ms: v1.updated_ms,
+                    external_id: v1.external_id,
+                    reason: v1.reason,
+                    sent_ms: v1.updated_ms,
+                })
+            }
+            v => Err(format!("no reader for layout version {v}")),
+        }
+    }
 }
 
 /// A message a health worker sent, as the channel's webhook brought it.
@@ -176,7 +215,6 @@ macro_rules! first_version {
 first_version!(
     Item,
     QueueMeta,
-    StatusRecord,
     InboundRecord,
     DeadLetter,
     Counters,
@@ -318,6 +356,42 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("newer release"), "{err}");
+    }
+
+    #[test]
+    fn status_records_of_layout_1_read_with_their_sent_time() {
+        #[derive(Serialize)]
+        struct V1<'a> {
+            status: DeliveryStatus,
+            channel: ChannelId,
+            attempts: u16,
+            updated_ms: u64,
+            external_id: Option<&'a str>,
+            reason: Option<&'a str>,
+        }
+        let old = postcard::to_extend(
+            &V1 {
+                status: DeliveryStatus::Delivered,
+                channel: ChannelId(3),
+                attempts: 2,
+                updated_ms: 1_764_000_000_500,
+                external_id: Some("gw-1"),
+                reason: None,
+            },
+            vec![1],
+        )
+        .unwrap();
+        let read: StatusRecord = decode(Cf::Status, b"k", &old).unwrap();
+        assert_eq!(read.status, DeliveryStatus::Delivered);
+        assert_eq!(read.channel, ChannelId(3));
+        assert_eq!(read.attempts, 2);
+        assert_eq!(read.external_id.as_deref(), Some("gw-1"));
+        assert_eq!(read.sent_ms, 1_764_000_000_500);
+        let now = StatusRecord { sent_ms: 7, ..read };
+        assert_eq!(
+            decode::<StatusRecord>(Cf::Status, b"k", &encode(&now)).unwrap(),
+            now
+        );
     }
 
     #[test]

@@ -189,6 +189,7 @@ pub fn run(args: &StoreArgs) -> Result<()> {
         updated_ms: 1_764_000_000_000,
         external_id: None,
         reason: None,
+        sent_ms: 1_764_000_000_000,
     })
     .len();
     let limit = raw_limit(

@@ -100,6 +100,7 @@ impl Store {
                 updated_ms: now,
                 external_id: None,
                 reason: Some(reason),
+                sent_ms: now,
             };
             batch.put(
                 Cf::Status,

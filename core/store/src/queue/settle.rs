@@ -55,6 +55,7 @@ impl Store {
                         updated_ms: now,
                         external_id,
                         reason,
+                        sent_ms: now,
                     };
                     batch.put(Cf::Status, keys::delivery(id), encode(&record));
                     state.counters(campaign).statuses[status.code() as usize] += 1;

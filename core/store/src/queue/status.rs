@@ -3,6 +3,14 @@
 
 use super::*;
 
+/// What [`Store::delivery_page`] reads: the status records (by position)
+/// and dead letters of a range of one campaign's deliveries.
+#[derive(Debug, Default)]
+pub struct DeliveryPage {
+    pub statuses: Vec<(u32, StatusRecord)>,
+    pub dead: Vec<DeadLetter>,
+}
+
 impl Store {
     /// Applies status reports (receipts) to settled deliveries: a status
     /// only ever moves forward ([`DeliveryStatus::advance`]). Returns how
@@ -85,6 +93,30 @@ impl Store {
             })?;
             visit(id, decode(Cf::Status, k, v)?)
         })
+    }
+
+    /// The status records and dead letters of deliveries `[from, from +
+    /// max)` of one campaign, in delivery order: what a reader of its
+    /// deliveries needs besides the audience. Reads the store.
+    pub fn delivery_page(&self, campaign: CampaignId, from: u32, max: u32) -> Result<DeliveryPage> {
+        let lo = keys::delivery(DeliveryId::new(campaign, from));
+        let hi = match from.checked_add(max) {
+            Some(end) => keys::delivery(DeliveryId::new(campaign, end)),
+            None => keys::campaign_deliveries(campaign).1,
+        };
+        let mut statuses = Vec::new();
+        self.engine.scan(Cf::Status, &lo, &hi, &mut |k, v| {
+            if let Some(id) = keys::delivery_from(k) {
+                statuses.push((id.index, decode(Cf::Status, k, v)?));
+            }
+            Ok(true)
+        })?;
+        let mut dead = Vec::new();
+        self.engine.scan(Cf::Dead, &lo, &hi, &mut |k, v| {
+            dead.push(decode(Cf::Dead, k, v)?);
+            Ok(true)
+        })?;
+        Ok(DeliveryPage { statuses, dead })
     }
 
     /// The delivery a gateway's message id belongs to.
