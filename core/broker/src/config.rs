@@ -83,10 +83,10 @@ impl Config {
         self.dispatch.validate().map_err(Error::Config)?;
         self.directory.validate().map_err(Error::Config)?;
         self.api.validate().map_err(Error::Config)?;
-        for c in &self.api.fhir_channels {
+        for c in &self.api.default_channels {
             if !self.channels.contains_key(c) {
                 return Err(Error::Config(format!(
-                    "api.fhir_channels: {c:?} is not a configured channel"
+                    "api.default_channels: {c:?} is not a configured channel"
                 )));
             }
         }

@@ -76,7 +76,10 @@ fn the_dashboard_shows_what_the_api_says_while_a_campaign_runs() {
     let config = tmp.path().join("mhero.toml");
     std::fs::write(
         &config,
-        "[channels.sms]\nconnector = \"sandbox\"\nrate = 300\nburst = 10\n",
+        // Some sends fail for a while (retries) and some workers reply
+        // (inbound), so every panel of the Grafana dashboard has data.
+        "[channels.sms]\nconnector = \"sandbox\"\nrate = 300\nburst = 10\n\
+         [channels.sms.sandbox]\nerror_percent = 2\nreply_percent = 5\nreplies = [\"YES\", \"1\"]\n",
     )
     .unwrap();
     let server = Server::start_with(
@@ -149,6 +152,43 @@ fn the_dashboard_shows_what_the_api_says_while_a_campaign_runs() {
     assert!(
         dom.contains("updated "),
         "the page says when it last read the API"
+    );
+    // The Grafana dashboard that ships in config/grafana asks only for
+    // metrics this broker exports.
+    let metrics = with(client.get(server.url("/metrics")), &viewer)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let exported: std::collections::BTreeSet<&str> = metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let grafana: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../config/grafana/mhero-broker.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let panels = grafana["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    let mut asked = std::collections::BTreeSet::new();
+    for panel in panels {
+        let expr = panel["targets"][0]["expr"].as_str().unwrap();
+        let names: Vec<&str> = expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("mhero_"))
+            .collect();
+        assert!(!names.is_empty(), "{}: {expr}", panel["title"]);
+        asked.extend(names);
+    }
+    let missing: Vec<&&str> = asked.iter().filter(|n| !exported.contains(**n)).collect();
+    assert!(
+        missing.is_empty(),
+        "the Grafana dashboard asks for {missing:?}, which /metrics does not have:\n{metrics}"
     );
     assert!(server.stop().success());
 }

@@ -5,6 +5,7 @@
 //! test (`target/<profile>/mhero`).
 
 mod campaigns;
+mod cap;
 mod crash;
 mod dashboard;
 mod fhir_sync;

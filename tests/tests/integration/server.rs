@@ -325,7 +325,11 @@ fn serve_takes_campaigns_over_http_with_tokens_roles_and_clear_errors() {
         (StatusCode::BAD_REQUEST, "invalid")
     );
     // Over api.max_body_kb (4 MiB by default).
-    let (status, code) = error_code(post(format!("\"{}\"", "x".repeat(5 << 20))));
+    // The answer closes the connection (the rest of the body is unread);
+    // the client's next request opens another.
+    let big = post(format!("\"{}\"", "x".repeat(5 << 20)));
+    assert_eq!(big.headers()["connection"], "close");
+    let (status, code) = error_code(big);
     assert_eq!(
         (status, code.as_str()),
         (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
@@ -571,7 +575,14 @@ fn serve_takes_campaigns_over_http_with_tokens_roles_and_clear_errors() {
     );
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
-    assert_eq!(list[1]["delivered"], done["delivered"], "{list}");
+    // Kept: every delivery still ended; receipts that came in after the
+    // campaign ended only moved some from sent to delivered.
+    assert_eq!(list[1]["total"], done["total"], "{list}");
+    assert_eq!(list[1]["ended"], done["ended"], "{list}");
+    assert!(
+        list[1]["delivered"].as_u64() >= done["delivered"].as_u64(),
+        "{list} {done}"
+    );
     let (status, _) = json_of(
         with(client.get(server.url("/v1/tokens")), &admin)
             .send()
@@ -749,6 +760,131 @@ fn the_fhir_facade_imports_workers_and_sends_communication_requests() {
         "{done}"
     );
 
+    // One Communication per delivery, paged: who it went to, its status,
+    // when it left the queue and, once delivered, when it arrived.
+    let search = |query: &str| {
+        fhir_of(
+            with(
+                client.get(server.url(&format!("/fhir/r4/Communication?{query}"))),
+                &sender,
+            )
+            .send()
+            .unwrap(),
+        )
+    };
+    let (status, first) = search(&format!("based-on=CommunicationRequest/{id}&_count=1"));
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["type"], "searchset");
+    assert_eq!(first["total"], 2);
+    let entries = first["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{first}");
+    let next = first["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .and_then(|l| l["url"].as_str())
+        .expect("a next link while more remain");
+    let next = &next[next.find("/fhir/r4/").unwrap()..];
+    let (_, second) = fhir_of(with(client.get(server.url(next)), &sender).send().unwrap());
+    assert_eq!(second["entry"].as_array().unwrap().len(), 1, "{second}");
+    assert!(
+        !second["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["relation"] == "next"),
+        "the last page has no next link: {second}"
+    );
+    let mut recipients = Vec::new();
+    for page in [&first, &second] {
+        let c = &page["entry"][0]["resource"];
+        assert_eq!(c["resourceType"], "Communication");
+        assert_eq!(
+            c["basedOn"][0]["reference"],
+            format!("CommunicationRequest/{id}")
+        );
+        assert_eq!(c["medium"][0]["coding"][0]["code"], "sandbox");
+        assert!(
+            c["status"] == "in-progress" || c["status"] == "completed",
+            "{c}"
+        );
+        let sent = c["sent"]
+            .as_str()
+            .expect("handed to the gateway: a sent time");
+        assert!(sent.ends_with('Z'), "{sent}");
+        if c["status"] == "completed" {
+            assert!(c["received"].as_str().unwrap() >= sent, "{c}");
+        }
+        recipients.push(
+            c["recipient"][0]["identifier"]["value"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+        // Read on its own too.
+        let one = c["id"].as_str().unwrap();
+        let (status, read) = fhir_of(
+            with(
+                client.get(server.url(&format!("/fhir/r4/Communication/{one}"))),
+                &sender,
+            )
+            .send()
+            .unwrap(),
+        );
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(read["id"], c["id"]);
+    }
+    recipients.sort();
+    assert_eq!(recipients, ["tel:+231770000101", "tel:+231770000199"]);
+    let (status, code, why) = outcome_of(
+        with(client.get(server.url("/fhir/r4/Communication")), &sender)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid")
+    );
+    assert!(why.contains("based-on"), "{why}");
+    let (status, _) = search("based-on=CommunicationRequest/c4040");
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The same through REST.
+    let (status, page) = json_of(
+        with(
+            client.get(server.url(&format!("/v1/campaigns/{id}/deliveries?limit=10"))),
+            &sender,
+        )
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["total"], 2);
+    assert_eq!(page["next"], Value::Null);
+    let to: Vec<&str> = page["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["to"].as_str().unwrap())
+        .collect();
+    assert_eq!(to.len(), 2);
+    assert!(
+        to.contains(&"+231770000101") && to.contains(&"+231770000199"),
+        "{page}"
+    );
+    let (status, code) = error_code(
+        with(
+            client.get(server.url(&format!("/v1/campaigns/{id}/deliveries?limit=many"))),
+            &sender,
+        )
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_query")
+    );
+
     // A selector instead of recipients, scheduled: read back as sent.
     let later = json!({
         "resourceType": "CommunicationRequest",
@@ -841,5 +977,220 @@ fn the_fhir_facade_imports_workers_and_sends_communication_requests() {
         2,
         "only the two accepted: {list}"
     );
+    // The directory over REST: what the Bundle brought in, and consent.
+    let get = |path: &str, token: &str| {
+        json_of(with(client.get(server.url(path)), token).send().unwrap())
+    };
+    let (status, summary) = get("/v1/directory", &sender);
+    assert_eq!(status, StatusCode::OK, "{summary}");
+    assert_eq!(summary["contacts"], 2, "{summary}");
+    let (_, page) = get("/v1/contacts?limit=1", &sender);
+    assert_eq!(page["total"], 2, "{page}");
+    assert_eq!(page["contacts"].as_array().unwrap().len(), 1);
+    let after = page["next_after"].as_u64().expect("a next page");
+    let (_, rest) = get(&format!("/v1/contacts?limit=1&after={after}"), &sender);
+    assert_eq!(rest["contacts"].as_array().unwrap().len(), 1, "{rest}");
+    assert_eq!(rest["next_after"], Value::Null, "{rest}");
+    let (status, musu) = get("/v1/contacts/%2B231770000101", &sender);
+    assert_eq!(status, StatusCode::OK, "{musu}");
+    assert_eq!(musu["name"], "Musu Kollie");
+    let (_, jallah) = get("/v1/contacts/Practitioner%2FP-2", &sender);
+    assert_eq!(jallah["phone"], "+231770000102", "normalised: {jallah}");
+    assert_eq!(jallah["language"], "fr");
+    let (status, code) = error_code(
+        with(
+            client.get(server.url("/v1/contacts/Practitioner%2FP-404")),
+            &sender,
+        )
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let (status, code) = error_code(
+        with(
+            client.get(server.url("/v1/contacts?selector=role%3A%28")),
+            &sender,
+        )
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{code}");
+    // Opted out: no longer selected; only an admin opts back in.
+    let (status, out) = json_of(
+        with(
+            client.post(server.url("/v1/contacts/Practitioner%2FP-1/opt-out")),
+            &sender,
+        )
+        .json_body(&json!({"via": "STOP by sms"}))
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(out["opted_out"]["via"], "STOP by sms");
+    assert_eq!(get("/v1/contacts", &sender).1["total"], 1);
+    let (status, code) = error_code(
+        with(
+            client.post(server.url("/v1/contacts/Practitioner%2FP-1/opt-in")),
+            &sender,
+        )
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
+    let (status, back) = json_of(
+        with(
+            client.post(server.url("/v1/contacts/Practitioner%2FP-1/opt-in")),
+            &admin,
+        )
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(status, StatusCode::OK, "{back}");
+    assert_eq!(back["opted_out"], Value::Null);
+    assert_eq!(get("/v1/contacts", &sender).1["total"], 2);
+    let (status, groups) = get("/v1/groups", &sender);
+    assert_eq!(status, StatusCode::OK);
+    assert!(groups.is_array(), "{groups}");
+    assert!(server.stop().success());
+}
+
+fn channel(client: &Client, server: &Server, token: &str, name: &str) -> Value {
+    let (status, all) = json_of(
+        with(client.get(server.url("/v1/channels")), token)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::OK, "{all}");
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no channel {name} in {all}"))
+}
+
+fn ended(campaign: &Value) -> u64 {
+    campaign["ended"].as_u64().unwrap()
+}
+
+#[test]
+fn a_paused_channel_sends_nothing_until_resumed_even_across_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let config = tmp.path().join("mhero.toml");
+    std::fs::write(
+        &config,
+        "[channels.sms]\nconnector = \"sandbox\"\nrate = 20\nburst = 1\n",
+    )
+    .unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let client = Client::new();
+    let server = Server::start_with(&data, &args);
+    let admin = server.first_admin_token();
+    let (sender, _) = make_token(&client, &server, &admin, "sender");
+    assert_eq!(channel(&client, &server, &admin, "sms")["state"], "active");
+
+    // Only an admin pauses; an unknown channel is a 404.
+    let (status, code) = error_code(
+        with(client.post(server.url("/v1/channels/sms/pause")), &sender)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
+    let (status, code) = error_code(
+        with(client.post(server.url("/v1/channels/telex/pause")), &admin)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(
+        (status, code.as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+
+    // 200 recipients at 20/s: ten seconds of sending, paused early on.
+    let recipients: Vec<Value> = (0..200)
+        .map(|i| json!({"phone": format!("+2317700{i:05}")}))
+        .collect();
+    let (status, created) = json_of(
+        with(client.post(server.url("/v1/campaigns")), &sender)
+            .json_body(&json!({
+                "name": "stock reminder",
+                "body": {"default": "Stock report due Friday."},
+                "channels": ["sms"],
+                "audience": {"recipients": recipients},
+            }))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let campaign = |server: &Server| {
+        json_of(
+            with(
+                client.get(server.url(&format!("/v1/campaigns/{id}"))),
+                &sender,
+            )
+            .send()
+            .unwrap(),
+        )
+        .1
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ended(&campaign(&server)) < 5 {
+        assert!(Instant::now() < deadline, "{}", campaign(&server));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, held) = json_of(
+        with(client.post(server.url("/v1/channels/sms/pause")), &admin)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::OK, "{held}");
+    assert_eq!(held["state"], "held");
+    // What was on the wire settles; then nothing more goes out.
+    std::thread::sleep(Duration::from_millis(500));
+    let at_pause = ended(&campaign(&server));
+    std::thread::sleep(Duration::from_millis(1500));
+    let later = campaign(&server);
+    assert_eq!(ended(&later), at_pause, "sent while paused: {later}");
+    assert!(at_pause < 200, "{later}");
+    let ch = channel(&client, &server, &sender, "sms");
+    assert_eq!(ch["state"], "held", "{ch}");
+    assert_eq!(ch["sent_last_second"], 0, "{ch}");
+    let waiting: u64 = ch["lanes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["ready"].as_u64().unwrap() + l["leased"].as_u64().unwrap())
+        .sum();
+    assert!(waiting > 0, "the rest waits in the queue: {ch}");
+
+    // Still held after a restart.
+    assert!(server.stop().success());
+    let server = Server::start_with(&data, &args);
+    assert_eq!(channel(&client, &server, &admin, "sms")["state"], "held");
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(ended(&campaign(&server)), at_pause);
+
+    // Resumed: the campaign completes, every recipient once.
+    let (status, resumed) = json_of(
+        with(client.post(server.url("/v1/channels/sms/resume")), &admin)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::OK, "{resumed}");
+    assert_eq!(resumed["state"], "active");
+    let done = wait_done(&client, &server, &sender, &id);
+    assert_eq!(done["total"], 200, "{done}");
+    assert_eq!(ended(&done), 200, "{done}");
     assert!(server.stop().success());
 }

@@ -6,9 +6,10 @@
 //! ```
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -24,7 +25,7 @@ pub struct ErrorBody {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable: `invalid`, `invalid_json`, `too_large`, `unsupported_media_type`,
+    /// Stable: `invalid`, `invalid_json`, `invalid_query`, `too_large`, `unsupported_media_type`,
     /// `unauthorized`, `forbidden`, `not_found`, `conflict`, `unavailable`,
     /// `internal`.
     pub code: String,
@@ -97,6 +98,14 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of the body was not read: the connection cannot
+            // carry another request, and the client must know not to reuse it.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -127,6 +136,26 @@ where
     }
 }
 
+/// Query parameters that could not be read: 400 `invalid_query`.
+pub fn query_rejection(rejection: &QueryRejection) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+        rejection.body_text(),
+    )
+}
+
+/// A body that could not be read: 413 `too_large` over the limit, else
+/// 400 `invalid`.
+pub fn body_rejection(rejection: &BytesRejection) -> ApiError {
+    let code = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        "too_large"
+    } else {
+        "invalid"
+    };
+    ApiError::new(rejection.status(), code, rejection.body_text())
+}
+
 pub fn json_rejection(rejection: &JsonRejection) -> ApiError {
     let status = rejection.status();
     let code = match status {
@@ -142,4 +171,24 @@ pub fn json_rejection(rejection: &JsonRejection) -> ApiError {
         status
     };
     ApiError::new(status, code, rejection.body_text())
+}
+
+/// Query parameters whose rejections are [`ApiError`]s: an unknown
+/// parameter or a value of the wrong type is 400 `invalid_query`, with
+/// the reason.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(ApiQuery(v)),
+            Err(rejection) => Err(query_rejection(&rejection)),
+        }
+    }
 }

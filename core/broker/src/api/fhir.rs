@@ -9,10 +9,15 @@
 //!   payloads with the [`LANGUAGE_EXTENSION`] are its language variants),
 //!   `priority` picks the lane (`stat` → emergency, `asap` and `urgent` →
 //!   high, `routine` → normal), `occurrenceDateTime` schedules it, and
-//!   `medium` codes name the channels (else `api.fhir_channels`, else every
+//!   `medium` codes name the channels (else `api.default_channels`, else every
 //!   configured channel).
 //! - `GET /fhir/r4/CommunicationRequest/{id}`: its status (`active` while
 //!   it sends, `completed`, `revoked` once cancelled), with its counts.
+//! - `GET /fhir/r4/Communication?based-on=CommunicationRequest/{id}`: one
+//!   `Communication` per delivery, with its status, `sent` (when it left
+//!   the queue) and `received` (when the gateway reported it delivered),
+//!   paged with `_count` and `_offset`; `GET /fhir/r4/Communication/{id}`
+//!   reads one.
 //! - `POST /fhir/r4`: a `transaction` or `batch` Bundle of directory
 //!   resources, imported through a mapper plugin.
 //! - `GET /fhir/r4/metadata`: the CapabilityStatement.
@@ -23,18 +28,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use mhero_proto::{CampaignId, Lane};
+use mhero_proto::{CampaignId, DeliveryStatus, Lane};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::Api;
 use super::error::ApiError;
 use crate::audience::Recipient;
-use crate::dispatch::{AudienceSpec, Body, CampaignRecord, CampaignSpec, Progress};
+use crate::dispatch::{AudienceSpec, Body, CampaignRecord, CampaignSpec, DeliveryView, Progress};
 use crate::error::Error;
 
 /// A selector for the audience, instead of or beside `recipient`.
@@ -68,7 +73,16 @@ pub fn outcome(e: &ApiError) -> Response {
             "diagnostics": e.message,
         }]
     });
-    fhir_json(e.status, &body)
+    let mut response = fhir_json(e.status, &body);
+    if e.status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body was not read: the connection cannot carry
+        // another request.
+        response.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 fn fhir_json(status: StatusCode, body: &Value) -> Response {
@@ -108,14 +122,7 @@ impl From<Result<(StatusCode, Value, Option<String>), ApiError>> for Fhir {
 
 /// A JSON resource from a body, or the reason it is not one.
 fn resource(body: Result<Bytes, BytesRejection>, kind: &str) -> Result<Value, ApiError> {
-    let body = body.map_err(|r| {
-        let code = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            "too_large"
-        } else {
-            "invalid"
-        };
-        ApiError::new(r.status(), code, r.body_text())
-    })?;
+    let body = body.map_err(|r| super::error::body_rejection(&r))?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
     match value.get("resourceType").and_then(Value::as_str) {
@@ -345,10 +352,10 @@ fn campaign_of(api: &Api, request: &Value) -> Result<CampaignSpec, ApiError> {
         .filter_map(|c| c.get("code")?.as_str().map(str::to_string))
         .collect();
     if channels.is_empty() {
-        channels = if api.config.fhir_channels.is_empty() {
+        channels = if api.config.default_channels.is_empty() {
             configured
         } else {
-            api.config.fhir_channels.clone()
+            api.config.default_channels.clone()
         };
     }
 
@@ -544,10 +551,11 @@ pub struct ImportQuery {
     ))]
 pub async fn import_bundle(
     State(api): State<Arc<Api>>,
-    Query(query): Query<ImportQuery>,
+    query: Result<Query<ImportQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Fhir {
     async {
+        let Query(query) = query.map_err(|r| super::error::query_rejection(&r))?;
         let bundle = resource(body, "Bundle")?;
         let kind = match bundle.get("type").and_then(Value::as_str) {
             Some("transaction") => "transaction-response",
@@ -604,6 +612,190 @@ pub async fn import_bundle(
     .into()
 }
 
+/// A delivery's status as a FHIR `Communication`'s (`EventStatus`).
+fn event_status(status: DeliveryStatus) -> &'static str {
+    match status {
+        DeliveryStatus::Queued => "preparation",
+        DeliveryStatus::Wired | DeliveryStatus::Sent => "in-progress",
+        DeliveryStatus::Delivered | DeliveryStatus::Read => "completed",
+        DeliveryStatus::Failed | DeliveryStatus::Expired => "not-done",
+        DeliveryStatus::Cancelled => "stopped",
+    }
+}
+
+/// The broker's own status of a delivery, on a `Communication`.
+pub const DELIVERY_STATUS_EXTENSION: &str =
+    "https://mhero.org/fhir/StructureDefinition/delivery-status";
+
+fn communication(campaign: CampaignId, d: DeliveryView) -> Value {
+    let id = mhero_proto::DeliveryId::new(campaign, d.index).to_string();
+    let mut c = json!({
+        "resourceType": "Communication",
+        "id": id,
+        "basedOn": [{"reference": format!("CommunicationRequest/{campaign}")}],
+        "status": event_status(d.status),
+        "extension": [{"url": DELIVERY_STATUS_EXTENSION, "valueCode": d.status.as_str()}],
+    });
+    if let Some(r) = &d.recipient {
+        let address = match &d.channel {
+            Some(ch) => r.address(ch).map(str::to_string),
+            None => r.phone.clone(),
+        };
+        if let Some(a) = address {
+            let (system, value) = if a.starts_with('+') {
+                ("urn:ietf:rfc:3966", format!("tel:{a}"))
+            } else {
+                ("https://mhero.org/fhir/NamingSystem/channel-address", a)
+            };
+            c["recipient"] = json!([{"identifier": {"system": system, "value": value}}]);
+        }
+    }
+    if let Some(ch) = &d.channel {
+        c["medium"] = json!([{"coding": [{"code": ch}]}]);
+    }
+    let handed_over = matches!(
+        d.status,
+        DeliveryStatus::Wired
+            | DeliveryStatus::Sent
+            | DeliveryStatus::Delivered
+            | DeliveryStatus::Read
+    );
+    if handed_over && let Some(t) = d.sent_ms {
+        c["sent"] = json!(instant(t));
+    }
+    if matches!(d.status, DeliveryStatus::Delivered | DeliveryStatus::Read)
+        && let Some(t) = d.updated_ms
+    {
+        c["received"] = json!(instant(t));
+    }
+    if let Some(why) = d.reason.or(d.withheld) {
+        c["statusReason"] = json!({"text": why});
+    }
+    if d.dead {
+        c["extension"]
+            .as_array_mut()
+            .expect("an array above")
+            .push(json!({"url": DELIVERY_STATUS_EXTENSION, "valueCode": "dead-letter"}));
+    }
+    c
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommunicationQuery {
+    #[serde(rename = "based-on")]
+    pub based_on: Option<String>,
+    #[serde(rename = "_count")]
+    pub count: Option<u32>,
+    #[serde(rename = "_offset")]
+    pub offset: Option<u32>,
+}
+
+/// The base URL links in a search Bundle start with.
+fn base_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    format!("http://{host}/fhir/r4")
+}
+
+/// `GET /fhir/r4/Communication?based-on=CommunicationRequest/{id}`
+#[utoipa::path(get, path = "/fhir/r4/Communication", tag = "fhir", security(("token" = [])),
+    params(
+        ("based-on" = String, Query, description = "CommunicationRequest/{id} (required)"),
+        ("_count" = Option<u32>, Query, description = "Page size (default 100, at most 1000)"),
+        ("_offset" = Option<u32>, Query, description = "First delivery of the page (default 0)"),
+    ),
+    responses(
+        (status = 200, description = "A searchset Bundle: one Communication per delivery, with a next link while more remain", content_type = "application/fhir+json"),
+        (status = 400, description = "An OperationOutcome", content_type = "application/fhir+json"),
+    ))]
+pub async fn search_communications(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    query: Result<Query<CommunicationQuery>, QueryRejection>,
+) -> Fhir {
+    async {
+        let Query(query) = query.map_err(|r| super::error::query_rejection(&r))?;
+        let based_on = query.based_on.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "based-on=CommunicationRequest/{id} is required: Communications are searched by the request they answer",
+            )
+        })?;
+        let raw = based_on.strip_prefix("CommunicationRequest/").unwrap_or(&based_on);
+        let campaign: CampaignId = raw.parse().map_err(|e: mhero_proto::ParseIdError| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("based-on: {e}"))
+        })?;
+        let count = query.count.unwrap_or(100).clamp(1, 1000);
+        let offset = query.offset.unwrap_or(0);
+        let reader = Arc::clone(&api);
+        let (total, views) = tokio::task::spawn_blocking(move || {
+            reader.broker.dispatcher().deliveries(campaign, offset, count)
+        })
+        .await??
+        .ok_or_else(|| ApiError::not_found(format!("no CommunicationRequest {campaign}")))?;
+        let base = base_url(&headers);
+        let end = offset.saturating_add(views.len() as u32);
+        let page = |from: u32| {
+            format!("{base}/Communication?based-on=CommunicationRequest/{campaign}&_count={count}&_offset={from}")
+        };
+        let mut link = vec![json!({"relation": "self", "url": page(offset)})];
+        if end < total {
+            link.push(json!({"relation": "next", "url": page(end)}));
+        }
+        let entry: Vec<Value> = views
+            .into_iter()
+            .map(|d| {
+                let id = mhero_proto::DeliveryId::new(campaign, d.index);
+                json!({
+                    "fullUrl": format!("{base}/Communication/{id}"),
+                    "resource": communication(campaign, d),
+                    "search": {"mode": "match"},
+                })
+            })
+            .collect();
+        Ok((
+            StatusCode::OK,
+            json!({"resourceType": "Bundle", "type": "searchset", "total": total, "link": link, "entry": entry}),
+            None,
+        ))
+    }
+    .await
+    .into()
+}
+
+/// `GET /fhir/r4/Communication/{id}`
+#[utoipa::path(get, path = "/fhir/r4/Communication/{id}", tag = "fhir", security(("token" = [])),
+    params(("id" = String, Path, description = "Delivery id (`c12-40017`)")),
+    responses(
+        (status = 200, description = "The delivery as a Communication", content_type = "application/fhir+json"),
+        (status = 404, description = "An OperationOutcome", content_type = "application/fhir+json"),
+    ))]
+pub async fn read_communication(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Fhir {
+    async {
+        let not_found = || ApiError::not_found(format!("no Communication {id}"));
+        let delivery: mhero_proto::DeliveryId = id.parse().map_err(|_| not_found())?;
+        let reader = Arc::clone(&api);
+        let views = tokio::task::spawn_blocking(move || {
+            reader
+                .broker
+                .dispatcher()
+                .deliveries(delivery.campaign, delivery.index, 1)
+        })
+        .await??;
+        let view = views
+            .and_then(|(_, v)| v.into_iter().next())
+            .filter(|v| v.index == delivery.index)
+            .ok_or_else(not_found)?;
+        Ok((StatusCode::OK, communication(delivery.campaign, view), None))
+    }
+    .await
+    .into()
+}
+
 /// `GET /fhir/r4/metadata`
 #[utoipa::path(get, path = "/fhir/r4/metadata", tag = "fhir", security(("token" = [])),
     responses((status = 200, description = "The CapabilityStatement", content_type = "application/fhir+json")))]
@@ -629,6 +821,14 @@ pub async fn capability_statement() -> Response {
                     {"type": "CommunicationRequest",
                      "interaction": [{"code": "create"}, {"code": "read"}],
                      "documentation": "A message to health workers (IHE mACM Mobile Report Alert)"},
+                    {"type": "Communication",
+                     "interaction": [{"code": "read"}, {"code": "search-type"}],
+                     "searchParam": [
+                         {"name": "based-on", "type": "reference", "documentation": "The CommunicationRequest (required)"},
+                         {"name": "_count", "type": "number", "documentation": "Page size (default 100, at most 1000)"},
+                         {"name": "_offset", "type": "number", "documentation": "First delivery of the page"},
+                     ],
+                     "documentation": "One per delivery: its status, sent and received times"},
                 ],
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],
             }]

@@ -7,6 +7,8 @@
 //!   and [`serve`].
 //! - [`v1`]: REST JSON under `/v1`: campaigns, audience counts, channels,
 //!   plugins, dead letters, tokens.
+//! - [`cap`]: CAP 1.2 alerts in, as campaigns (updates and cancels too).
+//! - [`contacts`]: the directory: contacts, groups, opt-outs.
 //! - [`fhir`]: the FHIR R4 facade under `/fhir/r4`: CommunicationRequest
 //!   in and out, Bundle import into the directory, the CapabilityStatement.
 //! - [`auth`]: tokens with roles, kept hashed.
@@ -17,9 +19,12 @@
 //! health checks, the channel webhooks, which the channel's connector
 //! verifies (signatures, secret tokens), and the dashboard page at `/`,
 //! which holds no data and reads the API with the operator's token. A viewer reads; a sender also
-//! submits and cancels; an admin also manages tokens and dead letters.
+//! submits, cancels and opts contacts out; an admin also manages tokens,
+//! dead letters, channel pauses and opts contacts back in.
 
 pub mod auth;
+pub mod cap;
+pub mod contacts;
 pub mod error;
 pub mod fhir;
 pub mod openapi;
@@ -60,9 +65,10 @@ pub struct ApiConfig {
     /// the `MHERO_ADMIN_TOKEN` environment variable). Without one, the
     /// first start makes an admin token and prints it once.
     pub admin_token: Option<String>,
-    /// Channels a FHIR `CommunicationRequest` without `medium` goes
-    /// through, in preference order; empty: every configured channel.
-    pub fhir_channels: Vec<String>,
+    /// Channels of a request that names none (a FHIR
+    /// `CommunicationRequest` without `medium`, a CAP alert), in
+    /// preference order; empty: every configured channel.
+    pub default_channels: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -71,7 +77,7 @@ impl Default for ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_kb: 4096,
             admin_token: None,
-            fhir_channels: Vec::new(),
+            default_channels: Vec::new(),
         }
     }
 }
@@ -148,11 +154,21 @@ pub fn router(api: Arc<Api>) -> Router {
     let viewer = Router::new()
         .route("/v1/campaigns", get(v1::list_campaigns))
         .route("/v1/campaigns/{id}", get(v1::get_campaign))
+        .route(
+            "/v1/campaigns/{id}/deliveries",
+            get(v1::campaign_deliveries),
+        )
+        .route("/fhir/r4/Communication", get(fhir::search_communications))
+        .route("/fhir/r4/Communication/{id}", get(fhir::read_communication))
         .route("/v1/audience/count", post(v1::count_audience))
         .route("/v1/channels", get(v1::channels))
         .route("/v1/plugins", get(v1::plugins))
         .route("/v1/dead-letters", get(v1::dead_letters))
         .route("/v1/inbound", get(v1::inbound))
+        .route("/v1/contacts", get(contacts::list_contacts))
+        .route("/v1/contacts/{query}", get(contacts::get_contact))
+        .route("/v1/groups", get(contacts::groups))
+        .route("/v1/directory", get(contacts::summary))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::document))
         .route("/fhir/r4/metadata", get(fhir::capability_statement))
@@ -164,16 +180,21 @@ pub fn router(api: Arc<Api>) -> Router {
     let sender = Router::new()
         .route("/v1/campaigns", post(v1::create_campaign))
         .route("/v1/campaigns/{id}/cancel", post(v1::cancel_campaign))
+        .route("/v1/alerts/cap", post(cap::post_alert))
         .route(
             "/fhir/r4/CommunicationRequest",
             post(fhir::create_communication_request),
         )
         .route("/fhir/r4", post(fhir::import_bundle))
+        .route("/v1/contacts/{query}/opt-out", post(contacts::opt_out))
         .route_layer(from_fn_with_state(Arc::clone(&api), require_sender));
     let admin = Router::new()
         .route("/v1/tokens", get(v1::list_tokens).post(v1::create_token))
         .route("/v1/tokens/{id}", delete(v1::revoke_token))
         .route("/v1/dead-letters/replay", post(v1::replay_dead_letters))
+        .route("/v1/channels/{name}/pause", post(v1::pause_channel))
+        .route("/v1/channels/{name}/resume", post(v1::resume_channel))
+        .route("/v1/contacts/{query}/opt-in", post(contacts::opt_in))
         .route_layer(from_fn_with_state(Arc::clone(&api), require_admin));
     let body_limit = api.config.max_body_kb * 1024;
     let webhooks = Router::new()
@@ -362,14 +383,7 @@ pub async fn webhook(
 ) -> Response {
     let body = match body {
         Ok(b) => b,
-        Err(rejection) => {
-            let code = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                "too_large"
-            } else {
-                "invalid"
-            };
-            return ApiError::new(rejection.status(), code, rejection.body_text()).into_response();
-        }
+        Err(rejection) => return error::body_rejection(&rejection).into_response(),
     };
     let request = HttpRequest {
         method: method.to_string(),

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mhero_proto::{CampaignId, DeliveryId, Lane};
@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::Api;
 use super::auth::{Role, TokenInfo};
-use super::error::{ApiError, ApiJson, ErrorBody};
+use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
 use crate::audience::Recipient;
 use crate::dispatch::{AudienceSpec, Body, CampaignSpec, Progress};
 
@@ -207,7 +207,7 @@ pub struct ListQuery {
     responses((status = 200, body = Vec<CampaignStatus>)))]
 pub async fn list_campaigns(
     State(api): State<Arc<Api>>,
-    Query(query): Query<ListQuery>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Vec<CampaignStatus>>, ApiError> {
     let limit = query.limit.unwrap_or(100).min(1000);
     let reader = Arc::clone(&api);
@@ -219,6 +219,102 @@ pub async fn list_campaigns(
             .map(|p| CampaignStatus::new(p, now))
             .collect(),
     ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveriesQuery {
+    /// First position in the audience (default 0).
+    pub from: Option<u32>,
+    /// Most deliveries listed (default 100, at most 1000).
+    pub limit: Option<u32>,
+}
+
+/// One delivery of a campaign.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryStatusView {
+    /// `c12-40017`
+    pub id: String,
+    /// The recipient's address on the channel it went out on (or its
+    /// phone number).
+    pub to: Option<String>,
+    /// `queued`, `wired`, `sent`, `delivered`, `read`, `failed`,
+    /// `expired`, `cancelled`.
+    pub status: String,
+    /// Dead-lettered (a `failed` that can be replayed).
+    pub dead: bool,
+    pub channel: Option<String>,
+    pub attempts: u16,
+    /// When it left the queue (ms since the epoch).
+    pub sent_ms: Option<u64>,
+    /// When its status last changed (ms since the epoch).
+    pub updated_ms: Option<u64>,
+    pub reason: Option<String>,
+}
+
+impl DeliveryStatusView {
+    pub fn new(campaign: CampaignId, d: crate::dispatch::DeliveryView) -> Self {
+        let to = d.recipient.as_ref().and_then(|r| match &d.channel {
+            Some(c) => r.address(c).map(str::to_string),
+            None => r
+                .phone
+                .clone()
+                .or_else(|| r.addresses.values().next().cloned()),
+        });
+        Self {
+            id: DeliveryId::new(campaign, d.index).to_string(),
+            to,
+            status: d.status.as_str().to_string(),
+            dead: d.dead,
+            channel: d.channel,
+            attempts: d.attempts,
+            sent_ms: d.sent_ms,
+            updated_ms: d.updated_ms,
+            reason: d.reason.or(d.withheld),
+        }
+    }
+}
+
+/// A page of a campaign's deliveries, in audience order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryPage {
+    /// Deliveries in the campaign.
+    pub total: u32,
+    pub from: u32,
+    pub deliveries: Vec<DeliveryStatusView>,
+    /// Where the next page starts, if there is one.
+    pub next: Option<u32>,
+}
+
+/// What became of each delivery of a campaign: recipient, status, times.
+#[utoipa::path(get, path = "/v1/campaigns/{id}/deliveries", tag = "campaigns", security(("token" = [])),
+    params(("id" = String, Path, description = "Campaign id (`c12`)"), DeliveriesQuery),
+    responses(
+        (status = 200, body = DeliveryPage),
+        (status = 404, body = ErrorBody),
+    ))]
+pub async fn campaign_deliveries(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<DeliveriesQuery>,
+) -> Result<Json<DeliveryPage>, ApiError> {
+    let id = campaign_id(&id)?;
+    let from = query.from.unwrap_or(0);
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let (total, views) =
+        tokio::task::spawn_blocking(move || api.broker.dispatcher().deliveries(id, from, limit))
+            .await??
+            .ok_or_else(|| ApiError::not_found(format!("no campaign {id}")))?;
+    let end = from.saturating_add(views.len() as u32);
+    Ok(Json(DeliveryPage {
+        total,
+        from,
+        next: (end < total).then_some(end),
+        deliveries: views
+            .into_iter()
+            .map(|d| DeliveryStatusView::new(id, d))
+            .collect(),
+    }))
 }
 
 /// Cancel a campaign: nothing more of it is sent; what is queued settles
@@ -323,6 +419,12 @@ pub struct ChannelView {
     pub sent_last_second: u64,
     /// `sent_last_second` over `rate`: 1 is the channel at its limit.
     pub saturation: Option<f64>,
+    /// `active`; `held` (an operator paused it: nothing is sent until it
+    /// is resumed); `backing_off` (the gateway asked it to wait, or
+    /// refused its credentials).
+    pub state: String,
+    /// While backing off: until when (ms since the epoch).
+    pub backing_off_until_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -365,10 +467,70 @@ pub async fn channels(State(api): State<Arc<Api>>) -> Json<Vec<ChannelView>> {
                     sent_last_second: sent,
                     saturation: (ch.config.rate > 0.0)
                         .then(|| (sent as f64 / ch.config.rate * 100.0).round() / 100.0),
+                    state: channel_state(ch, now).to_string(),
+                    backing_off_until_ms: ch.backing_off_until(now),
                 }
             })
             .collect(),
     )
+}
+
+fn channel_state(ch: &crate::dispatch::sender::Channel, now_ms: u64) -> &'static str {
+    if ch.held() {
+        "held"
+    } else if ch.backing_off_until(now_ms).is_some() {
+        "backing_off"
+    } else {
+        "active"
+    }
+}
+
+/// What a hold or resume did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChannelHold {
+    pub name: String,
+    /// `held` or `active` (or `backing_off`).
+    pub state: String,
+}
+
+async fn hold(api: &Api, name: &str, on: bool) -> Result<Json<ChannelHold>, ApiError> {
+    api.broker.dispatcher().hold_channel(name, on).await?;
+    let ch = &api.broker.dispatcher().channels()[name];
+    Ok(Json(ChannelHold {
+        name: name.to_string(),
+        state: channel_state(ch, now_ms(api)).to_string(),
+    }))
+}
+
+/// Pause a channel: nothing more is sent on it (what is on the wire
+/// finishes; queued deliveries wait, their expiry still applies) until it
+/// is resumed, across restarts too. For a gateway in trouble or a
+/// message that must stop now on one network.
+#[utoipa::path(post, path = "/v1/channels/{name}/pause", tag = "channels", security(("token" = [])),
+    params(("name" = String, Path, description = "Channel name")),
+    responses(
+        (status = 200, body = ChannelHold),
+        (status = 404, body = ErrorBody),
+    ))]
+pub async fn pause_channel(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+) -> Result<Json<ChannelHold>, ApiError> {
+    hold(&api, &name, true).await
+}
+
+/// Resume a paused channel.
+#[utoipa::path(post, path = "/v1/channels/{name}/resume", tag = "channels", security(("token" = [])),
+    params(("name" = String, Path, description = "Channel name")),
+    responses(
+        (status = 200, body = ChannelHold),
+        (status = 404, body = ErrorBody),
+    ))]
+pub async fn resume_channel(
+    State(api): State<Arc<Api>>,
+    Path(name): Path<String>,
+) -> Result<Json<ChannelHold>, ApiError> {
+    hold(&api, &name, false).await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -401,7 +563,7 @@ pub struct InboundView {
     responses((status = 200, body = Vec<InboundView>)))]
 pub async fn inbound(
     State(api): State<Arc<Api>>,
-    Query(query): Query<InboundQuery>,
+    ApiQuery(query): ApiQuery<InboundQuery>,
 ) -> Result<Json<Vec<InboundView>>, ApiError> {
     let limit = query.limit.unwrap_or(100).min(1000);
     let after = query.after.unwrap_or(0);
@@ -490,7 +652,7 @@ pub struct DeadLetterView {
     responses((status = 200, body = Vec<DeadLetterView>), (status = 400, body = ErrorBody)))]
 pub async fn dead_letters(
     State(api): State<Arc<Api>>,
-    Query(query): Query<DeadQuery>,
+    ApiQuery(query): ApiQuery<DeadQuery>,
 ) -> Result<Json<Vec<DeadLetterView>>, ApiError> {
     let limit = query.limit.unwrap_or(100).min(1000);
     let after = match &query.after {

@@ -357,7 +357,7 @@ pub struct Quality {
 }
 
 /// The directory's figures.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Summary {
     pub contacts: u64,
     pub active: u64,
@@ -554,6 +554,23 @@ impl Directory {
                 (p, name)
             })
             .collect()
+    }
+
+    /// Every group, by id, with its members in the directory now.
+    pub fn groups(&self) -> Vec<(String, GroupRecord, u64)> {
+        let state = self.state.read();
+        let mut out: Vec<(String, GroupRecord, u64)> = state
+            .groups
+            .iter()
+            .map(|(id, g)| {
+                let members = state
+                    .posting(&format!("group:{id}"))
+                    .map_or(0, RoaringBitmap::len);
+                (id.clone(), g.clone(), members)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// The groups a contact is in.

@@ -190,6 +190,29 @@ impl Shared {
     }
 }
 
+/// One delivery of a campaign, as [`Dispatcher::deliveries`] reads it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeliveryView {
+    /// Its position in the campaign's audience.
+    pub index: u32,
+    /// Who it is for; `None` when withheld.
+    pub recipient: Option<Recipient>,
+    /// Why it is not sent (the contact opted out or left the directory).
+    pub withheld: Option<String>,
+    /// `Queued` while it waits in a queue (or to be read into one).
+    pub status: DeliveryStatus,
+    /// Dead-lettered: `Failed`, and can be replayed.
+    pub dead: bool,
+    /// The channel it went out on (or last tried).
+    pub channel: Option<String>,
+    pub attempts: u16,
+    /// When it left the queue (handed to the gateway, or failed).
+    pub sent_ms: Option<u64>,
+    /// When its status last changed.
+    pub updated_ms: Option<u64>,
+    pub reason: Option<String>,
+}
+
 /// The running dispatcher: a fan-out task, one task per channel, receipt
 /// collection and housekeeping.
 pub struct Dispatcher {
@@ -216,6 +239,18 @@ impl Dispatcher {
         for (name, c) in channels {
             let id = store.channel(name)?;
             let ch = sender::Channel::new(name, id, c, plugins, clock, &metrics)?;
+            // An operator's hold outlives a restart.
+            if store
+                .engine()
+                .get(
+                    crate::store::Cf::Meta,
+                    &crate::store::keys::channel_held(name),
+                )?
+                .is_some()
+            {
+                tracing::warn!(channel = %name, "Channel held by an operator: nothing is sent on it until it is resumed.");
+                ch.hold(true);
+            }
             built.insert(name.to_string(), Arc::new(ch));
         }
         let shared = Arc::new(Shared {
@@ -463,6 +498,131 @@ impl Dispatcher {
             .take(limit)
             .filter_map(|id| progress(&self.shared, id))
             .collect())
+    }
+
+    /// Deliveries `[from, from + max)` of a campaign: who each is for and
+    /// what became of it; `None` for an unknown campaign. Reads the store
+    /// (audience, status records, dead letters): call it off the async
+    /// workers.
+    pub fn deliveries(
+        &self,
+        id: CampaignId,
+        from: u32,
+        max: u32,
+    ) -> Result<Option<(u32, Vec<DeliveryView>)>> {
+        let shared = &self.shared;
+        let live = shared.campaigns.read().get(&id).cloned();
+        let stored;
+        let (total, fanned, state, audience): (u32, u32, CampaignState, &dyn AudienceCursor) =
+            match &live {
+                Some(l) => {
+                    let r = l.record.lock();
+                    (r.total, r.cursor, r.state, &*l.audience)
+                }
+                None => {
+                    let Some(bytes) = shared.store.campaign(id)? else {
+                        return Ok(None);
+                    };
+                    let record = CampaignRecord::decode(&bytes)
+                        .map_err(|e| Error::Internal(format!("campaign {id}: {e}")))?;
+                    if record.state == CampaignState::Preparing {
+                        return Ok(None);
+                    }
+                    stored = cursor(shared, id, &record.spec)?;
+                    (record.total, record.cursor, record.state, &*stored)
+                }
+            };
+        let max = max.min(total.saturating_sub(from));
+        if max == 0 {
+            return Ok(Some((total, Vec::new())));
+        }
+        let members = audience.page(from, max)?;
+        let page = shared.store.delivery_page(id, from, max)?;
+        let mut statuses: HashMap<u32, crate::store::StatusRecord> =
+            page.statuses.into_iter().collect();
+        let mut dead: HashMap<u32, crate::store::DeadLetter> =
+            page.dead.into_iter().map(|d| (d.id.index, d)).collect();
+        let names: HashMap<ChannelId, &str> = shared
+            .channels
+            .values()
+            .map(|c| (c.id, c.name.as_str()))
+            .collect();
+        let name = |c: ChannelId| names.get(&c).map(|n| (*n).to_string());
+        let mut out = Vec::with_capacity(members.len());
+        for (index, member) in members {
+            let (recipient, withheld) = match member {
+                Member::Reach(r) => (Some(r), None),
+                Member::Withheld(why) => (None, Some(why)),
+            };
+            let mut view = DeliveryView {
+                index,
+                recipient,
+                withheld,
+                status: DeliveryStatus::Queued,
+                dead: false,
+                channel: None,
+                attempts: 0,
+                sent_ms: None,
+                updated_ms: None,
+                reason: None,
+            };
+            if let Some(s) = statuses.remove(&index) {
+                view.status = s.status;
+                view.channel = name(s.channel);
+                view.attempts = s.attempts;
+                view.sent_ms = Some(s.sent_ms);
+                view.updated_ms = Some(s.updated_ms);
+                view.reason = s.reason;
+            } else if let Some(d) = dead.remove(&index) {
+                view.status = DeliveryStatus::Failed;
+                view.dead = true;
+                view.channel = name(d.channel);
+                view.attempts = d.item.attempts;
+                view.updated_ms = Some(d.dead_ms);
+                view.reason = Some(d.reason);
+            } else if index >= fanned && state.stops_sending() {
+                // Never read from the audience into a queue: stopped first.
+                view.status = match state {
+                    CampaignState::Expired => DeliveryStatus::Expired,
+                    _ => DeliveryStatus::Cancelled,
+                };
+            }
+            out.push(view);
+        }
+        Ok(Some((total, out)))
+    }
+
+    /// Holds a channel (an operator's pause: nothing more is leased on it,
+    /// what is on the wire finishes, queued deliveries wait) or resumes
+    /// it. Kept in the store, so a restart keeps it held.
+    pub async fn hold_channel(&self, name: &str, on: bool) -> Result<()> {
+        let ch = self
+            .shared
+            .channels
+            .get(name)
+            .ok_or_else(|| Error::NotFound {
+                what: "channel",
+                id: name.to_string(),
+            })?;
+        let engine = Arc::clone(self.shared.store.engine());
+        let key = crate::store::keys::channel_held(name);
+        tokio::task::spawn_blocking(move || {
+            let mut batch = crate::store::Batch::new();
+            if on {
+                batch.put(crate::store::Cf::Meta, key, vec![1]);
+            } else {
+                batch.delete(crate::store::Cf::Meta, key);
+            }
+            engine.write(batch)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("channel hold write failed: {e}")))??;
+        ch.hold(on);
+        if !on {
+            self.shared.work.notify_waiters();
+        }
+        tracing::info!(channel = %name, held = on, "Channel {}.", if on { "held" } else { "resumed" });
+        Ok(())
     }
 
     /// Puts dead letters back at the tail of their queues with a fresh
@@ -742,9 +902,9 @@ fn normalize_addresses(
     Ok(())
 }
 
-fn live(shared: &Shared, id: CampaignId, record: CampaignRecord) -> Result<Arc<Live>> {
-    let spec = &record.spec;
-    let audience: Box<dyn AudienceCursor> = match &spec.audience {
+/// The cursor over a stored campaign's audience.
+fn cursor(shared: &Shared, id: CampaignId, spec: &CampaignSpec) -> Result<Box<dyn AudienceCursor>> {
+    Ok(match &spec.audience {
         AudienceSpec::Stored { count } => Box::new(audience::StoredAudience {
             store: Arc::clone(&shared.store),
             campaign: id,
@@ -764,7 +924,12 @@ fn live(shared: &Shared, id: CampaignId, record: CampaignRecord) -> Result<Arc<L
                 "campaign {id}: its record holds an unstored audience"
             )));
         }
-    };
+    })
+}
+
+fn live(shared: &Shared, id: CampaignId, record: CampaignRecord) -> Result<Arc<Live>> {
+    let spec = &record.spec;
+    let audience = cursor(shared, id, spec)?;
     let routes = spec
         .channels
         .iter()

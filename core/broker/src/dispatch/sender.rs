@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use mhero_proto::{ChannelId, DeliveryStatus, Lane};
@@ -64,6 +64,10 @@ pub struct Channel {
     /// Leased rounds not yet settled: bounds what a crash can re-send.
     rounds: Arc<Semaphore>,
     paused_until_ms: AtomicU64,
+    /// Held by an operator: nothing is leased until released. Deliveries
+    /// wait in their queues (their expiry still applies).
+    held: AtomicBool,
+    released: tokio::sync::Notify,
     /// Per-recipient pacing: address → last send (ms).
     last_sent: Mutex<HashMap<String, u64>>,
     sent_this_second: AtomicU64,
@@ -125,6 +129,8 @@ impl Channel {
             freed: tokio::sync::Notify::new(),
             rounds: Arc::new(Semaphore::new(max_rounds(config.window))),
             paused_until_ms: AtomicU64::new(0),
+            held: AtomicBool::new(false),
+            released: tokio::sync::Notify::new(),
             last_sent: Mutex::new(HashMap::new()),
             sent_this_second: AtomicU64::new(0),
             second_started_ms: AtomicU64::new(0),
@@ -146,6 +152,27 @@ impl Channel {
         } else {
             self.config.workers
         }
+    }
+
+    /// Whether an operator holds the channel.
+    pub fn held(&self) -> bool {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Holds the channel (nothing more is leased; what is on the wire
+    /// finishes) or releases it.
+    pub(crate) fn hold(&self, on: bool) {
+        self.held.store(on, Ordering::Relaxed);
+        if !on {
+            self.released.notify_waiters();
+        }
+    }
+
+    /// Until the gateway's pause ends (a refused credential, a 429), if
+    /// one is on (ms since the epoch).
+    pub fn backing_off_until(&self, now_ms: u64) -> Option<u64> {
+        let until = self.paused_until_ms.load(Ordering::Relaxed);
+        (until > now_ms).then_some(until)
     }
 
     /// Requests on the wire now.
@@ -301,6 +328,20 @@ async fn produce(shared: Arc<Shared>, ch: Arc<Channel>, tx: tokio::sync::mpsc::S
                 () = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => continue,
             }
+        }
+        if ch.held() {
+            // Registered before looking again, so a release in between
+            // still wakes this worker.
+            let released = ch.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if ch.held() {
+                tokio::select! {
+                    () = released => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            continue;
         }
         let now = shared.clock.now_ms();
         let paused = ch.paused_until_ms.load(Ordering::Relaxed);
