@@ -1,23 +1,29 @@
-//! `mhero demo`: a generated iHRIS registry imported into the directory
-//! through the mapper plugin, a bulk update selected by role and an
-//! emergency alert selected by district, through the broker (opened with
-//! [`Broker::open`], as every entry point does) and the sandbox connector
-//! (a simulated gateway inside the broker, whose receipts come back
-//! through the webhook entry point), with a progress bar per campaign and a
-//! final per-status report.
+//! `mhero demo`: the real server on the embedded store, driven through
+//! its API as an integrator would: a generated iHRIS registry posted to
+//! the FHIR facade (imported through the mapper plugin), a bulk update
+//! selected by role and an emergency alert selected by district submitted
+//! to `/v1/campaigns`, progress bars read from the API, and a final
+//! per-status report. Channels are the sandbox connector's (a simulated
+//! gateway inside the broker, whose receipts come back through the webhook
+//! entry point) unless the config names others. The dashboard is served
+//! while it runs.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mhero_broker::api::{self, Api, Role, Tokens};
 use mhero_broker::channel::SandboxConfig;
 use mhero_broker::config::ChannelConfig;
-use mhero_broker::dispatch::{
-    AudienceSpec, Body, CampaignSpec, Dispatcher, GeneratedAudience, Progress,
-};
+use mhero_broker::dispatch::{AudienceSpec, Body, CampaignSpec, GeneratedAudience};
 use mhero_broker::{Broker, Config};
-use mhero_proto::{CampaignId, Lane};
+use mhero_proto::Lane;
+use serde_json::{Value, json};
+
+use crate::api_client::ApiClient;
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -52,6 +58,10 @@ pub struct DemoArgs {
     /// No progress bars; only the report.
     #[arg(long)]
     quiet: bool,
+    /// Where the demo's server listens (its dashboard is at `/`); a free
+    /// port is taken when this one is in use.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
 }
 
 const BULK: &str = "demo: monthly stock-report reminder";
@@ -177,11 +187,11 @@ async fn demo(config: Config, args: &DemoArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let simulated: Vec<&str> = config
+    let simulated: Vec<String> = config
         .channels
         .keys()
         .filter(|c| broker.sandbox(c).is_some())
-        .map(String::as_str)
+        .cloned()
         .collect();
     if !simulated.is_empty() {
         println!(
@@ -195,33 +205,96 @@ async fn demo(config: Config, args: &DemoArgs) -> Result<()> {
             recovery.requeued
         );
     }
+
+    // The real server, with a token made for this run (revoked at the end).
+    let tokens = Arc::new(Tokens::open(Arc::clone(broker.store().engine()))?);
+    let (secret, token) = tokens.create(Role::Admin, "mhero demo", broker.dispatcher().now_ms())?;
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            println!(
+                "({} is taken ({e}); serving on a free port instead)",
+                args.listen
+            );
+            tokio::net::TcpListener::bind((args.listen.ip(), 0)).await?
+        }
+    };
+    let addr = listener.local_addr()?;
+    let broker = Arc::new(broker);
+    let server_api = Arc::new(Api::new(Arc::clone(&broker), Arc::clone(&tokens)));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(api::serve(listener, server_api, async move {
+        let _ = stopped.await;
+    }));
+    let client = ApiClient::new(&format!("http://{addr}"), &secret)?;
+    println!(
+        "dashboard: http://{addr}/#token={secret}  (open it while the demo runs; the token is revoked when it ends)"
+    );
+
+    let outcome = drive(&broker, &client, args, &simulated).await;
+    let _ = tokens.revoke(&token.id);
+    let _ = stop.send(());
+    server.await.context("the API server task")??;
+    let Some(broker) = api::release(broker, Duration::from_secs(10)).await else {
+        anyhow::bail!("the broker is still in use 10 s after the server stopped");
+    };
+    broker.shutdown().await;
+    outcome?;
+    if args.keep {
+        println!(
+            "store kept: `mhero status --data-dir {}` shows it; dead letters keep their reason and history.",
+            config.data_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The demo through the API: directory in through the FHIR facade,
+/// campaigns through `/v1/campaigns`, progress read back from it.
+async fn drive(
+    broker: &Broker,
+    client: &ApiClient,
+    args: &DemoArgs,
+    simulated: &[String],
+) -> Result<()> {
     let dispatcher = broker.dispatcher();
-    let channels: Vec<String> = config.channels.keys().rev().cloned().collect();
-    let existing = dispatcher.all_progress();
+    let channels: Vec<String> = broker.config().channels.keys().rev().cloned().collect();
+    let existing = client.get("/v1/campaigns?limit=1000").await?;
     let find = |name: &str| {
         existing
-            .iter()
-            .find(|p| p.name == name)
-            .and_then(|p| p.id.parse::<CampaignId>().ok())
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["id"].as_str().map(str::to_string))
     };
 
     if !args.generated && find(BULK).is_none() {
-        import_registry(&broker, args).await?;
+        import_registry(client, args).await?;
     }
     let started = Instant::now();
     let bulk_id = match find(BULK) {
         Some(id) => id,
+        None if args.generated => {
+            // A generated audience is the benchmarks' tool, not an API
+            // concept: submitted to the dispatcher directly.
+            let audience = generated(args.recipients, &["en", "fr", "sw", "en"]);
+            dispatcher
+                .submit(bulk(audience, &channels))
+                .await?
+                .id
+                .to_string()
+        }
         None => {
-            let audience = if args.generated {
-                generated(args.recipients, &["en", "fr", "sw", "en"])
-            } else {
-                AudienceSpec::Selector(args.bulk_selector.clone())
-            };
-            dispatcher.submit(bulk(audience, &channels)).await?.id
+            let spec = bulk(
+                AudienceSpec::Selector(args.bulk_selector.clone()),
+                &channels,
+            );
+            submit(client, &spec, &args.bulk_selector).await?
         }
     };
     let bars = Bars::new(args.quiet);
-    bars.add(bulk_id, dispatcher);
+    bars.add(client, &bulk_id).await?;
     let alert_count =
         (u64::from(args.recipients) * u64::from(args.alert_percent.min(100)) / 100) as u32;
     let mut alert_id = find(ALERT);
@@ -235,30 +308,37 @@ async fn demo(config: Config, args: &DemoArgs) -> Result<()> {
         } else {
             channels.clone()
         };
-        let audience = if args.generated {
-            generated(alert_count, &["en", "fr"])
+        alert_id = Some(if args.generated {
+            let audience = generated(alert_count, &["en", "fr"]);
+            dispatcher
+                .submit(alert(audience, &via))
+                .await?
+                .id
+                .to_string()
         } else {
-            AudienceSpec::Selector(args.alert_selector.clone())
-        };
-        alert_id = Some(dispatcher.submit(alert(audience, &via)).await?.id);
+            let spec = alert(AudienceSpec::Selector(args.alert_selector.clone()), &via);
+            submit(client, &spec, &args.alert_selector).await?
+        });
     }
-    if let Some(id) = alert_id {
-        bars.add(id, dispatcher);
+    if let Some(id) = &alert_id {
+        bars.add(client, id).await?;
     }
-    let ids: Vec<CampaignId> = [Some(bulk_id), alert_id].into_iter().flatten().collect();
+    let ids: Vec<String> = [Some(bulk_id), alert_id.clone()]
+        .into_iter()
+        .flatten()
+        .collect();
     let mut first_alert_send = None;
     loop {
-        bars.update(dispatcher);
+        let shown = bars.update(client).await?;
         if first_alert_send.is_none()
-            && let (Some(id), Some(at)) = (alert_id, alert_submitted)
-            && dispatcher.progress(id).is_some_and(|p| p.wired > 0)
+            && let (Some(id), Some(at)) = (&alert_id, alert_submitted)
+            && shown
+                .iter()
+                .any(|p| p["id"] == id.as_str() && count(p, "wired") + count(p, "sent") > 0)
         {
             first_alert_send = Some(at.elapsed());
         }
-        if ids
-            .iter()
-            .all(|id| dispatcher.progress(*id).is_some_and(|p| p.done))
-        {
+        if shown.len() == ids.len() && shown.iter().all(|p| p["done"] == true) {
             break;
         }
         // Watch closely until the alert's first send, to time it.
@@ -269,7 +349,7 @@ async fn demo(config: Config, args: &DemoArgs) -> Result<()> {
     // Give the simulated gateways' last receipts time to arrive.
     let drain = Instant::now();
     while drain.elapsed() < Duration::from_secs(3)
-        && channels.iter().any(|c| {
+        && simulated.iter().any(|c| {
             dispatcher
                 .sandbox(c)
                 .is_some_and(|g| g.pending_webhook_events() > 0)
@@ -277,14 +357,13 @@ async fn demo(config: Config, args: &DemoArgs) -> Result<()> {
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(2 * config.dispatch.receipt_poll_ms)).await;
-    bars.finish(dispatcher);
-    let report: Vec<Progress> = ids
-        .iter()
-        .filter_map(|id| dispatcher.progress(*id))
-        .collect();
+    tokio::time::sleep(Duration::from_millis(
+        2 * broker.config().dispatch.receipt_poll_ms,
+    ))
+    .await;
+    let report = bars.finish(client).await?;
     print_report(&report, sent_in, first_alert_send);
-    for c in &channels {
+    for c in simulated {
         if let Some(g) = dispatcher.sandbox(c) {
             let s = g.stats();
             println!(
@@ -293,33 +372,44 @@ async fn demo(config: Config, args: &DemoArgs) -> Result<()> {
             );
         }
     }
-    broker.shutdown().await;
-    if args.keep {
-        println!(
-            "store kept: `mhero status --data-dir {}` shows it; dead letters keep their reason and history.",
-            config.data_dir.display()
-        );
-    }
     Ok(())
 }
 
+/// `POST /v1/campaigns` with a selector audience; the campaign's id.
+async fn submit(client: &ApiClient, spec: &CampaignSpec, selector: &str) -> Result<String> {
+    let request = json!({
+        "name": spec.name,
+        "lane": spec.lane.as_str(),
+        "body": spec.body,
+        "channels": spec.channels,
+        "audience": {"selector": selector},
+    });
+    let created = client
+        .post("/v1/campaigns", &request, "application/json")
+        .await
+        .with_context(|| format!("submitting {}", spec.name))?;
+    created["id"]
+        .as_str()
+        .map(str::to_string)
+        .context("the server's answer has no campaign id")
+}
+
+fn count(p: &Value, field: &str) -> u64 {
+    p[field].as_u64().unwrap_or(0)
+}
+
 /// A generated iHRIS registry of `--recipients` workers (a four-level
-/// location tree, roles, groups, 2 % noisy numbers, 3 % retired), as FHIR
-/// Bundles through the `ihris-practitioner` mapper into the directory.
-/// Importing again is harmless: unchanged workers are not rewritten.
-async fn import_registry(broker: &Broker, args: &DemoArgs) -> Result<()> {
-    use mhero_broker::directory::generate::Registry;
-    use mhero_broker::directory::{ImportReport, sync};
+/// location tree, roles, groups, 2 % noisy numbers, 3 % retired), posted
+/// as FHIR batch Bundles to the server's `/fhir/r4`, which imports them
+/// into the directory through the `ihris-practitioner` mapper. Importing
+/// again is harmless: unchanged workers are not rewritten.
+async fn import_registry(client: &ApiClient, args: &DemoArgs) -> Result<()> {
+    use mhero_broker::directory::generate::{Registry, as_batch};
     let reg = Registry {
         noise_percent: 2.0,
         retired_percent: 3.0,
         ..Registry::new(args.recipients)
     };
-    let mapper = broker
-        .plugins()
-        .require("ihris-practitioner", mhero_broker::plugin::Kind::FhirMapper)?;
-    let dir = std::sync::Arc::clone(broker.directory());
-    let country = broker.config().dispatch.default_country.clone();
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
@@ -330,44 +420,52 @@ async fn import_registry(broker: &Broker, args: &DemoArgs) -> Result<()> {
     )?);
     bar.set_prefix("directory: generated iHRIS registry");
     let started = Instant::now();
-    let b = bar.clone();
-    let report = tokio::task::spawn_blocking(move || -> Result<ImportReport> {
-        let mut total = ImportReport::default();
-        let mut import = |doc: serde_json::Value| -> Result<()> {
-            let (r, _) =
-                sync::import_document(&dir, &mapper, "demo-ihris", &country, &doc.to_string())?;
-            total.absorb(r);
-            Ok(())
-        };
-        import(reg.places_bundle())?;
-        for page in 0..reg.pages() {
-            import(reg.practitioners_page(page))?;
-            b.inc(1);
-        }
-        import(reg.groups_bundle())?;
-        Ok(total)
-    })
-    .await??;
+    let path = "/fhir/r4?source=demo-ihris&mapper=ihris-practitioner";
+    let mut refused = 0usize;
+    let mut post = async |bundle: Value| -> Result<()> {
+        let answer = client
+            .post(path, &as_batch(&bundle), "application/fhir+json")
+            .await?;
+        refused += answer["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["response"]["status"] != "200 OK")
+            .count();
+        Ok(())
+    };
+    post(reg.places_bundle()).await?;
+    for page in 0..reg.pages() {
+        post(reg.practitioners_page(page)).await?;
+        bar.inc(1);
+    }
+    post(reg.groups_bundle()).await?;
     bar.finish_and_clear();
+    let summary = client.get("/v1/directory").await?;
     println!(
-        "directory: {} health workers imported from a generated iHRIS registry in {:.1} s ({} numbers refused with their reason, {} numbers shared by two records, {} unreachable); `mhero contacts count` selects from it",
-        report.contacts(),
+        "directory: {} health workers imported from a generated iHRIS registry through {}/fhir/r4 in {:.1} s ({refused} entries refused with their reason, {} workers unreachable); `mhero contacts count` selects from it",
+        count(&summary, "contacts"),
+        client.base(),
         started.elapsed().as_secs_f64(),
-        report.problems.len(),
-        report.duplicates.len(),
-        report.unreachable.len()
+        count(&summary, "unreachable"),
     );
     for (name, selector) in [
         ("bulk", &args.bulk_selector),
         ("alert", &args.alert_selector),
     ] {
-        let c = broker.directory().count(selector, &[])?;
-        println!("  {name}: {selector}  →  {} workers", c.selected);
+        let c = client
+            .post(
+                "/v1/audience/count",
+                &json!({"selector": selector}),
+                "application/json",
+            )
+            .await?;
+        println!("  {name}: {selector}  →  {} workers", count(&c, "selected"));
     }
     Ok(())
 }
 
-fn print_report(report: &[Progress], elapsed: Duration, first_alert_send: Option<Duration>) {
+fn print_report(report: &[Value], elapsed: Duration, first_alert_send: Option<Duration>) {
     println!();
     println!(
         "{:<8} {:<38} {:>9} {:>8} {:>9} {:>8} {:>7} {:>6} {:>6} {:>7} {:>8}",
@@ -385,20 +483,20 @@ fn print_report(report: &[Progress], elapsed: Duration, first_alert_send: Option
     );
     let mut total = 0;
     for p in report {
-        total += p.total;
+        total += count(p, "total");
         println!(
             "{:<8} {:<38} {:>9} {:>8} {:>9} {:>8} {:>7} {:>6} {:>6} {:>7} {:>8}",
-            p.id,
-            p.name,
-            p.lane,
-            p.total,
-            p.delivered,
-            p.read,
-            p.failed,
-            p.dead,
-            p.wired + p.sent,
-            p.retries,
-            p.rerouted
+            p["id"].as_str().unwrap_or(""),
+            p["name"].as_str().unwrap_or(""),
+            p["lane"].as_str().unwrap_or(""),
+            count(p, "total"),
+            count(p, "delivered"),
+            count(p, "read"),
+            count(p, "failed"),
+            count(p, "dead"),
+            count(p, "wired") + count(p, "sent"),
+            count(p, "retries"),
+            count(p, "rerouted")
         );
     }
     let secs = elapsed.as_secs_f64();
@@ -415,10 +513,10 @@ fn print_report(report: &[Progress], elapsed: Duration, first_alert_send: Option
     }
 }
 
-/// One progress bar per campaign.
+/// One progress bar per campaign, fed from `GET /v1/campaigns/{id}`.
 struct Bars {
     multi: MultiProgress,
-    bars: parking_lot::Mutex<Vec<(CampaignId, ProgressBar)>>,
+    bars: parking_lot::Mutex<Vec<(String, ProgressBar)>>,
 }
 
 impl Bars {
@@ -433,44 +531,53 @@ impl Bars {
         }
     }
 
-    fn add(&self, id: CampaignId, dispatcher: &Dispatcher) {
-        let Some(p) = dispatcher.progress(id) else {
-            return;
-        };
+    async fn add(&self, client: &ApiClient, id: &str) -> Result<()> {
+        let p = client.get(&format!("/v1/campaigns/{id}")).await?;
         let style = ProgressStyle::with_template(
             "{prefix:<42} {bar:32.cyan/blue} {pos:>7}/{len:7} {per_sec:>11} {msg}",
         )
         .expect("valid progress template")
         .progress_chars("█▉▊▋▌▍▎▏ ");
-        let bar = self.multi.add(ProgressBar::new(p.total));
+        let bar = self.multi.add(ProgressBar::new(count(&p, "total")));
         bar.set_style(style);
         bar.set_prefix(format!(
             "{} {} ({})",
-            p.id,
-            p.name.trim_start_matches("demo: "),
-            p.lane
+            id,
+            p["name"]
+                .as_str()
+                .unwrap_or("")
+                .trim_start_matches("demo: "),
+            p["lane"].as_str().unwrap_or("")
         ));
-        self.bars.lock().push((id, bar));
+        self.bars.lock().push((id.to_string(), bar));
+        Ok(())
     }
 
-    fn update(&self, dispatcher: &Dispatcher) {
-        for (id, bar) in self.bars.lock().iter() {
-            if let Some(p) = dispatcher.progress(*id) {
-                bar.set_position(p.fanned_out.saturating_sub(p.queued));
+    /// Reads each campaign and moves its bar; what was read.
+    async fn update(&self, client: &ApiClient) -> Result<Vec<Value>> {
+        let ids: Vec<String> = self.bars.lock().iter().map(|(id, _)| id.clone()).collect();
+        let mut shown = Vec::with_capacity(ids.len());
+        for id in ids {
+            let p = client.get(&format!("/v1/campaigns/{id}")).await?;
+            if let Some((_, bar)) = self.bars.lock().iter().find(|(i, _)| *i == id) {
+                bar.set_position(count(&p, "fanned_out").saturating_sub(count(&p, "queued")));
                 bar.set_message(format!(
                     "delivered {} · retries {} · rerouted {}",
-                    p.delivered + p.read,
-                    p.retries,
-                    p.rerouted
+                    count(&p, "delivered") + count(&p, "read"),
+                    count(&p, "retries"),
+                    count(&p, "rerouted")
                 ));
             }
+            shown.push(p);
         }
+        Ok(shown)
     }
 
-    fn finish(&self, dispatcher: &Dispatcher) {
-        self.update(dispatcher);
+    async fn finish(&self, client: &ApiClient) -> Result<Vec<Value>> {
+        let shown = self.update(client).await?;
         for (_, bar) in self.bars.lock().iter() {
             bar.finish();
         }
+        Ok(shown)
     }
 }

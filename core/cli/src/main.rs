@@ -14,6 +14,7 @@
 //! - `serve.rs`: `mhero serve`, the broker with its HTTP API.
 //! - `token.rs`: `mhero token create|list|revoke`, API tokens.
 
+mod api_client;
 mod contacts;
 mod dead;
 mod demo;
