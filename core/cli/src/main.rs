@@ -12,6 +12,8 @@
 //! - `scaffold.rs`: `mhero plugin new`, a plugin folder in Rust, Python or
 //!   JavaScript; `templates/` holds its sources.
 //! - `serve.rs`: `mhero serve`, the broker with its HTTP API.
+//! - `send.rs`, `api_client.rs`: `mhero send`, `mhero status <campaign>`:
+//!   a running server through its HTTP API.
 //! - `token.rs`: `mhero token create|list|revoke`, API tokens.
 
 mod api_client;
@@ -20,6 +22,7 @@ mod dead;
 mod demo;
 mod plugin;
 mod scaffold;
+mod send;
 mod serve;
 mod status;
 mod token;
@@ -57,7 +60,10 @@ enum Command {
     Token(token::TokenCommand),
     /// Runs a generated campaign through the embedded store and reports.
     Demo(demo::DemoArgs),
-    /// Shows what a store holds: campaigns, counts, queues, dead letters.
+    /// Sends a message through a running server (`--server`, `--token`).
+    Send(send::SendArgs),
+    /// Shows what a store holds: campaigns, counts, queues, dead letters;
+    /// with a campaign id, that campaign from a running server.
     Status(status::StatusArgs),
     /// Imports FHIR R4 documents (a Bundle file or a folder of them) into
     /// the directory through a mapper plugin.
@@ -117,6 +123,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve::run(load()?, args),
         Command::Token(command) => token::run(&load()?, command),
         Command::Demo(args) => demo::run(load()?, args),
+        Command::Send(args) => send::send(args),
+        Command::Status(args) if args.campaign.is_some() => send::status(
+            args.campaign.as_deref().unwrap_or_default(),
+            args.json,
+            args.wait,
+            &args.remote,
+        ),
         Command::Status(args) => {
             let config = load()?;
             if config.store.engine == EngineKind::Memory {

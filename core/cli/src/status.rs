@@ -11,9 +11,17 @@ use serde_json::{Value, json};
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
+    /// One campaign (`c12`), read from a running server's API (`--server`,
+    /// `--token`) instead of a store on disk.
+    pub campaign: Option<String>,
     /// Print one JSON object instead of tables.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
+    /// With a campaign: follow it until every recipient has ended.
+    #[arg(long, requires = "campaign")]
+    pub wait: bool,
+    #[command(flatten)]
+    pub remote: crate::send::Remote,
     /// How many dead letters to list.
     #[arg(long, default_value_t = 10)]
     dead: usize,

@@ -1194,3 +1194,83 @@ fn a_paused_channel_sends_nothing_until_resumed_even_across_a_restart() {
     assert_eq!(ended(&done), 200, "{done}");
     assert!(server.stop().success());
 }
+
+#[test]
+fn mhero_send_and_status_talk_to_a_running_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let client = Client::new();
+    let server = Server::start(&tmp.path().join("data"));
+    let admin = server.first_admin_token();
+    let (sender, _) = make_token(&client, &server, &admin, "sender");
+    let remote = |args: &[&str], token: Option<&str>| {
+        let mut command = mhero();
+        command.args(args).args(["--server", &server.base]);
+        command.env_remove("MHERO_TOKEN");
+        if let Some(t) = token {
+            command.env("MHERO_TOKEN", t);
+        }
+        command.output().unwrap()
+    };
+
+    let out = remote(
+        &[
+            "send",
+            "--text",
+            "Measles campaign starts Monday.",
+            "--to",
+            "+231770000001",
+            "--to",
+            "0770000002",
+            "--to",
+            "12",
+            "--lane",
+            "high",
+            "--wait",
+        ],
+        Some(&sender),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout} {stderr}");
+    let id = stdout.split(':').next().unwrap().trim().to_string();
+    assert!(
+        stdout.contains("accepted 2 recipients on sandbox"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("refused --to #2"),
+        "the short number: {stderr}"
+    );
+    assert!(stdout.contains("2 recipients, 2 ended"), "waited: {stdout}");
+
+    let out = remote(&["status", &id, "--json"], Some(&sender));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["id"], id.as_str());
+    assert_eq!(c["lane"], "high");
+    assert_eq!(c["done"], true, "{c}");
+
+    // One clear line when something is wrong, and a failing exit.
+    let out = remote(&["status", &id], None);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("MHERO_TOKEN"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = remote(&["status", "c999"], Some(&sender));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("404") && err.contains("c999"), "{err}");
+    let out = remote(
+        &["send", "--text", "x", "--to", "+231770000001"],
+        Some("mhero_wrong"),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+    assert!(server.stop().success());
+}
