@@ -14,11 +14,23 @@ pub struct ServeArgs {
     /// address is printed).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Overrides `api.quic_listen` (`127.0.0.1:0` picks a free port).
+    #[arg(long)]
+    quic_listen: Option<SocketAddr>,
+    /// No QUIC API (overrides `api.quic`).
+    #[arg(long)]
+    no_quic: bool,
 }
 
 pub fn run(mut config: Config, args: &ServeArgs) -> Result<()> {
     if let Some(listen) = args.listen {
         config.api.listen = listen;
+    }
+    if let Some(listen) = args.quic_listen {
+        config.api.quic_listen = listen;
+    }
+    if args.no_quic {
+        config.api.quic = false;
     }
     if config.api.admin_token.is_none()
         && let Ok(token) = std::env::var("MHERO_ADMIN_TOKEN")
@@ -55,20 +67,44 @@ async fn serve(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", config.api.listen))?;
     let addr = listener.local_addr()?;
+    let quic = if config.api.quic {
+        let certificate = api::quic::Certificate::load_or_make(&config.data_dir.join("tls"))?;
+        let server = api::quic::QuicServer::bind(config.api.quic_listen, &certificate)
+            .with_context(|| format!("listening on udp {}", config.api.quic_listen))?;
+        Some((server, certificate.fingerprint()))
+    } else {
+        None
+    };
+    let quic_note = match &quic {
+        Some((server, pin)) => format!(" and quic://{} (certificate {pin})", server.local_addr()?),
+        None => String::new(),
+    };
     println!(
-        "mhero: serving http://{addr} (data in {})",
+        "mhero: serving http://{addr}{quic_note} (data in {})",
         config.data_dir.display()
     );
     let broker = Arc::new(broker);
     let api = Arc::new(Api::new(Arc::clone(&broker), tokens));
+    let (stop_quic, quic_stopped) = tokio::sync::watch::channel(false);
+    let quic_task = quic.map(|(server, _)| {
+        let api = Arc::clone(&api);
+        let mut stopped = quic_stopped.clone();
+        tokio::spawn(server.serve(api, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }))
+    });
     let stopping = Arc::clone(&api);
     let served = api::serve(listener, api, async move {
         stop_signal().await;
         eprintln!("mhero: stopping: finishing requests in flight");
         stopping.stop_accepting();
+        let _ = stop_quic.send(true);
     })
     .await;
     served.context("serving HTTP")?;
+    if let Some(task) = quic_task {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+    }
     let Some(broker) = api::release(broker, std::time::Duration::from_secs(10)).await else {
         anyhow::bail!("the broker is still in use 10 s after the server stopped");
     };

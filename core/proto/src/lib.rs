@@ -9,6 +9,7 @@
 //! - [`lane`]: the four priority lanes, `emergency > high > normal > bulk`.
 //! - [`status`]: the delivery status ladder and the rule that a status never
 //!   goes backwards.
+//! - [`wire`]: the QUIC API's frames (requests, answers, events).
 //!
 //! Data moves one way: an operator's campaign names a [`Lane`]; the broker
 //! fans it out into deliveries, each identified by a [`DeliveryId`], whose
@@ -17,6 +18,7 @@
 pub mod ids;
 pub mod lane;
 pub mod status;
+pub mod wire;
 
 pub use ids::{CampaignId, ChannelId, DeliveryId, ParseIdError};
 pub use lane::{Lane, ParseLaneError};

@@ -10,6 +10,7 @@ mod crash;
 mod dashboard;
 mod fhir_sync;
 mod http_crash;
+mod quic;
 mod scaffold;
 mod sdk_examples;
 mod server;

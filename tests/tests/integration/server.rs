@@ -19,6 +19,8 @@ use super::mhero;
 pub(crate) struct Server {
     child: Child,
     base: String,
+    /// What it said it serves: `mhero: serving http://… and quic://… (certificate sha256:…) …`.
+    pub(crate) banner: String,
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
@@ -40,7 +42,13 @@ impl Server {
             .arg("--data-dir")
             .arg(data)
             .args(args)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--quic-listen",
+                "127.0.0.1:0",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -67,6 +75,7 @@ impl Server {
         Server {
             child,
             base,
+            banner: line.trim().to_string(),
             stderr,
         }
     }

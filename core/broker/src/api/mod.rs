@@ -14,6 +14,8 @@
 //! - [`auth`]: tokens with roles, kept hashed.
 //! - [`error`]: every error response, with its machine-readable code.
 //! - [`openapi`]: the OpenAPI 3 document, generated from the handlers.
+//! - [`quic`]: the QUIC API (batched submission, status and inbound
+//!   subscriptions) for `mhero-client`.
 //!
 //! Every route needs a token (`Authorization: Bearer …`) except the
 //! health checks, the channel webhooks, which the channel's connector
@@ -28,6 +30,7 @@ pub mod contacts;
 pub mod error;
 pub mod fhir;
 pub mod openapi;
+pub mod quic;
 pub mod v1;
 
 use std::net::SocketAddr;
@@ -69,6 +72,10 @@ pub struct ApiConfig {
     /// `CommunicationRequest` without `medium`, a CAP alert), in
     /// preference order; empty: every configured channel.
     pub default_channels: Vec<String>,
+    /// Serve the QUIC API (for `mhero-client`).
+    pub quic: bool,
+    /// Address and port of the QUIC API (UDP).
+    pub quic_listen: SocketAddr,
 }
 
 impl Default for ApiConfig {
@@ -78,6 +85,8 @@ impl Default for ApiConfig {
             max_body_kb: 4096,
             admin_token: None,
             default_channels: Vec::new(),
+            quic: true,
+            quic_listen: SocketAddr::from(([127, 0, 0, 1], 4433)),
         }
     }
 }

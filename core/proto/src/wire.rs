@@ -1,0 +1,199 @@
+//! The QUIC API's frames: what `mhero-client` and the broker say to each
+//! other.
+//!
+//! A connection speaks ALPN [`ALPN`] over TLS 1.3. Every exchange is one
+//! bidirectional stream: the client writes one [`Request`] frame, the
+//! broker answers with [`Response`] frames. The first stream of a
+//! connection carries [`Request::Hello`] with a token; nothing else is
+//! served until it is answered [`Response::Welcome`].
+//!
+//! - [`Request::Submit`]: a batch of messages to explicit recipients (lab
+//!   results, reminders), one campaign per batch; answered
+//!   [`Response::Submitted`].
+//! - [`Request::Statuses`]: a campaign's delivery statuses as they change,
+//!   from a position (`since_ms`): every delivery whose status changed at
+//!   or after it, then each later change, until the client closes the
+//!   stream. At least once: resuming from the last event's `updated_ms`
+//!   may repeat events, never skips one.
+//! - [`Request::Inbound`]: messages health workers sent, after a sequence
+//!   number, then each new one.
+//!
+//! A frame is a 4-byte big-endian length, then that many bytes of postcard.
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol's ALPN id; a new incompatible version gets a new one.
+pub const ALPN: &[u8] = b"mhero/1";
+
+/// Largest frame either side accepts.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Most messages in one [`Submit`].
+pub const MAX_BATCH: usize = 100_000;
+
+/// Application error codes a connection is closed with.
+pub mod close {
+    /// The client said goodbye.
+    pub const DONE: u32 = 0;
+    /// The token was refused.
+    pub const UNAUTHORIZED: u32 = 1;
+    /// A frame could not be read.
+    pub const PROTOCOL: u32 = 2;
+    /// The broker is stopping.
+    pub const STOPPING: u32 = 3;
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Authenticates the connection.
+    Hello {
+        token: String,
+    },
+    Submit(Submit),
+    Statuses {
+        campaign: String,
+        since_ms: u64,
+    },
+    Inbound {
+        after: Option<u64>,
+    },
+}
+
+/// One campaign's worth of messages.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Submit {
+    pub name: String,
+    /// `emergency`, `high`, `normal` or `bulk`.
+    pub lane: String,
+    pub text: String,
+    /// Language (BCP 47) → text.
+    pub variants: Vec<(String, String)>,
+    /// Channel names in preference order; empty: the broker's defaults.
+    pub channels: Vec<String>,
+    pub recipients: Vec<Recipient>,
+    /// Nothing is sent after this time (ms since the Unix epoch).
+    pub expires_at_ms: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Recipient {
+    /// E.164, or national with the broker's default country.
+    pub phone: String,
+    pub language: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Welcome {
+        /// `viewer`, `sender` or `admin`.
+        role: String,
+    },
+    /// A request refused; the stream ends.
+    Error {
+        code: String,
+        message: String,
+    },
+    Submitted {
+        campaign: String,
+        accepted: u32,
+        /// `(index in the batch, reason)`.
+        rejected: Vec<(u32, String)>,
+    },
+    Status(StatusEvent),
+    Inbound(InboundEvent),
+    /// Everything up to now has been sent; later events follow as they
+    /// happen.
+    CaughtUp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusEvent {
+    /// `c12-40017`.
+    pub delivery: String,
+    /// Position in the campaign's audience: the batch's order less the
+    /// rejected recipients (`mhero_client::Submitted::batch_index` maps it
+    /// back).
+    pub index: u32,
+    /// `queued` … `cancelled` (see [`crate::DeliveryStatus`]).
+    pub status: String,
+    pub channel: Option<String>,
+    /// When the status last changed: resume from here.
+    pub updated_ms: u64,
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InboundEvent {
+    /// Arrival order: resume after the last one seen.
+    pub seq: u64,
+    pub channel: String,
+    pub from: String,
+    pub text: String,
+    pub received_ms: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes is over the limit of {MAX_FRAME}")]
+    TooLarge(usize),
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// A value as one frame: length, then postcard.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![0u8; 4];
+    out = postcard::to_extend(value, out).expect("postcard encodes plain types");
+    let len = (out.len() - 4) as u32;
+    out[..4].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+/// The length a frame's 4-byte header announces, checked.
+pub fn frame_len(header: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+/// A frame's body (after its header) as a value.
+pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, FrameError> {
+    postcard::from_bytes(body).map_err(|e| FrameError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_with_their_length() {
+        let r = Request::Submit(Submit {
+            name: "lab results".into(),
+            lane: "high".into(),
+            text: "Your result is ready.".into(),
+            recipients: vec![Recipient {
+                phone: "+231770000001".into(),
+                language: Some("fr".into()),
+            }],
+            ..Submit::default()
+        });
+        let frame = encode(&r);
+        let len = frame_len(frame[..4].try_into().unwrap()).unwrap();
+        assert_eq!(len, frame.len() - 4);
+        assert_eq!(decode::<Request>(&frame[4..]).unwrap(), r);
+    }
+
+    #[test]
+    fn oversized_and_garbage_frames_are_errors() {
+        assert!(matches!(
+            frame_len((MAX_FRAME as u32 + 1).to_be_bytes()),
+            Err(FrameError::TooLarge(_))
+        ));
+        assert!(matches!(
+            decode::<Request>(&[0xff, 0xff, 0xff]),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+}
