@@ -75,6 +75,9 @@ async fn serve(config: Config) -> Result<()> {
     } else {
         None
     };
+    // Before anything says it is serving: a stop asked for from then on
+    // is a clean stop.
+    let signal = stop_signal()?;
     let quic_note = match &quic {
         Some((server, pin)) => format!(" and quic://{} (certificate {pin})", server.local_addr()?),
         None => String::new(),
@@ -95,7 +98,7 @@ async fn serve(config: Config) -> Result<()> {
     });
     let stopping = Arc::clone(&api);
     let served = api::serve(listener, api, async move {
-        stop_signal().await;
+        signal.await;
         eprintln!("mhero: stopping: finishing requests in flight");
         stopping.stop_accepting();
         let _ = stop_quic.send(true);
@@ -113,24 +116,23 @@ async fn serve(config: Config) -> Result<()> {
     Ok(())
 }
 
-/// SIGTERM (what service managers send) or Ctrl-C.
-async fn stop_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM (what service managers send) or Ctrl-C. The handlers are
+/// installed when this is called, so a signal that comes right after is
+/// not lost (or fatal).
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    #[cfg(unix)]
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("installing the SIGINT handler")?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

@@ -25,7 +25,7 @@
 //!     })
 //!     .await?;
 //! let mut statuses = client.statuses(&submitted.campaign, 0).await?;
-//! while let Some(event) = statuses.next().await? {
+//! while let Some(event) = statuses.next_event().await? {
 //!     // Store event.updated_ms: resume from it after a disconnect.
 //!     println!("{} {}", event.delivery, event.status);
 //! }
@@ -374,6 +374,15 @@ impl Exchange {
     }
 }
 
+/// What a subscription brings next.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Update<T> {
+    Event(T),
+    /// Everything from before the subscription has been received; what
+    /// follows happens live.
+    CaughtUp,
+}
+
 /// Events of a subscription, in order, until it is closed.
 pub struct Subscription<T> {
     exchange: Exchange,
@@ -382,20 +391,31 @@ pub struct Subscription<T> {
 }
 
 impl<T> Subscription<T> {
-    /// The next event; `None` once the broker ends the stream (it is
-    /// stopping). An error the broker sent ends it with that error.
-    pub async fn next(&mut self) -> Result<Option<T>> {
+    /// The next event, or the moment the subscription caught up; `None`
+    /// once the broker ends the stream (it is stopping). An error the
+    /// broker sent ends it with that error.
+    pub async fn next(&mut self) -> Result<Option<Update<T>>> {
+        match self.exchange.next().await? {
+            None => Ok(None),
+            Some(Response::CaughtUp) => {
+                self.caught_up = true;
+                Ok(Some(Update::CaughtUp))
+            }
+            Some(Response::Error { code, message }) => Err(ClientError::Refused { code, message }),
+            Some(r) => match (self.pick)(r) {
+                Some(event) => Ok(Some(Update::Event(event))),
+                None => Err(ClientError::Protocol("an event of another kind".into())),
+            },
+        }
+    }
+
+    /// The next event, passing over the catch-up mark.
+    pub async fn next_event(&mut self) -> Result<Option<T>> {
         loop {
-            match self.exchange.next().await? {
+            match self.next().await? {
+                Some(Update::Event(e)) => return Ok(Some(e)),
+                Some(Update::CaughtUp) => continue,
                 None => return Ok(None),
-                Some(Response::CaughtUp) => self.caught_up = true,
-                Some(Response::Error { code, message }) => {
-                    return Err(ClientError::Refused { code, message });
-                }
-                Some(r) => match (self.pick)(r) {
-                    Some(event) => return Ok(Some(event)),
-                    None => return Err(ClientError::Protocol("an event of another kind".into())),
-                },
             }
         }
     }

@@ -119,7 +119,7 @@ fn integrators_submit_batches_and_follow_statuses_and_replies_over_quic() {
         let deadline = Instant::now() + Duration::from_secs(60);
         while delivered.len() < 299 {
             assert!(Instant::now() < deadline, "{} delivered", delivered.len());
-            let e = tokio::time::timeout(Duration::from_secs(30), statuses.next())
+            let e = tokio::time::timeout(Duration::from_secs(30), statuses.next_event())
                 .await
                 .expect("an event within 30 s")
                 .unwrap()
@@ -142,7 +142,7 @@ fn integrators_submit_batches_and_follow_statuses_and_replies_over_quic() {
         // Resumed from the last position: at least that event again,
         // nothing earlier than it.
         let mut resumed = read_only.statuses(&campaign, last_ms).await.unwrap();
-        let again = resumed.next().await.unwrap().unwrap();
+        let again = resumed.next_event().await.unwrap().unwrap();
         assert!(again.updated_ms >= last_ms, "{again:?}");
         resumed.close();
 
@@ -151,7 +151,7 @@ fn integrators_submit_batches_and_follow_statuses_and_replies_over_quic() {
         let mut inbound = read_only.inbound(None).await.unwrap();
         let mut seqs = Vec::new();
         while seqs.len() < 10 {
-            let m = tokio::time::timeout(Duration::from_secs(30), inbound.next())
+            let m = tokio::time::timeout(Duration::from_secs(30), inbound.next_event())
                 .await
                 .expect("a reply within 30 s")
                 .unwrap()
@@ -164,7 +164,7 @@ fn integrators_submit_batches_and_follow_statuses_and_replies_over_quic() {
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
         inbound.close();
         let mut later = read_only.inbound(Some(seqs[4])).await.unwrap();
-        assert_eq!(later.next().await.unwrap().unwrap().seq, seqs[5]);
+        assert_eq!(later.next_event().await.unwrap().unwrap().seq, seqs[5]);
         later.close();
         client.close();
         read_only.close();
