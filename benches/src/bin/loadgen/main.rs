@@ -10,12 +10,15 @@
 //!   `gateway-sink` binary, a separate process on loopback.
 //! - `api`: FHIR CommunicationRequests over HTTP to the server of
 //!   `mhero serve`, from concurrent clients.
+//! - `quic`: batches over the QUIC API from `mhero-client`, then status
+//!   subscriptions.
 
 mod api;
 mod directory;
 mod dispatch;
 mod http;
 mod plugin;
+mod quic;
 mod store;
 
 use anyhow::Result;
@@ -48,6 +51,8 @@ enum Scenario {
     Http(http::HttpArgs),
     /// FHIR CommunicationRequests over HTTP from concurrent clients.
     Api(api::ApiArgs),
+    /// Batches over the QUIC API from one client; status subscriptions.
+    Quic(quic::QuicArgs),
 }
 
 #[global_allocator]
@@ -64,6 +69,7 @@ fn main() -> Result<()> {
         Scenario::Ratelimit(args) => dispatch::ratelimit(&args),
         Scenario::Http(args) => http::run(&args),
         Scenario::Api(args) => api::run(&args),
+        Scenario::Quic(args) => quic::run(&args),
         Scenario::Import(args) => directory::import(&args),
         Scenario::Select(args) => directory::select(&args),
     }
