@@ -94,3 +94,29 @@ fn an_unbuilt_example_is_named_with_its_build_command() {
         "{err}"
     );
 }
+
+/// `loadgen quic` submits what it says, every message is sent, and the
+/// subscriptions read one event per delivery of the campaigns they follow.
+#[test]
+fn quic_reports_what_it_submitted_and_read() {
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["quic", "--json", "--n", "3000", "--batch", "500"])
+        .args(["--concurrency", "3", "--subscriptions", "2"])
+        .output()
+        .expect("run loadgen");
+    assert!(
+        out.status.success(),
+        "loadgen quic: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(report["scenario"], "quic");
+    assert_eq!(report["accepted"], 3000, "{report}");
+    assert_eq!(report["all_sent"], true, "{report}");
+    assert_eq!(report["subscriptions"], 2, "{report}");
+    // Read from the start after the run: each delivery's current status
+    // (a status record or a dead letter) once, 500 per campaign.
+    assert_eq!(report["status_events"], 1000, "{report}");
+    assert!(report["msgs_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["filesystem"].is_string(), "{report}");
+}

@@ -174,6 +174,7 @@ async fn bench(args: &QuicArgs) -> Result<()> {
     let rss = peak_rss_mb();
     client.close();
     api.stop_accepting();
+    drop(api);
     let _ = stop.send(());
     serving.await?;
     let Some(broker) = api::release(broker, Duration::from_secs(10)).await else {
