@@ -188,6 +188,35 @@ impl Shared {
         let live = live(self, id, record).ok()?;
         Some(Arc::clone(self.campaigns.write().entry(id).or_insert(live)))
     }
+
+    /// Brings campaigns that left memory back from the store on a
+    /// blocking thread: what async code does before [`Shared::campaign`],
+    /// so that it never reads the store on a tokio worker.
+    pub async fn revive(self: &Arc<Self>, ids: impl IntoIterator<Item = CampaignId>) {
+        let missing: Vec<CampaignId> = {
+            let live = self.campaigns.read();
+            let mut m: Vec<CampaignId> = ids
+                .into_iter()
+                .filter(|id| !live.contains_key(id))
+                .collect();
+            m.sort_unstable();
+            m.dedup();
+            m
+        };
+        if missing.is_empty() {
+            return;
+        }
+        let shared = Arc::clone(self);
+        let revived = tokio::task::spawn_blocking(move || {
+            for id in missing {
+                let _ = shared.campaign(id);
+            }
+        })
+        .await;
+        if let Err(e) = revived {
+            tracing::error!(error = %e, "Reviving campaigns from the store failed.");
+        }
+    }
 }
 
 /// One delivery of a campaign, as [`Dispatcher::deliveries`] reads it.
@@ -455,6 +484,8 @@ impl Dispatcher {
     }
 
     async fn stop(&self, id: CampaignId, state: CampaignState) -> Result<()> {
+        // An ended campaign is read back off the async workers first.
+        self.shared.revive([id]).await;
         stop_campaign(&self.shared, id, state).await
     }
 

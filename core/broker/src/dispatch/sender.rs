@@ -399,6 +399,15 @@ async fn produce(shared: Arc<Shared>, ch: Arc<Channel>, tx: tokio::sync::mpsc::S
             continue;
         }
         shared.fanout_wake.notify_one();
+        // Work for a campaign that left memory (a replayed dead letter):
+        // read back on a blocking thread, not in `prepare`.
+        let mut campaigns: Vec<mhero_proto::CampaignId> = Vec::new();
+        for l in &leased {
+            if campaigns.last() != Some(&l.queue.campaign) {
+                campaigns.push(l.queue.campaign);
+            }
+        }
+        shared.revive(campaigns).await;
         let (stopped, ready) = prepare(&shared, &ch, leased);
         let requests = build(&ch, ready).await;
         let cost: u64 = requests
@@ -490,7 +499,8 @@ async fn send(
 }
 
 /// Stop reasons, message texts and per-recipient pacing of a leased round:
-/// what settles at once, and what goes to the gateway.
+/// what settles at once, and what goes to the gateway. Its campaigns are
+/// in memory ([`Shared::revive`] before it).
 fn prepare(
     shared: &Shared,
     ch: &Channel,

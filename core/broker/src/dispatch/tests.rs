@@ -235,6 +235,50 @@ async fn failures_back_off_then_become_dead_letters_with_their_history() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn dead_letters_of_a_campaign_that_left_memory_are_sent_again_when_replayed() {
+    let failing = SandboxConfig {
+        error_percent: 100.0,
+        ..SandboxConfig::default()
+    };
+    let w = world([("sms".to_string(), channel(0.0, failing))].into()).await;
+    let id = w.submit(generated("x", Lane::High, 3, &["sms"])).await;
+    run_for(5_000).await;
+    assert_eq!(w.dispatcher().progress(id).unwrap().dead, 3);
+    // An hour after it ended it leaves memory.
+    tokio::time::advance(Duration::from_secs(3_600)).await;
+    run_for(61_000).await;
+    assert!(
+        w.dispatcher()
+            .all_progress()
+            .iter()
+            .all(|p| p.id != id.to_string())
+    );
+    // Replayed: the campaign is read back (off the async workers) and its
+    // deliveries are tried again, three attempts each.
+    let ids: Vec<_> = w
+        .store()
+        .dead_letters(None, 10)
+        .unwrap()
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(w.dispatcher().replay_dead(ids).await.unwrap(), 3);
+    run_for(5_000).await;
+    let p = w.dispatcher().progress(id).unwrap();
+    assert_eq!((p.dead, p.retries), (3, 12), "{p:?}");
+    assert!(
+        w.dispatcher()
+            .all_progress()
+            .iter()
+            .any(|p| p.id == id.to_string()),
+        "back in memory while its work runs"
+    );
+    // Cancelling it then (it is in memory again) changes nothing sent.
+    w.dispatcher().cancel(id).await.unwrap();
+    w.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn throttling_pauses_the_channel_and_every_message_still_goes() {
     let gateway = SandboxConfig {
         throttle_percent: 20.0,
