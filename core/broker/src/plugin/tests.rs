@@ -335,9 +335,18 @@ fn the_sandbox_send_path_end_to_end() {
     assert!(!allowed.allows("https://evil.example/steal"));
 }
 
+/// The misbehaving fixture under a deadline no call of it reaches except
+/// the endless loop, even in a debug build on a busy machine: each test
+/// sees the limit it is about, not a timeout.
 fn hostile() -> (PluginHost, Arc<Plugin>) {
+    hostile_with_deadline(5_000)
+}
+
+/// The fixture under `timeout_ms` (its manifest says 50).
+fn hostile_with_deadline(timeout_ms: u64) -> (PluginHost, Arc<Plugin>) {
     let host = host();
-    let (manifest, component) = fixture_plugin("hostile-misbehave");
+    let (mut manifest, component) = fixture_plugin("hostile-misbehave");
+    manifest.limits.timeout_ms = Some(timeout_ms);
     host.load_file(manifest, &component).unwrap();
     let plugin = host.get("hostile-misbehave").unwrap();
     (host, plugin)
@@ -352,7 +361,7 @@ fn trap_of(result: Result<impl std::fmt::Debug, CallError>) -> TrapKind {
 
 #[test]
 fn an_infinite_loop_is_stopped_at_its_deadline_and_the_host_keeps_serving() {
-    let (host, plugin) = hostile();
+    let (host, plugin) = hostile_with_deadline(50);
     // Only the epoch deadline can end this call: the trap says it did.
     let kind = trap_of(plugin.classify("loop", &yes_no()));
     assert_eq!(kind, TrapKind::Timeout { timeout_ms: 50 });
@@ -363,13 +372,7 @@ fn an_infinite_loop_is_stopped_at_its_deadline_and_the_host_keeps_serving() {
 
 #[test]
 fn a_memory_bomb_hits_its_cap() {
-    // A deadline the bomb cannot reach first, even in a debug build on a
-    // busy machine: only the memory cap may end this call.
-    let host = host();
-    let (mut manifest, component) = fixture_plugin("hostile-misbehave");
-    manifest.limits.timeout_ms = Some(5_000);
-    host.load_file(manifest, &component).unwrap();
-    let plugin = host.get("hostile-misbehave").unwrap();
+    let (_host, plugin) = hostile();
     let kind = trap_of(plugin.classify("bomb", &yes_no()));
     assert_eq!(
         kind,
