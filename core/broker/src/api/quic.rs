@@ -362,14 +362,7 @@ async fn submit(api: &Api, batch: Submit) -> Result<Response> {
 /// What changed in a campaign at or after `since_ms`, read from the store.
 fn changed_since(api: &Api, campaign: CampaignId, since_ms: u64) -> Result<Vec<StatusEvent>> {
     let store = api.broker.store();
-    let names: std::collections::HashMap<_, _> = api
-        .broker
-        .dispatcher()
-        .channels()
-        .iter()
-        .map(|(name, ch)| (ch.id, name.clone()))
-        .collect();
-    let name = |c| names.get(&c).cloned();
+    let name = |c| api.broker.dispatcher().channel_name(c).map(str::to_string);
     let mut out = Vec::new();
     store.scan_statuses(campaign, &mut |id, r| {
         if r.updated_ms >= since_ms {
@@ -454,13 +447,6 @@ async fn inbound(
     after: Option<u64>,
     send: &mut quinn::SendStream,
 ) -> std::result::Result<(), String> {
-    let names: std::collections::HashMap<_, _> = api
-        .broker
-        .dispatcher()
-        .channels()
-        .iter()
-        .map(|(name, ch)| (ch.id, name.clone()))
-        .collect();
     let mut after = after.unwrap_or(0);
     let mut caught_up = false;
     loop {
@@ -479,10 +465,11 @@ async fn inbound(
                 send,
                 &Response::Inbound(InboundEvent {
                     seq,
-                    channel: names
-                        .get(&m.channel)
-                        .cloned()
-                        .unwrap_or_else(|| m.channel.to_string()),
+                    channel: api
+                        .broker
+                        .dispatcher()
+                        .channel_name(m.channel)
+                        .map_or_else(|| m.channel.to_string(), str::to_string),
                     from: m.from,
                     text: m.text,
                     received_ms: m.received_ms,

@@ -569,22 +569,16 @@ pub async fn inbound(
     let after = query.after.unwrap_or(0);
     let store = Arc::clone(api.broker.store());
     let messages = tokio::task::spawn_blocking(move || store.inbound(after, limit)).await??;
-    let names: std::collections::HashMap<_, _> = api
-        .broker
-        .dispatcher()
-        .channels()
-        .iter()
-        .map(|(name, ch)| (ch.id, name.clone()))
-        .collect();
     Ok(Json(
         messages
             .into_iter()
             .map(|(seq, m)| InboundView {
                 seq,
-                channel: names
-                    .get(&m.channel)
-                    .cloned()
-                    .unwrap_or_else(|| m.channel.to_string()),
+                channel: api
+                    .broker
+                    .dispatcher()
+                    .channel_name(m.channel)
+                    .map_or_else(|| m.channel.to_string(), str::to_string),
                 from: m.from,
                 text: m.text,
                 received_ms: m.received_ms,

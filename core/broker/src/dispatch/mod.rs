@@ -189,6 +189,15 @@ impl Shared {
         Some(Arc::clone(self.campaigns.write().entry(id).or_insert(live)))
     }
 
+    /// The name of the channel with store id `id` (a handful of
+    /// channels: a scan).
+    pub fn channel_name(&self, id: ChannelId) -> Option<&str> {
+        self.channels
+            .values()
+            .find(|c| c.id == id)
+            .map(|c| c.name.as_str())
+    }
+
     /// Brings campaigns that left memory back from the store on a
     /// blocking thread: what async code does before [`Shared::campaign`],
     /// so that it never reads the store on a tokio worker.
@@ -321,6 +330,11 @@ impl Dispatcher {
     }
 
     /// Where the webhook entry point sends receipts and inbound messages.
+    /// The name of the channel with store id `id`.
+    pub fn channel_name(&self, id: ChannelId) -> Option<&str> {
+        self.shared.channel_name(id)
+    }
+
     pub fn sink(&self) -> Arc<receipts::Sink> {
         Arc::clone(&self.sink)
     }
@@ -573,12 +587,7 @@ impl Dispatcher {
             page.statuses.into_iter().collect();
         let mut dead: HashMap<u32, crate::store::DeadLetter> =
             page.dead.into_iter().map(|d| (d.id.index, d)).collect();
-        let names: HashMap<ChannelId, &str> = shared
-            .channels
-            .values()
-            .map(|c| (c.id, c.name.as_str()))
-            .collect();
-        let name = |c: ChannelId| names.get(&c).map(|n| (*n).to_string());
+        let name = |c: ChannelId| shared.channel_name(c).map(str::to_string);
         let mut out = Vec::with_capacity(members.len());
         for (index, member) in members {
             let (recipient, withheld) = match member {
