@@ -148,15 +148,23 @@ if [ "$peers" = 1 ]; then
   if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     apt_install nodejs npm
   fi
-  # Its npm packages, and those of the SDK's JavaScript plugin examples
-  # (componentize-js), which the peer tests build from the registries.
-  for dir in tests/peers/fhir-server sdk/examples/js-classifier sdk/examples/js-connector; do
+  # Its npm packages, the Telegram Bot API emulator's (telegram-test-api),
+  # and those of the SDK's JavaScript plugin examples (componentize-js),
+  # which the peer tests build from the registries.
+  for dir in tests/peers/fhir-server tests/peers/telegram sdk/examples/js-classifier sdk/examples/js-connector; do
     if [ ! -f "$dir/node_modules/.package-lock.json" ] \
       || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
       say "installing the npm packages of $dir"
       npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >&2
     fi
   done
+  # Kannel (bearerbox, smsbox; fakesmsc from kannel-extras) for the SMS
+  # peer tests and `loadgen kannel`. Debian's packages; their init script
+  # is not started (the tests run their own on free ports).
+  if ! command -v bearerbox >/dev/null 2>&1 && [ ! -x /usr/sbin/bearerbox ] \
+    || [ ! -x /usr/lib/kannel/test/fakesmsc ]; then
+    apt_install kannel kannel-extras
+  fi
   # promtool checks the broker's /metrics (Debian's prometheus package);
   # headless Chromium drives the dashboard.
   command -v promtool >/dev/null 2>&1 || apt_install prometheus

@@ -36,6 +36,10 @@ pub mod classifier;
 pub mod connector;
 #[cfg(feature = "fhir-mapper")]
 pub mod fhir;
+/// SMS text for connectors: GSM-7 or UCS-2, concatenated parts, segment
+/// counts (the broker prices a text with the same code).
+#[cfg(feature = "connector")]
+pub use mhero_proto::sms;
 pub mod host;
 pub mod panic;
 pub mod testing;
@@ -51,6 +55,13 @@ compile_error!(
 #[doc(hidden)]
 pub mod __private {
     pub use wit_bindgen;
+}
+
+/// Compares two secrets (webhook tokens, signatures) in time that does
+/// not depend on where they differ, so a caller cannot find a secret byte
+/// by byte by timing the answers.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Finds a header by name, ignoring case.
@@ -126,6 +137,16 @@ macro_rules! shared_types {
 
             pub fn header(&self, name: &str) -> Option<&str> {
                 $crate::header(&self.headers, name)
+            }
+
+            /// `Retry-After` in its seconds form, as milliseconds (the
+            /// HTTP-date form is not read: gateways send seconds).
+            pub fn retry_after_ms(&self) -> Option<u64> {
+                self.header("retry-after")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .map(|s| s.saturating_mul(1000))
             }
         }
 

@@ -103,3 +103,14 @@ pub mod examples {
         true
     }
 }
+
+pub mod kannel;
+
+/// A TCP port free on loopback now (bound, then released: a peer started
+/// next can take it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on loopback")
+}

@@ -17,6 +17,7 @@
 //! - `token.rs`: `mhero token create|list|revoke`, API tokens.
 
 mod api_client;
+mod channel;
 mod contacts;
 mod dead;
 mod demo;
@@ -79,6 +80,9 @@ enum Command {
     /// Plugin tools.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Channels: list them, send one test message through a gateway.
+    #[command(subcommand)]
+    Channel(channel::ChannelCommand),
     /// Prints the example configuration with every default.
     ConfigExample,
     /// Loads and validates a config file.
@@ -140,6 +144,7 @@ fn run(cli: Cli) -> Result<()> {
             status::run(&config, args)
         }
         Command::Plugin(command) => plugin::run(&load()?, command),
+        Command::Channel(command) => channel::run(&load()?, command),
         Command::Dead(command) => dead::run(&load()?, command),
         Command::Import(args) => contacts::import(&load()?, args),
         Command::Sync(args) => contacts::sync(&load()?, args),

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use mhero_broker::Config;
 use mhero_broker::plugin::fixture::{self, Fixture};
 use mhero_broker::plugin::secrets::Redactor;
-use mhero_broker::plugin::{HostOptions, Manifest, Plugin, PluginHost, PluginMetrics};
+use mhero_broker::plugin::{HostOptions, Loaded, Manifest, Plugin, PluginHost, PluginMetrics};
 use serde_json::json;
 
 #[derive(clap::Subcommand)]
@@ -46,7 +46,9 @@ pub fn run(config: &Config, command: &PluginCommand) -> Result<()> {
     }
 }
 
-fn list(config: &Config) -> Result<()> {
+/// A plugin host with the config's settings and ceilings, and every
+/// plugin loaded (the built-in ones, then `plugins.dir`'s).
+pub fn loaded_host(config: &Config) -> Result<(PluginHost, Vec<Loaded>)> {
     let host = PluginHost::new(
         HostOptions {
             settings: config.plugins.config.clone(),
@@ -59,6 +61,11 @@ fn list(config: &Config) -> Result<()> {
     if let Some(dir) = &config.plugins.dir {
         loaded.extend(host.load_dir(dir)?);
     }
+    Ok((host, loaded))
+}
+
+fn list(config: &Config) -> Result<()> {
+    let (host, loaded) = loaded_host(config)?;
     for l in loaded {
         let p = host.get(&l.name).context("just loaded")?;
         println!(

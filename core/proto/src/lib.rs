@@ -10,6 +10,7 @@
 //! - [`status`]: the delivery status ladder and the rule that a status never
 //!   goes backwards.
 //! - [`wire`]: the QUIC API's frames (requests, answers, events).
+//! - [`sms`]: GSM-7 or UCS-2, concatenated parts, segment counts.
 //!
 //! Data moves one way: an operator's campaign names a [`Lane`]; the broker
 //! fans it out into deliveries, each identified by a [`DeliveryId`], whose
@@ -17,6 +18,7 @@
 
 pub mod ids;
 pub mod lane;
+pub mod sms;
 pub mod status;
 pub mod wire;
 

@@ -10,6 +10,7 @@ mod crash;
 mod dashboard;
 mod fhir_sync;
 mod http_crash;
+mod kannel;
 mod quic;
 mod scaffold;
 mod sdk_examples;

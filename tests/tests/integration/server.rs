@@ -38,17 +38,16 @@ impl Server {
 
     /// With more arguments before `serve` (`--config …`).
     pub(crate) fn start_with(data: &Path, args: &[&str]) -> Server {
+        Self::start_on(data, args, "127.0.0.1:0")
+    }
+
+    /// Serving HTTP on `listen` (a peer that calls back must know where).
+    pub(crate) fn start_on(data: &Path, args: &[&str], listen: &str) -> Server {
         let mut child = mhero()
             .arg("--data-dir")
             .arg(data)
             .args(args)
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--quic-listen",
-                "127.0.0.1:0",
-            ])
+            .args(["serve", "--listen", listen, "--quic-listen", "127.0.0.1:0"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

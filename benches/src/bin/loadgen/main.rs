@@ -12,11 +12,14 @@
 //!   `mhero serve`, from concurrent clients.
 //! - `quic`: batches over the QUIC API from `mhero-client`, then status
 //!   subscriptions.
+//! - `kannel`: SMS through a real Kannel on loopback with delivery reports
+//!   back through the webhook (Debian's kannel packages installed).
 
 mod api;
 mod directory;
 mod dispatch;
 mod http;
+mod kannel;
 mod plugin;
 mod quic;
 mod store;
@@ -53,6 +56,7 @@ enum Scenario {
     Api(api::ApiArgs),
     /// Batches over the QUIC API from one client; status subscriptions.
     Quic(quic::QuicArgs),
+    Kannel(kannel::KannelArgs),
 }
 
 #[global_allocator]
@@ -70,6 +74,7 @@ fn main() -> Result<()> {
         Scenario::Http(args) => http::run(&args),
         Scenario::Api(args) => api::run(&args),
         Scenario::Quic(args) => quic::run(&args),
+        Scenario::Kannel(args) => kannel::run(&args),
         Scenario::Import(args) => directory::import(&args),
         Scenario::Select(args) => directory::select(&args),
     }

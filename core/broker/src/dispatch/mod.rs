@@ -13,8 +13,9 @@
 //!   parse (wasm) → settle (wired / retry / fallback / dead).
 //! - [`receipts`]: the sink for what webhooks bring: receipts up the
 //!   status ladder (fallback when one says failed), inbound kept durably.
-//! - [`ratelimit`], [`retry`], [`segments`]: the channel's rate (cut on
-//!   throttling, recovered gradually), backoff with jitter, SMS segments.
+//! - [`ratelimit`], [`retry`]: the channel's rate (cut on throttling,
+//!   recovered gradually; SMS segments from `mhero_proto::sms`), backoff
+//!   with jitter.
 //! - [`clock`]: tokio time, so tests run on a paused clock.
 //! - [`metrics`]: deliveries, depths, waits, retries, receipts.
 //!
@@ -29,10 +30,10 @@ pub mod campaign;
 pub mod clock;
 pub mod config;
 pub mod metrics;
+pub mod probe;
 pub mod ratelimit;
 pub mod receipts;
 pub mod retry;
-pub mod segments;
 pub mod sender;
 
 #[cfg(test)]

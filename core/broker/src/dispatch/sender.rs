@@ -18,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::metrics::{outcome, reason};
 use super::ratelimit::ChannelRate;
-use super::{Live, Shared, TokioClock, route, segments};
+use super::{Live, Shared, TokioClock, route};
 use crate::channel::{
     AllowedHosts, ChannelTransport, HttpTransport, SandboxGateway, SandboxTransport, Transport,
 };
@@ -77,6 +77,33 @@ pub struct Channel {
     request_duration: prometheus_client::metrics::histogram::Histogram,
 }
 
+/// A channel's way out: the hosts its connector may reach, the simulator
+/// when the connector's allowed hosts name it, and the HTTP client.
+pub(crate) fn channel_transport(
+    name: &str,
+    config: &ChannelConfig,
+    plugin: &Plugin,
+    clock: TokioClock,
+) -> Result<(ChannelTransport, Option<Arc<SandboxGateway>>)> {
+    let allowed = AllowedHosts::resolve(&plugin.manifest().capabilities.allowed_hosts, &|key| {
+        plugin.setting(key)
+    });
+    let sandbox = allowed
+        .has_sandbox()
+        .then(|| Arc::new(SandboxGateway::new(config.sandbox.clone())));
+    let http = HttpTransport::new(&config.http, config.window)
+        .map_err(|message| crate::Error::Config(format!("channels.{name}.http: {message}")))?;
+    let transport = ChannelTransport::new(
+        &config.connector,
+        allowed,
+        sandbox
+            .clone()
+            .map(|g| Arc::new(SandboxTransport::new(g, Arc::new(clock)))),
+        http,
+    );
+    Ok((transport, sandbox))
+}
+
 impl Channel {
     pub fn new(
         name: &str,
@@ -93,23 +120,7 @@ impl Channel {
                 plugin: config.connector.clone(),
                 message: format!("describe() failed for channel {name}: {e}"),
             })?;
-        let allowed =
-            AllowedHosts::resolve(&plugin.manifest().capabilities.allowed_hosts, &|key| {
-                plugin.setting(key)
-            });
-        let sandbox = allowed
-            .has_sandbox()
-            .then(|| Arc::new(SandboxGateway::new(config.sandbox.clone())));
-        let http = HttpTransport::new(&config.http, config.window)
-            .map_err(|message| crate::Error::Config(format!("channels.{name}.http: {message}")))?;
-        let transport = ChannelTransport::new(
-            &config.connector,
-            allowed,
-            sandbox
-                .clone()
-                .map(|g| Arc::new(SandboxTransport::new(g, Arc::new(clock)))),
-            http,
-        );
+        let (transport, sandbox) = channel_transport(name, config, &plugin, clock)?;
         let batch = if info.max_batch > 1 {
             config.batch.min(info.max_batch as usize).max(1)
         } else {
@@ -548,7 +559,7 @@ fn prepare(
         }
         let (text, language) = live.body.for_language(l.item.language.as_deref());
         let cost = if ch.counts_segments {
-            segments::count(text).count
+            mhero_proto::sms::count(text).count
         } else {
             1
         };
@@ -932,7 +943,14 @@ fn decide(
             l,
             Outcome::Done {
                 status: DeliveryStatus::Wired,
-                external_id: Some(external_id),
+                // A gateway that gives no id of its own (Kannel) names the
+                // message in its reports by ours, as the connector put it
+                // in the callback URL.
+                external_id: Some(if external_id.is_empty() {
+                    r.message.id.clone()
+                } else {
+                    external_id
+                }),
                 reason: None,
             },
             outcome::WIRED,

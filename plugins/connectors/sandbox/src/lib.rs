@@ -144,16 +144,6 @@ fn unreachable(code: Option<&str>) -> bool {
     )
 }
 
-/// Seconds in `Retry-After` (integer form) as milliseconds.
-fn retry_after_ms(response: &HttpResponse) -> Option<u64> {
-    response
-        .header("retry-after")?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(|s| s.saturating_mul(1000))
-}
-
 fn outcome_for_status(response: &HttpResponse) -> Result<SendOutcome, PluginError> {
     match response.status {
         401 | 403 => Err(PluginError::Unauthorized(format!(
@@ -161,11 +151,11 @@ fn outcome_for_status(response: &HttpResponse) -> Result<SendOutcome, PluginErro
             response.status
         ))),
         429 => Ok(SendOutcome::Retry(RetryInfo {
-            after_ms: retry_after_ms(response),
+            after_ms: response.retry_after_ms(),
             reason: "throttled (429)".into(),
         })),
         500..=599 => Ok(SendOutcome::Retry(RetryInfo {
-            after_ms: retry_after_ms(response),
+            after_ms: response.retry_after_ms(),
             reason: format!("gateway error ({})", response.status),
         })),
         400..=499 => {
