@@ -16,6 +16,7 @@ mod scaffold;
 mod sdk_examples;
 mod server;
 mod store;
+mod telegram;
 
 use std::path::PathBuf;
 use std::process::Command;
