@@ -36,6 +36,111 @@ pub use bindings::mhero::plugin::types::{
 
 crate::shared_types!(crate::connector::bindings);
 
+/// The plugin's setting `key`, when set to something other than blanks.
+pub fn setting(key: &str) -> Option<String> {
+    crate::host::config(key).filter(|v| !v.trim().is_empty())
+}
+
+/// The setting `key`, or `unauthorized` naming it: a channel whose
+/// connector lacks a credential or an address pauses until an operator
+/// sets it, and no message is lost.
+pub fn required(key: &str) -> Result<String, PluginError> {
+    setting(key)
+        .ok_or_else(|| PluginError::Unauthorized(format!("setting `{key}` is not configured")))
+}
+
+/// The value of the query parameter `name` of a request's URL.
+pub fn query_param(request: &HttpRequest, name: &str) -> Option<String> {
+    let query = request.url.split_once('?')?.1;
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(v: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Checks a callback's shared secret for gateways that sign nothing: in
+/// the header `header` when given and present, else in the URL's `token`
+/// query parameter (the callback URL an operator registered). Compared in
+/// constant time; `unauthorized` when it does not match.
+pub fn check_token(
+    request: &HttpRequest,
+    header: Option<&str>,
+    expected: &str,
+) -> Result<(), PluginError> {
+    let given = header
+        .and_then(|h| request.header(h).map(str::to_string))
+        .or_else(|| query_param(request, "token"))
+        .unwrap_or_default();
+    if crate::same_secret(given.as_bytes(), expected.as_bytes()) && !expected.is_empty() {
+        return Ok(());
+    }
+    crate::host::log(
+        crate::host::Level::Warn,
+        "Callback with a wrong or missing token.",
+    );
+    Err(PluginError::Unauthorized(
+        "callback token does not match".into(),
+    ))
+}
+
+/// Checks Meta's `X-Hub-Signature-256` (WhatsApp Cloud API, Messenger) of
+/// a webhook with the app's secret; `unauthorized` when it does not verify.
+pub fn check_hub_signature(request: &HttpRequest, app_secret: &str) -> Result<(), PluginError> {
+    let signature = request.header("x-hub-signature-256").unwrap_or_default();
+    if crate::signature::verify_sha256_header(app_secret.as_bytes(), &request.body, signature) {
+        return Ok(());
+    }
+    crate::host::log(
+        crate::host::Level::Warn,
+        "Webhook signature does not verify.",
+    );
+    Err(PluginError::Unauthorized(
+        "webhook signature does not verify".into(),
+    ))
+}
+
+/// Answers Meta's subscription check (`GET ?hub.mode=subscribe&
+/// hub.verify_token=…&hub.challenge=…`) with the challenge.
+pub fn hub_verification(
+    request: &HttpRequest,
+    verify_token: &str,
+) -> Result<WebhookResult, PluginError> {
+    match crate::signature::hub_challenge(&request.url, verify_token) {
+        Ok(challenge) => Ok(WebhookResult {
+            events: Vec::new(),
+            response: HttpResponse::with_body(200, "text/plain", challenge),
+        }),
+        Err(true) => Err(PluginError::Unauthorized(
+            "verify token does not match".into(),
+        )),
+        Err(false) => Err(PluginError::invalid(
+            "not a subscription check (hub.mode, hub.challenge)",
+        )),
+    }
+}
+
 /// A channel connector. Every method is called on a pooled instance; keep
 /// no state between calls that matters (instances are recycled).
 pub trait Connector {
@@ -115,4 +220,92 @@ macro_rules! export_connector {
             $crate::connector::bindings::__export_connector_world!(MheroConnectorExport with_types_in $crate::connector::bindings);
         };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::MockHost;
+
+    fn request(url: &str, headers: &[(&str, &str)]) -> HttpRequest {
+        HttpRequest {
+            method: "POST".into(),
+            url: url.into(),
+            headers: headers.iter().map(|(n, v)| Header::new(*n, *v)).collect(),
+            body: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn settings_and_query_parameters() {
+        let _host = MockHost::new()
+            .config("a", "x")
+            .config("blank", "  ")
+            .install();
+        assert_eq!(setting("a").as_deref(), Some("x"));
+        assert_eq!(setting("blank"), None);
+        assert!(
+            matches!(required("blank"), Err(PluginError::Unauthorized(m)) if m.contains("`blank`"))
+        );
+        let r = request("/webhooks/sms?token=a%2Bb+c&x=%E2%9C%93&bad=%zz&t=%4", &[]);
+        assert_eq!(query_param(&r, "token").as_deref(), Some("a+b c"));
+        assert_eq!(query_param(&r, "x").as_deref(), Some("✓"));
+        assert_eq!(query_param(&r, "bad").as_deref(), Some("%zz"));
+        assert_eq!(query_param(&r, "t").as_deref(), Some("%4"));
+        assert_eq!(query_param(&r, "missing"), None);
+        assert_eq!(query_param(&request("/webhooks/sms", &[]), "token"), None);
+    }
+
+    #[test]
+    fn callback_tokens() {
+        let _host = MockHost::new().install();
+        let header = Some("x-webhook-token");
+        assert!(check_token(&request("/w?token=s3", &[]), header, "s3").is_ok());
+        assert!(check_token(&request("/w", &[("X-Webhook-Token", "s3")]), header, "s3").is_ok());
+        // The header, when present, is what counts.
+        assert!(
+            check_token(
+                &request("/w?token=s3", &[("x-webhook-token", "no")]),
+                header,
+                "s3"
+            )
+            .is_err()
+        );
+        assert!(check_token(&request("/w?token=s4", &[]), None, "s3").is_err());
+        assert!(check_token(&request("/w", &[]), None, "s3").is_err());
+        // An empty expected secret never matches.
+        assert!(check_token(&request("/w?token=", &[]), None, "").is_err());
+    }
+
+    #[test]
+    fn meta_signatures_and_the_subscription_check() {
+        let _host = MockHost::new().install();
+        let mut r = request("/w", &[]);
+        r.body = b"Hello, World!".to_vec();
+        r.headers.push(Header::new(
+            "X-Hub-Signature-256",
+            crate::signature::sha256_header(b"It's a Secret to Everybody", &r.body),
+        ));
+        assert!(check_hub_signature(&r, "It's a Secret to Everybody").is_ok());
+        assert!(check_hub_signature(&r, "another").is_err());
+        let ok = hub_verification(
+            &request(
+                "/w?hub.mode=subscribe&hub.challenge=42&hub.verify_token=vt",
+                &[],
+            ),
+            "vt",
+        )
+        .unwrap();
+        assert_eq!(ok.response.body, b"42");
+        assert!(matches!(
+            hub_verification(
+                &request(
+                    "/w?hub.mode=subscribe&hub.challenge=42&hub.verify_token=x",
+                    &[]
+                ),
+                "vt"
+            ),
+            Err(PluginError::Unauthorized(_))
+        ));
+    }
 }

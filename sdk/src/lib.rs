@@ -42,6 +42,8 @@ pub mod fhir;
 pub use mhero_proto::sms;
 pub mod host;
 pub mod panic;
+#[cfg(feature = "connector")]
+pub mod signature;
 pub mod testing;
 
 #[cfg(all(

@@ -5,7 +5,7 @@
 use mhero_sdk::connector::{
     Connector, ConnectorInfo, Failure, HttpRequest, HttpResponse, InboundMessage, Lane,
     OutboundMessage, PluginError, PluginInfo, PluginKind, Receipt, ReceiptStatus, RetryInfo,
-    SendOutcome, WebhookEvent, WebhookResult,
+    SendOutcome, WebhookEvent, WebhookResult, check_token, required, setting,
 };
 use mhero_sdk::host::{self, Level};
 use mhero_sdk::sms::{self, Encoding};
@@ -23,15 +23,6 @@ mod dlr {
     pub const BUFFERED: u32 = 4;
     pub const SMSC_ACK: u32 = 8;
     pub const SMSC_REJECT: u32 = 16;
-}
-
-fn setting(key: &str) -> Option<String> {
-    host::config(key).filter(|v| !v.trim().is_empty())
-}
-
-fn required(key: &str) -> Result<String, PluginError> {
-    setting(key)
-        .ok_or_else(|| PluginError::Unauthorized(format!("setting `{key}` is not configured")))
 }
 
 /// Kannel's `priority` (0–3, higher first through bearerbox's queues).
@@ -231,16 +222,7 @@ impl Connector for Kannel {
         {
             values.extend(pairs(&request.body));
         }
-        let token = get(&values, "token").unwrap_or_default();
-        if !mhero_sdk::same_secret(token.as_bytes(), expected.as_bytes()) {
-            host::log(
-                Level::Warn,
-                "Kannel callback with a wrong or missing token.",
-            );
-            return Err(PluginError::Unauthorized(
-                "callback token does not match".into(),
-            ));
-        }
+        check_token(&request, None, &expected)?;
         let events = match get(&values, "type") {
             Some("dlr") => receipt(&values)?.into_iter().collect(),
             Some("mo") => vec![inbound(&values)?],

@@ -1,7 +1,6 @@
 //! Connector for the sandbox gateway, a simulated SMS gateway that runs
 //! inside the broker. See README.md for the protocol.
 
-use hmac::{Hmac, Mac};
 use mhero_sdk::connector::{
     BatchOutcome, Connector, ConnectorInfo, Failure, Header, HttpRequest, HttpResponse,
     InboundMessage, Lane, OutboundMessage, PluginError, PluginInfo, PluginKind, Receipt,
@@ -9,7 +8,6 @@ use mhero_sdk::connector::{
 };
 use mhero_sdk::host::{self, Level};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
 pub struct Sandbox;
 
@@ -173,40 +171,7 @@ fn outcome_for_status(response: &HttpResponse) -> Result<SendOutcome, PluginErro
 
 /// `sha256=<hex>` of HMAC-SHA256(secret, body).
 pub fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
-    mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256=");
-    for b in digest {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
-}
-
-fn verify(secret: &str, body: &[u8], signature: &str) -> bool {
-    let Some(hex) = signature.trim().strip_prefix("sha256=") else {
-        return false;
-    };
-    let Some(expected) = decode_hex(hex) else {
-        return false;
-    };
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
-    mac.update(body);
-    // Constant-time comparison.
-    mac.verify_slice(&expected).is_ok()
-}
-
-fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
+    mhero_sdk::signature::sha256_header(secret.as_bytes(), body)
 }
 
 fn receipt_status(status: &str) -> Option<ReceiptStatus> {
@@ -310,7 +275,8 @@ impl Connector for Sandbox {
             PluginError::Unauthorized("setting `webhook_secret` is not configured".into())
         })?;
         let signature = request.header(SIGNATURE_HEADER).unwrap_or_default();
-        if !verify(&secret, &request.body, signature) {
+        if !mhero_sdk::signature::verify_sha256_header(secret.as_bytes(), &request.body, signature)
+        {
             host::log(Level::Warn, "Webhook signature does not verify.");
             return Err(PluginError::Unauthorized(
                 "webhook signature does not verify".into(),

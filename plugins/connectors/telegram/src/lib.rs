@@ -4,21 +4,14 @@
 use mhero_sdk::connector::{
     Connector, ConnectorInfo, Failure, Header, HttpRequest, HttpResponse, InboundMessage, Lane,
     OutboundMessage, PluginError, PluginInfo, PluginKind, RetryInfo, SendOutcome, WebhookEvent,
-    WebhookResult,
+    WebhookResult, check_token, required,
 };
-use mhero_sdk::host::{self, Level};
 use serde::{Deserialize, Serialize};
 
 pub struct Telegram;
 
 /// The header Telegram sends the webhook's `secret_token` in.
 pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
-
-fn setting(key: &str) -> Result<String, PluginError> {
-    host::config(key)
-        .filter(|v| !v.trim().is_empty())
-        .ok_or_else(|| PluginError::Unauthorized(format!("setting `{key}` is not configured")))
-}
 
 #[derive(Serialize)]
 struct SendMessage<'a> {
@@ -163,8 +156,8 @@ impl Connector for Telegram {
             method: "POST".into(),
             url: format!(
                 "{}/bot{}/sendMessage",
-                setting("base_url")?.trim_end_matches('/'),
-                setting("bot_token")?
+                required("base_url")?.trim_end_matches('/'),
+                required("bot_token")?
             ),
             headers: vec![Header::new("content-type", "application/json")],
             body,
@@ -227,26 +220,8 @@ impl Connector for Telegram {
     }
 
     fn handle_webhook(request: HttpRequest) -> Result<WebhookResult, PluginError> {
-        let secret = setting("webhook_secret")?;
-        let query_token = request.url.split_once('?').and_then(|(_, q)| {
-            form_urlencoded::parse(q.as_bytes())
-                .find(|(k, _)| k == "token")
-                .map(|(_, v)| v.into_owned())
-        });
-        let given = request
-            .header(SECRET_HEADER)
-            .map(str::to_string)
-            .or(query_token)
-            .unwrap_or_default();
-        if !mhero_sdk::same_secret(given.as_bytes(), secret.as_bytes()) {
-            host::log(
-                Level::Warn,
-                "Telegram update with a wrong or missing secret.",
-            );
-            return Err(PluginError::Unauthorized(
-                "webhook secret does not match".into(),
-            ));
-        }
+        let secret = required("webhook_secret")?;
+        check_token(&request, Some(SECRET_HEADER), &secret)?;
         let update: Update = serde_json::from_slice(&request.body)
             .map_err(|e| PluginError::invalid(format!("unreadable update: {e}")))?;
         let event = if let Some(m) = update.message {
