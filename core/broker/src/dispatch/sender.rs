@@ -618,15 +618,38 @@ fn prepare(
     (settled, ready)
 }
 
+/// Cuts a round into requests of at most `size` messages. A batch carries
+/// one text (the aggregators' bulk forms send one text to many numbers):
+/// with `size` > 1, messages are grouped by text, in the order each text
+/// first appears, then cut.
+fn batches<T>(items: Vec<T>, size: usize, text: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
+    let size = size.max(1);
+    let mut groups: Vec<Vec<T>> = Vec::new();
+    if size > 1 {
+        for item in items {
+            match groups.iter_mut().find(|g| text(&g[0]) == text(&item)) {
+                Some(g) => g.push(item),
+                None => groups.push(vec![item]),
+            }
+        }
+    } else {
+        groups.push(items);
+    }
+    let mut out = Vec::new();
+    for group in groups {
+        let mut it = group.into_iter().peekable();
+        while it.peek().is_some() {
+            out.push(it.by_ref().take(size).collect());
+        }
+    }
+    out
+}
+
 type Built = Vec<(Vec<Ready>, std::result::Result<HttpRequest, CallError>)>;
 
 /// Builds every request of a round in one trip to a plugin thread.
 async fn build(ch: &Arc<Channel>, ready: Vec<Ready>) -> Built {
-    let mut chunks: Vec<Vec<Ready>> = Vec::new();
-    let mut it = ready.into_iter().peekable();
-    while it.peek().is_some() {
-        chunks.push(it.by_ref().take(ch.batch).collect());
-    }
+    let chunks = batches(ready, ch.batch, |r| r.message.text.as_str());
     if chunks.is_empty() {
         return Vec::new();
     }
@@ -1039,6 +1062,22 @@ fn fallback(shared: &Shared, l: Leased, why: String) -> (Leased, Outcome, &'stat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_carries_one_text() {
+        let round = vec!["en", "fr", "en", "sw", "fr", "en"];
+        assert_eq!(
+            batches(round.clone(), 2, |t| t),
+            vec![vec!["en", "en"], vec!["en"], vec!["fr", "fr"], vec!["sw"]]
+        );
+        // Without a batch form: one message per request, in order.
+        assert_eq!(
+            batches(round.clone(), 1, |t| t),
+            round.iter().map(|t| vec![*t]).collect::<Vec<_>>()
+        );
+        assert_eq!(batches(round, 100, |t| t).len(), 3);
+        assert!(batches(Vec::<&str>::new(), 10, |t| t).is_empty());
+    }
     use crate::channel::TransportError;
 
     fn retry_info(after_ms: Option<u64>) -> Answer {
