@@ -8,6 +8,7 @@ mod campaigns;
 mod cap;
 mod crash;
 mod dashboard;
+mod faults;
 mod fhir_sync;
 mod http_crash;
 mod kannel;
