@@ -59,18 +59,25 @@ pub fn config_diff(config: &mhero_broker::Config) -> serde_json::Value {
     use serde_json::{Map, Value};
     fn walk(path: &str, got: &Value, default: &Value, out: &mut Map<String, Value>) {
         match (got, default) {
-            (Value::Object(g), Value::Object(d)) => {
+            (Value::Object(g), Value::Object(_) | Value::Null) => {
                 for (k, v) in g {
                     let key = if path.is_empty() {
                         k.clone()
                     } else {
                         format!("{path}.{k}")
                     };
-                    walk(&key, v, d.get(k).unwrap_or(&Value::Null), out);
+                    walk(&key, v, default.get(k).unwrap_or(&Value::Null), out);
                 }
             }
             _ if got != default => {
-                out.insert(path.to_string(), got.clone());
+                // Plugin secrets (passwords, tokens) stay out of figures.
+                let name = path.rsplit('.').next().unwrap_or(path);
+                let value = if mhero_broker::plugin::secrets::is_secret_name(name) {
+                    Value::String(mhero_broker::plugin::secrets::REDACTED.into())
+                } else {
+                    got.clone()
+                };
+                out.insert(path.to_string(), value);
             }
             _ => {}
         }
@@ -94,4 +101,30 @@ pub fn config_diff(config: &mhero_broker::Config) -> serde_json::Value {
         }
     }
     Value::Object(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_diff_names_what_changed_and_hides_secrets() {
+        let mut config = mhero_broker::Config::default();
+        let kannel = config.plugins.config.entry("kannel".into()).or_default();
+        kannel.insert("password".into(), "s3cret-pass".into());
+        kannel.insert("username".into(), "loadgen".into());
+        config.channels.insert(
+            "sms".into(),
+            mhero_broker::config::ChannelConfig {
+                rate: 200.0,
+                ..Default::default()
+            },
+        );
+        let diff = config_diff(&config);
+        assert_eq!(diff["plugins.config.kannel.password"], "[redacted]");
+        assert_eq!(diff["plugins.config.kannel.username"], "loadgen");
+        assert_eq!(diff["channels.sms.rate"], 200.0);
+        assert!(!diff.to_string().contains("s3cret-pass"));
+        assert_eq!(diff.as_object().unwrap().len(), 3, "{diff}");
+    }
 }
