@@ -36,14 +36,12 @@ pub mod classifier;
 pub mod connector;
 #[cfg(feature = "fhir-mapper")]
 pub mod fhir;
-/// SMS text for connectors: GSM-7 or UCS-2, concatenated parts, segment
-/// counts (the broker prices a text with the same code).
-#[cfg(feature = "connector")]
-pub use mhero_proto::sms;
 pub mod host;
 pub mod panic;
 #[cfg(feature = "connector")]
 pub mod signature;
+#[cfg(feature = "connector")]
+pub mod sms;
 pub mod testing;
 
 #[cfg(all(

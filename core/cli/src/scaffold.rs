@@ -62,6 +62,11 @@ const SDK_FILES: &[(&str, &str)] = &[
         include_str!("../../../sdk/src/fhir_json.rs"),
     ),
     ("src/host.rs", include_str!("../../../sdk/src/host.rs")),
+    ("src/sms.rs", include_str!("../../../sdk/src/sms.rs")),
+    (
+        "src/signature.rs",
+        include_str!("../../../sdk/src/signature.rs"),
+    ),
     ("src/panic.rs", include_str!("../../../sdk/src/panic.rs")),
     (
         "src/testing.rs",
@@ -225,7 +230,7 @@ fn rust(root: &Path, kind: Kind, name: &str) -> Result<()> {
     )?;
     write(root, ".gitignore", "target/\n*.wasm\n")?;
     let sdk_manifest = format!(
-        "[package]\nname = \"mhero-sdk\"\nversion = \"{}\"\nedition = \"2024\"\ndescription = \"The mHero plugin SDK, as the broker that made this folder was built with it.\"\npublish = false\n\n[features]\nconnector = []\nfhir-mapper = [\"dep:serde_json\"]\nclassifier = []\n\n[dependencies]\nwit-bindgen = {{ version = \"0.63\", default-features = false, features = [\"macros\", \"realloc\", \"std\"] }}\nserde_json = {{ version = \"1\", optional = true }}\n",
+        "[package]\nname = \"mhero-sdk\"\nversion = \"{}\"\nedition = \"2024\"\ndescription = \"The mHero plugin SDK, as the broker that made this folder was built with it.\"\npublish = false\n\n[features]\nconnector = [\"dep:hmac\", \"dep:sha2\"]\nfhir-mapper = [\"dep:serde_json\"]\nclassifier = []\n\n[dependencies]\nwit-bindgen = {{ version = \"0.63\", default-features = false, features = [\"macros\", \"realloc\", \"std\"] }}\nserde_json = {{ version = \"1\", optional = true }}\nhmac = {{ version = \"0.12\", optional = true }}\nsha2 = {{ version = \"0.10\", default-features = false, optional = true }}\n",
         env!("CARGO_PKG_VERSION")
     );
     write(root, "mhero-sdk/Cargo.toml", &sdk_manifest)?;

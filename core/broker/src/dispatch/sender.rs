@@ -721,22 +721,26 @@ async fn finish_round(
             return;
         }
     };
+    // Deciding may read a stored audience (a fallback's next channel), and
+    // building the settle batch takes the store's lock and may wait for a
+    // full writer queue: both on a blocking thread.
+    let (on_shared, on_ch) = (Arc::clone(&shared), Arc::clone(&ch));
     let now = shared.clock.now_ms();
-    let mut rng = SmallRng::from_rng(&mut rand::rng());
-    let mut tally = Tally::default();
-    for (r, answer) in parsed {
-        let (l, mut outcome) = decide(&shared, &ch, r, answer, now, &mut rng, &mut tally);
-        // Reasons go into retry history and dead letters: never with the
-        // connector's secrets (a gateway may echo a token or a URL), never
-        // longer than an error text may be.
-        clean_reason(&mut outcome, ch.plugin.redactor());
-        settled.push((l, outcome));
-    }
-    tally.record(&shared, &ch);
-    // Building the batch takes the store's lock, and handing it to a full
-    // writer queue waits: on a blocking thread.
-    let store = Arc::clone(&shared.store);
-    match tokio::task::spawn_blocking(move || store.settle(settled)).await {
+    let settle = move || {
+        let mut rng = SmallRng::from_rng(&mut rand::rng());
+        let mut tally = Tally::default();
+        for (r, answer) in parsed {
+            let (l, mut outcome) = decide(&on_shared, &on_ch, r, answer, now, &mut rng, &mut tally);
+            // Reasons go into retry history and dead letters: never with
+            // the connector's secrets (a gateway may echo a token or a
+            // URL), never longer than an error text may be.
+            clean_reason(&mut outcome, on_ch.plugin.redactor());
+            settled.push((l, outcome));
+        }
+        tally.record(&on_shared, &on_ch);
+        on_shared.store.settle(settled)
+    };
+    match tokio::task::spawn_blocking(settle).await {
         Ok(Ok(p)) => {
             if let Err(e) = p.await {
                 tracing::error!(channel = %ch.name, error = %e, "Settle commit failed.");
@@ -1062,6 +1066,7 @@ fn fallback(shared: &Shared, l: Leased, why: String) -> (Leased, Outcome, &'stat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channel::TransportError;
 
     #[test]
     fn a_batch_carries_one_text() {
@@ -1078,7 +1083,6 @@ mod tests {
         assert_eq!(batches(round, 100, |t| t).len(), 3);
         assert!(batches(Vec::<&str>::new(), 10, |t| t).is_empty());
     }
-    use crate::channel::TransportError;
 
     fn retry_info(after_ms: Option<u64>) -> Answer {
         Answer::Outcome(SendOutcome::Retry(ct::RetryInfo {
