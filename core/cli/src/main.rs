@@ -144,6 +144,10 @@ fn run(cli: Cli) -> Result<()> {
             status::run(&config, args)
         }
         Command::Plugin(command) => plugin::run(&load()?, command),
+        Command::Channel(channel::ChannelCommand::Add(args)) => match &cli.config {
+            Some(path) => channel::add(path, args),
+            None => anyhow::bail!("`channel add` writes a config file: name it with --config"),
+        },
         Command::Channel(command) => channel::run(&load()?, command),
         Command::Dead(command) => dead::run(&load()?, command),
         Command::Import(args) => contacts::import(&load()?, args),

@@ -326,3 +326,112 @@ fn channel_test_reports_what_the_gateway_answered() {
         "{text}"
     );
 }
+
+/// `channel add` writes a channel into the config file only once the
+/// result checks out.
+#[test]
+fn channel_add_writes_a_checked_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mhero.toml");
+    let run = |args: &[&str]| {
+        super::mhero()
+            .args(["--config", config.to_str().unwrap(), "channel"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let stderr = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).to_string();
+    // A new file, with the connector's settings.
+    let out = run(&[
+        "add",
+        "sms",
+        "--connector",
+        "kannel",
+        "--rate",
+        "100",
+        "--set",
+        "base_url=http://127.0.0.1:13013",
+        "--set",
+        "username=mhero",
+        "--set",
+        "password=kannel pass",
+        "--set",
+        "dlr_mask=3",
+        "--set",
+        "webhook_token=cb-secret",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let written = std::fs::read_to_string(&config).unwrap();
+    let table: toml::Table = toml::from_str(&written).unwrap();
+    assert_eq!(
+        table["channels"]["sms"]["connector"].as_str(),
+        Some("kannel")
+    );
+    assert_eq!(table["channels"]["sms"]["rate"].as_float(), Some(100.0));
+    assert_eq!(
+        table["plugins"]["config"]["kannel"]["dlr_mask"].as_integer(),
+        Some(3)
+    );
+    assert_eq!(
+        table["plugins"]["config"]["kannel"]["password"].as_str(),
+        Some("kannel pass")
+    );
+    // A second channel on another connector, appended.
+    let out = run(&["add", "wa", "--connector", "sandbox"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed = String::from_utf8_lossy(&run(&["list"]).stdout).to_string();
+    assert!(
+        listed.contains("sms") && listed.contains("kannel") && listed.contains("100/s"),
+        "{listed}"
+    );
+    assert!(
+        listed.contains("wa") && listed.contains("sandbox"),
+        "{listed}"
+    );
+    let before = std::fs::read_to_string(&config).unwrap();
+    // Refused, and the file left as it was: a name taken, an unknown
+    // connector, a setting the connector does not know, settings for a
+    // connector that already has its table, a bad name.
+    for (args, says) in [
+        (
+            vec!["add", "sms", "--connector", "sandbox"],
+            "already has a channel \"sms\"",
+        ),
+        (
+            vec!["add", "x", "--connector", "carrier-pigeon"],
+            "carrier-pigeon",
+        ),
+        (
+            vec!["add", "t", "--connector", "telegram", "--set", "bot_tokn=1"],
+            "unknown setting \"bot_tokn\"",
+        ),
+        (
+            vec!["add", "k2", "--connector", "kannel", "--set", "from=4455"],
+            "already has [plugins.config.kannel]",
+        ),
+        (
+            vec!["add", "SMS 2", "--connector", "kannel"],
+            "lowercase letters",
+        ),
+    ] {
+        let out = run(&args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+        assert_eq!(
+            std::fs::read_to_string(&config).unwrap(),
+            before,
+            "{args:?}"
+        );
+    }
+    // Without --config there is no file to write.
+    let out = super::mhero()
+        .args(["channel", "add", "sms", "--connector", "sandbox"])
+        .env_remove("MHERO_CONFIG")
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&out).contains("name it with --config"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -93,7 +93,10 @@ fn built_ins_load_describe_themselves_and_come_from_the_cache_the_second_time() 
         (info.max_batch, info.counts_segments, info.idempotent),
         (100, true, true)
     );
-    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), loaded.len());
+    assert_eq!(
+        std::fs::read_dir(cache.path()).unwrap().count(),
+        loaded.len()
+    );
     drop(first);
     let second = PluginHost::new(options, PluginMetrics::default()).unwrap();
     assert!(
