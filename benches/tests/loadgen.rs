@@ -120,3 +120,46 @@ fn quic_reports_what_it_submitted_and_read() {
     assert!(report["msgs_per_s"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["filesystem"].is_string(), "{report}");
 }
+
+/// `loadgen kannel` (Kannel installed): every message of both phases
+/// reaches the SMSC and comes back delivered, the figures are there, and
+/// no secret is in the JSON.
+#[test]
+fn kannel_reports_both_phases() {
+    if !mhero_tests::peer_present(mhero_tests::kannel::missing()) {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "kannel", "--json", "--n", "300", "--rate", "100", "--max-n", "300",
+        ])
+        .output()
+        .expect("run loadgen");
+    assert!(
+        out.status.success(),
+        "loadgen kannel: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    assert_eq!(report["scenario"], "kannel");
+    assert_eq!(report["delivered"], 300, "{report}");
+    assert_eq!(report["max_delivered"], 300, "{report}");
+    assert_eq!(report["smsc_received"], 600, "{report}");
+    for field in [
+        "achieved_per_s",
+        "achieved_ratio",
+        "dlr_p99_ms",
+        "max_per_s",
+    ] {
+        assert!(
+            report[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field}: {report}"
+        );
+    }
+    assert!(report["filesystem"].is_string(), "{report}");
+    assert_eq!(
+        report["differs"]["plugins.config.kannel.password"],
+        "[redacted]"
+    );
+    assert!(!report.to_string().contains("loadgen-pass"), "{report}");
+}
