@@ -161,7 +161,12 @@ if [ "$peers" = 1 ]; then
   # Kannel (bearerbox, smsbox; fakesmsc from kannel-extras) for the SMS
   # peer tests and `loadgen kannel`. Debian's packages; their init script
   # is not started (the tests run their own on free ports).
-  if ! command -v bearerbox >/dev/null 2>&1 && [ ! -x /usr/sbin/bearerbox ] \
+  # Found where the tests look (tests/src/kannel.rs): bearerbox and smsbox
+  # on PATH or in /usr/sbin, fakesmsc in Debian's test folder.
+  kannel_found() {
+    command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]
+  }
+  if ! kannel_found bearerbox || ! kannel_found smsbox \
     || [ ! -x /usr/lib/kannel/test/fakesmsc ]; then
     apt_install kannel kannel-extras
   fi

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::server::{JsonBody, Server, json_of, make_token, with};
+use super::server::{JsonBody, Server, json_of, make_token, wait_campaign, with};
 
 const MESSAGES: u32 = 600;
 const RATE: u32 = 200;
@@ -266,26 +266,14 @@ webhook_secret = "{SECRET}"
     );
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
-    let progress = |client: &Client| {
-        json_of(
-            with(
-                client.get(server.url(&format!("/v1/campaigns/{id}"))),
-                &sender,
-            )
-            .send()
-            .unwrap(),
-        )
-        .1
-    };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let p = progress(&client);
-        if p["done"] == true {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not done: {p}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_campaign(
+        &client,
+        &server,
+        &sender,
+        &id,
+        Duration::from_secs(120),
+        |p| p["done"] == true,
+    );
 
     // The gateway reports delivery of what it took, signed, in batches.
     let taken: Vec<String> = state.lock().taken.values().cloned().collect();
@@ -309,15 +297,14 @@ webhook_secret = "{SECRET}"
     let malformed = (0..u64::from(MESSAGES))
         .filter(|&i| fault(i) == Fault::Malformed)
         .count() as u64;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let p = loop {
-        let p = progress(&client);
-        if p["delivered"].as_u64() == Some(u64::from(MESSAGES) - malformed) {
-            break p;
-        }
-        assert!(Instant::now() < deadline, "receipts not applied: {p}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let p = wait_campaign(
+        &client,
+        &server,
+        &sender,
+        &id,
+        Duration::from_secs(30),
+        |p| p["delivered"].as_u64() == Some(u64::from(MESSAGES) - malformed),
+    );
     // Every delivery ended: delivered, or dead with the reason.
     assert_eq!(p["dead"].as_u64(), Some(malformed), "{p}");
     assert_eq!(p["queued"], 0, "{p}");

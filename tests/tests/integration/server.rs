@@ -182,7 +182,22 @@ pub(crate) fn make_token(
 }
 
 fn wait_done(client: &Client, server: &Server, token: &str, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    wait_campaign(client, server, token, id, Duration::from_secs(60), |c| {
+        c["done"] == true
+    })
+}
+
+/// Polls `GET /v1/campaigns/{id}` until `until` holds of it (or fails
+/// after `within`, showing it); returns it.
+pub(crate) fn wait_campaign(
+    client: &Client,
+    server: &Server,
+    token: &str,
+    id: &str,
+    within: Duration,
+    until: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + within;
     loop {
         let (status, body) = json_of(
             with(
@@ -193,10 +208,10 @@ fn wait_done(client: &Client, server: &Server, token: &str, id: &str) -> Value {
             .unwrap(),
         );
         assert_eq!(status, StatusCode::OK, "{body}");
-        if body["done"] == true {
+        if until(&body) {
             return body;
         }
-        assert!(Instant::now() < deadline, "not done: {body}");
+        assert!(Instant::now() < deadline, "still waiting: {body}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
-use super::server::{JsonBody, Server, json_of, make_token, with};
+use super::server::{JsonBody, Server, json_of, make_token, wait_campaign, with};
 
 const BOT_TOKEN: &str = "4242:mhero-test-bot";
 const SECRET: &str = "tg-hook-secret-1c9e";
@@ -148,23 +148,15 @@ webhook_secret = "{SECRET}"
     );
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, body) = json_of(
-            with(
-                client.get(server.url(&format!("/v1/campaigns/{id}"))),
-                &sender,
-            )
-            .send()
-            .unwrap(),
-        );
-        if body["done"] == true {
-            assert_eq!(body["dead"], 0, "{body}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "not done: {body}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let done = wait_campaign(
+        &client,
+        &server,
+        &sender,
+        &id,
+        Duration::from_secs(30),
+        |c| c["done"] == true,
+    );
+    assert_eq!(done["dead"], 0, "{done}");
     let (_, page) = json_of(
         with(
             client.get(server.url(&format!("/v1/campaigns/{id}/deliveries"))),

@@ -4,7 +4,6 @@
 //! but outside any campaign: nothing is queued, retried or recorded. What
 //! the gateway answered is reported with the channel's secrets redacted.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -116,7 +115,6 @@ pub async fn probe(
         .take(MAX_BODY_CHARS)
         .collect();
     probe.body = Some(plugin.redactor().redact(&body).into_owned());
-    let plugin = Arc::clone(&plugin);
     let parsed = plugin
         .offload(move |p| p.parse_send_response(&response))
         .await;

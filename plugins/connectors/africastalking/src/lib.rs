@@ -147,13 +147,7 @@ impl Connector for AfricasTalking {
     }
 
     fn build_send_batch(messages: Vec<OutboundMessage>) -> Result<HttpRequest, PluginError> {
-        if messages.len() > MAX_BATCH as usize {
-            return Err(PluginError::invalid(format!(
-                "a batch takes at most {MAX_BATCH} messages, not {}",
-                messages.len()
-            )));
-        }
-        // The host gives a batch one text, as the API sends.
+        // The host gives at most `max_batch` messages, of one text.
         request(&messages.iter().collect::<Vec<_>>())
     }
 

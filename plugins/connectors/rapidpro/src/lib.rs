@@ -136,13 +136,7 @@ impl Connector for RapidPro {
     }
 
     fn build_send_batch(messages: Vec<OutboundMessage>) -> Result<HttpRequest, PluginError> {
-        if messages.len() > MAX_BATCH as usize {
-            return Err(PluginError::invalid(format!(
-                "a broadcast takes at most {MAX_BATCH} URNs, not {}",
-                messages.len()
-            )));
-        }
-        // The host gives a batch one text, as a broadcast has.
+        // The host gives at most `max_batch` messages, of one text.
         request(&messages.iter().collect::<Vec<_>>())
     }
 
