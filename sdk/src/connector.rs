@@ -1,4 +1,5 @@
-//! Channel connectors (world `connector`).
+//! Channel connectors (worlds `connector`, `media-connector`,
+//! `polling-connector`).
 //!
 //! A connector turns an [`OutboundMessage`] into the HTTP request a gateway
 //! expects, reads the gateway's answer into a [`SendOutcome`], and reads the
@@ -11,24 +12,41 @@
 //! mhero_sdk::export_connector!(MyGateway);
 //! ```
 
-#[doc(hidden)]
-#[allow(clippy::too_many_arguments, reason = "generated code")]
-pub mod bindings {
-    wit_bindgen::generate!({
-        world: "connector",
-        path: "wit",
-        pub_export_macro: true,
-        export_macro_name: "__export_connector_world",
-        default_bindings_module: "mhero_sdk::connector::bindings",
-        runtime_path: "mhero_sdk::__private::wit_bindgen::rt",
-        additional_derives: [PartialEq],
-        generate_unused_types: true,
-    });
+/// The world a connector exports, chosen by the SDK's features: `media`
+/// adds `build-send-media`, `status-poll` adds the status query. A
+/// component exports exactly its world's functions, so the broker learns
+/// what a connector can do from its exports.
+macro_rules! connector_world {
+    ($world:literal) => {
+        #[doc(hidden)]
+        #[allow(clippy::too_many_arguments, reason = "generated code")]
+        pub mod bindings {
+            wit_bindgen::generate!({
+                world: $world,
+                path: "wit",
+                pub_export_macro: true,
+                export_macro_name: "__export_connector_world",
+                default_bindings_module: "mhero_sdk::connector::bindings",
+                runtime_path: "mhero_sdk::__private::wit_bindgen::rt",
+                additional_derives: [PartialEq],
+                generate_unused_types: true,
+            });
+        }
+    };
 }
 
+#[cfg(not(any(feature = "media", feature = "status-poll")))]
+connector_world!("connector");
+#[cfg(all(feature = "media", not(feature = "status-poll")))]
+connector_world!("media-connector");
+#[cfg(all(feature = "status-poll", not(feature = "media")))]
+connector_world!("polling-connector");
+#[cfg(all(feature = "media", feature = "status-poll"))]
+connector_world!("media-polling-connector");
+
 pub use bindings::mhero::plugin::connector_types::{
-    BatchOutcome, ConnectorInfo, Failure, InboundMessage, Lane, OutboundMessage, Receipt,
-    ReceiptStatus, RetryInfo, SendOutcome, WebhookEvent, WebhookResult,
+    Attachment, BatchOutcome, ConnectorInfo, Failure, InboundMessage, Lane, OutboundMessage,
+    Receipt, ReceiptStatus, RetryInfo, SendOutcome, StatusQuery, WebhookEvent, WebhookResult,
 };
 pub use bindings::mhero::plugin::types::{
     Header, HttpRequest, HttpResponse, PluginError, PluginInfo, PluginKind, TransientError,
@@ -175,6 +193,101 @@ pub trait Connector {
 
     /// Verifies and reads a webhook call.
     fn handle_webhook(request: HttpRequest) -> Result<WebhookResult, PluginError>;
+
+    /// The request that sends a message with files (`message.text` is the
+    /// caption). Exported only with the SDK's `media` feature: a connector
+    /// without it tells the broker its channel carries no media.
+    fn build_send_media(
+        message: OutboundMessage,
+        attachments: Vec<Attachment>,
+    ) -> Result<HttpRequest, PluginError> {
+        let _ = (message, attachments);
+        Err(PluginError::InvalidInput(
+            "this connector cannot carry media".into(),
+        ))
+    }
+
+    /// The request asking the gateway about the first `covers` of
+    /// `external_ids` (ids `accepted` gave). Exported only with the SDK's
+    /// `status-poll` feature, for gateways that push no receipts.
+    fn build_status_query(external_ids: Vec<String>) -> Result<StatusQuery, PluginError> {
+        let _ = external_ids;
+        Err(PluginError::InvalidInput(
+            "this connector answers no status queries".into(),
+        ))
+    }
+
+    /// The receipts in the answer to [`Connector::build_status_query`]'s
+    /// request, for ids among those it covered.
+    fn parse_status_answer(
+        external_ids: Vec<String>,
+        response: HttpResponse,
+    ) -> Result<Vec<Receipt>, PluginError> {
+        let _ = (external_ids, response);
+        Err(PluginError::InvalidInput(
+            "this connector answers no status queries".into(),
+        ))
+    }
+}
+
+/// The `media` interface's export, when the SDK's `media` feature is on.
+#[cfg(feature = "media")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __connector_media_export {
+    ($plugin:ty, $export:ident) => {
+        impl $crate::connector::bindings::exports::mhero::plugin::media::Guest for $export {
+            fn build_send_media(
+                message: $crate::connector::OutboundMessage,
+                attachments: Vec<$crate::connector::Attachment>,
+            ) -> Result<$crate::connector::HttpRequest, $crate::connector::PluginError> {
+                $crate::panic::install();
+                <$plugin as $crate::connector::Connector>::build_send_media(message, attachments)
+            }
+        }
+    };
+}
+
+#[cfg(not(feature = "media"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __connector_media_export {
+    ($plugin:ty, $export:ident) => {};
+}
+
+/// The `status-poll` interface's export, when the SDK's `status-poll`
+/// feature is on.
+#[cfg(feature = "status-poll")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __connector_status_export {
+    ($plugin:ty, $export:ident) => {
+        impl $crate::connector::bindings::exports::mhero::plugin::status_poll::Guest for $export {
+            fn build_status_query(
+                external_ids: Vec<String>,
+            ) -> Result<$crate::connector::StatusQuery, $crate::connector::PluginError> {
+                $crate::panic::install();
+                <$plugin as $crate::connector::Connector>::build_status_query(external_ids)
+            }
+            fn parse_status_answer(
+                external_ids: Vec<String>,
+                response: $crate::connector::HttpResponse,
+            ) -> Result<Vec<$crate::connector::Receipt>, $crate::connector::PluginError> {
+                $crate::panic::install();
+                <$plugin as $crate::connector::Connector>::parse_status_answer(
+                    external_ids,
+                    response,
+                )
+            }
+        }
+    };
+}
+
+#[cfg(not(feature = "status-poll"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __connector_status_export {
+    ($plugin:ty, $export:ident) => {};
 }
 
 /// Exports a [`Connector`] implementation as the component's `connector`
@@ -217,6 +330,8 @@ macro_rules! export_connector {
                     <$plugin as c::Connector>::handle_webhook(request)
                 }
             }
+            $crate::__connector_media_export!($plugin, MheroConnectorExport);
+            $crate::__connector_status_export!($plugin, MheroConnectorExport);
             $crate::connector::bindings::__export_connector_world!(MheroConnectorExport with_types_in $crate::connector::bindings);
         };
     };

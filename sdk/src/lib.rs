@@ -6,7 +6,7 @@
 //!
 //! # Layout
 //!
-//! - `wit/`: the contract, package `mhero:plugin@1.0.0`. The one copy; the
+//! - `wit/`: the contract, package `mhero:plugin@1.1.0`. The one copy; the
 //!   broker's host bindings are generated from the same files.
 //! - [`connector`], [`fhir`], [`classifier`]: one module per world, each
 //!   behind the cargo feature of the same name: the generated bindings,

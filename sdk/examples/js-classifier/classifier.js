@@ -4,12 +4,12 @@
 //
 // componentize-js maps the WIT world `classifier` to this module: the
 // exports `describe` and `classify` are its functions, the `host` import is
-// the module 'mhero:plugin/host@1.0.0'. Records are plain objects with
+// the module 'mhero:plugin/host@1.1.0'. Records are plain objects with
 // camelCase fields, enums are their WIT names as strings, and throwing a
 // `{ tag, val }` object from a function that returns `result` fails the call
 // with that error.
 
-import { config, log } from 'mhero:plugin/host@1.0.0';
+import { config, log } from 'mhero:plugin/host@1.1.0';
 
 const NAME = 'js-keywords';
 const VERSION = '1.0.0';

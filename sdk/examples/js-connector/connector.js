@@ -15,7 +15,7 @@
 // `list<u8>` is a Uint8Array, `u64` is a BigInt, and throwing a `{ tag, val }`
 // plugin-error fails the call with it.
 
-import { config, log } from 'mhero:plugin/host@1.0.0';
+import { config, log } from 'mhero:plugin/host@1.1.0';
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();

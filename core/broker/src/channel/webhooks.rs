@@ -205,7 +205,9 @@ fn refusal(e: &CallError) -> (u16, &'static str) {
         },
         CallError::InputTooLarge { .. } => (413, "too_large"),
         CallError::CircuitOpen { .. } | CallError::Stopped => (503, "unavailable"),
-        CallError::Trapped { .. } | CallError::WrongKind { .. } => (500, "plugin_failed"),
+        CallError::Trapped { .. } | CallError::WrongKind { .. } | CallError::NotExported { .. } => {
+            (500, "plugin_failed")
+        }
     }
 }
 

@@ -3,12 +3,13 @@
 
 use super::bindings::classifier_types::{Classification, ClassifierInfo, ClassifyContext};
 use super::bindings::connector_types::{
-    BatchOutcome, ConnectorInfo, OutboundMessage, SendOutcome, WebhookEvent, WebhookResult,
+    Attachment, BatchOutcome, ConnectorInfo, OutboundMessage, Receipt, SendOutcome, StatusQuery,
+    WebhookEvent, WebhookResult,
 };
 use super::bindings::fhir_types::{Mapped, MapperInfo};
 use super::bindings::{Header, HttpRequest, HttpResponse, classifier, connector, fhir};
 use super::manifest::Kind;
-use super::runtime::{CallError, Plugin, WorldInstance};
+use super::runtime::{CallError, ExtraFuncs, Plugin, WorldInstance};
 
 /// Bytes of text and data a value carries (the measure of input and output
 /// caps; fixed-size fields count nothing).
@@ -60,6 +61,24 @@ impl Size for OutboundMessage {
     }
 }
 
+impl Size for Attachment {
+    fn size(&self) -> usize {
+        self.url.len() + self.content_type.len() + self.filename.size()
+    }
+}
+
+impl Size for StatusQuery {
+    fn size(&self) -> usize {
+        self.request.size()
+    }
+}
+
+impl Size for Receipt {
+    fn size(&self) -> usize {
+        self.external_id.len() + self.reason.size()
+    }
+}
+
 impl Size for SendOutcome {
     fn size(&self) -> usize {
         match self {
@@ -79,7 +98,7 @@ impl Size for BatchOutcome {
 impl Size for WebhookEvent {
     fn size(&self) -> usize {
         match self {
-            WebhookEvent::Receipt(r) => r.external_id.len() + r.reason.size(),
+            WebhookEvent::Receipt(r) => r.size(),
             WebhookEvent::Inbound(m) => m.from.len() + m.text.len() + m.external_id.size(),
         }
     }
@@ -153,7 +172,14 @@ impl WorldInstance {
     // the kind first. A mismatch here is a bug, not bad input.
     fn connector(&self) -> &connector::Connector {
         match self {
-            WorldInstance::Connector(i) => i,
+            WorldInstance::Connector(i, _) => i,
+            _ => unreachable!("connector call on a plugin of another kind"),
+        }
+    }
+
+    fn extras(&self) -> &ExtraFuncs {
+        match self {
+            WorldInstance::Connector(_, e) => e,
             _ => unreachable!("connector call on a plugin of another kind"),
         }
     }
@@ -231,6 +257,66 @@ impl Plugin {
             |s, w| {
                 w.connector()
                     .call_parse_batch_response(s, messages, response)
+            },
+            Size::size,
+        )
+    }
+
+    /// Whether this connector sends files (exports `media`, WIT 1.1).
+    pub fn carries_media(&self) -> bool {
+        self.extras().is_some_and(|e| e.media())
+    }
+
+    /// Whether this connector answers status queries (exports
+    /// `status-poll`, WIT 1.1).
+    pub fn answers_status_queries(&self) -> bool {
+        self.extras().is_some_and(|e| e.status_poll())
+    }
+
+    /// Calls `build-send-media`; a connector without it is refused here,
+    /// before any call.
+    pub fn build_send_media(
+        &self,
+        message: &OutboundMessage,
+        attachments: &[Attachment],
+    ) -> Result<HttpRequest, CallError> {
+        self.expect(Kind::Connector)?;
+        if !self.carries_media() {
+            return Err(self.missing_export("media"));
+        }
+        self.call(
+            message.size() + attachments.iter().map(Size::size).sum::<usize>(),
+            |s, w| w.extras().call_build_send_media(s, message, attachments),
+            Size::size,
+        )
+    }
+
+    pub fn build_status_query(&self, external_ids: &[String]) -> Result<StatusQuery, CallError> {
+        self.expect(Kind::Connector)?;
+        if !self.answers_status_queries() {
+            return Err(self.missing_export("status-poll"));
+        }
+        self.call(
+            external_ids.iter().map(String::len).sum(),
+            |s, w| w.extras().call_build_status_query(s, external_ids),
+            Size::size,
+        )
+    }
+
+    pub fn parse_status_answer(
+        &self,
+        external_ids: &[String],
+        response: &HttpResponse,
+    ) -> Result<Vec<Receipt>, CallError> {
+        self.expect(Kind::Connector)?;
+        if !self.answers_status_queries() {
+            return Err(self.missing_export("status-poll"));
+        }
+        self.call(
+            external_ids.iter().map(String::len).sum::<usize>() + response.size(),
+            |s, w| {
+                w.extras()
+                    .call_parse_status_answer(s, external_ids, response)
             },
             Size::size,
         )

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::bindings::classifier_types::ClassifyContext;
-use super::bindings::connector_types::OutboundMessage;
+use super::bindings::connector_types::{Attachment, OutboundMessage};
 use super::bindings::{HttpRequest, HttpResponse};
 use super::runtime::{CallError, Plugin};
 
@@ -76,6 +76,21 @@ pub fn run(plugin: &Plugin, fixture: &Fixture) -> Result<Result<Value, CallError
         "parse-batch-response" => plugin
             .parse_batch_response(
                 &de::<Vec<OutboundMessage>>("messages", arg("messages")?)?,
+                &de("response", arg("response")?)?,
+            )
+            .map(|v| to_json(&v)),
+        "build-send-media" => plugin
+            .build_send_media(
+                &de::<OutboundMessage>("message", arg("message")?)?,
+                &de::<Vec<Attachment>>("attachments", arg("attachments")?)?,
+            )
+            .map(|v| to_json(&v)),
+        "build-status-query" => plugin
+            .build_status_query(&de::<Vec<String>>("external_ids", arg("external_ids")?)?)
+            .map(|v| to_json(&v)),
+        "parse-status-answer" => plugin
+            .parse_status_answer(
+                &de::<Vec<String>>("external_ids", arg("external_ids")?)?,
                 &de("response", arg("response")?)?,
             )
             .map(|v| to_json(&v)),

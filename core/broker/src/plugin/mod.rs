@@ -2,7 +2,7 @@
 //!
 //! Channel connectors, FHIR source mappers and reply classifiers are
 //! WebAssembly components built against the SDK's WIT contract
-//! (`mhero:plugin@1.0.0`). This module loads them and calls them safely.
+//! (`mhero:plugin@1.1.0`; components built against 1.0.0 load too). This module loads them and calls them safely.
 //!
 //! # Layout
 //!
@@ -299,7 +299,9 @@ impl PluginHost {
         };
         let pre = match manifest.kind {
             Kind::Connector => WorldPre::Connector(
-                bindings::connector::ConnectorPre::new(instance_pre).map_err(world)?,
+                instance_pre.clone(),
+                bindings::connector::ConnectorIndices::new(&instance_pre).map_err(world)?,
+                runtime::ConnectorExtras::find(&component, engine).map_err(world)?,
             ),
             Kind::Classifier => WorldPre::Classifier(
                 bindings::classifier::ClassifierPre::new(instance_pre).map_err(world)?,

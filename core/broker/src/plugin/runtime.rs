@@ -9,12 +9,15 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, ComponentExportIndex, Func, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::PluginClock;
-use super::bindings::{self, LogLevel, PluginError, classifier, connector, fhir};
+use super::bindings::connector_types::{Attachment, OutboundMessage, Receipt, StatusQuery};
+use super::bindings::{
+    self, HttpRequest, HttpResponse, LogLevel, PluginError, classifier, connector, fhir,
+};
 use super::manifest::{Kind, Limits, Manifest};
 use super::metrics::PluginCallMetrics;
 use super::secrets::Redactor;
@@ -73,6 +76,13 @@ pub enum CallError {
         actual: Kind,
         wanted: Kind,
     },
+    /// The component does not export the interface the call needs (a
+    /// connector built without `media` asked to send a file).
+    #[error("plugin {plugin} does not export mhero:plugin/{interface}")]
+    NotExported {
+        plugin: String,
+        interface: &'static str,
+    },
     /// The broker is shutting down: the call never ran.
     #[error("the broker is stopping; plugin calls are no longer made")]
     Stopped,
@@ -87,6 +97,7 @@ impl CallError {
             CallError::CircuitOpen { .. } => "circuit_open",
             CallError::InputTooLarge { .. } => "input_too_large",
             CallError::WrongKind { .. } => "wrong_kind",
+            CallError::NotExported { .. } => "not_exported",
             CallError::Stopped => "stopped",
         }
     }
@@ -349,15 +360,167 @@ const fn mhero_panic_prefix() -> &'static str {
 
 /// A pre-instantiated component of one of the three worlds.
 pub(crate) enum WorldPre {
-    Connector(connector::ConnectorPre<PluginState>),
+    Connector(
+        wasmtime::component::InstancePre<PluginState>,
+        connector::ConnectorIndices,
+        ConnectorExtras,
+    ),
     Classifier(classifier::ClassifierPre<PluginState>),
     Fhir(fhir::FhirMapperPre<PluginState>),
 }
 
 pub(crate) enum WorldInstance {
-    Connector(connector::Connector),
+    Connector(connector::Connector, ExtraFuncs),
     Classifier(classifier::Classifier),
     Fhir(fhir::FhirMapper),
+}
+
+/// The 1.1 interfaces a connector component may export besides its world
+/// (`media`, `status-poll`): where they are in the component, found once at
+/// load. A component built against 1.0 has neither.
+#[derive(Clone, Default)]
+pub(crate) struct ConnectorExtras {
+    media: Option<ComponentExportIndex>,
+    status: Option<(ComponentExportIndex, ComponentExportIndex)>,
+}
+
+/// The interface's unversioned name → its functions.
+const MEDIA: (&str, &[&str]) = ("mhero:plugin/media", &["build-send-media"]);
+const STATUS_POLL: (&str, &[&str]) = (
+    "mhero:plugin/status-poll",
+    &["build-status-query", "parse-status-answer"],
+);
+
+impl ConnectorExtras {
+    /// Reads which extra interfaces `component` exports; an interface
+    /// exported without its functions is an error.
+    pub(crate) fn find(component: &Component, engine: &Engine) -> wasmtime::Result<Self> {
+        let names: Vec<String> = component
+            .component_type()
+            .exports(engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let funcs = |(interface, wanted): (&str, &[&str])| -> wasmtime::Result<Option<Vec<ComponentExportIndex>>> {
+            let Some(name) = names
+                .iter()
+                .find(|n| n.split('@').next() == Some(interface))
+            else {
+                return Ok(None);
+            };
+            let instance = component
+                .get_export_index(None, name)
+                .ok_or_else(|| wasmtime::format_err!("{name} is listed but not found"))?;
+            wanted
+                .iter()
+                .map(|f| {
+                    component
+                        .get_export_index(Some(&instance), f)
+                        .ok_or_else(|| wasmtime::format_err!("it exports {name} without `{f}`"))
+                })
+                .collect::<wasmtime::Result<Vec<_>>>()
+                .map(Some)
+        };
+        Ok(Self {
+            media: funcs(MEDIA)?.map(|f| f[0]),
+            status: funcs(STATUS_POLL)?.map(|f| (f[0], f[1])),
+        })
+    }
+
+    pub(crate) fn media(&self) -> bool {
+        self.media.is_some()
+    }
+
+    pub(crate) fn status_poll(&self) -> bool {
+        self.status.is_some()
+    }
+
+    /// The functions in a fresh instance, type-checked.
+    fn load(
+        &self,
+        store: &mut Store<PluginState>,
+        instance: &wasmtime::component::Instance,
+    ) -> wasmtime::Result<ExtraFuncs> {
+        let func = |store: &mut Store<PluginState>, index: &ComponentExportIndex| {
+            instance
+                .get_func(&mut *store, index)
+                .ok_or_else(|| wasmtime::format_err!("an exported function is missing"))
+        };
+        let media = match &self.media {
+            Some(i) => {
+                let f = func(store, i)?;
+                f.typed::<MediaParams<'_>, (Result<HttpRequest, PluginError>,)>(&*store)
+                    .map_err(|e| e.context("build-send-media has the wrong type"))?;
+                Some(f)
+            }
+            None => None,
+        };
+        let status = match &self.status {
+            Some((q, a)) => {
+                let (q, a) = (func(store, q)?, func(store, a)?);
+                q.typed::<(&[String],), (Result<StatusQuery, PluginError>,)>(&*store)
+                    .map_err(|e| e.context("build-status-query has the wrong type"))?;
+                a.typed::<(&[String], &HttpResponse), (Result<Vec<Receipt>, PluginError>,)>(
+                    &*store,
+                )
+                .map_err(|e| e.context("parse-status-answer has the wrong type"))?;
+                Some((q, a))
+            }
+            None => None,
+        };
+        Ok(ExtraFuncs { media, status })
+    }
+}
+
+type MediaParams<'a> = (&'a OutboundMessage, &'a [Attachment]);
+
+/// A connector instance's 1.1 functions, when its component exports them.
+pub(crate) struct ExtraFuncs {
+    media: Option<Func>,
+    status: Option<(Func, Func)>,
+}
+
+impl ExtraFuncs {
+    pub(crate) fn call_build_send_media(
+        &self,
+        store: &mut Store<PluginState>,
+        message: &OutboundMessage,
+        attachments: &[Attachment],
+    ) -> wasmtime::Result<Result<HttpRequest, PluginError>> {
+        let f = self
+            .media
+            .ok_or_else(|| wasmtime::format_err!("no build-send-media export"))?;
+        let typed = f.typed::<MediaParams<'_>, (Result<HttpRequest, PluginError>,)>(&*store)?;
+        let (r,) = typed.call(&mut *store, (message, attachments))?;
+        Ok(r)
+    }
+
+    pub(crate) fn call_build_status_query(
+        &self,
+        store: &mut Store<PluginState>,
+        ids: &[String],
+    ) -> wasmtime::Result<Result<StatusQuery, PluginError>> {
+        let (f, _) = self
+            .status
+            .ok_or_else(|| wasmtime::format_err!("no status-poll export"))?;
+        let typed = f.typed::<(&[String],), (Result<StatusQuery, PluginError>,)>(&*store)?;
+        let (r,) = typed.call(&mut *store, (ids,))?;
+        Ok(r)
+    }
+
+    pub(crate) fn call_parse_status_answer(
+        &self,
+        store: &mut Store<PluginState>,
+        ids: &[String],
+        response: &HttpResponse,
+    ) -> wasmtime::Result<Result<Vec<Receipt>, PluginError>> {
+        let (_, f) = self
+            .status
+            .ok_or_else(|| wasmtime::format_err!("no status-poll export"))?;
+        let typed =
+            f.typed::<(&[String], &HttpResponse), (Result<Vec<Receipt>, PluginError>,)>(&*store)?;
+        let (r,) = typed.call(&mut *store, (ids, response))?;
+        Ok(r)
+    }
 }
 
 struct Pooled {
@@ -697,7 +860,12 @@ impl Plugin {
             store.set_fuel(u64::MAX)?;
         }
         let instance = match &self.pre {
-            WorldPre::Connector(pre) => WorldInstance::Connector(pre.instantiate(&mut store)?),
+            WorldPre::Connector(pre, indices, extras) => {
+                let instance = pre.instantiate(&mut store)?;
+                let world = indices.load(&mut store, &instance)?;
+                let funcs = extras.load(&mut store, &instance)?;
+                WorldInstance::Connector(world, funcs)
+            }
             WorldPre::Classifier(pre) => WorldInstance::Classifier(pre.instantiate(&mut store)?),
             WorldPre::Fhir(pre) => WorldInstance::Fhir(pre.instantiate(&mut store)?),
         };
@@ -844,6 +1012,21 @@ impl Plugin {
         CallError::Trapped {
             plugin: self.name.to_string(),
             kind,
+        }
+    }
+
+    pub(crate) fn missing_export(&self, interface: &'static str) -> CallError {
+        CallError::NotExported {
+            plugin: self.name.to_string(),
+            interface,
+        }
+    }
+
+    /// A connector's 1.1 interfaces; `None` for other kinds.
+    pub(crate) fn extras(&self) -> Option<&ConnectorExtras> {
+        match &self.pre {
+            WorldPre::Connector(_, _, extras) => Some(extras),
+            _ => None,
         }
     }
 

@@ -316,7 +316,114 @@ fn every_golden_fixture_passes_on_the_built_components() {
             }
         }
     }
-    assert!(ran >= 70, "only {ran} fixtures ran");
+    assert!(ran >= 85, "only {ran} fixtures ran");
+}
+
+/// A built-in's component with its names' version changed from WIT 1.1.0
+/// to 1.0.0 (same length, so the binary stays valid): what a plugin built
+/// against the 1.0 SDK imports.
+fn as_built_against_1_0(component: &[u8]) -> Vec<u8> {
+    let (new, old) = (b"@1.1.0", b"@1.0.0");
+    let mut bytes = component.to_vec();
+    let mut replaced = 0;
+    let mut i = 0;
+    while i + new.len() <= bytes.len() {
+        if &bytes[i..i + new.len()] == new {
+            bytes[i..i + new.len()].copy_from_slice(old);
+            replaced += 1;
+            i += new.len();
+        } else {
+            i += 1;
+        }
+    }
+    assert!(replaced > 0, "the component names no @1.1.0");
+    bytes
+}
+
+#[test]
+fn a_plugin_built_against_wit_1_0_loads_and_runs() {
+    let builtin = BUILTIN
+        .iter()
+        .find(|b| Manifest::parse(b.manifest).unwrap().name == "kannel")
+        .unwrap();
+    let old = as_built_against_1_0(builtin.component);
+    let settings: toml::Table = toml::from_str(
+        "username = \"moh\"\npassword = \"s3cret\"\nwebhook_url = \"https://broker.example/webhooks/sms\"\nwebhook_token = \"t\"",
+    )
+    .unwrap();
+    let host = PluginHost::new(
+        HostOptions {
+            settings: [("kannel".to_string(), settings)].into_iter().collect(),
+            ..HostOptions::default()
+        },
+        PluginMetrics::default(),
+    )
+    .unwrap();
+    let engine = &host.runtime.engine;
+    let component = wasmtime::component::Component::new(engine, &old).unwrap();
+    let imports: Vec<String> = component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .filter(|name| name.starts_with("mhero:"))
+        .collect();
+    assert!(
+        imports.contains(&"mhero:plugin/host@1.0.0".to_string()),
+        "{imports:?}"
+    );
+    assert!(imports.iter().all(|i| i.ends_with("@1.0.0")), "{imports:?}");
+    host.load(
+        Manifest::parse(builtin.manifest).unwrap(),
+        &old,
+        "1.0 build",
+    )
+    .unwrap();
+    let kannel = host.get("kannel").unwrap();
+    // It reads its settings through the 1.0 import of `host`.
+    let request = kannel.build_send(&message(1)).unwrap();
+    assert!(request.url.contains("username=moh"), "{}", request.url);
+    assert!(!kannel.carries_media() && !kannel.answers_status_queries());
+}
+
+#[test]
+fn what_each_connector_can_do_is_read_from_its_exports() {
+    let host = host();
+    let can = |name: &str| {
+        let p = host.get(name).unwrap();
+        (p.carries_media(), p.answers_status_queries())
+    };
+    for media in ["whatsapp-cloud", "telegram", "twilio"] {
+        assert_eq!(can(media), (true, false), "{media}");
+    }
+    assert_eq!(can("rapidpro"), (false, true));
+    for text_only in [
+        "sandbox",
+        "kannel",
+        "africastalking",
+        "messenger",
+        "http-json",
+    ] {
+        assert_eq!(can(text_only), (false, false), "{text_only}");
+    }
+    // Other kinds have no connector interfaces at all.
+    assert_eq!(can("keywords"), (false, false));
+    let files = [super::bindings::connector_types::Attachment {
+        url: "https://moh.example/poster.jpg".into(),
+        content_type: "image/jpeg".into(),
+        filename: None,
+    }];
+    let err = host
+        .get("sandbox")
+        .unwrap()
+        .build_send_media(&message(2), &files)
+        .unwrap_err();
+    assert_eq!(err.outcome(), "not_exported", "{err}");
+    assert!(matches!(
+        host.get("keywords")
+            .unwrap()
+            .build_send_media(&message(3), &files),
+        Err(CallError::WrongKind { .. })
+    ));
 }
 
 #[test]
