@@ -187,8 +187,8 @@ proptest! {
     fn any_campaign_json_is_validated_or_refused(value in json()) {
         if let Ok(spec) = serde_json::from_value::<CampaignSpec>(value) {
             let channels = [
-                ChannelLimits { name: "sms", max_text_chars: Some(1600) },
-                ChannelLimits { name: "whatsapp", max_text_chars: None },
+                ChannelLimits { name: "sms", max_text_chars: Some(1600), media: false },
+                ChannelLimits { name: "whatsapp", max_text_chars: None, media: true },
             ];
             let _ = validate_spec(&spec, &channels);
         }

@@ -312,7 +312,13 @@ pub fn campaign_of(alert: &Alert, channels: Vec<String>) -> Result<CampaignSpec,
     Ok(CampaignSpec {
         name,
         lane: lane_of(&alert.infos),
-        body: Body { default, variants },
+        // CAP `resource`s (maps, images) are not sent: an alert must reach
+        // SMS-only workers too.
+        body: Body {
+            default,
+            variants,
+            attachments: Vec::new(),
+        },
         channels,
         audience: AudienceSpec::Selector(places.join(" OR ")),
         expires_at_ms: alert.infos.iter().filter_map(|i| i.expires_ms).min(),

@@ -6,7 +6,8 @@
 //!   directory), `Group/…` references, contained resources with a phone
 //!   `telecom` (`#p1`), or a selector in the extension
 //!   [`SELECTOR_EXTENSION`]. `payload.contentString` is the text (more
-//!   payloads with the [`LANGUAGE_EXTENSION`] are its language variants),
+//!   payloads with the [`LANGUAGE_EXTENSION`] are its language variants;
+//!   `payload.contentAttachment` a file by `url` and `contentType`),
 //!   `priority` picks the lane (`stat` → emergency, `asap` and `urgent` →
 //!   high, `routine` → normal), `occurrenceDateTime` schedules it, and
 //!   `medium` codes name the channels (else `api.default_channels`, else every
@@ -39,7 +40,9 @@ use serde_json::{Value, json};
 use super::Api;
 use super::error::ApiError;
 use crate::audience::Recipient;
-use crate::dispatch::{AudienceSpec, Body, CampaignRecord, CampaignSpec, DeliveryView, Progress};
+use crate::dispatch::{
+    Attachment, AudienceSpec, Body, CampaignRecord, CampaignSpec, DeliveryView, Progress,
+};
 use crate::error::Error;
 
 /// A selector for the audience, instead of or beside `recipient`.
@@ -229,6 +232,7 @@ fn campaign_of(api: &Api, request: &Value) -> Result<CampaignSpec, ApiError> {
     // The text, and its variants per language.
     let mut default = None;
     let mut variants = BTreeMap::new();
+    let mut attachments = Vec::new();
     for (i, p) in request
         .get("payload")
         .and_then(Value::as_array)
@@ -236,9 +240,13 @@ fn campaign_of(api: &Api, request: &Value) -> Result<CampaignSpec, ApiError> {
         .flatten()
         .enumerate()
     {
+        if let Some(a) = p.get("contentAttachment") {
+            attachments.push(attachment(i, a)?);
+            continue;
+        }
         let Some(text) = p.get("contentString").and_then(Value::as_str) else {
             return Err(ApiError::invalid(format!(
-                "payload[{i}]: only contentString is sent (attachments and references are not)"
+                "payload[{i}]: contentString or contentAttachment is sent (references are not)"
             )));
         };
         match extension(p, LANGUAGE_EXTENSION).and_then(|e| e.get("valueCode")?.as_str()) {
@@ -253,8 +261,15 @@ fn campaign_of(api: &Api, request: &Value) -> Result<CampaignSpec, ApiError> {
             }
         }
     }
-    let Some(default) = default.or_else(|| variants.values().next().cloned()) else {
-        return Err(ApiError::invalid("payload: a contentString is required"));
+    // Files alone need no text (they go without a caption).
+    let default = match default.or_else(|| variants.values().next().cloned()) {
+        Some(text) => text,
+        None if !attachments.is_empty() => String::new(),
+        None => {
+            return Err(ApiError::invalid(
+                "payload: a contentString (or a contentAttachment) is required",
+            ));
+        }
     };
 
     // Who receives it.
@@ -391,11 +406,37 @@ fn campaign_of(api: &Api, request: &Value) -> Result<CampaignSpec, ApiError> {
     Ok(CampaignSpec {
         name,
         lane,
-        body: Body { default, variants },
+        body: Body {
+            default,
+            variants,
+            attachments,
+        },
         channels,
         audience,
         expires_at_ms,
         start_at_ms,
+    })
+}
+
+/// A payload's `contentAttachment` (FHIR `Attachment`): a file by `url`
+/// with its `contentType`; `title` names a document. Inline `data` is not
+/// taken: gateways fetch files by URL.
+fn attachment(i: usize, a: &Value) -> Result<Attachment, ApiError> {
+    let field = |f: &str| a.get(f).and_then(Value::as_str).map(str::to_string);
+    if a.get("data").is_some() {
+        return Err(ApiError::invalid(format!(
+            "payload[{i}].contentAttachment: inline data is not sent; give a url the gateway can fetch"
+        )));
+    }
+    let (Some(url), Some(content_type)) = (field("url"), field("contentType")) else {
+        return Err(ApiError::invalid(format!(
+            "payload[{i}].contentAttachment: url and contentType are required"
+        )));
+    };
+    Ok(Attachment {
+        url,
+        content_type,
+        filename: field("title"),
     })
 }
 
@@ -418,6 +459,13 @@ fn communication_request(
             "extension": [{"url": LANGUAGE_EXTENSION, "valueCode": lang}],
             "contentString": text,
         }));
+    }
+    for a in &spec.body.attachments {
+        let mut attachment = json!({"url": a.url, "contentType": a.content_type});
+        if let Some(title) = &a.filename {
+            attachment["title"] = json!(title);
+        }
+        payload.push(json!({"contentAttachment": attachment}));
     }
     let counts: Vec<Value> = [
         ("total", progress.total),

@@ -331,6 +331,7 @@ async fn submit(api: &Api, batch: Submit) -> Result<Response> {
         body: Body {
             default: batch.text,
             variants: batch.variants.into_iter().collect(),
+            attachments: Vec::new(),
         },
         channels,
         audience: AudienceSpec::Recipients(

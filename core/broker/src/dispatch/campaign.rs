@@ -48,15 +48,38 @@ fn normal() -> Lane {
     Lane::Normal
 }
 
-/// The text, with per-language variants.
+/// The text, with per-language variants, and the files sent with it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Body {
-    /// Used when no variant matches the recipient's language.
+    /// Used when no variant matches the recipient's language. With
+    /// attachments it is their caption, and may be empty.
     pub default: String,
     /// BCP 47 language → text (`fr`, `pt-BR`, `sw`).
     #[serde(default)]
     pub variants: BTreeMap<String, String>,
+    /// Files sent with the text (an image, a voice note, a video, a
+    /// document), fetched by the gateway from their URLs. Only channels
+    /// whose connector carries media send them; on the others the
+    /// delivery fails ("cannot carry media") and falls back to the
+    /// campaign's next channel.
+    /// (No `skip_serializing_if`: the record's postcard layout has every
+    /// field.)
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+}
+
+/// A file sent with a message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Attachment {
+    /// Where the gateway fetches it: an `https` URL it can reach.
+    pub url: String,
+    /// MIME type: `image/jpeg`, `audio/ogg`, `video/mp4`, `application/pdf`…
+    pub content_type: String,
+    /// The file name shown with a document.
+    #[serde(default)]
+    pub filename: Option<String>,
 }
 
 impl Body {
@@ -64,6 +87,7 @@ impl Body {
         Self {
             default: default.to_string(),
             variants: BTreeMap::new(),
+            attachments: Vec::new(),
         }
     }
 
@@ -213,7 +237,121 @@ pub struct CampaignRecord {
 }
 
 impl crate::store::Versioned for CampaignRecord {
-    const VERSION: u8 = 1;
+    /// 2: the body gained `attachments`.
+    const VERSION: u8 = 2;
+
+    fn upgrade(version: u8, body: &[u8]) -> Result<Self, String> {
+        match version {
+            1 => postcard::from_bytes::<v1::CampaignRecord>(body)
+                .map(Into::into)
+                .map_err(|e| e.to_string()),
+            v => Err(format!("no reader for layout version {v}")),
+        }
+    }
+}
+
+/// Layout 1 of the campaign record, as releases before attachments wrote
+/// it (postcard is not self-describing: each layout needs its own reader).
+mod v1 {
+    use super::*;
+
+    #[derive(Deserialize)]
+    pub struct CampaignRecord {
+        spec: CampaignSpec,
+        state: CampaignState,
+        total: u32,
+        cursor: u32,
+        created_ms: u64,
+        stopped_ms: Option<u64>,
+        finished_ms: Option<u64>,
+    }
+
+    #[derive(Deserialize)]
+    struct CampaignSpec {
+        name: String,
+        lane: Lane,
+        body: Body,
+        channels: Vec<String>,
+        audience: AudienceSpec,
+        expires_at_ms: Option<u64>,
+        start_at_ms: Option<u64>,
+    }
+
+    #[derive(Deserialize)]
+    struct Body {
+        default: String,
+        variants: BTreeMap<String, String>,
+    }
+
+    impl From<CampaignRecord> for super::CampaignRecord {
+        fn from(r: CampaignRecord) -> Self {
+            let s = r.spec;
+            Self {
+                spec: super::CampaignSpec {
+                    name: s.name,
+                    lane: s.lane,
+                    body: super::Body {
+                        default: s.body.default,
+                        variants: s.body.variants,
+                        attachments: Vec::new(),
+                    },
+                    channels: s.channels,
+                    audience: s.audience,
+                    expires_at_ms: s.expires_at_ms,
+                    start_at_ms: s.start_at_ms,
+                },
+                state: r.state,
+                total: r.total,
+                cursor: r.cursor,
+                created_ms: r.created_ms,
+                stopped_ms: r.stopped_ms,
+                finished_ms: r.finished_ms,
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub fn encode(r: &super::CampaignRecord) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Rec<'a> {
+            spec: Spec<'a>,
+            state: super::CampaignState,
+            total: u32,
+            cursor: u32,
+            created_ms: u64,
+            stopped_ms: Option<u64>,
+            finished_ms: Option<u64>,
+        }
+        #[derive(Serialize)]
+        struct Spec<'a> {
+            name: &'a str,
+            lane: Lane,
+            body: (&'a str, &'a BTreeMap<String, String>),
+            channels: &'a [String],
+            audience: &'a AudienceSpec,
+            expires_at_ms: Option<u64>,
+            start_at_ms: Option<u64>,
+        }
+        let s = &r.spec;
+        let rec = Rec {
+            spec: Spec {
+                name: &s.name,
+                lane: s.lane,
+                body: (&s.body.default, &s.body.variants),
+                channels: &s.channels,
+                audience: &s.audience,
+                expires_at_ms: s.expires_at_ms,
+                start_at_ms: s.start_at_ms,
+            },
+            state: r.state,
+            total: r.total,
+            cursor: r.cursor,
+            created_ms: r.created_ms,
+            stopped_ms: r.stopped_ms,
+            finished_ms: r.finished_ms,
+        };
+        postcard::to_extend(&rec, vec![1]).expect("postcard encodes plain structs")
+    }
 }
 
 impl CampaignRecord {
@@ -238,6 +376,35 @@ impl CampaignRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_layout_1_record_reads_with_no_attachments() {
+        let mut spec = CampaignSpec::generated("old", Lane::High, "Réunion lundi", 5, &["sms"]);
+        spec.body
+            .variants
+            .insert("fr".into(), "Réunion lundi".into());
+        let record = CampaignRecord {
+            spec,
+            state: CampaignState::Sending,
+            total: 5,
+            cursor: 3,
+            created_ms: 7,
+            stopped_ms: None,
+            finished_ms: Some(9),
+        };
+        let old = v1::encode(&record);
+        assert_eq!(old[0], 1);
+        assert_eq!(CampaignRecord::decode(&old).unwrap(), record);
+        let mut with_file = record.clone();
+        with_file.spec.body.attachments.push(Attachment {
+            url: "https://moh.example/poster.jpg".into(),
+            content_type: "image/jpeg".into(),
+            filename: None,
+        });
+        let new = with_file.encode();
+        assert_eq!(new[0], 2);
+        assert_eq!(CampaignRecord::decode(&new).unwrap(), with_file);
+    }
 
     #[test]
     fn language_variants_fall_back_to_the_primary_language_then_the_default() {

@@ -71,6 +71,13 @@ pub struct ChannelConfig {
     pub http: crate::channel::HttpConfig,
     /// Settings of the simulated gateway, for `connector = "sandbox"`.
     pub sandbox: crate::channel::SandboxConfig,
+    /// How often to ask a gateway that pushes no delivery reports (its
+    /// connector answers status queries: RapidPro) about the messages it
+    /// took (s); 0: never.
+    pub status_poll_s: u64,
+    /// How long after a message was handed over it is still asked about
+    /// (hours).
+    pub status_poll_max_age_h: u32,
 }
 
 impl Default for ChannelConfig {
@@ -88,6 +95,8 @@ impl Default for ChannelConfig {
             retry: crate::dispatch::RetryPolicy::default(),
             http: crate::channel::HttpConfig::default(),
             sandbox: crate::channel::SandboxConfig::default(),
+            status_poll_s: 60,
+            status_poll_max_age_h: 72,
         }
     }
 }
@@ -129,6 +138,9 @@ impl ChannelConfig {
         }
         if self.workers == 0 || self.workers > 16 {
             return Err(format!("{path}.workers must be 1 to 16"));
+        }
+        if self.status_poll_max_age_h == 0 {
+            return Err(format!("{path}.status_poll_max_age_h must be > 0"));
         }
         self.retry.validate(&format!("{path}.retry"))?;
         self.sandbox.validate(&format!("{path}.sandbox"))?;

@@ -30,6 +30,7 @@ pub mod campaign;
 pub mod clock;
 pub mod config;
 pub mod metrics;
+pub mod poll;
 pub mod probe;
 pub mod ratelimit;
 pub mod receipts;
@@ -51,7 +52,8 @@ use tokio::task::JoinHandle;
 
 pub use audience::{AudienceCursor, Member};
 pub use campaign::{
-    AudienceSpec, Body, CampaignRecord, CampaignSpec, CampaignState, GeneratedAudience, Recipient,
+    Attachment, AudienceSpec, Body, CampaignRecord, CampaignSpec, CampaignState, GeneratedAudience,
+    Recipient,
 };
 pub use clock::TokioClock;
 pub use metrics::DispatchMetrics;
@@ -130,6 +132,8 @@ pub(crate) struct Live {
     pub routes: Vec<(String, Option<ChannelId>)>,
     pub lane: Lane,
     pub body: Body,
+    /// The body's files as connectors take them; `None` without files.
+    pub files: Option<Arc<[crate::plugin::bindings::connector_types::Attachment]>>,
     pub expires_at_ms: Option<u64>,
     pub start_at_ms: Option<u64>,
     pub fanned_out: AtomicBool,
@@ -320,6 +324,15 @@ impl Dispatcher {
             Arc::clone(&sink),
             Duration::from_millis(shared.config.receipt_poll_ms),
         )));
+        for ch in shared.channels.values() {
+            if ch.plugin.answers_status_queries() && ch.config.status_poll_s > 0 {
+                tasks.push(tokio::spawn(poll::task(
+                    Arc::clone(&shared),
+                    Arc::clone(ch),
+                    Arc::clone(&sink),
+                )));
+            }
+        }
         tasks.push(tokio::spawn(fan_out_task(Arc::clone(&shared))));
         tasks.push(tokio::spawn(housekeeping(Arc::clone(&shared))));
         Ok(Self {
@@ -727,6 +740,7 @@ fn validate(shared: &Shared, spec: &CampaignSpec) -> Result<()> {
         .map(|(name, ch)| ChannelLimits {
             name,
             max_text_chars: ch.plugin.manifest().capabilities.max_text_chars,
+            media: ch.plugin.carries_media(),
         })
         .collect();
     validate_spec(spec, &known)
@@ -738,6 +752,65 @@ pub struct ChannelLimits<'a> {
     pub name: &'a str,
     /// Longest text the channel's connector accepts (characters).
     pub max_text_chars: Option<u32>,
+    /// Whether its connector sends files.
+    pub media: bool,
+}
+
+/// Most files one message carries.
+pub const MAX_ATTACHMENTS: usize = 10;
+/// Longest attachment URL.
+pub const MAX_URL_BYTES: usize = 2048;
+
+fn validate_attachments(attachments: &[Attachment]) -> Result<()> {
+    if attachments.len() > MAX_ATTACHMENTS {
+        return Err(Error::field_invalid(
+            "body.attachments",
+            format!("{} files; at most {MAX_ATTACHMENTS}", attachments.len()),
+        ));
+    }
+    for (i, a) in attachments.iter().enumerate() {
+        let field = |f: &str| format!("body.attachments[{i}].{f}");
+        let url = a.url.trim();
+        let scheme_ok = url
+            .split_once("://")
+            .is_some_and(|(scheme, rest)| matches!(scheme, "https" | "http") && !rest.is_empty());
+        if !scheme_ok || url.len() > MAX_URL_BYTES || url.chars().any(char::is_whitespace) {
+            return Err(Error::field_invalid(
+                field("url"),
+                format!(
+                    "{:?} is not an http(s) URL of at most {MAX_URL_BYTES} bytes the gateway can fetch",
+                    a.url.chars().take(80).collect::<String>()
+                ),
+            ));
+        }
+        let mime_ok = a.content_type.split_once('/').is_some_and(|(t, sub)| {
+            let token = |s: &str| {
+                !s.is_empty()
+                    && s.len() <= 127
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+            };
+            token(t) && token(sub.split(';').next().unwrap_or(sub).trim())
+        });
+        if !mime_ok {
+            return Err(Error::field_invalid(
+                field("content_type"),
+                format!(
+                    "{:?} is not a MIME type (like \"image/jpeg\")",
+                    a.content_type
+                ),
+            ));
+        }
+        if let Some(name) = &a.filename
+            && (name.trim().is_empty() || name.chars().count() > 255 || name.contains(['/', '\\']))
+        {
+            return Err(Error::field_invalid(
+                field("filename"),
+                "must be a file name of 1 to 255 characters, without a path",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a submitted campaign against the limits and the configured
@@ -752,8 +825,11 @@ pub fn validate_spec(spec: &CampaignSpec, channels: &[ChannelLimits<'_>]) -> Res
             format!("longer than {MAX_NAME_CHARS} characters"),
         ));
     }
+    validate_attachments(&spec.body.attachments)?;
+    // With files, the text is their caption and may be empty.
+    let captions = !spec.body.attachments.is_empty();
     let text = |key: &str, t: &str| {
-        if t.trim().is_empty() {
+        if t.trim().is_empty() && !captions {
             return Err(Error::field_invalid(key, "must not be empty"));
         }
         if t.chars().count() > MAX_TEXT_CHARS {
@@ -809,6 +885,7 @@ pub fn validate_spec(spec: &CampaignSpec, channels: &[ChannelLimits<'_>]) -> Res
             ),
         ));
     }
+    let mut media = false;
     for c in &spec.channels {
         let Some(limits) = channels.iter().find(|l| l.name == c) else {
             let names: Vec<&str> = channels.iter().map(|l| l.name).collect();
@@ -817,6 +894,7 @@ pub fn validate_spec(spec: &CampaignSpec, channels: &[ChannelLimits<'_>]) -> Res
                 format!("unknown channel {c:?} (configured: {})", names.join(", ")),
             ));
         };
+        media |= limits.media;
         // A text the channel's gateway cannot take fails on every attempt:
         // refused now, naming the text and the channel.
         if let Some(max) = limits.max_text_chars {
@@ -836,6 +914,16 @@ pub fn validate_spec(spec: &CampaignSpec, channels: &[ChannelLimits<'_>]) -> Res
                 }
             }
         }
+    }
+    // Files no channel can carry would fail for every recipient.
+    if captions && !media {
+        return Err(Error::field_invalid(
+            "body.attachments",
+            format!(
+                "none of the channels {} carries media (WhatsApp, Telegram and Twilio connectors do)",
+                spec.channels.join(", ")
+            ),
+        ));
     }
     if let (Some(start), Some(end)) = (spec.start_at_ms, spec.expires_at_ms)
         && end <= start
@@ -983,6 +1071,17 @@ fn live(shared: &Shared, id: CampaignId, record: CampaignRecord) -> Result<Arc<L
         persist: tokio::sync::Mutex::new(()),
         lane: spec.lane,
         body: spec.body.clone(),
+        files: (!spec.body.attachments.is_empty()).then(|| {
+            spec.body
+                .attachments
+                .iter()
+                .map(|a| crate::plugin::bindings::connector_types::Attachment {
+                    url: a.url.trim().to_string(),
+                    content_type: a.content_type.clone(),
+                    filename: a.filename.clone(),
+                })
+                .collect()
+        }),
         expires_at_ms: spec.expires_at_ms,
         start_at_ms: spec.start_at_ms,
         routes,

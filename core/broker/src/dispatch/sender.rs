@@ -247,6 +247,9 @@ fn max_rounds(window: usize) -> usize {
 struct Ready {
     leased: Leased,
     message: OutboundMessage,
+    /// The campaign's files: such a message goes alone, through
+    /// `build-send-media`.
+    files: Option<Arc<[ct::Attachment]>>,
     cost: u32,
 }
 
@@ -577,6 +580,7 @@ fn prepare(
         ready.push(Ready {
             leased: l,
             message,
+            files: live.files.clone(),
             cost,
         });
     }
@@ -649,7 +653,11 @@ type Built = Vec<(Vec<Ready>, std::result::Result<HttpRequest, CallError>)>;
 
 /// Builds every request of a round in one trip to a plugin thread.
 async fn build(ch: &Arc<Channel>, ready: Vec<Ready>) -> Built {
-    let chunks = batches(ready, ch.batch, |r| r.message.text.as_str());
+    // A message with files goes alone (no gateway's bulk form takes them).
+    let (alone, batched): (Vec<Ready>, Vec<Ready>) =
+        ready.into_iter().partition(|r| r.files.is_some());
+    let mut chunks = batches(batched, ch.batch, |r| r.message.text.as_str());
+    chunks.extend(alone.into_iter().map(|r| vec![r]));
     if chunks.is_empty() {
         return Vec::new();
     }
@@ -661,6 +669,11 @@ async fn build(ch: &Arc<Channel>, ready: Vec<Ready>) -> Built {
                 .into_iter()
                 .map(|chunk| {
                     let request = match chunk.as_slice() {
+                        // A connector without `media` refuses before any
+                        // call; the delivery falls back (see `classify`).
+                        [one] if let Some(files) = &one.files => {
+                            plugin.build_send_media(&one.message, files)
+                        }
                         [one] => plugin.build_send(&one.message),
                         many => {
                             let messages: Vec<OutboundMessage> =
@@ -943,6 +956,14 @@ fn classify(answer: Answer, max_retry_after_ms: u64) -> Verdict {
             PluginError::InvalidInput(m) => Verdict::Dead {
                 reason: format!("connector refused the message: {m}"),
             },
+        },
+        // Files on a channel whose connector sends none: the recipient
+        // cannot get this message here; the next channel may carry it.
+        Answer::Error(CallError::NotExported {
+            plugin,
+            interface: "media",
+        }) => Verdict::Fallback {
+            reason: format!("this channel cannot carry media (connector {plugin} sends no files)"),
         },
         // The plugin trapped or its circuit is open: not the message's fault.
         Answer::Error(e) => retry(None, e.to_string(), reason::PLUGIN_FAILURE),

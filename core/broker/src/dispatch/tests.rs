@@ -454,6 +454,14 @@ async fn explicit_recipients_are_normalised_and_bad_numbers_refused_with_reasons
     w.shutdown().await;
 }
 
+fn file(url: &str, content_type: &str) -> crate::dispatch::Attachment {
+    crate::dispatch::Attachment {
+        url: url.into(),
+        content_type: content_type.into(),
+        filename: None,
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn bad_campaigns_are_refused_clearly() {
     let w = world(sms(0.0)).await;
@@ -501,6 +509,44 @@ async fn bad_campaigns_are_refused_clearly() {
                 s.body.variants.insert("fr".into(), "b".repeat(2000));
             }),
             "body.variants.fr: 2000 characters; channel sms accepts at most 1600",
+        ),
+        (
+            refused(&|s| {
+                s.body
+                    .attachments
+                    .push(file("https://moh.example/p.jpg", "image/jpeg"))
+            }),
+            "body.attachments: none of the channels sms carries media (WhatsApp, Telegram and Twilio connectors do)",
+        ),
+        (
+            refused(&|s| {
+                s.body
+                    .attachments
+                    .push(file("ftp://moh.example/p.jpg", "image/jpeg"))
+            }),
+            "body.attachments[0].url: \"ftp://moh.example/p.jpg\" is not an http(s) URL of at most 2048 bytes the gateway can fetch",
+        ),
+        (
+            refused(&|s| {
+                s.body
+                    .attachments
+                    .push(file("https://moh.example/p.jpg", "jpeg"))
+            }),
+            "body.attachments[0].content_type: \"jpeg\" is not a MIME type (like \"image/jpeg\")",
+        ),
+        (
+            refused(&|s| {
+                let mut f = file("https://moh.example/p.pdf", "application/pdf");
+                f.filename = Some("../etc/passwd".into());
+                s.body.attachments.push(f);
+            }),
+            "body.attachments[0].filename: must be a file name of 1 to 255 characters, without a path",
+        ),
+        (
+            refused(&|s| {
+                s.body.attachments = vec![file("https://moh.example/p.jpg", "image/jpeg"); 11];
+            }),
+            "body.attachments: 11 files; at most 10",
         ),
         (refused(&|s| s.channels = vec!["sms".into(); 9]), ""),
     ] {

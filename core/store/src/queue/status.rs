@@ -130,4 +130,51 @@ impl Store {
             .get(Cf::External, &keys::external(channel, external_id))?
             .and_then(|v| keys::delivery_from(&v)))
     }
+
+    /// Messages a channel handed over whose status is not final yet
+    /// (`wired` or `sent`) and that left the queue at or after
+    /// `sent_since_ms`: their gateway ids, for asking a gateway that pushes
+    /// no receipts. Walks the channel's receipt index in id order from
+    /// after `after`, visiting at most `max_visits` entries; returns what
+    /// it found and the id to go on after (`None`: the end was reached).
+    pub fn awaiting_status(
+        &self,
+        channel: ChannelId,
+        after: Option<&str>,
+        sent_since_ms: u64,
+        max_visits: usize,
+    ) -> Result<(Vec<String>, Option<String>)> {
+        let mut lo = keys::external(channel, after.unwrap_or(""));
+        if after.is_some() {
+            // Just past `after` itself.
+            lo.push(0);
+        }
+        let hi = match channel.0.checked_add(1) {
+            Some(next) => next.to_be_bytes().to_vec(),
+            None => keys::external_range().1,
+        };
+        let mut ids = Vec::new();
+        let mut entries = Vec::new();
+        let mut last = None;
+        let mut visits = 0;
+        self.engine.scan(Cf::External, &lo, &hi, &mut |k, v| {
+            visits += 1;
+            let external = String::from_utf8_lossy(&k[4..]).into_owned();
+            if let Some(id) = keys::delivery_from(v) {
+                entries.push((id, external.clone()));
+            }
+            last = Some(external);
+            Ok(visits < max_visits)
+        })?;
+        for (id, external) in entries {
+            if let Some(record) = self.status(id)?
+                && matches!(record.status, DeliveryStatus::Wired | DeliveryStatus::Sent)
+                && record.sent_ms >= sent_since_ms
+            {
+                ids.push(external);
+            }
+        }
+        let next = if visits >= max_visits { last } else { None };
+        Ok((ids, next))
+    }
 }

@@ -27,6 +27,7 @@ conformance!(
     higher_lanes_are_leased_first,
     campaigns_in_a_lane_share_round_robin,
     settle_done_records_status_and_receipt_index,
+    awaiting_status_walks_the_channel_index_in_pages,
     retry_waits_in_the_delayed_queue_until_due,
     dead_letters_keep_reason_and_history_and_replay,
     reroute_moves_a_delivery_to_another_channel,
@@ -299,6 +300,78 @@ fn settle_done_records_status_and_receipt_index(h: &mut dyn Harness) {
         vec![(0, DeliveryStatus::Wired), (1, DeliveryStatus::Failed)]
     );
     assert_eq!(f.store.depth(CH).leased, [0; 4]);
+}
+
+fn awaiting_status_walks_the_channel_index_in_pages(h: &mut dyn Harness) {
+    let f = fixture(h);
+    f.store
+        .enqueue(q(Lane::Normal, 3), new(0..5))
+        .wait()
+        .unwrap();
+    let sent_at = f.clock.now();
+    let settled: Vec<_> = lease(&f.store, 5)
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            (
+                l,
+                Outcome::Done {
+                    status: DeliveryStatus::Wired,
+                    external_id: Some(format!("b-{i}")),
+                    reason: None,
+                },
+            )
+        })
+        .collect();
+    f.store.settle(settled).unwrap().wait().unwrap();
+    // Another channel's index is not walked.
+    let other = QueueKey {
+        channel: ChannelId(2),
+        ..q(Lane::Normal, 4)
+    };
+    f.store.enqueue(other, new(0..1)).wait().unwrap();
+    let l = f.store.lease(ChannelId(2), 1).unwrap().wait().unwrap();
+    f.store
+        .settle(vec![(
+            l.into_iter().next().unwrap(),
+            Outcome::Done {
+                status: DeliveryStatus::Wired,
+                external_id: Some("b-9".into()),
+                reason: None,
+            },
+        )])
+        .unwrap()
+        .wait()
+        .unwrap();
+    // b-1 is delivered (final), b-2 only sent (still awaited).
+    f.store
+        .update_statuses(&[
+            (
+                DeliveryId::new(CampaignId(3), 1),
+                DeliveryStatus::Delivered,
+                None,
+            ),
+            (
+                DeliveryId::new(CampaignId(3), 2),
+                DeliveryStatus::Sent,
+                None,
+            ),
+        ])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let (page, next) = f.store.awaiting_status(CH, None, 0, 2).unwrap();
+    assert_eq!(page, ["b-0"]);
+    assert_eq!(next.as_deref(), Some("b-1"));
+    let (page, next) = f.store.awaiting_status(CH, next.as_deref(), 0, 2).unwrap();
+    assert_eq!(page, ["b-2", "b-3"]);
+    let (page, next) = f.store.awaiting_status(CH, next.as_deref(), 0, 2).unwrap();
+    assert_eq!((page.as_slice(), next), (&["b-4".to_string()][..], None));
+    // Too old: nothing.
+    let (page, _) = f.store.awaiting_status(CH, None, sent_at + 1, 100).unwrap();
+    assert!(page.is_empty(), "{page:?}");
+    let (page, _) = f.store.awaiting_status(ChannelId(2), None, 0, 100).unwrap();
+    assert_eq!(page, ["b-9"]);
 }
 
 fn retry_waits_in_the_delayed_queue_until_due(h: &mut dyn Harness) {
