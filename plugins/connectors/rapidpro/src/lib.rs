@@ -2,8 +2,9 @@
 
 use mhero_sdk::connector::{
     BatchOutcome, Connector, ConnectorInfo, Failure, Header, HttpRequest, HttpResponse,
-    InboundMessage, OutboundMessage, PluginError, PluginInfo, PluginKind, RetryInfo, SendOutcome,
-    WebhookEvent, WebhookResult, check_token, required, setting,
+    InboundMessage, OutboundMessage, PluginError, PluginInfo, PluginKind, Receipt, ReceiptStatus,
+    RetryInfo, SendOutcome, StatusQuery, WebhookEvent, WebhookResult, check_token, required,
+    setting,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -26,6 +27,38 @@ fn urn(to: &str) -> String {
 #[derive(Deserialize)]
 struct Broadcast {
     id: u64,
+}
+
+/// A page of the messages API (`GET /api/v2/messages.json`).
+#[derive(Deserialize)]
+struct Messages {
+    results: Vec<Message>,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    #[serde(default)]
+    urn: Option<String>,
+    #[serde(default)]
+    status: String,
+}
+
+/// The broadcast an external id names (`broadcast-17:tel:+231…` → 17).
+fn broadcast_of(external_id: &str) -> Option<u64> {
+    let rest = external_id.strip_prefix("broadcast-")?;
+    rest.split(':').next()?.parse().ok()
+}
+
+/// A message's status as a receipt; `None` while RapidPro still holds
+/// it (`queued`, `wired`, `errored`: it retries those itself).
+fn receipt_status(status: &str) -> Option<ReceiptStatus> {
+    match status {
+        "sent" => Some(ReceiptStatus::Sent),
+        "delivered" => Some(ReceiptStatus::Delivered),
+        "read" => Some(ReceiptStatus::Read),
+        "failed" => Some(ReceiptStatus::Failed),
+        _ => None,
+    }
 }
 
 /// What a flow's "Call webhook" action posts by default.
@@ -168,6 +201,92 @@ impl Connector for RapidPro {
                 id: m.id,
             })
             .collect())
+    }
+
+    /// `GET /api/v2/messages.json?broadcast=<id>`: one query per
+    /// broadcast, covering the leading ids of that broadcast.
+    fn build_status_query(external_ids: Vec<String>) -> Result<StatusQuery, PluginError> {
+        let first = external_ids
+            .first()
+            .ok_or_else(|| PluginError::invalid("no message to ask about"))?;
+        let id = broadcast_of(first).ok_or_else(|| {
+            PluginError::invalid(format!("{first:?} is not a RapidPro broadcast message id"))
+        })?;
+        let covers = external_ids
+            .iter()
+            .take_while(|e| broadcast_of(e) == Some(id))
+            .count();
+        Ok(StatusQuery {
+            request: HttpRequest {
+                method: "GET".into(),
+                url: format!(
+                    "{}/api/v2/messages.json?broadcast={id}",
+                    required("base_url")?.trim_end_matches('/')
+                ),
+                headers: vec![Header::new(
+                    "authorization",
+                    format!("Token {}", required("api_token")?),
+                )],
+                body: Vec::new(),
+            },
+            covers: covers as u32,
+        })
+    }
+
+    fn parse_status_answer(
+        external_ids: Vec<String>,
+        response: HttpResponse,
+    ) -> Result<Vec<Receipt>, PluginError> {
+        let status = response.status;
+        let text: String = response.text().trim().chars().take(300).collect();
+        match status {
+            200..=299 => {}
+            401 | 403 => {
+                return Err(PluginError::Unauthorized(format!(
+                    "RapidPro refused the token: {text}"
+                )));
+            }
+            429 | 500..=599 => {
+                return Err(PluginError::transient(
+                    format!("RapidPro answered {status}: {text}"),
+                    response.retry_after_ms(),
+                ));
+            }
+            _ => {
+                return Err(PluginError::invalid(format!(
+                    "RapidPro refused the query ({status}): {text}"
+                )));
+            }
+        }
+        let page: Messages = serde_json::from_slice(&response.body)
+            .map_err(|e| PluginError::invalid(format!("unreadable messages page: {e}")))?;
+        let mut receipts = Vec::new();
+        for id in &external_ids {
+            let Some(b) = broadcast_of(id) else { continue };
+            let message = match id.split_once(':') {
+                // `broadcast-17:tel:+231…`: the message to that URN.
+                Some((_, urn)) => page
+                    .results
+                    .iter()
+                    .find(|m| m.urn.as_deref().is_some_and(|u| address(u) == address(urn))),
+                // `broadcast-17` (a broadcast to one URN): its only message.
+                None => match page.results.as_slice() {
+                    [one] => Some(one),
+                    _ => None,
+                },
+            };
+            let Some(m) = message else { continue };
+            if let Some(status) = receipt_status(&m.status) {
+                receipts.push(Receipt {
+                    external_id: id.clone(),
+                    status,
+                    reason: (status == ReceiptStatus::Failed)
+                        .then(|| format!("RapidPro reports broadcast {b}'s message failed")),
+                    at_ms: None,
+                });
+            }
+        }
+        Ok(receipts)
     }
 
     fn handle_webhook(request: HttpRequest) -> Result<WebhookResult, PluginError> {

@@ -1,10 +1,11 @@
-//! Connector for Telegram bots: the Bot API's `sendMessage` out, updates
+//! Connector for Telegram bots: the Bot API's `sendMessage` (and
+//! `sendPhoto`, `sendVoice`… for files) out, updates
 //! (replies, button presses) in through the bot's webhook. See README.md.
 
 use mhero_sdk::connector::{
-    Connector, ConnectorInfo, Failure, Header, HttpRequest, HttpResponse, InboundMessage, Lane,
-    OutboundMessage, PluginError, PluginInfo, PluginKind, RetryInfo, SendOutcome, WebhookEvent,
-    WebhookResult, check_token, required,
+    Attachment, Connector, ConnectorInfo, Failure, Header, HttpRequest, HttpResponse,
+    InboundMessage, Lane, OutboundMessage, PluginError, PluginInfo, PluginKind, RetryInfo,
+    SendOutcome, WebhookEvent, WebhookResult, check_token, required,
 };
 use serde::{Deserialize, Serialize};
 
@@ -121,6 +122,51 @@ fn is_chat_id(id: &str) -> bool {
         || (id.len() > 1 && id.starts_with('@'))
 }
 
+/// The worker's chat id, or why there is none.
+fn chat(message: &OutboundMessage) -> Result<&str, PluginError> {
+    let chat_id = message.to.trim();
+    if !is_chat_id(chat_id) {
+        return Err(PluginError::Permanent(format!(
+            "{chat_id:?} is not a Telegram chat id: the worker must start the bot first"
+        )));
+    }
+    Ok(chat_id)
+}
+
+/// Longest caption of a file.
+const MAX_CAPTION: usize = 1024;
+
+fn essence(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// The Bot API method and its file field for one file.
+fn media_method(content_type: &str) -> (&'static str, &'static str) {
+    match essence(content_type).as_str() {
+        "image/jpeg" | "image/png" | "image/webp" => ("sendPhoto", "photo"),
+        // Voice notes: OGG with Opus is what Telegram plays as one.
+        "audio/ogg" | "audio/opus" => ("sendVoice", "voice"),
+        e if e.starts_with("audio/") => ("sendAudio", "audio"),
+        e if e.starts_with("video/") => ("sendVideo", "video"),
+        _ => ("sendDocument", "document"),
+    }
+}
+
+/// The `InputMedia` type of a file in a media group.
+fn group_type(content_type: &str) -> &'static str {
+    match media_method(content_type).1 {
+        "photo" => "photo",
+        "video" => "video",
+        "audio" | "voice" => "audio",
+        _ => "document",
+    }
+}
+
 impl Connector for Telegram {
     fn describe() -> ConnectorInfo {
         ConnectorInfo {
@@ -136,13 +182,80 @@ impl Connector for Telegram {
         }
     }
 
-    fn build_send(message: OutboundMessage) -> Result<HttpRequest, PluginError> {
-        let chat_id = message.to.trim();
-        if !is_chat_id(chat_id) {
-            return Err(PluginError::Permanent(format!(
-                "{chat_id:?} is not a Telegram chat id: the worker must start the bot first"
+    /// One file: `sendPhoto` (JPEG, PNG, WebP), `sendVoice` (OGG/Opus),
+    /// `sendAudio`, `sendVideo` or `sendDocument`, by URL, the text as its
+    /// caption. Two to ten files: `sendMediaGroup`, the caption on the
+    /// first.
+    fn build_send_media(
+        message: OutboundMessage,
+        attachments: Vec<Attachment>,
+    ) -> Result<HttpRequest, PluginError> {
+        let chat_id = chat(&message)?;
+        if message.text.chars().count() > MAX_CAPTION {
+            return Err(PluginError::invalid(format!(
+                "a Telegram caption holds at most {MAX_CAPTION} characters"
             )));
         }
+        let silent = message.lane == Lane::Bulk;
+        let caption = (!message.text.is_empty()).then_some(message.text.as_str());
+        let (method, mut body) = match attachments.as_slice() {
+            [] => return Err(PluginError::invalid("no file to send")),
+            [file] => {
+                let (method, field) = media_method(&file.content_type);
+                let mut body = serde_json::json!({"chat_id": chat_id, field: file.url});
+                if let Some(c) = caption {
+                    body["caption"] = c.into();
+                }
+                (method, body)
+            }
+            files if files.len() <= 10 => {
+                let media: Vec<serde_json::Value> = files
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| {
+                        let mut m = serde_json::json!({
+                            "type": group_type(&f.content_type),
+                            "media": f.url,
+                        });
+                        if i == 0
+                            && let Some(c) = caption
+                        {
+                            m["caption"] = c.into();
+                        }
+                        m
+                    })
+                    .collect();
+                (
+                    "sendMediaGroup",
+                    serde_json::json!({"chat_id": chat_id, "media": media}),
+                )
+            }
+            files => {
+                return Err(PluginError::invalid(format!(
+                    "Telegram sends at most 10 files in one message; this one has {}",
+                    files.len()
+                )));
+            }
+        };
+        if silent {
+            // Bulk messages arrive silently; alerts ring.
+            body["disable_notification"] = true.into();
+        }
+        Ok(HttpRequest {
+            method: "POST".into(),
+            url: format!(
+                "{}/bot{}/{method}",
+                required("base_url")?.trim_end_matches('/'),
+                required("bot_token")?
+            ),
+            headers: vec![Header::new("content-type", "application/json")],
+            body: serde_json::to_vec(&body)
+                .map_err(|e| PluginError::invalid(format!("cannot encode request: {e}")))?,
+        })
+    }
+
+    fn build_send(message: OutboundMessage) -> Result<HttpRequest, PluginError> {
+        let chat_id = chat(&message)?;
         if message.text.trim().is_empty() {
             return Err(PluginError::invalid("Telegram refuses empty messages"));
         }

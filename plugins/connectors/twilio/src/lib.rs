@@ -3,15 +3,65 @@
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use mhero_sdk::connector::{
-    Connector, ConnectorInfo, Failure, Header, HttpRequest, HttpResponse, InboundMessage,
-    OutboundMessage, PluginError, PluginInfo, PluginKind, Receipt, ReceiptStatus, RetryInfo,
-    SendOutcome, WebhookEvent, WebhookResult, required, setting,
+    Attachment, Connector, ConnectorInfo, Failure, Header, HttpRequest, HttpResponse,
+    InboundMessage, OutboundMessage, PluginError, PluginInfo, PluginKind, Receipt, ReceiptStatus,
+    RetryInfo, SendOutcome, WebhookEvent, WebhookResult, required, setting,
 };
 use mhero_sdk::host::{self, Level};
 use serde::Deserialize;
 use sha1::Sha1;
 
 pub struct Twilio;
+
+/// Most `MediaUrl`s of one message.
+const MAX_MEDIA: usize = 10;
+
+/// The Messages API request for a message and its files.
+fn request(message: &OutboundMessage, files: &[Attachment]) -> Result<HttpRequest, PluginError> {
+    let account = required("account_sid")?;
+    let token = required("auth_token")?;
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("To", &message.to);
+    if !message.text.is_empty() || files.is_empty() {
+        form.append_pair("Body", &message.text);
+    }
+    for f in files {
+        form.append_pair("MediaUrl", &f.url);
+    }
+    match (setting("messaging_service_sid"), setting("from")) {
+        (Some(service), _) => form.append_pair("MessagingServiceSid", &service),
+        (None, Some(from)) => form.append_pair("From", &from),
+        (None, None) => {
+            return Err(PluginError::Unauthorized(
+                "set `from` or `messaging_service_sid`".into(),
+            ));
+        }
+    };
+    form.append_pair("StatusCallback", &required("webhook_url")?);
+    if let Some(expires) = message.expires_at_ms {
+        let now = host::now_ms();
+        if expires <= now {
+            return Err(PluginError::invalid(
+                "the message expired before it was sent",
+            ));
+        }
+        let seconds = ((expires - now) / 1000).clamp(1, MAX_VALIDITY_S);
+        form.append_pair("ValidityPeriod", &seconds.to_string());
+    }
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{account}:{token}"));
+    Ok(HttpRequest {
+        method: "POST".into(),
+        url: format!(
+            "{}/2010-04-01/Accounts/{account}/Messages.json",
+            required("base_url")?.trim_end_matches('/')
+        ),
+        headers: vec![
+            Header::new("content-type", "application/x-www-form-urlencoded"),
+            Header::new("authorization", format!("Basic {basic}")),
+        ],
+        body: form.finish().into_bytes(),
+    })
+}
 
 pub const SIGNATURE_HEADER: &str = "x-twilio-signature";
 /// Twilio's longest ValidityPeriod (seconds).
@@ -82,44 +132,22 @@ impl Connector for Twilio {
     }
 
     fn build_send(message: OutboundMessage) -> Result<HttpRequest, PluginError> {
-        let account = required("account_sid")?;
-        let token = required("auth_token")?;
-        let mut form = form_urlencoded::Serializer::new(String::new());
-        form.append_pair("To", &message.to)
-            .append_pair("Body", &message.text);
-        match (setting("messaging_service_sid"), setting("from")) {
-            (Some(service), _) => form.append_pair("MessagingServiceSid", &service),
-            (None, Some(from)) => form.append_pair("From", &from),
-            (None, None) => {
-                return Err(PluginError::Unauthorized(
-                    "set `from` or `messaging_service_sid`".into(),
-                ));
-            }
-        };
-        form.append_pair("StatusCallback", &required("webhook_url")?);
-        if let Some(expires) = message.expires_at_ms {
-            let now = host::now_ms();
-            if expires <= now {
-                return Err(PluginError::invalid(
-                    "the message expired before it was sent",
-                ));
-            }
-            let seconds = ((expires - now) / 1000).clamp(1, MAX_VALIDITY_S);
-            form.append_pair("ValidityPeriod", &seconds.to_string());
+        request(&message, &[])
+    }
+
+    /// MMS (and WhatsApp through Twilio): up to 10 `MediaUrl`s, the text as
+    /// the body (which may then be empty).
+    fn build_send_media(
+        message: OutboundMessage,
+        attachments: Vec<Attachment>,
+    ) -> Result<HttpRequest, PluginError> {
+        if attachments.is_empty() || attachments.len() > MAX_MEDIA {
+            return Err(PluginError::invalid(format!(
+                "Twilio sends 1 to {MAX_MEDIA} files in one message; this one has {}",
+                attachments.len()
+            )));
         }
-        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{account}:{token}"));
-        Ok(HttpRequest {
-            method: "POST".into(),
-            url: format!(
-                "{}/2010-04-01/Accounts/{account}/Messages.json",
-                required("base_url")?.trim_end_matches('/')
-            ),
-            headers: vec![
-                Header::new("content-type", "application/x-www-form-urlencoded"),
-                Header::new("authorization", format!("Basic {basic}")),
-            ],
-            body: form.finish().into_bytes(),
-        })
+        request(&message, &attachments)
     }
 
     fn parse_send_response(response: HttpResponse) -> Result<SendOutcome, PluginError> {

@@ -1,10 +1,10 @@
 //! Connector for the WhatsApp Cloud API. See README.md.
 
 use mhero_sdk::connector::{
-    Connector, ConnectorInfo, Failure, Header, HttpRequest, HttpResponse, InboundMessage,
-    OutboundMessage, PluginError, PluginInfo, PluginKind, Receipt, ReceiptStatus, RetryInfo,
-    SendOutcome, WebhookEvent, WebhookResult, check_hub_signature, hub_verification, required,
-    setting,
+    Attachment, Connector, ConnectorInfo, Failure, Header, HttpRequest, HttpResponse,
+    InboundMessage, OutboundMessage, PluginError, PluginInfo, PluginKind, Receipt, ReceiptStatus,
+    RetryInfo, SendOutcome, WebhookEvent, WebhookResult, check_hub_signature, hub_verification,
+    required, setting,
 };
 use mhero_sdk::host::{self, Level};
 use serde::Deserialize;
@@ -167,6 +167,108 @@ fn graph_reason(e: &GraphError) -> String {
     }
 }
 
+/// Longest caption of an image, video or document.
+const MAX_CAPTION: usize = 1024;
+
+/// The Cloud API's message type for a file of this MIME type.
+fn media_kind(content_type: &str) -> &'static str {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.split_once('/') {
+        Some(("image", "jpeg" | "png")) => "image",
+        Some(("image", "webp")) => "sticker",
+        Some(("audio", _)) => "audio",
+        Some(("video", _)) => "video",
+        _ => "document",
+    }
+}
+
+/// A template message: the text as its body's `{{1}}`, a file as its
+/// header.
+fn template(
+    message: &OutboundMessage,
+    to: &str,
+    name: &str,
+    file: Option<(&str, &Attachment)>,
+) -> Result<serde_json::Value, PluginError> {
+    if message.text.chars().count() > MAX_TEMPLATE_PARAMETER {
+        return Err(PluginError::invalid(format!(
+            "a template parameter holds at most {MAX_TEMPLATE_PARAMETER} characters"
+        )));
+    }
+    let language = message
+        .language
+        .clone()
+        .or_else(|| setting("template_language"))
+        .unwrap_or_else(|| "en".into());
+    let mut components = Vec::new();
+    if let Some((kind, file)) = file {
+        let kind = match kind {
+            "image" | "video" => kind,
+            "document" => "document",
+            other => {
+                return Err(PluginError::invalid(format!(
+                    "a template header takes an image, a video or a document, not {other} ({})",
+                    file.content_type
+                )));
+            }
+        };
+        let mut media = json!({"link": file.url});
+        if kind == "document"
+            && let Some(name) = &file.filename
+        {
+            media["filename"] = json!(name);
+        }
+        components.push(json!({
+            "type": "header",
+            "parameters": [{"type": kind, kind: media}],
+        }));
+    }
+    if !message.text.is_empty() {
+        components.push(json!({
+            "type": "body",
+            "parameters": [{"type": "text", "text": message.text}],
+        }));
+    }
+    Ok(json!({
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": to,
+        "type": "template",
+        "template": {
+            "name": name,
+            "language": {"code": language.replace('-', "_")},
+            "components": components,
+        },
+    }))
+}
+
+/// The request posting `body` to the phone number's messages endpoint.
+fn request(body: &serde_json::Value) -> Result<HttpRequest, PluginError> {
+    Ok(HttpRequest {
+        method: "POST".into(),
+        url: format!(
+            "{}/{}/{}/messages",
+            required("base_url")?.trim_end_matches('/'),
+            required("api_version")?,
+            required("phone_number_id")?
+        ),
+        headers: vec![
+            Header::new("content-type", "application/json"),
+            Header::new(
+                "authorization",
+                format!("Bearer {}", required("access_token")?),
+            ),
+        ],
+        body: serde_json::to_vec(body)
+            .map_err(|e| PluginError::invalid(format!("cannot encode request: {e}")))?,
+    })
+}
+
 /// The `to` of the Cloud API: the number's digits.
 fn wa_number(to: &str) -> Result<String, PluginError> {
     let digits: String = to.trim().trim_start_matches('+').to_string();
@@ -198,32 +300,7 @@ impl Connector for WhatsAppCloud {
     fn build_send(message: OutboundMessage) -> Result<HttpRequest, PluginError> {
         let to = wa_number(&message.to)?;
         let body = match setting("template") {
-            Some(name) => {
-                if message.text.chars().count() > MAX_TEMPLATE_PARAMETER {
-                    return Err(PluginError::invalid(format!(
-                        "a template parameter holds at most {MAX_TEMPLATE_PARAMETER} characters"
-                    )));
-                }
-                let language = message
-                    .language
-                    .clone()
-                    .or_else(|| setting("template_language"))
-                    .unwrap_or_else(|| "en".into());
-                json!({
-                    "messaging_product": "whatsapp",
-                    "recipient_type": "individual",
-                    "to": to,
-                    "type": "template",
-                    "template": {
-                        "name": name,
-                        "language": {"code": language.replace('-', "_")},
-                        "components": [{
-                            "type": "body",
-                            "parameters": [{"type": "text", "text": message.text}],
-                        }],
-                    },
-                })
-            }
+            Some(name) => template(&message, &to, &name, None)?,
             None => json!({
                 "messaging_product": "whatsapp",
                 "recipient_type": "individual",
@@ -232,24 +309,59 @@ impl Connector for WhatsAppCloud {
                 "text": {"preview_url": false, "body": message.text},
             }),
         };
-        Ok(HttpRequest {
-            method: "POST".into(),
-            url: format!(
-                "{}/{}/{}/messages",
-                required("base_url")?.trim_end_matches('/'),
-                required("api_version")?,
-                required("phone_number_id")?
-            ),
-            headers: vec![
-                Header::new("content-type", "application/json"),
-                Header::new(
-                    "authorization",
-                    format!("Bearer {}", required("access_token")?),
-                ),
-            ],
-            body: serde_json::to_vec(&body)
-                .map_err(|e| PluginError::invalid(format!("cannot encode request: {e}")))?,
-        })
+        request(&body)
+    }
+
+    /// One file per message, by link: `image` (JPEG, PNG), `audio` (no
+    /// caption), `video`, `sticker` (WebP, no caption) or `document` (with
+    /// its file name). With a template configured, the file is the
+    /// template's header and the text its body parameter.
+    fn build_send_media(
+        message: OutboundMessage,
+        attachments: Vec<Attachment>,
+    ) -> Result<HttpRequest, PluginError> {
+        let to = wa_number(&message.to)?;
+        let [file] = attachments.as_slice() else {
+            return Err(PluginError::invalid(format!(
+                "WhatsApp sends one file per message; this one has {}",
+                attachments.len()
+            )));
+        };
+        let kind = media_kind(&file.content_type);
+        let body = match setting("template") {
+            Some(name) => template(&message, &to, &name, Some((kind, file)))?,
+            None => {
+                let mut media = json!({"link": file.url});
+                match kind {
+                    "audio" | "sticker" if !message.text.trim().is_empty() => {
+                        return Err(PluginError::invalid(format!(
+                            "WhatsApp {kind} messages carry no caption; send the text without it or as its own message"
+                        )));
+                    }
+                    "audio" | "sticker" => {}
+                    _ if message.text.chars().count() > MAX_CAPTION => {
+                        return Err(PluginError::invalid(format!(
+                            "a WhatsApp caption holds at most {MAX_CAPTION} characters"
+                        )));
+                    }
+                    _ if !message.text.is_empty() => media["caption"] = json!(message.text),
+                    _ => {}
+                }
+                if kind == "document"
+                    && let Some(name) = &file.filename
+                {
+                    media["filename"] = json!(name);
+                }
+                json!({
+                    "messaging_product": "whatsapp",
+                    "recipient_type": "individual",
+                    "to": to,
+                    "type": kind,
+                    kind: media,
+                })
+            }
+        };
+        request(&body)
     }
 
     fn parse_send_response(response: HttpResponse) -> Result<SendOutcome, PluginError> {
