@@ -12,6 +12,7 @@ mod faults;
 mod fhir_sync;
 mod http_crash;
 mod kannel;
+mod media;
 mod quic;
 mod scaffold;
 mod sdk_examples;
