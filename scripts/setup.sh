@@ -151,7 +151,7 @@ if [ "$peers" = 1 ]; then
   # Its npm packages, the Telegram Bot API emulator's (telegram-test-api),
   # and those of the SDK's JavaScript plugin examples (componentize-js),
   # which the peer tests build from the registries.
-  for dir in tests/peers/fhir-server tests/peers/telegram sdk/examples/js-classifier sdk/examples/js-connector; do
+  for dir in tests/peers/fhir-server tests/peers/telegram sdk/examples/js-classifier sdk/examples/js-connector sdk/examples/js-fhir-mapper; do
     if [ ! -f "$dir/node_modules/.package-lock.json" ] \
       || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
       say "installing the npm packages of $dir"

@@ -50,7 +50,7 @@ pub mod examples {
         if !works("node", &["--version"]) {
             return Some("node".into());
         }
-        for js in ["js-classifier", "js-connector"] {
+        for js in ["js-classifier", "js-connector", "js-fhir-mapper"] {
             if !examples()
                 .join(js)
                 .join("node_modules/@bytecodealliance/componentize-js")

@@ -283,15 +283,33 @@ const JS_CONNECTOR: Example = Example {
     files: example_files!("js-connector": "connector.js", "build.mjs", "package.json", "package-lock.json", "plugin.toml", ".gitignore", "tests/fixtures/parse-accepted.json"),
 };
 
+const PYTHON_CONNECTOR: Example = Example {
+    name: "py-gateway",
+    package: None,
+    files: example_files!("python-connector": "app.py", "build.sh", "plugin.toml", ".gitignore", "tests/fixtures/describe.json"),
+};
+
+const PYTHON_FHIR_MAPPER: Example = Example {
+    name: "py-practitioner",
+    package: None,
+    files: example_files!("python-fhir-mapper": "app.py", "build.sh", "plugin.toml", ".gitignore", "tests/fixtures/searchset.json"),
+};
+
+const JS_FHIR_MAPPER: Example = Example {
+    name: "js-practitioner",
+    package: Some("mhero-example-js-fhir-mapper"),
+    files: example_files!("js-fhir-mapper": "mapper.js", "build.mjs", "package.json", "package-lock.json", "plugin.toml", ".gitignore", "tests/fixtures/searchset.json"),
+};
+
 fn interpreted(root: &Path, kind: Kind, name: &str, lang: Lang) -> Result<()> {
     let example = match (lang, kind) {
         (Lang::Python, Kind::Classifier) => PYTHON_CLASSIFIER,
+        (Lang::Python, Kind::Connector) => PYTHON_CONNECTOR,
+        (Lang::Python, Kind::FhirMapper) => PYTHON_FHIR_MAPPER,
         (Lang::Js, Kind::Classifier) => JS_CLASSIFIER,
         (Lang::Js, Kind::Connector) => JS_CONNECTOR,
-        _ => bail!(
-            "no {} template in {lang:?} yet: start from the Rust one (`--lang rust`), or from a {lang:?} example in the SDK's examples",
-            kind.as_str()
-        ),
+        (Lang::Js, Kind::FhirMapper) => JS_FHIR_MAPPER,
+        (Lang::Rust, _) => unreachable!("Rust plugins are made by `rust`"),
     };
     for (rel, text) in example.files {
         let mut text = text.replace(example.name, name).replace("../../wit", "wit");

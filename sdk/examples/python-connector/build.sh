@@ -1,0 +1,19 @@
+#!/bin/sh
+# Builds py-gateway.wasm from app.py with componentize-py, against the
+# contract in sdk/wit (world `connector`). Needs python3 (3.10+) and
+# access to PyPI; everything it installs stays in ./build.
+set -eu
+cd "$(dirname "$0")"
+
+COMPONENTIZE_PY_VERSION=0.25.1
+VENV=build/venv
+
+if ! "$VENV/bin/componentize-py" --version 2>/dev/null | grep -qx "componentize-py $COMPONENTIZE_PY_VERSION"; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"
+fi
+
+# The app is the module `app` (app.py in this folder); the generated
+# bindings (`wit_world`) are made on the fly and bundled with it.
+"$VENV/bin/componentize-py" -d ../../wit -w connector componentize -p . app -o py-gateway.wasm
+ls -l py-gateway.wasm
