@@ -33,9 +33,15 @@ impl Remote {
 
 #[derive(clap::Args)]
 pub struct SendArgs {
-    /// The message.
+    /// The message (with `--attach`, the files' caption; may be empty).
     #[arg(long)]
     text: String,
+    /// A file to send with it, by a URL the gateway can fetch: `URL`
+    /// (its type from the extension: .jpg, .png, .pdf, .mp4, .ogg, .mp3…)
+    /// or `TYPE=URL` (`image/jpeg=https://…`); repeat for more. Only
+    /// channels whose connector carries media send files.
+    #[arg(long = "attach", value_name = "[TYPE=]URL")]
+    attach: Vec<String>,
     /// A recipient's phone number (E.164, or national with the default
     /// country); repeat for more.
     #[arg(long = "to", value_name = "PHONE")]
@@ -82,6 +88,11 @@ pub fn send(args: &SendArgs) -> Result<()> {
             Some(s) => json!({"selector": s}),
             None => json!({"recipients": args.to.iter().map(|p| json!({"phone": p})).collect::<Vec<_>>()}),
         };
+        let attachments = args
+            .attach
+            .iter()
+            .map(|a| attachment(a))
+            .collect::<Result<Vec<_>>>()?;
         let name = args.name.clone().unwrap_or_else(|| {
             let words: Vec<&str> = args.text.split_whitespace().take(6).collect();
             words.join(" ")
@@ -92,7 +103,7 @@ pub fn send(args: &SendArgs) -> Result<()> {
                 &json!({
                     "name": name,
                     "lane": args.lane,
-                    "body": {"default": args.text},
+                    "body": {"default": args.text, "attachments": attachments},
                     "channels": channels,
                     "audience": audience,
                 }),
@@ -117,6 +128,60 @@ pub fn send(args: &SendArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// MIME types by file extension, for `--attach URL`.
+const TYPES: &[(&str, &str)] = &[
+    ("jpg", "image/jpeg"),
+    ("jpeg", "image/jpeg"),
+    ("png", "image/png"),
+    ("webp", "image/webp"),
+    ("gif", "image/gif"),
+    ("pdf", "application/pdf"),
+    ("mp4", "video/mp4"),
+    ("3gp", "video/3gpp"),
+    ("ogg", "audio/ogg"),
+    ("opus", "audio/ogg"),
+    ("mp3", "audio/mpeg"),
+    ("m4a", "audio/mp4"),
+    ("amr", "audio/amr"),
+    ("aac", "audio/aac"),
+];
+
+/// `--attach [TYPE=]URL` as the API's attachment.
+fn attachment(arg: &str) -> Result<Value> {
+    let (given, url) = match arg.split_once('=') {
+        // A MIME type before the first `=` (a URL's query may hold `=`).
+        Some((t, url)) if t.contains('/') && !t.contains(':') => (Some(t.trim()), url.trim()),
+        _ => (None, arg.trim()),
+    };
+    let content_type = match given {
+        Some(t) => t.to_string(),
+        None => {
+            let path = url.split(['?', '#']).next().unwrap_or(url);
+            let ext = path
+                .rsplit_once('.')
+                .map(|(_, e)| e.to_ascii_lowercase())
+                .filter(|e| !e.contains('/'))
+                .unwrap_or_default();
+            match TYPES.iter().find(|(e, _)| *e == ext) {
+                Some((_, t)) => t.to_string(),
+                None => bail!(
+                    "--attach {arg}: cannot tell its type from the URL; give it as TYPE=URL (image/jpeg=https://…)"
+                ),
+            }
+        }
+    };
+    let filename = url
+        .split(['?', '#'])
+        .next()
+        .and_then(|p| p.rsplit('/').next())
+        .filter(|f| content_type == "application/pdf" && !f.is_empty());
+    let mut a = json!({"url": url, "content_type": content_type});
+    if let Some(f) = filename {
+        a["filename"] = json!(f);
+    }
+    Ok(a)
 }
 
 /// `mhero status <campaign>`: one campaign from a running server.
@@ -196,4 +261,30 @@ fn print_campaign(c: &Value) {
         n(c, "retries"),
         n(c, "rerouted"),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attachments_take_their_type_from_the_url_or_the_argument() {
+        assert_eq!(
+            attachment("https://moh.example/posters/cold-chain.JPG").unwrap(),
+            json!({"url": "https://moh.example/posters/cold-chain.JPG", "content_type": "image/jpeg"})
+        );
+        assert_eq!(
+            attachment("https://moh.example/g/measles.pdf?v=2").unwrap(),
+            json!({"url": "https://moh.example/g/measles.pdf?v=2", "content_type": "application/pdf",
+                   "filename": "measles.pdf"})
+        );
+        assert_eq!(
+            attachment("audio/ogg=https://moh.example/f?id=7&k=a").unwrap(),
+            json!({"url": "https://moh.example/f?id=7&k=a", "content_type": "audio/ogg"})
+        );
+        // `=` in a query is not a type.
+        let err = attachment("https://moh.example/file?id=7").unwrap_err();
+        assert!(err.to_string().contains("TYPE=URL"), "{err}");
+        assert!(attachment("https://moh.example/dir.d/file").is_err());
+    }
 }

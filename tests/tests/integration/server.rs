@@ -1289,6 +1289,25 @@ fn mhero_send_and_status_talk_to_a_running_server() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("404") && err.contains("c999"), "{err}");
+    // A file for channels that carry none: the server's reason, in one line.
+    let out = remote(
+        &[
+            "send",
+            "--text",
+            "Cold chain poster.",
+            "--attach",
+            "https://moh.example/poster.jpg",
+            "--to",
+            "+231770000001",
+        ],
+        Some(&sender),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("400") && err.contains("none of the channels sandbox carries media"),
+        "{err}"
+    );
     let out = remote(
         &["send", "--text", "x", "--to", "+231770000001"],
         Some("mhero_wrong"),
