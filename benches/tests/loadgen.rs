@@ -36,11 +36,9 @@ fn check_language(report: &Value, lang: &str, plugin: &str) {
             "{lang} {field}: {l}"
         );
     }
-    // A call on a fresh instance includes making one.
-    assert!(
-        l["fresh_call_p50_ms"].as_f64() >= l["instantiate_p50_ms"].as_f64(),
-        "{l}"
-    );
+    // (A call on a fresh instance includes making one, but the two are
+    // separate samples of a few instances each: comparing their medians
+    // is a timing assert, and failed once on a loaded CI machine.)
     assert!(
         l["warm_p50_us"].as_f64() <= l["warm_p99_us"].as_f64(),
         "{l}"
