@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::directory::{Directory, Syncer};
 use crate::dispatch::{Dispatcher, TokioClock};
 use crate::error::Result;
+use crate::inbound::{Pipeline, subscribers::Subscriber};
 use crate::metrics::Metrics;
 use crate::plugin::{ComponentCache, HostOptions, PluginClock, PluginHost};
 use crate::store::{self, Engine, Recovery, Store};
@@ -34,6 +35,7 @@ pub struct Broker {
     plugins: Arc<PluginHost>,
     dispatcher: Dispatcher,
     webhooks: Arc<Webhooks>,
+    inbound: Arc<Pipeline>,
     metrics: Arc<Metrics>,
     recovery: Recovery,
     tasks: Vec<JoinHandle<()>>,
@@ -111,6 +113,44 @@ impl Broker {
                 )));
             }
         }
+        // What comes back: the inbound pipeline, and the integrators'
+        // webhooks that follow it.
+        let channel_ids: std::collections::BTreeMap<_, _> = dispatcher
+            .channels()
+            .iter()
+            .map(|(name, ch)| (ch.id, name.clone()))
+            .collect();
+        let inbound = Arc::new(Pipeline::new(
+            Arc::clone(&store),
+            Arc::clone(&directory),
+            Arc::clone(&plugins),
+            dispatcher.submitter(),
+            channel_ids.clone(),
+            config.inbound.clone(),
+            metrics.inbound.clone(),
+            dispatcher.inbound_arrived(),
+        )?);
+        tasks.push(tokio::spawn(
+            Arc::clone(&inbound).run(dispatcher.shutdown_signal()),
+        ));
+        let names: Arc<dyn Fn(mhero_proto::ChannelId) -> String + Send + Sync> =
+            Arc::new(move |id| {
+                channel_ids
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| format!("channel-{}", id.0))
+            });
+        for s in &config.inbound.subscribers {
+            let subscriber = Subscriber::new(
+                s.clone(),
+                Arc::clone(&store),
+                Arc::clone(&names),
+                metrics.inbound.clone(),
+            )?;
+            tasks.push(tokio::spawn(
+                subscriber.run(inbound.processed(), dispatcher.shutdown_signal()),
+            ));
+        }
         // Scheduled syncs of the directory's FHIR sources.
         for (name, source) in &config.directory.sources {
             if source.every_s == 0 {
@@ -139,6 +179,7 @@ impl Broker {
             plugins,
             dispatcher,
             webhooks,
+            inbound,
             metrics,
             recovery,
             tasks,
@@ -176,6 +217,11 @@ impl Broker {
         &self.webhooks
     }
 
+    /// The inbound pipeline: what replies became.
+    pub fn inbound(&self) -> &Arc<Pipeline> {
+        &self.inbound
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
@@ -199,6 +245,7 @@ impl Broker {
             let _ = t.await;
         }
         drop(self.webhooks);
+        drop(self.inbound);
         drop(self.plugins);
         // The store (and its writer thread) closes when its last holder
         // goes; closing flushes what is queued.

@@ -10,6 +10,7 @@ pub use crate::api::ApiConfig;
 pub use crate::directory::config::{DirectoryConfig, SourceConfig};
 pub use crate::dispatch::config::{ChannelConfig, DispatchConfig};
 use crate::error::{Error, Result};
+pub use crate::inbound::{InboundConfig, SubscriberConfig};
 pub use crate::plugin::PluginsConfig;
 pub use mhero_store::config::{Durability, EngineKind, StoreConfig};
 
@@ -27,6 +28,9 @@ pub struct Config {
     pub channels: BTreeMap<String, ChannelConfig>,
     /// The HTTP API (`mhero serve`).
     pub api: ApiConfig,
+    /// Replies: duplicates, classifiers, trigger words, answers,
+    /// integrators' webhooks.
+    pub inbound: InboundConfig,
 }
 
 impl Default for Config {
@@ -39,6 +43,7 @@ impl Default for Config {
             directory: DirectoryConfig::default(),
             channels: BTreeMap::new(),
             api: ApiConfig::default(),
+            inbound: InboundConfig::default(),
         }
     }
 }
@@ -103,6 +108,8 @@ impl Config {
             }
             c.validate(&path).map_err(Error::Config)?;
         }
+        let names: Vec<&str> = self.channels.keys().map(String::as_str).collect();
+        self.inbound.validate(&names).map_err(Error::Config)?;
         Ok(())
     }
 }

@@ -39,6 +39,7 @@ pub mod config;
 pub mod directory;
 pub mod dispatch;
 pub mod error;
+pub mod inbound;
 pub mod metrics;
 pub mod plugin;
 mod stop;

@@ -15,6 +15,7 @@ pub struct Metrics {
     pub plugin: crate::plugin::PluginMetrics,
     pub dispatch: crate::dispatch::DispatchMetrics,
     pub webhooks: crate::channel::WebhookMetrics,
+    pub inbound: crate::inbound::InboundMetrics,
 }
 
 impl Default for Metrics {
@@ -34,12 +35,15 @@ impl Metrics {
         );
         let webhooks =
             crate::channel::WebhookMetrics::register(registry.sub_registry_with_prefix("channel"));
+        let inbound =
+            crate::inbound::InboundMetrics::register(registry.sub_registry_with_prefix("inbound"));
         Self {
             registry,
             store,
             plugin,
             dispatch,
             webhooks,
+            inbound,
         }
     }
 

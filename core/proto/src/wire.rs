@@ -16,7 +16,8 @@
 //!   stream. At least once: resuming from the last event's `updated_ms`
 //!   may repeat events, never skips one.
 //! - [`Request::Inbound`]: messages health workers sent, after a sequence
-//!   number, then each new one.
+//!   number, then each new one, once the inbound pipeline has processed
+//!   it (its route, label, sender and what it answers).
 //!
 //! A frame is a 4-byte big-endian length, then that many bytes of postcard.
 
@@ -130,6 +131,21 @@ pub struct InboundEvent {
     pub from: String,
     pub text: String,
     pub received_ms: Option<u64>,
+    // What the inbound pipeline made of it (appended: a reader of the
+    // first five fields ignores them). Events are sent once processed.
+    /// `inbox`, `duplicate`, or a trigger's action (`opt_out`, `help`,
+    /// `report`…).
+    pub route: String,
+    /// The classifier chain's label (`unknown` when none was sure).
+    pub label: String,
+    /// The sender's directory number, if the directory knows them.
+    pub contact: Option<u32>,
+    /// The delivery it answers (`c12-40017`), if any.
+    pub reply_to: Option<String>,
+    /// The message (seq) it repeats, if it is a duplicate.
+    pub duplicate_of: Option<u64>,
+    /// BCP 47, as detected.
+    pub language: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

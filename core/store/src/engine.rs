@@ -29,8 +29,10 @@ pub enum Cf {
     External = 6,
     /// Explicit campaign audiences: `campaign | index` → recipient.
     Audience = 7,
-    /// Inbound messages as webhooks brought them: `seq`, and the
-    /// de-duplication index `channel | external id` → seq.
+    /// Inbound messages as webhooks brought them: `seq`, the
+    /// de-duplication index `channel | external id` → seq, and what the
+    /// inbound pipeline made of each (`seq` → result, its position, the
+    /// recent-text index, subscribers' positions).
     Inbound = 8,
     /// The directory's contacts: `number` (u32, dense) → contact record.
     Contacts = 9,
@@ -40,10 +42,13 @@ pub enum Cf {
     /// Audiences frozen at submit: `campaign` → the selected contact
     /// numbers (a serialized bitmap).
     Frozen = 11,
+    /// What was last handed over to each address on each channel:
+    /// `channel | address` → delivery, so a reply finds what it answers.
+    LastSent = 12,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 12] = [
+    pub const ALL: [Cf; 13] = [
         Cf::Meta,
         Cf::Campaigns,
         Cf::Ready,
@@ -56,10 +61,17 @@ impl Cf {
         Cf::Contacts,
         Cf::Directory,
         Cf::Frozen,
+        Cf::LastSent,
     ];
     /// Families added after the first release: a store without them is
     /// older, not foreign; they are created when it opens.
-    pub const ADDED_LATER: [Cf; 4] = [Cf::Inbound, Cf::Contacts, Cf::Directory, Cf::Frozen];
+    pub const ADDED_LATER: [Cf; 5] = [
+        Cf::Inbound,
+        Cf::Contacts,
+        Cf::Directory,
+        Cf::Frozen,
+        Cf::LastSent,
+    ];
     pub const COUNT: usize = Self::ALL.len();
 
     pub const fn name(self) -> &'static str {
@@ -76,6 +88,7 @@ impl Cf {
             Cf::Contacts => "contacts",
             Cf::Directory => "directory",
             Cf::Frozen => "frozen",
+            Cf::LastSent => "last_sent",
         }
     }
 

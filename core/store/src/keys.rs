@@ -322,6 +322,84 @@ pub fn inbound_index(channel: ChannelId, external_id: &str) -> Vec<u8> {
     k
 }
 
+const INBOUND_RESULT: u8 = b'r';
+const INBOUND_RECENT: u8 = b'h';
+const INBOUND_RECENT_BY_TIME: u8 = b't';
+const INBOUND_SUBSCRIBER: u8 = b's';
+const INBOUND_UNDELIVERED: u8 = b'u';
+
+/// How far the inbound pipeline has processed.
+pub const INBOUND_PROCESSED: &[u8] = b"Pprocessed";
+
+/// What the inbound pipeline made of message `seq`.
+pub fn inbound_result(seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(INBOUND_RESULT);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The recent-text index: `sender and text digest` → (seq, ms) of the
+/// latest message with that text from that sender.
+pub fn inbound_recent(digest: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(INBOUND_RECENT);
+    k.extend_from_slice(&digest.to_be_bytes());
+    k
+}
+
+/// The recent-text index by time, so old entries are pruned in order:
+/// `ms | digest`.
+pub fn inbound_recent_by_time(ms: u64, digest: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(INBOUND_RECENT_BY_TIME);
+    k.extend_from_slice(&ms.to_be_bytes());
+    k.extend_from_slice(&digest.to_be_bytes());
+    k
+}
+
+pub fn inbound_recent_by_time_from(key: &[u8]) -> Option<(u64, u64)> {
+    let rest = key.strip_prefix(&[INBOUND_RECENT_BY_TIME])?;
+    if rest.len() != 16 {
+        return None;
+    }
+    Some((
+        u64::from_be_bytes(rest[..8].try_into().ok()?),
+        u64::from_be_bytes(rest[8..].try_into().ok()?),
+    ))
+}
+
+/// Where an inbound subscriber (an integrator's webhook) has got to.
+pub fn inbound_subscriber(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(INBOUND_SUBSCRIBER);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+/// Messages a subscriber never took: `name \0 seq`.
+pub fn inbound_undelivered(name: &str, seq: u64) -> Vec<u8> {
+    let mut k = inbound_undelivered_prefix(name);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn inbound_undelivered_prefix(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + name.len());
+    k.push(INBOUND_UNDELIVERED);
+    k.extend_from_slice(name.as_bytes());
+    k.push(0);
+    k
+}
+
+/// `channel | address`: what was last handed over to that address.
+pub fn last_sent(channel: ChannelId, address: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + address.len());
+    k.extend_from_slice(&channel.0.to_be_bytes());
+    k.extend_from_slice(address.as_bytes());
+    k
+}
+
 /// The smallest key greater than every key starting with `prefix`.
 pub fn end_of_prefix(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();

@@ -36,8 +36,8 @@ pub use queue::{
     SystemClock,
 };
 pub use records::{
-    AttemptNote, Counters, DeadLetter, Globals, InboundRecord, Item, Quarantined, StatusRecord,
-    Versioned, decode_value, encode, hex,
+    AttemptNote, Counters, DeadLetter, Globals, InboundRecord, InboundResult, Item, Quarantined,
+    SentRef, StatusRecord, Undelivered, Versioned, decode_value, encode, hex,
 };
 pub use rocks::RocksEngine;
 

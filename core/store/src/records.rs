@@ -141,6 +141,51 @@ pub struct InboundRecord {
     pub stored_ms: u64,
 }
 
+/// What was last handed over to an address on a channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentRef {
+    pub delivery: DeliveryId,
+    pub at_ms: u64,
+}
+
+/// What the inbound pipeline made of one inbound message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InboundResult {
+    /// The sender's directory number; `None`: an unknown sender, kept.
+    pub contact: Option<u32>,
+    /// The earlier message (seq) this one repeats within the window.
+    pub duplicate_of: Option<u64>,
+    /// What it answers: the delivery last handed over to this sender on
+    /// this channel.
+    pub reply_to: Option<SentRef>,
+    /// The classifier chain's verdict: label (`unknown` when none was
+    /// sure), confidence, extracted fields, and which plugin said it.
+    pub label: String,
+    pub confidence: f32,
+    pub fields: Vec<(String, String)>,
+    pub classifier: Option<String>,
+    /// BCP 47, when a classifier detected it.
+    pub language: Option<String>,
+    /// Where it went: `inbox`, `duplicate`, or a keyword trigger's action
+    /// (`opt_out`, `opt_in`, `help`, `report`…).
+    pub route: String,
+    /// The trigger word that routed it, if any.
+    pub keyword: Option<String>,
+    /// Why a step could not run (a classifier that failed), if any.
+    pub problems: Vec<String>,
+    pub processed_ms: u64,
+}
+
+/// Inbound messages a subscriber never took, after every attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Undelivered {
+    /// The messages (seqs) the refused call carried.
+    pub seqs: Vec<u64>,
+    pub attempts: u32,
+    pub reason: String,
+    pub at_ms: u64,
+}
+
 /// A delivery that will not be retried: why, and what was tried.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -216,6 +261,9 @@ first_version!(
     Item,
     QueueMeta,
     InboundRecord,
+    SentRef,
+    InboundResult,
+    Undelivered,
     DeadLetter,
     Counters,
     Globals,

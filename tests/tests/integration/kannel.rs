@@ -211,7 +211,8 @@ webhook_token = "{CALLBACK_TOKEN}"
         );
         assert_eq!(status, StatusCode::OK, "{body}");
         let items = body.as_array().cloned().unwrap_or_default();
-        if items.len() >= 3 || Instant::now() > deadline {
+        let processed = items.iter().filter(|m| !m["processed"].is_null()).count();
+        if processed >= 3 || Instant::now() > deadline {
             break items;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -222,6 +223,14 @@ webhook_token = "{CALLBACK_TOKEN}"
         assert_eq!(m["text"], "STOCK AMOX 120 ORS 40", "{m}");
         assert_eq!(m["channel"], "sms", "{m}");
     }
+    // The first is a stock report; the same text from the same worker
+    // again within the window is kept, marked as its duplicate.
+    let routes: Vec<&str> = inbound
+        .iter()
+        .map(|m| m["processed"]["route"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(routes, ["stock", "duplicate", "duplicate"], "{inbound:?}");
+    assert_eq!(inbound[1]["processed"]["duplicate_of"], inbound[0]["seq"]);
     // `mhero channel test`: one message through the same connector and
     // gateway, outside any campaign, with what Kannel answered.
     let out = super::mhero()

@@ -159,6 +159,18 @@ fn integrators_submit_batches_and_follow_statuses_and_replies_over_quic() {
             assert_eq!(m.channel, "sms");
             assert_eq!(m.text, "OK");
             assert!(m.from.starts_with("+2317700"), "{m:?}");
+            // Processed before it is streamed: an answer to the campaign.
+            assert_eq!(
+                (m.route.as_str(), m.label.as_str()),
+                ("inbox", "yes"),
+                "{m:?}"
+            );
+            assert!(
+                m.reply_to
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with(&format!("{campaign}-"))),
+                "{m:?}"
+            );
             seqs.push(m.seq);
         }
         assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");

@@ -210,7 +210,8 @@ webhook_secret = "{SECRET}"
                 .unwrap(),
         );
         let items = body.as_array().cloned().unwrap_or_default();
-        if !items.is_empty() || Instant::now() > deadline {
+        // Listed once processed: classified and routed.
+        if items.first().is_some_and(|m| !m["processed"].is_null()) || Instant::now() > deadline {
             break items;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -220,6 +221,9 @@ webhook_secret = "{SECRET}"
     assert_eq!(inbound[0]["from"], "555001");
     assert_eq!(inbound[0]["text"], "YES");
     assert_eq!(inbound[0]["received_ms"], 1_795_896_100_000u64);
+    let processed = &inbound[0]["processed"];
+    assert_eq!(processed["route"], "inbox", "{processed}");
+    assert_eq!(processed["label"], "yes", "{processed}");
 
     // An update without the secret is refused.
     let forged = client

@@ -45,17 +45,22 @@ pub fn run(args: &ApiArgs) -> Result<()> {
     rt.block_on(bench(args))
 }
 
-async fn bench(args: &ApiArgs) -> Result<()> {
-    let parent = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
+/// What `mhero serve` runs with no config (the defaults, one sandbox
+/// channel), with its store in a scratch folder under `parent` (default:
+/// the system's temp dir); only the durability may differ (`sync`, the
+/// default, or `async`).
+pub fn server_config(
+    parent: Option<&PathBuf>,
+    durability: &str,
+) -> Result<(tempfile::TempDir, mhero_broker::Config)> {
+    let parent = parent.cloned().unwrap_or_else(std::env::temp_dir);
     let scratch = tempfile::tempdir_in(&parent)
         .with_context(|| format!("creating a scratch folder in {}", parent.display()))?;
-    // What `mhero serve` runs with no config: the defaults, the sandbox
-    // channel; only the durability may differ (`--durability`).
     let mut config = mhero_broker::Config {
         data_dir: scratch.path().join("store"),
         ..mhero_broker::Config::default()
     };
-    config.store.durability = match args.durability.as_str() {
+    config.store.durability = match durability {
         "sync" => mhero_broker::config::Durability::Sync,
         "async" => mhero_broker::config::Durability::Async,
         other => bail!("--durability must be sync or async, not {other:?}"),
@@ -63,6 +68,11 @@ async fn bench(args: &ApiArgs) -> Result<()> {
     config
         .channels
         .insert("sandbox".into(), ChannelConfig::default());
+    Ok((scratch, config))
+}
+
+async fn bench(args: &ApiArgs) -> Result<()> {
+    let (scratch, config) = server_config(args.data_dir.as_ref(), &args.durability)?;
     let data_dir = config.data_dir.clone();
     let broker = Arc::new(Broker::open(config).await?);
     let tokens = Arc::new(Tokens::open(Arc::clone(broker.store().engine()))?);

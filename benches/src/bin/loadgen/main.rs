@@ -14,11 +14,14 @@
 //!   subscriptions.
 //! - `kannel`: SMS through a real Kannel on loopback with delivery reports
 //!   back through the webhook (Debian's kannel packages installed).
+//! - `inbound`: workers' replies as signed webhook calls over HTTP to the
+//!   server, through the inbound pipeline (classified, routed).
 
 mod api;
 mod directory;
 mod dispatch;
 mod http;
+mod inbound;
 mod kannel;
 mod plugin;
 mod quic;
@@ -57,6 +60,8 @@ enum Scenario {
     /// Batches over the QUIC API from one client; status subscriptions.
     Quic(quic::QuicArgs),
     Kannel(kannel::KannelArgs),
+    /// Workers' replies through webhooks and the inbound pipeline.
+    Inbound(inbound::InboundArgs),
 }
 
 #[global_allocator]
@@ -75,6 +80,7 @@ fn main() -> Result<()> {
         Scenario::Api(args) => api::run(&args),
         Scenario::Quic(args) => quic::run(&args),
         Scenario::Kannel(args) => kannel::run(&args),
+        Scenario::Inbound(args) => inbound::run(&args),
         Scenario::Import(args) => directory::import(&args),
         Scenario::Select(args) => directory::select(&args),
     }

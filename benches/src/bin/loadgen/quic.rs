@@ -7,13 +7,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
 use mhero_benches::{fs_type, peak_rss_mb, round};
 use mhero_broker::Broker;
 use mhero_broker::api::quic::{Certificate, QuicServer};
 use mhero_broker::api::{self, Api, Role, Tokens};
-use mhero_broker::config::ChannelConfig;
 use mhero_client::wire::{Recipient, Submit};
 use mhero_client::{Client, Pin};
 use serde_json::json;
@@ -70,23 +69,7 @@ fn batch(first: u64, size: u64) -> Submit {
 }
 
 async fn bench(args: &QuicArgs) -> Result<()> {
-    let parent = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let scratch = tempfile::tempdir_in(&parent)
-        .with_context(|| format!("creating a scratch folder in {}", parent.display()))?;
-    // What `mhero serve` runs with no config: the defaults, the sandbox
-    // channel; only the durability may differ (`--durability`).
-    let mut config = mhero_broker::Config {
-        data_dir: scratch.path().join("store"),
-        ..mhero_broker::Config::default()
-    };
-    config.store.durability = match args.durability.as_str() {
-        "sync" => mhero_broker::config::Durability::Sync,
-        "async" => mhero_broker::config::Durability::Async,
-        other => bail!("--durability must be sync or async, not {other:?}"),
-    };
-    config
-        .channels
-        .insert("sandbox".into(), ChannelConfig::default());
+    let (scratch, config) = super::api::server_config(args.data_dir.as_ref(), &args.durability)?;
     let data_dir = config.data_dir.clone();
     let certificate = Certificate::load_or_make(&scratch.path().join("tls"))?;
     let pin = Pin::parse(&certificate.fingerprint())?;

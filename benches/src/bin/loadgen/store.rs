@@ -13,10 +13,10 @@ use mhero_benches::{fs_type, peak_rss_mb, round};
 use mhero_broker::config::{Durability, StoreConfig};
 use mhero_broker::metrics::Metrics;
 use mhero_broker::store::{
-    Engine, Item, NewDelivery, Outcome, QueueKey, RocksEngine, StatusRecord, Store, SystemClock,
-    Ticket, records,
+    Engine, Item, NewDelivery, Outcome, QueueKey, RocksEngine, SentRef, StatusRecord, Store,
+    SystemClock, Ticket, records,
 };
-use mhero_proto::{CampaignId, DeliveryStatus, Lane};
+use mhero_proto::{CampaignId, DeliveryId, DeliveryStatus, Lane};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -192,6 +192,11 @@ pub fn run(args: &StoreArgs) -> Result<()> {
         sent_ms: 1_764_000_000_000,
     })
     .len();
+    let last_sent_size = records::encode(&SentRef {
+        delivery: DeliveryId::new(CampaignId(1), 123_456),
+        at_ms: 1_764_000_000_000,
+    })
+    .len();
     let limit = raw_limit(
         &scratch.path().join("raw"),
         &RawWork {
@@ -199,6 +204,7 @@ pub fn run(args: &StoreArgs) -> Result<()> {
             batch: batch as usize,
             ready_value: value_size,
             status_value: status_size,
+            last_sent_value: last_sent_size,
             group_ops: group_ops.max(1),
         },
         durability == Durability::Sync,
@@ -221,7 +227,7 @@ pub fn run(args: &StoreArgs) -> Result<()> {
         "commit_groups": groups,
         "mean_group_ops": group_ops,
         "limit_msgs_per_s": round(limit, 0),
-        "limit_does": "raw RocksDB, one thread, the same writes per delivery (a ready put of the same key and value size, a status put, a range delete per leased run, the queue-meta and counter puts per call) in synced WriteBatches of the mean size the store's writer formed",
+        "limit_does": "raw RocksDB, one thread, the same writes per delivery (a ready put of the same key and value size, a status put, a last-sent put of the same key and value size, a range delete per leased run, the queue-meta and counter puts per call) in synced WriteBatches of the mean size the store's writer formed",
         "data_dir": data_dir.display().to_string(),
         "filesystem": fs_type(&data_dir),
         "ratio_to_limit": round(msgs_per_s / limit, 3),
@@ -238,6 +244,7 @@ struct RawWork {
     batch: usize,
     ready_value: usize,
     status_value: usize,
+    last_sent_value: usize,
     /// Writes per synced commit, as the store's writer grouped them.
     group_ops: usize,
 }
@@ -252,16 +259,18 @@ fn raw_limit(path: &std::path::Path, work: &RawWork, sync: bool) -> Result<f64> 
     let mut opts = rocksdb::Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    let db = rocksdb::DB::open_cf(&opts, path, ["ready", "status"])?;
-    let (meta, ready, status) = (
+    let db = rocksdb::DB::open_cf(&opts, path, ["ready", "status", "last_sent"])?;
+    let (meta, ready, status, last_sent) = (
         db.cf_handle("default").context("default family")?,
         db.cf_handle("ready").context("ready family")?,
         db.cf_handle("status").context("status family")?,
+        db.cf_handle("last_sent").context("last_sent family")?,
     );
     let mut wo = rocksdb::WriteOptions::default();
     wo.set_sync(sync);
     let ready_value = vec![0x5au8; work.ready_value];
     let status_value = vec![0xa5u8; work.status_value];
+    let last_sent_value = vec![0x3cu8; work.last_sent_value];
     let meta_value = [0x11u8; 40];
     // Ready keys as the store writes them: channel | lane | campaign | qseq.
     let ready_key = |qseq: u64| {
@@ -276,6 +285,14 @@ fn raw_limit(path: &std::path::Path, work: &RawWork, sync: bool) -> Result<f64> 
         let mut k = Vec::with_capacity(12);
         k.extend_from_slice(&1u64.to_be_bytes());
         k.extend_from_slice(&(i as u32).to_be_bytes());
+        k
+    };
+    // Last-sent keys: channel | recipient address (as in the store bench,
+    // `+2317…` numbers).
+    let last_sent_key = |i: u64| {
+        let mut k = Vec::with_capacity(17);
+        k.extend_from_slice(&1u32.to_be_bytes());
+        k.extend_from_slice(format!("+2317{i:08}").as_bytes());
         k
     };
     let mut wb = rocksdb::WriteBatch::default();
@@ -308,7 +325,8 @@ fn raw_limit(path: &std::path::Path, work: &RawWork, sync: bool) -> Result<f64> 
         // Settle.
         for q in i..i + count {
             wb.put_cf(&status, status_key(q), &status_value);
-            ops += 1;
+            wb.put_cf(&last_sent, last_sent_key(q), &last_sent_value);
+            ops += 2;
             flush(&mut wb, &mut ops, false)?;
         }
         wb.delete_range_cf(&ready, ready_key(i), ready_key(i + count));

@@ -174,6 +174,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/plugins", get(v1::plugins))
         .route("/v1/dead-letters", get(v1::dead_letters))
         .route("/v1/inbound", get(v1::inbound))
+        .route("/v1/inbound/subscribers", get(v1::inbound_subscribers))
         .route("/v1/contacts", get(contacts::list_contacts))
         .route("/v1/contacts/{query}", get(contacts::get_contact))
         .route("/v1/groups", get(contacts::groups))

@@ -31,6 +31,7 @@ use super::{auth, error, fhir, v1};
         v1::plugins,
         v1::dead_letters,
         v1::inbound,
+        v1::inbound_subscribers,
         v1::replay_dead_letters,
         v1::create_token,
         v1::list_tokens,

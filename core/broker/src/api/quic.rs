@@ -455,12 +455,12 @@ async fn inbound(
             return Ok(());
         }
         let store = Arc::clone(api.broker.store());
-        let page = tokio::task::spawn_blocking(move || store.inbound(after, 1000))
+        let page = tokio::task::spawn_blocking(move || store.processed_inbound(after, 1000))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         let full = page.len() == 1000;
-        for (seq, m) in page {
+        for (seq, m, r) in page {
             after = seq;
             write(
                 send,
@@ -474,6 +474,12 @@ async fn inbound(
                     from: m.from,
                     text: m.text,
                     received_ms: m.received_ms,
+                    route: r.route,
+                    label: r.label,
+                    contact: r.contact,
+                    reply_to: r.reply_to.map(|s| s.delivery.to_string()),
+                    duplicate_of: r.duplicate_of,
+                    language: r.language,
                 }),
             )
             .await?;

@@ -19,6 +19,7 @@ use super::auth::{Role, TokenInfo};
 use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
 use crate::audience::Recipient;
 use crate::dispatch::{AudienceSpec, Body, CampaignSpec, Progress};
+use crate::inbound::InboundEvent;
 
 /// A lane: how urgent a campaign is. Higher lanes are always sent first.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, ToSchema)]
@@ -540,52 +541,109 @@ pub struct InboundQuery {
     pub limit: Option<usize>,
     /// List those after this sequence number (the last one of a page).
     pub after: Option<u64>,
+    /// Only messages routed here (`inbox`, `opt_out`, `report`…); the
+    /// inbox is what no workflow or trigger took.
+    pub route: Option<String>,
 }
 
-/// A message a health worker sent, as its channel's webhook brought it.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct InboundView {
-    /// Its place in arrival order: page with `after`.
-    pub seq: u64,
-    pub channel: String,
-    /// The sender's address on the channel (E.164 for SMS).
-    pub from: String,
-    pub text: String,
-    /// When the gateway says it arrived (ms), if it says.
-    pub received_ms: Option<u64>,
-    /// When the broker stored it (ms).
-    pub stored_ms: u64,
-}
-
-/// Inbound messages, oldest first.
+/// Inbound messages, oldest first, each with what the inbound pipeline
+/// made of it (absent until processed). With `route`, a page may hold
+/// fewer than `limit`: page on with the last `seq` scanned, which the
+/// `X-Next-After` header gives.
 #[utoipa::path(get, path = "/v1/inbound", tag = "inbound", security(("token" = [])),
     params(InboundQuery),
-    responses((status = 200, body = Vec<InboundView>)))]
+    responses((status = 200, body = Vec<InboundEvent>,
+        headers(("x-next-after" = u64, description = "The last sequence number scanned: the next page's `after`")))))]
 pub async fn inbound(
     State(api): State<Arc<Api>>,
     ApiQuery(query): ApiQuery<InboundQuery>,
-) -> Result<Json<Vec<InboundView>>, ApiError> {
-    let limit = query.limit.unwrap_or(100).min(1000);
+) -> Result<impl IntoResponse, ApiError> {
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let after = query.after.unwrap_or(0);
     let store = Arc::clone(api.broker.store());
-    let messages = tokio::task::spawn_blocking(move || store.inbound(after, limit)).await??;
-    Ok(Json(
-        messages
+    let messages =
+        tokio::task::spawn_blocking(move || store.inbound_results(after, limit)).await??;
+    let next = messages.last().map_or(after, |(seq, _, _)| *seq);
+    let events: Vec<InboundEvent> = messages
+        .into_iter()
+        .filter(|(_, _, r)| match (&query.route, r) {
+            (None, _) => true,
+            (Some(want), Some(r)) => &r.route == want,
+            (Some(_), None) => false,
+        })
+        .map(|(seq, m, r)| {
+            let channel = api
+                .broker
+                .dispatcher()
+                .channel_name(m.channel)
+                .map_or_else(|| m.channel.to_string(), str::to_string);
+            InboundEvent::new(seq, m, r, channel)
+        })
+        .collect();
+    Ok(([("x-next-after", next.to_string())], Json(events)))
+}
+
+/// An integrator's inbound webhook: how far it has taken processed
+/// messages, and what it never took.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubscriberView {
+    pub name: String,
+    /// Host of its URL (the path may carry a token, so it is not shown).
+    pub host: String,
+    /// The last message (seq) it has taken or set aside.
+    pub position: u64,
+    /// The last message processed: `processed - position` are waiting.
+    pub processed: u64,
+    /// Calls it refused every time, oldest first (at most 100).
+    pub undelivered: Vec<UndeliveredView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UndeliveredView {
+    /// The messages (seq) the refused call carried.
+    pub seqs: Vec<u64>,
+    pub attempts: u32,
+    pub reason: String,
+    pub at_ms: u64,
+}
+
+/// Integrators' inbound webhooks and their state.
+#[utoipa::path(get, path = "/v1/inbound/subscribers", tag = "inbound", security(("token" = [])),
+    responses((status = 200, body = Vec<SubscriberView>)))]
+pub async fn inbound_subscribers(
+    State(api): State<Arc<Api>>,
+) -> Result<Json<Vec<SubscriberView>>, ApiError> {
+    let store = Arc::clone(api.broker.store());
+    let subscribers = api.broker.config().inbound.subscribers.clone();
+    let views = tokio::task::spawn_blocking(move || -> crate::Result<Vec<SubscriberView>> {
+        let processed = store.inbound_processed()?;
+        subscribers
             .into_iter()
-            .map(|(seq, m)| InboundView {
-                seq,
-                channel: api
-                    .broker
-                    .dispatcher()
-                    .channel_name(m.channel)
-                    .map_or_else(|| m.channel.to_string(), str::to_string),
-                from: m.from,
-                text: m.text,
-                received_ms: m.received_ms,
-                stored_ms: m.stored_ms,
+            .map(|s| {
+                Ok(SubscriberView {
+                    position: store.subscriber_position(&s.name)?,
+                    processed,
+                    undelivered: store
+                        .undelivered_inbound(&s.name, 100)?
+                        .into_iter()
+                        .map(|u| UndeliveredView {
+                            seqs: u.seqs,
+                            attempts: u.attempts,
+                            reason: u.reason,
+                            at_ms: u.at_ms,
+                        })
+                        .collect(),
+                    host: reqwest::Url::parse(&s.url)
+                        .ok()
+                        .and_then(|u| u.host_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    name: s.name,
+                })
             })
-            .collect(),
-    ))
+            .collect()
+    })
+    .await??;
+    Ok(Json(views))
 }
 
 /// A loaded plugin.

@@ -143,12 +143,21 @@ enum Pending {
         from: Box<str>,
         text: usize,
     },
+    /// A message a test (or a demo) has a worker send.
+    Scripted {
+        due_ms: u64,
+        id: Box<str>,
+        from: Box<str>,
+        text: Box<str>,
+    },
 }
 
 impl Pending {
     fn due_ms(&self) -> u64 {
         match self {
-            Pending::Receipt { due_ms, .. } | Pending::Reply { due_ms, .. } => *due_ms,
+            Pending::Receipt { due_ms, .. }
+            | Pending::Reply { due_ms, .. }
+            | Pending::Scripted { due_ms, .. } => *due_ms,
         }
     }
 }
@@ -482,6 +491,23 @@ impl SandboxGateway {
         }
     }
 
+    /// Has a worker at `from` send `text` now, with gateway message id
+    /// `id` (the same id twice is a gateway sending one message twice): it
+    /// reaches the broker with the next webhook call, as any reply does.
+    pub fn worker_sends(&self, id: &str, from: &str, text: &str, now_ms: u64) {
+        let mut state = self.state.lock();
+        let due_ms = state
+            .pending
+            .back()
+            .map_or(now_ms, |p| p.due_ms().max(now_ms));
+        state.pending.push_back(Pending::Scripted {
+            due_ms,
+            id: id.into(),
+            from: from.into(),
+            text: text.into(),
+        });
+    }
+
     /// The next signed webhook call carrying up to `max` receipts and
     /// replies due by `now_ms`, and how many events it carries; `None` when
     /// nothing is due. The events stay pending until [`Self::ack_webhook`]:
@@ -518,6 +544,17 @@ impl SandboxGateway {
                     text: &self.config.replies[*text],
                     at_ms: *due_ms,
                 }),
+                Pending::Scripted {
+                    due_ms,
+                    id,
+                    from,
+                    text,
+                } => hook.inbound.push(WireReply {
+                    id: id.to_string(),
+                    from,
+                    text,
+                    at_ms: *due_ms,
+                }),
             }
         }
         let n = hook.receipts.len() + hook.inbound.len();
@@ -551,7 +588,7 @@ impl SandboxGateway {
         let mut state = self.state.lock();
         for _ in 0..n {
             match state.pending.pop_front() {
-                Some(Pending::Reply { .. }) => state.stats.replies += 1,
+                Some(Pending::Reply { .. } | Pending::Scripted { .. }) => state.stats.replies += 1,
                 Some(Pending::Receipt { .. }) => state.stats.receipts += 1,
                 None => break,
             }

@@ -531,6 +531,25 @@ impl Directory {
         }
     }
 
+    /// The contact a message from `from` on `channel` came from: its
+    /// address of that kind (a Telegram chat id on channel `telegram`),
+    /// else its phone number (`231770…` and `+231770…` alike). The first
+    /// contact when several share the number.
+    pub fn by_address(&self, channel: &str, from: &str) -> Result<Option<Contact>> {
+        let from = from.trim();
+        if let Some(n) = self.phone_numbers(&address_key(channel, from))?.first() {
+            return self.contact(*n);
+        }
+        let digits = from.strip_prefix('+').unwrap_or(from);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Ok(None);
+        }
+        match self.phone_numbers(&format!("+{digits}"))?.first() {
+            Some(n) => self.contact(*n),
+            None => Ok(None),
+        }
+    }
+
     pub(crate) fn phone_numbers(&self, phone: &str) -> Result<Vec<u32>> {
         Ok(self
             .engine
@@ -812,6 +831,12 @@ fn numbers_from(v: &[u8]) -> Vec<u32> {
 
 fn numbers_to(ns: &[u32]) -> Vec<u8> {
     ns.iter().flat_map(|n| n.to_be_bytes()).collect()
+}
+
+/// The look-up key of a contact's address of kind `kind` (phone
+/// numbers are keyed as they are: `+…`).
+pub(crate) fn address_key(kind: &str, address: &str) -> String {
+    format!("{kind}:{address}")
 }
 
 /// A selector's result as frozen at submit, walked in contact-number order.

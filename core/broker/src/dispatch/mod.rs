@@ -171,6 +171,8 @@ pub(crate) struct Shared {
     pub work: Notify,
     /// Queues drained: fan-out may expand more.
     pub fanout_wake: Notify,
+    /// Inbound messages stored: the inbound pipeline has work.
+    pub inbound_arrived: Arc<Notify>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -306,6 +308,7 @@ impl Dispatcher {
             metrics,
             work: Notify::new(),
             fanout_wake: Notify::new(),
+            inbound_arrived: Arc::new(Notify::new()),
             shutdown: rx,
         });
         resume(&shared)?;
@@ -349,6 +352,11 @@ impl Dispatcher {
         self.shared.channel_name(id)
     }
 
+    /// Notified whenever inbound messages have been stored.
+    pub fn inbound_arrived(&self) -> Arc<Notify> {
+        Arc::clone(&self.shared.inbound_arrived)
+    }
+
     pub fn sink(&self) -> Arc<receipts::Sink> {
         Arc::clone(&self.sink)
     }
@@ -378,131 +386,14 @@ impl Dispatcher {
     /// Accepts a campaign: checks it, stores it, and starts sending at once
     /// (or at its start time). Recipients with invalid numbers are left out
     /// and listed, with the reason.
-    pub async fn submit(&self, mut spec: CampaignSpec) -> Result<Submitted> {
-        let shared = &self.shared;
-        // A channel named twice is tried once, at its first place.
-        let mut seen = std::collections::BTreeSet::new();
-        spec.channels.retain(|c| seen.insert(c.clone()));
-        validate(shared, &spec)?;
-        let now = crate::store::Clock::now_ms(&shared.clock);
-        let (audience_spec, recipients, rejected) =
-            match &spec.audience {
-                AudienceSpec::Recipients(list) => {
-                    let (ok, rejected) = normalize(list, &shared.config.default_country);
-                    if ok.is_empty() {
-                        return Err(Error::field_invalid(
-                            "audience",
-                            format!(
-                                "no valid recipient among {} (first problem: {})",
-                                list.len(),
-                                rejected.first().map_or(
-                                    "the list is empty".to_string(),
-                                    |r| format!("#{}: {}", r.index, r.reason)
-                                )
-                            ),
-                        ));
-                    }
-                    (
-                        AudienceSpec::Stored {
-                            count: ok.len() as u32,
-                        },
-                        ok,
-                        rejected,
-                    )
-                }
-                AudienceSpec::Generated(g) => {
-                    (AudienceSpec::Generated(g.clone()), Vec::new(), Vec::new())
-                }
-                AudienceSpec::Selector(selector) => {
-                    let Some(source) = &shared.audiences else {
-                        return Err(Error::field_invalid(
-                            "audience.selector",
-                            "this broker has no directory to select from",
-                        ));
-                    };
-                    source.check(selector)?;
-                    // Counted when it is frozen, below.
-                    (
-                        AudienceSpec::Frozen {
-                            selector: selector.clone(),
-                            count: 0,
-                        },
-                        Vec::new(),
-                        Vec::new(),
-                    )
-                }
-                AudienceSpec::Stored { .. } | AudienceSpec::Frozen { .. } => {
-                    return Err(Error::field_invalid(
-                        "audience",
-                        "give recipients, a selector or a generated audience",
-                    ));
-                }
-            };
-        let total = match &audience_spec {
-            AudienceSpec::Stored { count } | AudienceSpec::Frozen { count, .. } => *count,
-            AudienceSpec::Generated(g) => g.count,
-            AudienceSpec::Recipients(_) | AudienceSpec::Selector(_) => {
-                unreachable!("replaced above")
-            }
-        };
-        let mut stored_spec = spec.clone();
-        stored_spec.audience = audience_spec;
-        let mut record = CampaignRecord {
-            spec: stored_spec,
-            state: CampaignState::Preparing,
-            total,
-            cursor: 0,
-            created_ms: now,
-            stopped_ms: None,
-            finished_ms: None,
-        };
-        let id = shared.store.create_campaign(record.encode()).await?;
-        for (chunk_no, chunk) in recipients.chunks(10_000).enumerate() {
-            let encoded = chunk.iter().map(audience::encode).collect();
-            shared
-                .store
-                .put_audience(id, (chunk_no * 10_000) as u32, encoded)
-                .await?;
-        }
-        if let (AudienceSpec::Frozen { selector, .. }, Some(source)) =
-            (&record.spec.audience, &shared.audiences)
-        {
-            // Evaluated and written on a blocking thread; the campaign
-            // stays `preparing` (never sent, abandoned after a crash)
-            // until its audience is kept.
-            let source = Arc::clone(source);
-            let selector = selector.clone();
-            let count = tokio::task::spawn_blocking(move || source.freeze(id, &selector))
-                .await
-                .map_err(|e| Error::Internal(format!("freezing the audience failed: {e}")))??;
-            if count == 0 {
-                shared.store.purge_campaign(id)?;
-                return Err(Error::field_invalid(
-                    "audience.selector",
-                    "it selects no contact (opted-out and inactive contacts are never selected)",
-                ));
-            }
-            record.total = count;
-            if let AudienceSpec::Frozen { count: c, .. } = &mut record.spec.audience {
-                *c = count;
-            }
-        }
-        let total = record.total;
-        record.state = if spec.start_at_ms.is_some_and(|t| t > now) {
-            CampaignState::Scheduled
-        } else {
-            CampaignState::Sending
-        };
-        shared.store.update_campaign(id, record.encode()).await?;
-        let live = live(shared, id, record)?;
-        shared.campaigns.write().insert(id, live);
-        shared.fanout_wake.notify_one();
-        tracing::info!(campaign = %id, lane = %spec.lane, recipients = total, rejected = rejected.len(), "Campaign accepted.");
-        Ok(Submitted {
-            id,
-            accepted: total,
-            rejected,
-        })
+    pub async fn submit(&self, spec: CampaignSpec) -> Result<Submitted> {
+        submit(&self.shared, spec).await
+    }
+
+    /// A handle that submits campaigns, for tasks that outlive a borrow of
+    /// the dispatcher (the inbound pipeline's answers).
+    pub fn submitter(&self) -> Submitter {
+        Submitter(Arc::clone(&self.shared))
     }
 
     /// Stops a campaign: nothing more of it is sent (within one lease round
@@ -811,6 +702,142 @@ fn validate_attachments(attachments: &[Attachment]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Submits campaigns: what [`Dispatcher::submit`] does, from a handle
+/// that can be cloned into tasks.
+#[derive(Clone)]
+pub struct Submitter(Arc<Shared>);
+
+impl Submitter {
+    pub async fn submit(&self, spec: CampaignSpec) -> Result<Submitted> {
+        submit(&self.0, spec).await
+    }
+}
+
+async fn submit(shared: &Arc<Shared>, mut spec: CampaignSpec) -> Result<Submitted> {
+    // A channel named twice is tried once, at its first place.
+    let mut seen = std::collections::BTreeSet::new();
+    spec.channels.retain(|c| seen.insert(c.clone()));
+    validate(shared, &spec)?;
+    let now = crate::store::Clock::now_ms(&shared.clock);
+    let (audience_spec, recipients, rejected) = match &spec.audience {
+        AudienceSpec::Recipients(list) => {
+            let (ok, rejected) = normalize(list, &shared.config.default_country);
+            if ok.is_empty() {
+                return Err(Error::field_invalid(
+                    "audience",
+                    format!(
+                        "no valid recipient among {} (first problem: {})",
+                        list.len(),
+                        rejected
+                            .first()
+                            .map_or("the list is empty".to_string(), |r| format!(
+                                "#{}: {}",
+                                r.index, r.reason
+                            ))
+                    ),
+                ));
+            }
+            (
+                AudienceSpec::Stored {
+                    count: ok.len() as u32,
+                },
+                ok,
+                rejected,
+            )
+        }
+        AudienceSpec::Generated(g) => (AudienceSpec::Generated(g.clone()), Vec::new(), Vec::new()),
+        AudienceSpec::Selector(selector) => {
+            let Some(source) = &shared.audiences else {
+                return Err(Error::field_invalid(
+                    "audience.selector",
+                    "this broker has no directory to select from",
+                ));
+            };
+            source.check(selector)?;
+            // Counted when it is frozen, below.
+            (
+                AudienceSpec::Frozen {
+                    selector: selector.clone(),
+                    count: 0,
+                },
+                Vec::new(),
+                Vec::new(),
+            )
+        }
+        AudienceSpec::Stored { .. } | AudienceSpec::Frozen { .. } => {
+            return Err(Error::field_invalid(
+                "audience",
+                "give recipients, a selector or a generated audience",
+            ));
+        }
+    };
+    let total = match &audience_spec {
+        AudienceSpec::Stored { count } | AudienceSpec::Frozen { count, .. } => *count,
+        AudienceSpec::Generated(g) => g.count,
+        AudienceSpec::Recipients(_) | AudienceSpec::Selector(_) => {
+            unreachable!("replaced above")
+        }
+    };
+    let mut stored_spec = spec.clone();
+    stored_spec.audience = audience_spec;
+    let mut record = CampaignRecord {
+        spec: stored_spec,
+        state: CampaignState::Preparing,
+        total,
+        cursor: 0,
+        created_ms: now,
+        stopped_ms: None,
+        finished_ms: None,
+    };
+    let id = shared.store.create_campaign(record.encode()).await?;
+    for (chunk_no, chunk) in recipients.chunks(10_000).enumerate() {
+        let encoded = chunk.iter().map(audience::encode).collect();
+        shared
+            .store
+            .put_audience(id, (chunk_no * 10_000) as u32, encoded)
+            .await?;
+    }
+    if let (AudienceSpec::Frozen { selector, .. }, Some(source)) =
+        (&record.spec.audience, &shared.audiences)
+    {
+        // Evaluated and written on a blocking thread; the campaign
+        // stays `preparing` (never sent, abandoned after a crash)
+        // until its audience is kept.
+        let source = Arc::clone(source);
+        let selector = selector.clone();
+        let count = tokio::task::spawn_blocking(move || source.freeze(id, &selector))
+            .await
+            .map_err(|e| Error::Internal(format!("freezing the audience failed: {e}")))??;
+        if count == 0 {
+            shared.store.purge_campaign(id)?;
+            return Err(Error::field_invalid(
+                "audience.selector",
+                "it selects no contact (opted-out and inactive contacts are never selected)",
+            ));
+        }
+        record.total = count;
+        if let AudienceSpec::Frozen { count: c, .. } = &mut record.spec.audience {
+            *c = count;
+        }
+    }
+    let total = record.total;
+    record.state = if spec.start_at_ms.is_some_and(|t| t > now) {
+        CampaignState::Scheduled
+    } else {
+        CampaignState::Sending
+    };
+    shared.store.update_campaign(id, record.encode()).await?;
+    let live = live(shared, id, record)?;
+    shared.campaigns.write().insert(id, live);
+    shared.fanout_wake.notify_one();
+    tracing::info!(campaign = %id, lane = %spec.lane, recipients = total, rejected = rejected.len(), "Campaign accepted.");
+    Ok(Submitted {
+        id,
+        accepted: total,
+        rejected,
+    })
 }
 
 /// Checks a submitted campaign against the limits and the configured

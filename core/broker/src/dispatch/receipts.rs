@@ -289,6 +289,7 @@ impl EventSink for Sink {
                 .await
                 .map_err(join_error)??;
             pending.await?;
+            shared.inbound_arrived.notify_one();
             shared
                 .metrics
                 .inbound

@@ -32,7 +32,7 @@ use super::engine::{Batch, Cf, Engine, Pending, Ticket};
 use super::keys::{self, QueueKey};
 use super::records::{
     self, AttemptNote, Counters, DeadLetter, Globals, InboundRecord, Item, Quarantined, QueueMeta,
-    StatusRecord, decode, encode,
+    SentRef, StatusRecord, decode, encode,
 };
 use crate::error::{Error, Result};
 use crate::metrics::StoreMetrics;

@@ -59,6 +59,24 @@ impl Store {
                     };
                     batch.put(Cf::Status, keys::delivery(id), encode(&record));
                     state.counters(campaign).statuses[status.code() as usize] += 1;
+                    // Handed over: a reply from this address on this
+                    // channel now answers this delivery.
+                    if matches!(
+                        status,
+                        DeliveryStatus::Wired
+                            | DeliveryStatus::Sent
+                            | DeliveryStatus::Delivered
+                            | DeliveryStatus::Read
+                    ) {
+                        batch.put(
+                            Cf::LastSent,
+                            keys::last_sent(l.queue.channel, &item.recipient),
+                            encode(&SentRef {
+                                delivery: id,
+                                at_ms: now,
+                            }),
+                        );
+                    }
                 }
                 Outcome::Retry { .. } | Outcome::Defer { .. } => {
                     let due_ms = match outcome {

@@ -1,0 +1,679 @@
+//! What comes back: replies, reports and opt-outs from health workers.
+//!
+//! A webhook stores each inbound message durably before the gateway is
+//! answered (see [`crate::channel::Webhooks`]); the [`Pipeline`] then reads
+//! the stored messages in arrival order and, for each:
+//!
+//! 1. marks a **duplicate**: the same text from the same sender on the same
+//!    channel within `dedup_window_s` (the gateway's own id already
+//!    dropped a webhook sent twice);
+//! 2. finds the **sender** in the directory by their address on the
+//!    channel, else by phone number; an unknown sender is kept, flagged;
+//! 3. finds what the message **answers**: the delivery last handed over to
+//!    that address on that channel, within `reply_window_h`;
+//! 4. runs the channel's **classifier chain** (wasm plugins, on plugin
+//!    threads, a page of messages per call);
+//! 5. **routes** it: a trigger word (`STOP`, `ARRET`, `PARAR`… opt-out,
+//!    which the directory honours at once; `START`; `HELP`; `REPORT`,
+//!    `STOCK`…) or the inbox; answers the sender where an answer is
+//!    configured, as a high-lane campaign on the same channel;
+//! 6. records the result with the pipeline's position in one batch, so a
+//!    message is processed once even across a crash (its side effects,
+//!    an opt-out or an answer, at least once).
+//!
+//! Subscribers read the processed messages from their own positions: the
+//! QUIC inbound stream, and integrators' webhooks ([`subscribers`]),
+//! HMAC-signed, retried with backoff, set aside after the last attempt.
+
+pub mod config;
+pub mod keywords;
+pub mod subscribers;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mhero_proto::{ChannelId, Lane};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::{Notify, watch};
+
+pub use config::{InboundConfig, SubscriberConfig};
+use keywords::Triggers;
+
+use crate::audience::Recipient;
+use crate::directory::{Contact, Directory, contact::OptOut};
+use crate::dispatch::{AudienceSpec, CampaignSpec, Submitter};
+use crate::error::Result;
+use crate::plugin::PluginHost;
+use crate::plugin::bindings::classifier_types::{AnswerType, Classification, ClassifyContext};
+use crate::store::{InboundRecord, InboundResult, SentRef, Store};
+
+/// Most messages processed in one step.
+const PAGE: usize = 1000;
+/// How long the pipeline waits for a wake-up before looking anyway.
+const IDLE: Duration = Duration::from_secs(1);
+/// How long it waits after a step failed (the store refused a write).
+const AFTER_FAILURE: Duration = Duration::from_secs(2);
+
+/// Routes every message gets besides the configured actions.
+pub mod route {
+    pub const INBOX: &str = "inbox";
+    pub const DUPLICATE: &str = "duplicate";
+    pub const OPT_OUT: &str = "opt_out";
+    pub const OPT_IN: &str = "opt_in";
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    channel: String,
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SubscriberLabels {
+    pub subscriber: String,
+    pub outcome: &'static str,
+}
+
+/// `mhero_inbound_*`.
+#[derive(Clone, Debug, Default)]
+pub struct InboundMetrics {
+    processed: Family<RouteLabels, Counter>,
+    unknown_senders: Counter,
+    problems: Counter,
+    position: Gauge,
+    pub(crate) subscriber_calls: Family<SubscriberLabels, Counter>,
+    pub(crate) subscriber_undelivered: Family<SubscriberLabels, Counter>,
+}
+
+impl InboundMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "processed",
+            "Inbound messages processed, by channel and route",
+            m.processed.clone(),
+        );
+        registry.register(
+            "unknown_senders",
+            "Inbound messages from senders not in the directory",
+            m.unknown_senders.clone(),
+        );
+        registry.register(
+            "problems",
+            "Steps that could not run for an inbound message (a classifier that failed, an answer not sent)",
+            m.problems.clone(),
+        );
+        registry.register(
+            "position",
+            "Sequence number of the last inbound message processed",
+            m.position.clone(),
+        );
+        registry.register(
+            "subscriber_calls",
+            "Calls to integrators' inbound webhooks, by outcome",
+            m.subscriber_calls.clone(),
+        );
+        registry.register(
+            "subscriber_undelivered",
+            "Inbound messages a subscriber never took after every attempt",
+            m.subscriber_undelivered.clone(),
+        );
+        m
+    }
+}
+
+/// One message on its way through a step.
+struct Work {
+    seq: u64,
+    record: InboundRecord,
+    channel: String,
+    contact: Option<Contact>,
+    result: InboundResult,
+}
+
+/// The inbound pipeline. [`Pipeline::run`] processes until shutdown;
+/// [`Pipeline::step`] processes one page.
+pub struct Pipeline {
+    store: Arc<Store>,
+    directory: Arc<Directory>,
+    plugins: Arc<PluginHost>,
+    submitter: Submitter,
+    channels: BTreeMap<ChannelId, String>,
+    config: InboundConfig,
+    triggers: Triggers,
+    metrics: InboundMetrics,
+    arrived: Arc<Notify>,
+    processed: watch::Sender<u64>,
+}
+
+impl Pipeline {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Arc<Store>,
+        directory: Arc<Directory>,
+        plugins: Arc<PluginHost>,
+        submitter: Submitter,
+        channels: BTreeMap<ChannelId, String>,
+        config: InboundConfig,
+        metrics: InboundMetrics,
+        arrived: Arc<Notify>,
+    ) -> Result<Self> {
+        for name in channels
+            .values()
+            .flat_map(|c| config.chain(c))
+            .chain(&config.classifiers)
+        {
+            plugins.require(name, crate::plugin::Kind::Classifier)?;
+        }
+        let position = store.inbound_processed()?;
+        metrics.position.set(position as i64);
+        Ok(Self {
+            triggers: Triggers::new(&config.keywords),
+            store,
+            directory,
+            plugins,
+            submitter,
+            channels,
+            config,
+            metrics,
+            arrived,
+            processed: watch::channel(position).0,
+        })
+    }
+
+    /// The last message processed, updated after each step's commit.
+    pub fn processed(&self) -> watch::Receiver<u64> {
+        self.processed.subscribe()
+    }
+
+    /// Processes until `shutdown` turns true, waking when messages arrive.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let wait = match self.step().await {
+                Ok(n) if n >= PAGE => continue,
+                Ok(_) => IDLE,
+                Err(e) => {
+                    tracing::error!(error = %e, "Inbound processing failed; it resumes from the last message it recorded.");
+                    AFTER_FAILURE
+                }
+            };
+            tokio::select! {
+                _ = self.arrived.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Processes the next page of stored messages; how many.
+    pub async fn step(self: &Arc<Self>) -> Result<usize> {
+        let this = Arc::clone(self);
+        let mut work = blocking(move || this.read_page()).await?;
+        if work.is_empty() {
+            return Ok(0);
+        }
+        self.classify(&mut work).await;
+        for w in &mut work {
+            self.route(w);
+        }
+        self.act(&mut work).await;
+        let n = work.len();
+        let last = work.last().map_or(0, |w| w.seq);
+        let this = Arc::clone(self);
+        let pending = blocking(move || this.record(work)).await?;
+        pending.await?;
+        self.metrics.position.set(last as i64);
+        self.processed.send_replace(last);
+        Ok(n)
+    }
+
+    /// Reads the next page and does the store and directory look-ups:
+    /// duplicates, senders, what each answers. On a blocking thread.
+    fn read_page(&self) -> Result<Vec<Work>> {
+        let after = self.store.inbound_processed()?;
+        let page = self.store.inbound(after, PAGE)?;
+        let window_ms = self.config.dedup_window_s * 1000;
+        let reply_ms = self.config.reply_window_h * 3_600_000;
+        // Digest → (seq, stored ms) of the messages of this page.
+        let mut in_page: HashMap<u64, (u64, u64)> = HashMap::new();
+        let mut out = Vec::with_capacity(page.len());
+        for (seq, record) in page {
+            let channel = self
+                .channels
+                .get(&record.channel)
+                .cloned()
+                .unwrap_or_else(|| format!("channel-{}", record.channel.0));
+            let digest = keywords::digest(record.channel.0, &record.from, &record.text);
+            let earlier = match in_page.get(&digest) {
+                Some(pair) => Some(*pair),
+                None => self.store.recent_inbound(digest)?,
+            };
+            let duplicate_of = earlier
+                .filter(|(s, ms)| {
+                    window_ms > 0 && *s != seq && record.stored_ms.saturating_sub(*ms) <= window_ms
+                })
+                .map(|(s, _)| s);
+            if duplicate_of.is_none() {
+                in_page.insert(digest, (seq, record.stored_ms));
+            }
+            let contact = self.directory.by_address(&channel, &record.from)?;
+            let reply_to = self
+                .answered(&record, &channel, contact.as_ref())?
+                .filter(|s| s.at_ms <= record.stored_ms && record.stored_ms - s.at_ms <= reply_ms);
+            let result = InboundResult {
+                contact: contact.as_ref().map(|c| c.number),
+                duplicate_of,
+                reply_to,
+                label: "unknown".into(),
+                confidence: 0.0,
+                fields: Vec::new(),
+                classifier: None,
+                language: None,
+                route: route::INBOX.into(),
+                keyword: None,
+                problems: Vec::new(),
+                processed_ms: 0,
+            };
+            out.push(Work {
+                seq,
+                record,
+                channel,
+                contact,
+                result,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The delivery last handed over to the sender on this channel: to the
+    /// address the directory has for them there, else the address the
+    /// message came from (`231…` or `+231…`).
+    fn answered(
+        &self,
+        record: &InboundRecord,
+        channel: &str,
+        contact: Option<&Contact>,
+    ) -> Result<Option<SentRef>> {
+        let mut addresses = Vec::new();
+        if let Some(c) = contact
+            && let Some(a) = c.recipient().address(channel)
+        {
+            addresses.push(a.to_string());
+        }
+        let from = record.from.trim();
+        addresses.push(from.to_string());
+        if from.bytes().all(|b| b.is_ascii_digit()) && !from.is_empty() {
+            addresses.push(format!("+{from}"));
+        }
+        addresses.dedup();
+        let mut best: Option<SentRef> = None;
+        for a in addresses {
+            if let Some(s) = self.store.last_sent(record.channel, &a)?
+                && best.as_ref().is_none_or(|b| s.at_ms > b.at_ms)
+            {
+                best = Some(s);
+            }
+        }
+        Ok(best)
+    }
+
+    /// Runs each message (not a duplicate) through its channel's chain:
+    /// one plugin call per classifier per page, on a plugin thread.
+    async fn classify(&self, work: &mut [Work]) {
+        let mut chains: BTreeMap<&[String], Vec<usize>> = BTreeMap::new();
+        for (i, w) in work.iter().enumerate() {
+            if w.result.duplicate_of.is_none() {
+                chains
+                    .entry(self.config.chain(&w.channel))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        let chains: Vec<(Vec<String>, Vec<usize>)> =
+            chains.into_iter().map(|(c, is)| (c.to_vec(), is)).collect();
+        for (chain, indexes) in chains {
+            for name in chain {
+                let Some(plugin) = self.plugins.get(&name) else {
+                    continue;
+                };
+                let inputs: Vec<(String, ClassifyContext)> = indexes
+                    .iter()
+                    .map(|&i| {
+                        let w = &work[i];
+                        let hint = w
+                            .result
+                            .language
+                            .clone()
+                            .or_else(|| w.contact.as_ref()?.language().map(str::to_string));
+                        (
+                            w.record.text.clone(),
+                            ClassifyContext {
+                                expected: AnswerType::FreeText,
+                                choices: Vec::new(),
+                                language_hint: hint,
+                            },
+                        )
+                    })
+                    .collect();
+                let outputs = plugin
+                    .offload(move |p| {
+                        Ok(inputs
+                            .iter()
+                            .map(|(text, context)| p.classify(text, context))
+                            .collect::<Vec<_>>())
+                    })
+                    .await;
+                let outputs = match outputs {
+                    Ok(o) => o,
+                    Err(e) => {
+                        for &i in &indexes {
+                            work[i]
+                                .result
+                                .problems
+                                .push(format!("classifier {name}: {e}"));
+                        }
+                        continue;
+                    }
+                };
+                for (&i, out) in indexes.iter().zip(outputs) {
+                    let r = &mut work[i].result;
+                    match out {
+                        Ok(c) => self.take(r, &name, c),
+                        Err(e) => r.problems.push(format!("classifier {name}: {e}")),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps what a classifier said where nothing earlier in the chain was
+    /// sure: its label if it is sure, its language if none was found yet.
+    fn take(&self, r: &mut InboundResult, name: &str, c: Classification) {
+        if r.language.is_none() {
+            r.language = c.language.clone();
+        }
+        if r.classifier.is_none()
+            && c.label != "unknown"
+            && c.confidence >= self.config.min_confidence
+        {
+            r.label = c.label;
+            r.confidence = c.confidence;
+            r.fields = c.fields.into_iter().map(|f| (f.name, f.value)).collect();
+            r.classifier = Some(name.to_string());
+        }
+    }
+
+    /// Picks the message's route.
+    fn route(&self, w: &mut Work) {
+        if w.result.duplicate_of.is_some() {
+            w.result.route = route::DUPLICATE.into();
+            return;
+        }
+        if let Some((action, word)) = self.triggers.matching(&w.record.text) {
+            w.result.route = action.to_string();
+            w.result.keyword = Some(word.to_string());
+        }
+    }
+
+    /// Does what routes ask: opt-outs and opt-ins in the directory, answers
+    /// to the senders.
+    async fn act(&self, work: &mut [Work]) {
+        let now = self.store.now_ms();
+        // Directory changes, on a blocking thread.
+        let changes: Vec<(usize, u32, Option<OptOut>)> = work
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| {
+                let c = w.contact.as_ref()?;
+                match w.result.route.as_str() {
+                    route::OPT_OUT if c.opted_out.is_none() => Some((
+                        i,
+                        c.number,
+                        Some(OptOut {
+                            at_ms: now,
+                            via: format!(
+                                "{} by {}",
+                                w.result.keyword.as_deref().unwrap_or("opt-out"),
+                                w.channel
+                            ),
+                        }),
+                    )),
+                    route::OPT_IN if c.opted_out.is_some() => Some((i, c.number, None)),
+                    _ => None,
+                }
+            })
+            .collect();
+        for w in work.iter_mut() {
+            if w.contact.is_none()
+                && matches!(w.result.route.as_str(), route::OPT_OUT | route::OPT_IN)
+            {
+                w.result.problems.push(
+                    "the sender is not in the directory: nothing to opt out or in (explicit-recipient campaigns still reach this address)".into(),
+                );
+            }
+        }
+        if !changes.is_empty() {
+            let directory = Arc::clone(&self.directory);
+            let plan: Vec<(u32, Option<OptOut>)> =
+                changes.iter().map(|(_, n, o)| (*n, o.clone())).collect();
+            let done = blocking(move || {
+                Ok(plan
+                    .into_iter()
+                    .map(|(n, o)| directory.set_opted_out(n, o).map_err(|e| e.to_string()))
+                    .collect::<Vec<_>>())
+            })
+            .await;
+            for (k, (i, _, _)) in changes.iter().enumerate() {
+                let failed = match &done {
+                    Ok(results) => results[k].clone().err(),
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(e) = failed {
+                    work[*i].result.problems.push(format!("directory: {e}"));
+                }
+            }
+        }
+        // Answers: one high-lane campaign per channel and action.
+        let mut answers: BTreeMap<(String, String), Vec<(usize, Recipient)>> = BTreeMap::new();
+        for (i, w) in work.iter().enumerate() {
+            if !self.config.answers.contains_key(&w.result.route) {
+                continue;
+            }
+            let language = w
+                .result
+                .language
+                .clone()
+                .or_else(|| w.contact.as_ref()?.language().map(str::to_string));
+            let recipient = Recipient {
+                phone: None,
+                addresses: [(w.channel.clone(), w.record.from.trim().to_string())].into(),
+                not_on: Vec::new(),
+                language,
+            };
+            answers
+                .entry((w.channel.clone(), w.result.route.clone()))
+                .or_default()
+                .push((i, recipient));
+        }
+        for ((channel, action), recipients) in answers {
+            let (indexes, list): (Vec<usize>, Vec<Recipient>) = recipients.into_iter().unzip();
+            let spec = CampaignSpec {
+                name: format!("answer: {action} ({channel})"),
+                lane: Lane::High,
+                body: self.config.answers[&action].clone(),
+                channels: vec![channel.clone()],
+                audience: AudienceSpec::Recipients(list),
+                expires_at_ms: Some(now + 24 * 3_600_000),
+                start_at_ms: None,
+            };
+            match self.submitter.submit(spec).await {
+                Ok(s) => {
+                    for r in s.rejected {
+                        work[indexes[r.index]]
+                            .result
+                            .problems
+                            .push(format!("answer not sent: {}", r.reason));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(channel, action, error = %e, "Cannot answer inbound messages.");
+                    for i in indexes {
+                        work[i]
+                            .result
+                            .problems
+                            .push(format!("answer not sent: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records the results and the new position (one batch). On a
+    /// blocking thread.
+    fn record(&self, work: Vec<Work>) -> Result<crate::store::Pending<()>> {
+        let now = self.store.now_ms();
+        let window_ms = self.config.dedup_window_s * 1000;
+        let mut recent: Vec<(u64, u64, u64, Option<u64>)> = Vec::new();
+        let mut results = Vec::with_capacity(work.len());
+        let mut by_digest: HashMap<u64, usize> = HashMap::new();
+        for mut w in work {
+            if window_ms > 0 && w.result.duplicate_of.is_none() {
+                let digest = keywords::digest(w.record.channel.0, &w.record.from, &w.record.text);
+                match by_digest.get(&digest) {
+                    // A later message with the same digest in this page
+                    // (after the window) replaces the earlier entry.
+                    Some(&k) => {
+                        recent[k].1 = w.seq;
+                        recent[k].2 = w.record.stored_ms;
+                    }
+                    None => {
+                        let earlier = self.store.recent_inbound(digest)?.map(|(_, ms)| ms);
+                        by_digest.insert(digest, recent.len());
+                        recent.push((digest, w.seq, w.record.stored_ms, earlier));
+                    }
+                }
+            }
+            w.result.processed_ms = now;
+            self.metrics
+                .processed
+                .get_or_create(&RouteLabels {
+                    channel: w.channel.clone(),
+                    route: w.result.route.clone(),
+                })
+                .inc();
+            if w.result.contact.is_none() {
+                self.metrics.unknown_senders.inc();
+            }
+            if !w.result.problems.is_empty() {
+                self.metrics.problems.inc();
+            }
+            results.push((w.seq, w.result));
+        }
+        self.store
+            .finish_inbound(results, recent, now.saturating_sub(window_ms))
+            .map_err(Into::into)
+    }
+}
+
+/// Runs store and directory work on a blocking thread.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| crate::error::Error::Internal(format!("inbound step stopped: {e}")))?
+}
+
+/// An inbound message as the API, the QUIC stream and subscribers see it.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct InboundEvent {
+    /// Its place in arrival order: page with `after`.
+    pub seq: u64,
+    pub channel: String,
+    /// The sender's address on the channel (E.164 for SMS).
+    pub from: String,
+    pub text: String,
+    /// The gateway's id of the message, if it gave one.
+    pub external_id: Option<String>,
+    /// When the gateway says it arrived (ms), if it says.
+    pub received_ms: Option<u64>,
+    /// When the broker stored it (ms).
+    pub stored_ms: u64,
+    /// What the pipeline made of it; absent until it has been processed.
+    pub processed: Option<Processed>,
+}
+
+/// What the inbound pipeline made of a message.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Processed {
+    /// `inbox`, `duplicate`, or a trigger's action (`opt_out`, `opt_in`,
+    /// `help`, `report`, `stock`…).
+    pub route: String,
+    /// The trigger word, as written.
+    pub keyword: Option<String>,
+    /// The sender's directory number (`GET /v1/contacts/{number}`); absent
+    /// for a sender the directory does not know.
+    pub contact: Option<u32>,
+    /// The message (seq) this one repeats.
+    pub duplicate_of: Option<u64>,
+    /// The delivery it answers: what was last handed over to the sender on
+    /// this channel (`campaign-index`), its campaign, and when.
+    pub reply_to: Option<String>,
+    pub reply_to_campaign: Option<u64>,
+    pub reply_to_sent_ms: Option<u64>,
+    /// The classifier chain's verdict (`unknown` when none was sure).
+    pub label: String,
+    pub confidence: f32,
+    pub fields: BTreeMap<String, String>,
+    /// The plugin whose label was kept.
+    pub classifier: Option<String>,
+    /// BCP 47, detected in the text.
+    pub language: Option<String>,
+    /// Steps that could not run, with why.
+    pub problems: Vec<String>,
+    pub processed_ms: u64,
+}
+
+impl InboundEvent {
+    pub fn new(
+        seq: u64,
+        record: InboundRecord,
+        result: Option<InboundResult>,
+        channel: String,
+    ) -> Self {
+        Self {
+            seq,
+            channel,
+            from: record.from,
+            text: record.text,
+            external_id: record.external_id,
+            received_ms: record.received_ms,
+            stored_ms: record.stored_ms,
+            processed: result.map(|r| Processed {
+                route: r.route,
+                keyword: r.keyword,
+                contact: r.contact,
+                duplicate_of: r.duplicate_of,
+                reply_to: r.reply_to.as_ref().map(|s| s.delivery.to_string()),
+                reply_to_campaign: r.reply_to.as_ref().map(|s| s.delivery.campaign.0),
+                reply_to_sent_ms: r.reply_to.as_ref().map(|s| s.at_ms),
+                label: r.label,
+                confidence: r.confidence,
+                fields: r.fields.into_iter().collect(),
+                classifier: r.classifier,
+                language: r.language,
+                problems: r.problems,
+                processed_ms: r.processed_ms,
+            }),
+        }
+    }
+}
