@@ -17,6 +17,7 @@ use crate::inbound::{Pipeline, subscribers::Subscriber};
 use crate::metrics::Metrics;
 use crate::plugin::{ComponentCache, HostOptions, PluginClock, PluginHost};
 use crate::store::{self, Engine, Recovery, Store};
+use crate::workflows::Surveys;
 
 /// What differs from a plain [`Broker::open`]; tests and benchmarks only.
 #[derive(Clone, Default)]
@@ -36,6 +37,7 @@ pub struct Broker {
     dispatcher: Dispatcher,
     webhooks: Arc<Webhooks>,
     inbound: Arc<Pipeline>,
+    surveys: Arc<Surveys>,
     metrics: Arc<Metrics>,
     recovery: Recovery,
     tasks: Vec<JoinHandle<()>>,
@@ -120,10 +122,15 @@ impl Broker {
             .iter()
             .map(|(name, ch)| (ch.id, name.clone()))
             .collect();
+        let surveys = Arc::new(Surveys::open(
+            Arc::clone(store.engine()),
+            Arc::clone(&directory),
+        )?);
         let inbound = Arc::new(Pipeline::new(
             Arc::clone(&store),
             Arc::clone(&directory),
             Arc::clone(&plugins),
+            Arc::clone(&surveys),
             dispatcher.submitter(),
             channel_ids.clone(),
             config.inbound.clone(),
@@ -180,6 +187,7 @@ impl Broker {
             dispatcher,
             webhooks,
             inbound,
+            surveys,
             metrics,
             recovery,
             tasks,
@@ -217,6 +225,11 @@ impl Broker {
         &self.webhooks
     }
 
+    /// Flash surveys.
+    pub fn surveys(&self) -> &Arc<Surveys> {
+        &self.surveys
+    }
+
     /// The inbound pipeline: what replies became.
     pub fn inbound(&self) -> &Arc<Pipeline> {
         &self.inbound
@@ -246,6 +259,7 @@ impl Broker {
         }
         drop(self.webhooks);
         drop(self.inbound);
+        drop(self.surveys);
         drop(self.plugins);
         // The store (and its writer thread) closes when its last holder
         // goes; closing flushes what is queued.

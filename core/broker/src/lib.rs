@@ -43,6 +43,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod plugin;
 mod stop;
+pub mod workflows;
 /// The durable queues: the `mhero-store` crate.
 pub use mhero_store as store;
 

@@ -45,10 +45,13 @@ pub enum Cf {
     /// What was last handed over to each address on each channel:
     /// `channel | address` → delivery, so a reply finds what it answers.
     LastSent = 12,
+    /// Two-way workflows: flash surveys, their sessions (one per worker),
+    /// aggregates and timeouts.
+    Workflows = 13,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 13] = [
+    pub const ALL: [Cf; 14] = [
         Cf::Meta,
         Cf::Campaigns,
         Cf::Ready,
@@ -62,15 +65,17 @@ impl Cf {
         Cf::Directory,
         Cf::Frozen,
         Cf::LastSent,
+        Cf::Workflows,
     ];
     /// Families added after the first release: a store without them is
     /// older, not foreign; they are created when it opens.
-    pub const ADDED_LATER: [Cf; 5] = [
+    pub const ADDED_LATER: [Cf; 6] = [
         Cf::Inbound,
         Cf::Contacts,
         Cf::Directory,
         Cf::Frozen,
         Cf::LastSent,
+        Cf::Workflows,
     ];
     pub const COUNT: usize = Self::ALL.len();
 
@@ -89,6 +94,7 @@ impl Cf {
             Cf::Directory => "directory",
             Cf::Frozen => "frozen",
             Cf::LastSent => "last_sent",
+            Cf::Workflows => "workflows",
         }
     }
 
@@ -157,6 +163,12 @@ impl Batch {
     /// Runs `f` once the batch is committed.
     pub fn on_commit(&mut self, f: impl FnOnce() + Send + 'static) {
         self.on_commit.push(OnCommit(Box::new(f)));
+    }
+
+    /// Adds `other`'s writes (and commit hooks) after these.
+    pub fn append(&mut self, other: Batch) {
+        self.ops.extend(other.ops);
+        self.on_commit.extend(other.on_commit);
     }
 
     pub fn is_empty(&self) -> bool {

@@ -16,6 +16,8 @@
 //!   back through the webhook (Debian's kannel packages installed).
 //! - `inbound`: workers' replies as signed webhook calls over HTTP to the
 //!   server, through the inbound pipeline (classified, routed).
+//! - `survey`: a three-question flash survey answered by the sandbox
+//!   gateway's simulated workers.
 
 mod api;
 mod directory;
@@ -26,6 +28,7 @@ mod kannel;
 mod plugin;
 mod quic;
 mod store;
+mod survey;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -62,6 +65,8 @@ enum Scenario {
     Kannel(kannel::KannelArgs),
     /// Workers' replies through webhooks and the inbound pipeline.
     Inbound(inbound::InboundArgs),
+    /// A three-question flash survey answered by simulated workers.
+    Survey(survey::SurveyArgs),
 }
 
 #[global_allocator]
@@ -81,6 +86,7 @@ fn main() -> Result<()> {
         Scenario::Quic(args) => quic::run(&args),
         Scenario::Kannel(args) => kannel::run(&args),
         Scenario::Inbound(args) => inbound::run(&args),
+        Scenario::Survey(args) => survey::run(&args),
         Scenario::Import(args) => directory::import(&args),
         Scenario::Select(args) => directory::select(&args),
     }

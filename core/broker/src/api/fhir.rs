@@ -740,7 +740,7 @@ pub struct CommunicationQuery {
 }
 
 /// The base URL links in a search Bundle start with.
-fn base_url(headers: &HeaderMap) -> String {
+pub(crate) fn base_url(headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())

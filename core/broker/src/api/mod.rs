@@ -16,6 +16,8 @@
 //! - [`openapi`]: the OpenAPI 3 document, generated from the handlers.
 //! - [`quic`]: the QUIC API (batched submission, status and inbound
 //!   subscriptions) for `mhero-client`.
+//! - [`surveys`]: flash surveys: start from a Questionnaire, live
+//!   results, CSV, FHIR QuestionnaireResponses.
 //!
 //! Every route needs a token (`Authorization: Bearer …`) except the
 //! health checks, the channel webhooks, which the channel's connector
@@ -31,6 +33,7 @@ pub mod error;
 pub mod fhir;
 pub mod openapi;
 pub mod quic;
+pub mod surveys;
 pub mod v1;
 
 use std::net::SocketAddr;
@@ -175,6 +178,16 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/dead-letters", get(v1::dead_letters))
         .route("/v1/inbound", get(v1::inbound))
         .route("/v1/inbound/subscribers", get(v1::inbound_subscribers))
+        .route("/v1/surveys", get(surveys::list_surveys))
+        .route("/v1/surveys/{id}", get(surveys::get_survey))
+        .route(
+            "/v1/surveys/{id}/responses.csv",
+            get(surveys::responses_csv),
+        )
+        .route(
+            "/fhir/r4/QuestionnaireResponse",
+            get(surveys::search_responses),
+        )
         .route("/v1/contacts", get(contacts::list_contacts))
         .route("/v1/contacts/{query}", get(contacts::get_contact))
         .route("/v1/groups", get(contacts::groups))
@@ -191,6 +204,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/campaigns", post(v1::create_campaign))
         .route("/v1/campaigns/{id}/cancel", post(v1::cancel_campaign))
         .route("/v1/alerts/cap", post(cap::post_alert))
+        .route("/v1/surveys", post(surveys::create_survey))
         .route(
             "/fhir/r4/CommunicationRequest",
             post(fhir::create_communication_request),

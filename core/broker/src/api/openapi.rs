@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{auth, error, fhir, v1};
+use super::{auth, error, fhir, surveys, v1};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,6 +32,11 @@ use super::{auth, error, fhir, v1};
         v1::dead_letters,
         v1::inbound,
         v1::inbound_subscribers,
+        surveys::create_survey,
+        surveys::list_surveys,
+        surveys::get_survey,
+        surveys::responses_csv,
+        surveys::search_responses,
         v1::replay_dead_letters,
         v1::create_token,
         v1::list_tokens,

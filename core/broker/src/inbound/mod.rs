@@ -53,7 +53,9 @@ use crate::dispatch::{AudienceSpec, CampaignSpec, Submitter};
 use crate::error::Result;
 use crate::plugin::PluginHost;
 use crate::plugin::bindings::classifier_types::{AnswerType, Classification, ClassifyContext};
-use crate::store::{InboundRecord, InboundResult, SentRef, Store};
+use crate::store::{Batch, InboundRecord, InboundResult, SentRef, Store};
+use crate::workflows::survey::{Session, SurveyRecord};
+use crate::workflows::{self, Surveys};
 
 /// Most messages processed in one step.
 const PAGE: usize = 1000;
@@ -68,6 +70,9 @@ pub mod route {
     pub const DUPLICATE: &str = "duplicate";
     pub const OPT_OUT: &str = "opt_out";
     pub const OPT_IN: &str = "opt_in";
+    pub const HELP: &str = "help";
+    /// An answer to the survey question the sender was asked.
+    pub const SURVEY: &str = "survey";
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -136,6 +141,8 @@ struct Work {
     record: InboundRecord,
     channel: String,
     contact: Option<Contact>,
+    /// The survey question the sender was asked and has not answered.
+    session: Option<(Arc<SurveyRecord>, Session)>,
     result: InboundResult,
 }
 
@@ -145,6 +152,7 @@ pub struct Pipeline {
     store: Arc<Store>,
     directory: Arc<Directory>,
     plugins: Arc<PluginHost>,
+    surveys: Arc<Surveys>,
     submitter: Submitter,
     channels: BTreeMap<ChannelId, String>,
     config: InboundConfig,
@@ -160,6 +168,7 @@ impl Pipeline {
         store: Arc<Store>,
         directory: Arc<Directory>,
         plugins: Arc<PluginHost>,
+        surveys: Arc<Surveys>,
         submitter: Submitter,
         channels: BTreeMap<ChannelId, String>,
         config: InboundConfig,
@@ -180,6 +189,7 @@ impl Pipeline {
             store,
             directory,
             plugins,
+            surveys,
             submitter,
             channels,
             config,
@@ -196,9 +206,18 @@ impl Pipeline {
 
     /// Processes until `shutdown` turns true, waking when messages arrive.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut checked = tokio::time::Instant::now();
         loop {
             if *shutdown.borrow() {
                 return;
+            }
+            // Survey questions that went unanswered too long, between
+            // pages: the same task moves every session on.
+            if checked.elapsed() >= IDLE {
+                checked = tokio::time::Instant::now();
+                if let Err(e) = self.timeouts().await {
+                    tracing::error!(error = %e, "Checking survey timeouts failed; the next check retries.");
+                }
             }
             let wait = match self.step().await {
                 Ok(n) if n >= PAGE => continue,
@@ -216,6 +235,27 @@ impl Pipeline {
         }
     }
 
+    /// Moves on the survey sessions whose question timed out.
+    pub async fn timeouts(self: &Arc<Self>) -> Result<()> {
+        let now = self.store.now_ms();
+        let surveys = Arc::clone(&self.surveys);
+        let engine = Arc::clone(self.store.engine());
+        let out = blocking(move || {
+            let (batch, out) = surveys.due(now)?;
+            if !batch.is_empty() {
+                engine.write(batch)?;
+            }
+            Ok(out)
+        })
+        .await?;
+        if !out.is_empty() {
+            for p in workflows::send(&self.surveys, &self.submitter, out).await {
+                tracing::warn!(problem = %p, "Survey timeout follow-ups not sent.");
+            }
+        }
+        Ok(())
+    }
+
     /// Processes the next page of stored messages; how many.
     pub async fn step(self: &Arc<Self>) -> Result<usize> {
         let this = Arc::clone(self);
@@ -227,11 +267,11 @@ impl Pipeline {
         for w in &mut work {
             self.route(w);
         }
-        self.act(&mut work).await;
+        let with = self.act(&mut work).await?;
         let n = work.len();
         let last = work.last().map_or(0, |w| w.seq);
         let this = Arc::clone(self);
-        let pending = blocking(move || this.record(work)).await?;
+        let pending = blocking(move || this.record(work, with)).await?;
         pending.await?;
         self.metrics.position.set(last as i64);
         self.processed.send_replace(last);
@@ -268,6 +308,10 @@ impl Pipeline {
                 in_page.insert(digest, (seq, record.stored_ms));
             }
             let contact = self.directory.by_address(&channel, &record.from)?;
+            let session = match (&contact, duplicate_of) {
+                (Some(c), None) => self.surveys.session_of(c.number, record.stored_ms)?,
+                _ => None,
+            };
             let reply_to = self
                 .answered(&record, &channel, contact.as_ref())?
                 .filter(|s| s.at_ms <= record.stored_ms && record.stored_ms - s.at_ms <= reply_ms);
@@ -290,6 +334,7 @@ impl Pipeline {
                 record,
                 channel,
                 contact,
+                session,
                 result,
             });
         }
@@ -347,6 +392,16 @@ impl Pipeline {
                 let Some(plugin) = self.plugins.get(&name) else {
                     continue;
                 };
+                let hints: Vec<Option<String>> = indexes
+                    .iter()
+                    .map(|&i| {
+                        let w = &work[i];
+                        match &w.session {
+                            Some((_, s)) => s.language.clone(),
+                            None => w.contact.as_ref()?.language().map(str::to_string),
+                        }
+                    })
+                    .collect();
                 let inputs: Vec<(String, ClassifyContext)> = indexes
                     .iter()
                     .map(|&i| {
@@ -356,14 +411,15 @@ impl Pipeline {
                             .language
                             .clone()
                             .or_else(|| w.contact.as_ref()?.language().map(str::to_string));
-                        (
-                            w.record.text.clone(),
-                            ClassifyContext {
+                        let context = match &w.session {
+                            Some((survey, session)) => Surveys::context(survey, session),
+                            None => ClassifyContext {
                                 expected: AnswerType::FreeText,
                                 choices: Vec::new(),
                                 language_hint: hint,
                             },
-                        )
+                        };
+                        (w.record.text.clone(), context)
                     })
                     .collect();
                 let outputs = plugin
@@ -386,10 +442,10 @@ impl Pipeline {
                         continue;
                     }
                 };
-                for (&i, out) in indexes.iter().zip(outputs) {
+                for ((&i, out), hint) in indexes.iter().zip(outputs).zip(&hints) {
                     let r = &mut work[i].result;
                     match out {
-                        Ok(c) => self.take(r, &name, c),
+                        Ok(c) => self.take(r, &name, c, hint.as_deref()),
                         Err(e) => r.problems.push(format!("classifier {name}: {e}")),
                     }
                 }
@@ -398,13 +454,21 @@ impl Pipeline {
     }
 
     /// Keeps what a classifier said where nothing earlier in the chain was
-    /// sure: its label if it is sure, its language if none was found yet.
-    fn take(&self, r: &mut InboundResult, name: &str, c: Classification) {
-        if r.language.is_none() {
-            r.language = c.language.clone();
+    /// sure: its label if it is sure, its language if none was found yet,
+    /// or if the one found only repeated the hint it was given (a
+    /// classifier that detects languages, `language`, then prevails). A
+    /// `language` label says only that: it is not kept as the label.
+    fn take(&self, r: &mut InboundResult, name: &str, c: Classification, hint: Option<&str>) {
+        match (r.language.as_deref(), c.language.as_deref()) {
+            (None, Some(l)) => r.language = Some(l.to_string()),
+            (Some(current), Some(l)) if Some(current) == hint && Some(l) != hint => {
+                r.language = Some(l.to_string());
+            }
+            _ => {}
         }
         if r.classifier.is_none()
             && c.label != "unknown"
+            && c.label != "language"
             && c.confidence >= self.config.min_confidence
         {
             r.label = c.label;
@@ -420,16 +484,27 @@ impl Pipeline {
             w.result.route = route::DUPLICATE.into();
             return;
         }
-        if let Some((action, word)) = self.triggers.matching(&w.record.text) {
+        let trigger = self.triggers.matching(&w.record.text);
+        // An open survey question takes the answer; opting out, back in
+        // and asking for help work whatever was asked.
+        let always =
+            trigger.is_some_and(|(a, _)| matches!(a, route::OPT_OUT | route::OPT_IN | route::HELP));
+        if w.session.is_some() && !always {
+            w.result.route = route::SURVEY.into();
+            return;
+        }
+        if let Some((action, word)) = trigger {
             w.result.route = action.to_string();
             w.result.keyword = Some(word.to_string());
         }
     }
 
-    /// Does what routes ask: opt-outs and opt-ins in the directory, answers
-    /// to the senders.
-    async fn act(&self, work: &mut [Work]) {
+    /// Does what routes ask: survey answers (their writes are returned,
+    /// to commit with the results), opt-outs and opt-ins in the directory,
+    /// answers to the senders.
+    async fn act(&self, work: &mut [Work]) -> Result<Batch> {
         let now = self.store.now_ms();
+        let with = self.take_survey_answers(work, now).await?;
         // Directory changes, on a blocking thread.
         let changes: Vec<(usize, u32, Option<OptOut>)> = work
             .iter()
@@ -537,11 +612,69 @@ impl Pipeline {
                 }
             }
         }
+        Ok(with)
+    }
+
+    /// Survey answers move their sessions on; opt-outs end them. Returns
+    /// the session writes; sends the next questions.
+    async fn take_survey_answers(&self, work: &mut [Work], now: u64) -> Result<Batch> {
+        let answers: Vec<usize> = (0..work.len())
+            .filter(|&i| work[i].result.route == route::SURVEY)
+            .collect();
+        let stopped: Vec<u32> = work
+            .iter()
+            .filter(|w| w.session.is_some() && w.result.route == route::OPT_OUT)
+            .filter_map(|w| w.result.contact)
+            .collect();
+        if answers.is_empty() && stopped.is_empty() {
+            return Ok(Batch::new());
+        }
+        let input: Vec<_> = answers
+            .iter()
+            .map(|&i| {
+                let w = &work[i];
+                (
+                    w.result.contact.expect("a session has a contact"),
+                    w.record.text.clone(),
+                    w.result.label.clone(),
+                    w.result.fields.clone(),
+                    w.result.language.clone(),
+                )
+            })
+            .collect();
+        let surveys = Arc::clone(&self.surveys);
+        let (batch, out, taken) = blocking(move || {
+            let (mut batch, out, taken) = surveys.answer(input, now)?;
+            batch.append(surveys.stop(&stopped, now)?);
+            Ok((batch, out, taken))
+        })
+        .await?;
+        for (&i, t) in answers.iter().zip(taken) {
+            let r = &mut work[i].result;
+            match t {
+                Some(t) => {
+                    r.fields.push(("survey".into(), format!("s{}", t.survey)));
+                    r.fields.push(("question".into(), t.question));
+                    match t.outcome {
+                        Ok(answer) => r.fields.push(("answer".into(), answer)),
+                        Err(why) => r.problems.push(why),
+                    }
+                }
+                // The session ended earlier in this page.
+                None => r.route = route::INBOX.into(),
+            }
+        }
+        for p in workflows::send(&self.surveys, &self.submitter, out).await {
+            if let Some(&i) = answers.first() {
+                work[i].result.problems.push(p);
+            }
+        }
+        Ok(batch)
     }
 
     /// Records the results and the new position (one batch). On a
     /// blocking thread.
-    fn record(&self, work: Vec<Work>) -> Result<crate::store::Pending<()>> {
+    fn record(&self, work: Vec<Work>, with: Batch) -> Result<crate::store::Pending<()>> {
         let now = self.store.now_ms();
         let window_ms = self.config.dedup_window_s * 1000;
         let mut recent: Vec<(u64, u64, u64, Option<u64>)> = Vec::new();
@@ -581,7 +714,7 @@ impl Pipeline {
             results.push((w.seq, w.result));
         }
         self.store
-            .finish_inbound(results, recent, now.saturating_sub(window_ms))
+            .finish_inbound(results, recent, now.saturating_sub(window_ms), with)
             .map_err(Into::into)
     }
 }

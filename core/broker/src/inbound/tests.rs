@@ -547,3 +547,34 @@ async fn subscribers_get_signed_calls_in_order_retried_or_set_aside() {
     );
     b.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_chain_reads_reports_and_detects_the_language() {
+    let b = broker(InboundConfig {
+        classifiers: vec!["stock-report".into(), "keywords".into(), "language".into()],
+        ..InboundConfig::default()
+    })
+    .await;
+    import(&b);
+    let sms = b.sandbox("sms").unwrap();
+    let t = now(&b);
+    sms.worker_sends("r1", "+231770000002", "STOCK AMOX 120 ORS 40", t);
+    // An English-speaking worker writes in Swahili.
+    sms.worker_sends("r2", "+231770000002", "asante sana, leo hatuna dawa", t);
+    let events = processed(&b, 2).await;
+    let report = events[0].processed.as_ref().unwrap();
+    assert_eq!(
+        (
+            report.route.as_str(),
+            report.label.as_str(),
+            report.classifier.as_deref()
+        ),
+        ("stock", "stock", Some("stock-report"))
+    );
+    assert_eq!(report.fields.get("AMOX").map(String::as_str), Some("120"));
+    assert_eq!(report.fields.get("ORS").map(String::as_str), Some("40"));
+    let swahili = events[1].processed.as_ref().unwrap();
+    assert_eq!(swahili.language.as_deref(), Some("sw"), "{swahili:?}");
+    assert_eq!(swahili.label, "unknown", "a language is not a label");
+    b.shutdown().await;
+}

@@ -97,16 +97,20 @@ impl Store {
     /// even across a crash. `recent` holds `(digest, seq, ms, earlier ms)`,
     /// the earlier entry's time when the digest had one; entries older than
     /// `forget_before_ms` are forgotten.
+    ///
+    /// `with` holds what the results changed elsewhere (a survey session
+    /// moved on by an answer): written in the same batch.
     pub fn finish_inbound(
         &self,
         results: Vec<(u64, InboundResult)>,
         recent: Vec<(u64, u64, u64, Option<u64>)>,
         forget_before_ms: u64,
+        with: Batch,
     ) -> Result<Pending<()>> {
         let Some(last) = results.iter().map(|(seq, _)| *seq).max() else {
             return Ok(Pending::ready(()));
         };
-        let mut batch = Batch::new();
+        let mut batch = with;
         for (seq, r) in &results {
             batch.put(Cf::Inbound, keys::inbound_result(*seq), encode(r));
         }

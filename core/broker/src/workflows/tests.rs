@@ -1,0 +1,408 @@
+//! Flash surveys: the Questionnaire reader, and whole surveys through the
+//! composition root with workers' replies scripted at the sandbox gateway.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::questionnaire::{self, Answer, Kind};
+use super::survey::{self, SessionState, SurveySpec, Unanswered};
+use crate::Broker;
+use crate::channel::SandboxConfig;
+use crate::config::{ChannelConfig, Config, EngineKind};
+use crate::directory::{Incoming, IncomingContact, Telecom};
+use crate::dispatch::{Body, TokioClock};
+use crate::store::{Engine, MemoryEngine};
+
+const START_MS: u64 = 1_800_000_000_000;
+
+/// Stock check: ORS in stock? → how many (only if yes) → main problem.
+fn stock_check() -> Value {
+    json!({
+        "resourceType": "Questionnaire",
+        "id": "stock-check",
+        "url": "https://moh.example/Questionnaire/stock-check",
+        "status": "active",
+        "title": "ORS stock check",
+        "item": [
+            {"linkId": "intro", "type": "display", "text": "Ministry of Health flash survey."},
+            {"linkId": "has-ors", "type": "boolean", "text": "Do you have ORS in stock?",
+             "_text": {"extension": [{"url": "http://hl7.org/fhir/StructureDefinition/translation",
+                 "extension": [{"url": "lang", "valueCode": "fr"}, {"url": "content", "valueString": "Avez-vous du SRO en stock ?"}]}]}},
+            {"linkId": "packets", "type": "integer", "text": "How many packets?",
+             "enableWhen": [{"question": "has-ors", "operator": "=", "answerBoolean": true}]},
+            {"linkId": "problem", "type": "choice", "text": "Main problem this week?",
+             "answerOption": [
+                 {"valueCoding": {"system": "https://moh.example/problems", "code": "stockout", "display": "Stock-out"}},
+                 {"valueCoding": {"system": "https://moh.example/problems", "code": "transport", "display": "Transport"}},
+                 {"valueString": "Other"}
+             ]}
+        ]
+    })
+}
+
+fn worker(id: &str, phone: &str, language: &str) -> IncomingContact {
+    IncomingContact {
+        resource: format!("Practitioner/{id}"),
+        name: format!("Worker {id}"),
+        telecoms: vec![Telecom {
+            system: "phone".into(),
+            value: phone.into(),
+            use_: Some("mobile".into()),
+            rank: None,
+        }],
+        languages: vec![language.into()],
+        roles: vec!["nurse".into()],
+        active: true,
+        ..Default::default()
+    }
+}
+
+async fn open(engine: Arc<dyn Engine>, at_ms: u64) -> Broker {
+    let channel = ChannelConfig {
+        sandbox: SandboxConfig {
+            receipt_delay_ms: 50,
+            ..SandboxConfig::default()
+        },
+        ..ChannelConfig::default()
+    };
+    let mut config = Config {
+        channels: [("sms".to_string(), channel)].into(),
+        ..Config::default()
+    };
+    config.store.engine = EngineKind::Memory;
+    config.plugins.cache_dir = None;
+    Broker::open_with(
+        config,
+        crate::broker::Options {
+            clock: Some(TokioClock::at(at_ms)),
+            engine: Some(engine),
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Waits until `f` holds (the test fails after 60 s of test time).
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..1200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: not after 60 s");
+}
+
+fn session(b: &Broker, survey: u64, contact: u32) -> survey::Session {
+    b.surveys()
+        .sessions(survey, contact.checked_sub(1), 1)
+        .unwrap()
+        .into_iter()
+        .find(|s| s.contact == contact)
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_survey_asks_one_question_at_a_time_and_survives_a_restart() {
+    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+    let b = open(Arc::clone(&engine), START_MS).await;
+    b.directory()
+        .import(
+            "ihris",
+            "LR",
+            Incoming {
+                contacts: vec![
+                    worker("1", "0770000001", "en"),
+                    worker("2", "0770000002", "fr"),
+                    worker("3", "0770000003", "en"),
+                ],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let number = |id: &str| {
+        b.directory()
+            .find(&format!("Practitioner/{id}"))
+            .unwrap()
+            .unwrap()
+            .number
+    };
+    let (one, two, three) = (number("1"), number("2"), number("3"));
+    let now = b.dispatcher().now_ms();
+    let (record, out) = b
+        .surveys()
+        .create(
+            SurveySpec {
+                questionnaire: stock_check(),
+                selector: "role:nurse".into(),
+                channels: Vec::new(),
+                lane: None,
+                question_timeout_s: Some(600),
+                deadline_ms: None,
+                thanks: Some(Body::text("Thank you.")),
+            },
+            vec!["sms".into()],
+            now,
+        )
+        .unwrap();
+    assert_eq!(record.sessions, 3);
+    let texts: Vec<&str> = out.iter().map(|o| o.text.as_str()).collect();
+    assert!(
+        texts.contains(&"Ministry of Health flash survey.\nDo you have ORS in stock?\nReply 1 for Yes, 2 for No"),
+        "{texts:?}"
+    );
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.contains("Avez-vous du SRO en stock ?\nRépondez 1 pour Oui, 2 pour Non")),
+        "the French-speaking worker is asked in French: {texts:?}"
+    );
+    assert!(
+        super::send(b.surveys(), &b.dispatcher().submitter(), out)
+            .await
+            .is_empty()
+    );
+    let id = record.id;
+
+    let sms = b.sandbox("sms").unwrap();
+    // Worker 1 says yes: asked how many.
+    sms.worker_sends("a1", "+231770000001", "yes", b.dispatcher().now_ms());
+    until("worker 1 at question 2", || {
+        session(&b, id, one).question == 1
+    })
+    .await;
+    b.shutdown().await;
+
+    // A restart between questions: the session goes on from where it was.
+    let b = open(Arc::clone(&engine), START_MS + 60_000).await;
+    let sms = b.sandbox("sms").unwrap();
+    let t = b.dispatcher().now_ms();
+    sms.worker_sends("a2", "+231770000001", "twelve", t);
+    // Worker 2 says no (in French): the count is skipped.
+    sms.worker_sends("b1", "+231770000002", "non", t);
+    until("both moved on", || {
+        session(&b, id, one).question == 2 && session(&b, id, two).question == 2
+    })
+    .await;
+    sms.worker_sends("a3", "+231770000001", "2", b.dispatcher().now_ms());
+    // Worker 2 answers what is not an option, twice.
+    sms.worker_sends("b2", "+231770000002", "banana", b.dispatcher().now_ms());
+    until("worker 2 re-asked", || session(&b, id, two).attempts == 1).await;
+    sms.worker_sends(
+        "b3",
+        "+231770000002",
+        "bananas again",
+        b.dispatcher().now_ms(),
+    );
+    until("workers 1 and 2 done", || {
+        session(&b, id, one).state == SessionState::Completed
+            && session(&b, id, two).state == SessionState::Completed
+    })
+    .await;
+    // Worker 3 never answers: each question times out, then the next is
+    // asked (the count is skipped: its condition needs an answer).
+    tokio::time::sleep(Duration::from_secs(1300)).await;
+    until("worker 3 timed out twice", || {
+        session(&b, id, three).state == SessionState::Completed
+    })
+    .await;
+
+    let s1 = session(&b, id, one);
+    assert_eq!(
+        s1.answers,
+        [
+            (0, Answer::Boolean(true)),
+            (1, Answer::Integer(12)),
+            (2, Answer::Choice(1))
+        ]
+    );
+    let s2 = session(&b, id, two);
+    assert_eq!(s2.answers, [(0, Answer::Boolean(false))]);
+    assert_eq!(s2.unanswered, [(2, Unanswered::NotUnderstood)]);
+    let s3 = session(&b, id, three);
+    assert!(s3.answers.is_empty());
+    assert_eq!(
+        s3.unanswered,
+        [(0, Unanswered::TimedOut), (2, Unanswered::TimedOut)]
+    );
+
+    let a = b.surveys().aggregate(id).unwrap().unwrap();
+    assert_eq!(a.completed, 3);
+    let q = |link: &str| {
+        let i = record
+            .parsed
+            .questions
+            .iter()
+            .position(|q| q.link_id == link)
+            .unwrap();
+        a.questions[i].clone()
+    };
+    let has_ors = q("has-ors");
+    assert_eq!(
+        (has_ors.asked, has_ors.answered, has_ors.timed_out),
+        (3, 2, 1)
+    );
+    assert_eq!(has_ors.counts, [1, 1]);
+    let packets = q("packets");
+    assert_eq!((packets.asked, packets.answered, packets.sum), (1, 1, 12.0));
+    let problem = q("problem");
+    assert_eq!(
+        (
+            problem.asked,
+            problem.answered,
+            problem.not_understood,
+            problem.timed_out
+        ),
+        (3, 1, 2, 1)
+    );
+    assert_eq!(problem.counts, [0, 1, 0]);
+    // Every answer went through the inbound pipeline as `survey`.
+    let routes: Vec<String> = b
+        .store()
+        .processed_inbound(0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|(_, _, r)| r.route)
+        .collect();
+    assert_eq!(routes.len(), 6);
+    assert!(routes.iter().all(|r| r == "survey"), "{routes:?}");
+    b.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_ends_a_session_and_a_new_survey_takes_the_answers() {
+    let b = open(Arc::new(MemoryEngine::new()), START_MS).await;
+    b.directory()
+        .import(
+            "ihris",
+            "LR",
+            Incoming {
+                contacts: vec![
+                    worker("1", "0770000001", "en"),
+                    worker("2", "0770000002", "en"),
+                ],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let spec = || SurveySpec {
+        questionnaire: stock_check(),
+        selector: "*".into(),
+        channels: Vec::new(),
+        lane: None,
+        question_timeout_s: None,
+        deadline_ms: None,
+        thanks: None,
+    };
+    let now = b.dispatcher().now_ms();
+    let (first, out) = b.surveys().create(spec(), vec!["sms".into()], now).unwrap();
+    super::send(b.surveys(), &b.dispatcher().submitter(), out).await;
+    let sms = b.sandbox("sms").unwrap();
+    sms.worker_sends("x1", "+231770000001", "STOP", b.dispatcher().now_ms());
+    let one = b.directory().find("+231770000001").unwrap().unwrap().number;
+    until("worker 1 stopped", || {
+        session(&b, first.id, one).state == SessionState::Stopped
+    })
+    .await;
+    assert!(
+        b.directory()
+            .contact(one)
+            .unwrap()
+            .unwrap()
+            .opted_out
+            .is_some()
+    );
+    assert_eq!(b.surveys().aggregate(first.id).unwrap().unwrap().stopped, 1);
+
+    // A second survey: worker 2's next answer goes to it.
+    let (second, out) = b
+        .surveys()
+        .create(spec(), vec!["sms".into()], b.dispatcher().now_ms())
+        .unwrap();
+    assert_eq!(second.sessions, 1, "the opted-out worker is not asked");
+    super::send(b.surveys(), &b.dispatcher().submitter(), out).await;
+    sms.worker_sends("y1", "+231770000002", "1", b.dispatcher().now_ms());
+    let two = b.directory().find("+231770000002").unwrap().unwrap().number;
+    until("worker 2 answered the second", || {
+        session(&b, second.id, two).question == 1
+    })
+    .await;
+    assert_eq!(session(&b, first.id, two).question, 0, "the first waits");
+    b.shutdown().await;
+}
+
+#[test]
+fn questionnaires_are_read_with_their_branching_and_errors_named() {
+    let parsed = questionnaire::parse(&stock_check()).unwrap();
+    assert_eq!(parsed.title, "ORS stock check");
+    let kinds: Vec<Kind> = parsed.questions.iter().map(|q| q.kind).collect();
+    assert_eq!(kinds, [Kind::Boolean, Kind::Integer, Kind::Choice]);
+    assert!(
+        parsed.questions[0].preface.is_some(),
+        "the display item leads"
+    );
+    assert_eq!(
+        parsed.questions[0].text.variants["fr"],
+        "Avez-vous du SRO en stock ?"
+    );
+    let packets = &parsed.questions[1];
+    assert!(packets.enabled(&[(0, Answer::Boolean(true))]));
+    assert!(!packets.enabled(&[(0, Answer::Boolean(false))]));
+    assert!(!packets.enabled(&[]));
+
+    let broken = |f: &dyn Fn(&mut Value)| {
+        let mut q = stock_check();
+        f(&mut q);
+        questionnaire::parse(&q).unwrap_err()
+    };
+    assert!(broken(&|q| q["resourceType"] = json!("Patient")).contains("Questionnaire"));
+    assert!(broken(&|q| q["item"][1]["type"] = json!("attachment")).contains("item[1].type"));
+    assert!(broken(&|q| q["item"][3]["answerOption"] = json!([])).contains("item[3].answerOption"));
+    assert!(
+        broken(&|q| q["item"][2]["enableWhen"][0]["question"] = json!("later"))
+            .contains("not an earlier question")
+    );
+    assert!(broken(&|q| q["item"][2]["linkId"] = json!("has-ors")).contains("used twice"));
+    assert!(broken(&|q| q["item"] = json!([])).contains("no question"));
+}
+
+#[test]
+fn answers_are_read_by_type() {
+    let parsed = questionnaire::parse(&stock_check()).unwrap();
+    let [has, packets, problem] = [0, 1, 2].map(|i| parsed.questions[i].clone());
+    let none: Vec<(String, String)> = Vec::new();
+    let number = |n: &str| vec![("number".to_string(), n.to_string())];
+    assert_eq!(
+        survey::interpret(&has, "ndiyo", "yes", &none),
+        Some(Answer::Boolean(true))
+    );
+    assert_eq!(
+        survey::interpret(&has, "2", "unknown", &none),
+        Some(Answer::Boolean(false))
+    );
+    assert_eq!(survey::interpret(&has, "maybe", "unknown", &none), None);
+    assert_eq!(
+        survey::interpret(&packets, "twelve", "number", &number("12")),
+        Some(Answer::Integer(12))
+    );
+    assert_eq!(
+        survey::interpret(&packets, "1.5", "number", &number("1.5")),
+        None
+    );
+    let choice = vec![("choice-index".to_string(), "3".to_string())];
+    assert_eq!(
+        survey::interpret(&problem, "3", "Other", &choice),
+        Some(Answer::Choice(2))
+    );
+    assert_eq!(
+        survey::interpret(&problem, "transport", "unknown", &none),
+        Some(Answer::Choice(1)),
+        "an option's code"
+    );
+    assert_eq!(survey::date("2026-11-29").as_deref(), Some("2026-11-29"));
+    assert_eq!(survey::date("29/11/2026").as_deref(), Some("2026-11-29"));
+    assert_eq!(survey::date("31/02/2026"), None);
+    assert_eq!(survey::date("soon"), None);
+}
