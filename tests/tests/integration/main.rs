@@ -18,6 +18,7 @@ mod scaffold;
 mod sdk_examples;
 mod server;
 mod store;
+mod surveys;
 mod telegram;
 
 use std::path::PathBuf;

@@ -113,6 +113,7 @@ async fn bench(args: &SurveyArgs) -> Result<()> {
     // Poll the results as an operator's dashboard would, until every
     // worker has finished.
     let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut last_change = (Instant::now(), Value::Null);
     let (view, seen_ms) = loop {
         let view: Value = client
             .get(format!("{base}/v1/surveys/{id}"))
@@ -129,6 +130,11 @@ async fn bench(args: &SurveyArgs) -> Result<()> {
         }
         if Instant::now() > deadline {
             bail!("not every worker finished in 30 minutes: {view}");
+        }
+        if view["questions"] != last_change.1 {
+            last_change = (Instant::now(), view["questions"].clone());
+        } else if last_change.0.elapsed() > Duration::from_secs(60) {
+            bail!("nothing moved for a minute: {view}");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
@@ -171,7 +177,9 @@ async fn bench(args: &SurveyArgs) -> Result<()> {
         "elapsed_s": round(elapsed, 3),
         "answers": answers,
         "answers_per_s": round(answers as f64 / elapsed, 0),
-        "answers_counted": answered,
+        "answers_is": "replies a session took (an answer, or one it could not read and asked again)",
+        "understood": answered,
+        "understood_per_s": round(answered as f64 / elapsed, 0),
         "replies": replies,
         "aggregate_lag_ms": seen_ms.saturating_sub(last_stored_ms),
         "aggregate_lag_is": "from the last answer stored to a GET /v1/surveys/{id} (polled every 20 ms) showing every worker finished",

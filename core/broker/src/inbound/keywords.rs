@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use mhero_proto::DeliveryId;
 use sha2::{Digest, Sha256};
 
 /// `word` upper case, accents and surrounding punctuation removed:
@@ -60,11 +61,16 @@ impl Triggers {
     }
 }
 
-/// The duplicate-window key of a message: its sender on its channel and
-/// its text, compared without case or extra spaces.
-pub fn digest(channel: u32, from: &str, text: &str) -> u64 {
+/// The duplicate-window key of a message: its sender on its channel, its
+/// text (compared without case or extra spaces), and the message it
+/// answers.
+pub fn digest(channel: u32, from: &str, text: &str, answers: Option<DeliveryId>) -> u64 {
     let mut h = Sha256::new();
     h.update(channel.to_be_bytes());
+    if let Some(d) = answers {
+        h.update(d.campaign.0.to_be_bytes());
+        h.update(d.index.to_be_bytes());
+    }
     h.update(from.trim().as_bytes());
     h.update([0]);
     for (i, w) in text.split_whitespace().enumerate() {
@@ -103,11 +109,18 @@ mod tests {
     }
 
     #[test]
-    fn a_digest_ignores_case_and_spacing_but_not_sender_or_channel() {
-        let a = digest(1, "+231770000001", "Yes  I  agree");
-        assert_eq!(a, digest(1, "+231770000001", " yes i agree "));
-        assert_ne!(a, digest(2, "+231770000001", "yes i agree"));
-        assert_ne!(a, digest(1, "+231770000002", "yes i agree"));
-        assert_ne!(a, digest(1, "+231770000001", "yes I disagree"));
+    fn a_digest_ignores_case_and_spacing_but_not_sender_channel_or_question() {
+        let a = digest(1, "+231770000001", "Yes  I  agree", None);
+        assert_eq!(a, digest(1, "+231770000001", " yes i agree ", None));
+        assert_ne!(a, digest(2, "+231770000001", "yes i agree", None));
+        assert_ne!(a, digest(1, "+231770000002", "yes i agree", None));
+        assert_ne!(a, digest(1, "+231770000001", "yes I disagree", None));
+        let q = |i| Some(DeliveryId::new(mhero_proto::CampaignId(3), i));
+        assert_eq!(digest(1, "+1", "1", q(7)), digest(1, "+1", "1", q(7)));
+        assert_ne!(
+            digest(1, "+1", "1", q(7)),
+            digest(1, "+1", "1", q(8)),
+            "the same answer to the next question"
+        );
     }
 }

@@ -143,6 +143,8 @@ struct Work {
     contact: Option<Contact>,
     /// The survey question the sender was asked and has not answered.
     session: Option<(Arc<SurveyRecord>, Session)>,
+    /// Its duplicate-window key.
+    digest: u64,
     result: InboundResult,
 }
 
@@ -294,7 +296,18 @@ impl Pipeline {
                 .get(&record.channel)
                 .cloned()
                 .unwrap_or_else(|| format!("channel-{}", record.channel.0));
-            let digest = keywords::digest(record.channel.0, &record.from, &record.text);
+            let contact = self.directory.by_address(&channel, &record.from)?;
+            let reply_to = self
+                .answered(&record, &channel, contact.as_ref())?
+                .filter(|s| s.at_ms <= record.stored_ms && record.stored_ms - s.at_ms <= reply_ms);
+            // The same text again is a duplicate only while it answers the
+            // same message: "1" to a survey's next question is an answer.
+            let digest = keywords::digest(
+                record.channel.0,
+                &record.from,
+                &record.text,
+                reply_to.as_ref().map(|s| s.delivery),
+            );
             let earlier = match in_page.get(&digest) {
                 Some(pair) => Some(*pair),
                 None => self.store.recent_inbound(digest)?,
@@ -307,14 +320,10 @@ impl Pipeline {
             if duplicate_of.is_none() {
                 in_page.insert(digest, (seq, record.stored_ms));
             }
-            let contact = self.directory.by_address(&channel, &record.from)?;
             let session = match (&contact, duplicate_of) {
                 (Some(c), None) => self.surveys.session_of(c.number, record.stored_ms)?,
                 _ => None,
             };
-            let reply_to = self
-                .answered(&record, &channel, contact.as_ref())?
-                .filter(|s| s.at_ms <= record.stored_ms && record.stored_ms - s.at_ms <= reply_ms);
             let result = InboundResult {
                 contact: contact.as_ref().map(|c| c.number),
                 duplicate_of,
@@ -335,6 +344,7 @@ impl Pipeline {
                 channel,
                 contact,
                 session,
+                digest,
                 result,
             });
         }
@@ -682,7 +692,7 @@ impl Pipeline {
         let mut by_digest: HashMap<u64, usize> = HashMap::new();
         for mut w in work {
             if window_ms > 0 && w.result.duplicate_of.is_none() {
-                let digest = keywords::digest(w.record.channel.0, &w.record.from, &w.record.text);
+                let digest = w.digest;
                 match by_digest.get(&digest) {
                     // A later message with the same digest in this page
                     // (after the window) replaces the earlier entry.

@@ -292,7 +292,12 @@ async fn the_duplicate_window_closes_and_old_entries_are_forgotten() {
         .collect();
     assert_eq!(routes, ["inbox", "duplicate", "inbox"]);
     // Only the latest entry is left in the recent-text index.
-    let digest = keywords::digest(b.store().channel("sms").unwrap().0, "+231770000001", "yes");
+    let digest = keywords::digest(
+        b.store().channel("sms").unwrap().0,
+        "+231770000001",
+        "yes",
+        None,
+    );
     assert_eq!(
         b.store().recent_inbound(digest).unwrap(),
         Some((events[2].seq, events[2].stored_ms))

@@ -1,0 +1,207 @@
+//! Flash surveys through the real server: started over HTTP from a FHIR
+//! Questionnaire, answered by workers whose replies reach the sandbox
+//! channel's webhook (signed, as the gateway signs them), results read as
+//! JSON, CSV and FHIR QuestionnaireResponses.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use reqwest::blocking::Client;
+use serde_json::{Value, json};
+
+use super::server::{JsonBody, Server, json_of, make_token, with};
+
+/// A worker's reply as the sandbox gateway delivers it to the webhook.
+fn reply(client: &Client, server: &Server, id: &str, from: &str, text: &str) {
+    let body = json!({"inbound": [{"id": id, "from": from, "text": text}]}).to_string();
+    let signature = mhero_broker::channel::sandbox::sign("sandbox-secret", body.as_bytes());
+    let r = client
+        .post(server.url("/webhooks/sms"))
+        .header("content-type", "application/json")
+        .header("x-sandbox-signature", signature)
+        .body(body)
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().unwrap_or_default());
+}
+
+fn survey(client: &Client, server: &Server, token: &str, id: &str) -> Value {
+    let (status, v) = json_of(
+        with(client.get(server.url(&format!("/v1/surveys/{id}"))), token)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::OK, "{v}");
+    v
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}: not after 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_survey_started_over_http_is_answered_and_read_back_three_ways() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("mhero.toml");
+    std::fs::write(&config, "[channels.sms]\nconnector = \"sandbox\"\n").unwrap();
+    let server = Server::start_with(
+        &tmp.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let client = Client::new();
+    let admin = server.first_admin_token();
+    let (sender, _) = make_token(&client, &server, &admin, "sender");
+    let (viewer, _) = make_token(&client, &server, &admin, "viewer");
+
+    let worker = |n: u32, phone: &str, lang: &str| {
+        [
+            json!({"resource": {"resourceType": "Practitioner", "id": format!("P-{n}"), "active": true,
+                "telecom": [{"system": "phone", "value": phone}], "communication": [{"coding": [{"code": lang}]}]}}),
+            json!({"resource": {"resourceType": "PractitionerRole", "id": format!("R-{n}"), "active": true,
+                "practitioner": {"reference": format!("Practitioner/P-{n}")},
+                "code": [{"coding": [{"code": "registered-nurse"}]}]}}),
+        ]
+    };
+    let mut entry = Vec::new();
+    entry.extend(worker(1, "+231770000401", "en"));
+    entry.extend(worker(2, "+231770000402", "fr"));
+    let (status, imported) = json_of(
+        with(client.post(server.url("/fhir/r4")), &sender)
+            .json_body(&json!({"resourceType": "Bundle", "type": "batch", "entry": entry}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::OK, "{imported}");
+
+    let questionnaire = json!({
+        "resourceType": "Questionnaire", "id": "cold-chain", "status": "active",
+        "url": "https://moh.example/Questionnaire/cold-chain",
+        "title": "Cold chain check",
+        "item": [
+            {"linkId": "fridge", "type": "boolean", "text": "Is your vaccine fridge working?"},
+            {"linkId": "temp", "type": "decimal", "text": "Its temperature now (°C)?"},
+            {"linkId": "since", "type": "date", "text": "Since when?",
+             "enableWhen": [{"question": "fridge", "operator": "=", "answerBoolean": false}]}
+        ]
+    });
+    // A viewer may not start one; a broken Questionnaire is refused with
+    // the element named.
+    let (status, _) = json_of(
+        with(client.post(server.url("/v1/surveys")), &viewer)
+            .json_body(&json!({"questionnaire": questionnaire, "selector": "*"}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let mut broken = questionnaire.clone();
+    broken["item"][1]["type"] = json!("attachment");
+    let (status, refused) = json_of(
+        with(client.post(server.url("/v1/surveys")), &sender)
+            .json_body(&json!({"questionnaire": broken, "selector": "*"}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert!(refused.to_string().contains("item[1].type"), "{refused}");
+
+    let (status, created) = json_of(
+        with(client.post(server.url("/v1/surveys")), &sender)
+            .json_body(
+                &json!({"questionnaire": questionnaire, "selector": "role:registered-nurse",
+                               "thanks": {"default": "Thank you."}}),
+            )
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["sessions"], 2);
+    let id = created["id"].as_str().unwrap().to_string();
+
+    // Worker 1: yes, 4.5 — done. Worker 2 (French): non, 8,5, then a
+    // date the day first.
+    reply(&client, &server, "a1", "+231770000401", "yes");
+    reply(&client, &server, "b1", "+231770000402", "non");
+    wait_for("both answered the first", || {
+        survey(&client, &server, &viewer, &id)["questions"][0]["answered"] == 2
+    });
+    reply(&client, &server, "a2", "+231770000401", "4.5");
+    reply(&client, &server, "b2", "+231770000402", "8,5");
+    wait_for("both answered the second", || {
+        survey(&client, &server, &viewer, &id)["questions"][1]["answered"] == 2
+    });
+    reply(&client, &server, "b3", "+231770000402", "27/11/2026");
+    wait_for("both finished", || {
+        survey(&client, &server, &viewer, &id)["completed"] == 2
+    });
+    let v = survey(&client, &server, &viewer, &id);
+    assert_eq!(v["questions"][0]["options"][0]["count"], 1, "{v}");
+    assert_eq!(v["questions"][0]["options"][1]["count"], 1, "{v}");
+    assert_eq!(v["questions"][1]["mean"], 6.5, "{v}");
+    assert_eq!(v["questions"][2]["asked"], 1, "only who said no: {v}");
+
+    // CSV: one row per worker, a column per question.
+    let csv = with(
+        client.get(server.url(&format!("/v1/surveys/{id}/responses.csv"))),
+        &viewer,
+    )
+    .send()
+    .unwrap()
+    .text()
+    .unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], "contact,source,status,fridge,temp,since");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with("Practitioner/P-1,completed,yes,4.5,")),
+        "{csv}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with("Practitioner/P-2,completed,no,8.5,2026-11-27")),
+        "{csv}"
+    );
+
+    // FHIR: a searchset of QuestionnaireResponses, by the Questionnaire's url.
+    let (status, bundle) = json_of(
+        with(
+            client.get(server.url(
+                "/fhir/r4/QuestionnaireResponse?questionnaire=https://moh.example/Questionnaire/cold-chain",
+            )),
+            &viewer,
+        )
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(status, StatusCode::OK, "{bundle}");
+    let responses: Vec<&Value> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .collect();
+    assert_eq!(responses.len(), 2);
+    let second = responses
+        .iter()
+        .find(|r| r["subject"]["reference"] == "Practitioner/P-2")
+        .unwrap();
+    assert_eq!(second["resourceType"], "QuestionnaireResponse");
+    assert_eq!(second["status"], "completed");
+    assert_eq!(second["item"][0]["answer"][0]["valueBoolean"], false);
+    assert_eq!(second["item"][1]["answer"][0]["valueDecimal"], 8.5);
+    assert_eq!(second["item"][2]["answer"][0]["valueDate"], "2026-11-27");
+
+    // The answers are in the inbound list, routed to the survey.
+    let (_, inbound) = json_of(
+        with(client.get(server.url("/v1/inbound?route=survey")), &viewer)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(inbound.as_array().unwrap().len(), 5, "{inbound}");
+    assert!(server.stop().success());
+}
