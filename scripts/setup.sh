@@ -155,7 +155,7 @@ if [ "$peers" = 1 ]; then
     if [ ! -f "$dir/node_modules/.package-lock.json" ] \
       || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
       say "installing the npm packages of $dir"
-      npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >&2
+      npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error --fetch-timeout=60000 --fetch-retries=5 >&2
     fi
   done
   # Kannel (bearerbox, smsbox; fakesmsc from kannel-extras) for the SMS

@@ -12,6 +12,7 @@ mod faults;
 mod fhir_sync;
 mod http_crash;
 mod kannel;
+mod lab;
 mod media;
 mod quic;
 mod scaffold;

@@ -213,7 +213,16 @@ fn new_python_and_javascript_plugins_build_and_pass_their_fixture() {
             run_build(
                 &folder,
                 "npm",
-                &["ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                &[
+                    "ci",
+                    "--no-audit",
+                    "--no-fund",
+                    "--loglevel=error",
+                    // A stalled registry connection is dropped and tried
+                    // again after a minute, not after npm's five.
+                    "--fetch-timeout=60000",
+                    "--fetch-retries=5",
+                ],
             );
             run_build(&folder, "node", &["build.mjs"]);
         }

@@ -124,7 +124,7 @@ impl From<Result<(StatusCode, Value, Option<String>), ApiError>> for Fhir {
 }
 
 /// A JSON resource from a body, or the reason it is not one.
-fn resource(body: Result<Bytes, BytesRejection>, kind: &str) -> Result<Value, ApiError> {
+pub(crate) fn resource(body: Result<Bytes, BytesRejection>, kind: &str) -> Result<Value, ApiError> {
     let body = body.map_err(|r| super::error::body_rejection(&r))?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
@@ -780,11 +780,15 @@ pub async fn search_communications(
         let count = query.count.unwrap_or(100).clamp(1, 1000);
         let offset = query.offset.unwrap_or(0);
         let reader = Arc::clone(&api);
-        let (total, views) = tokio::task::spawn_blocking(move || {
-            reader.broker.dispatcher().deliveries(campaign, offset, count)
+        let (found, lab) = tokio::task::spawn_blocking(move || -> crate::Result<_> {
+            let found = reader.broker.dispatcher().deliveries(campaign, offset, count)?;
+            let lab = crate::workflows::lab::LabResults::new(Arc::clone(reader.broker.store().engine()))
+                .of_campaign(campaign.0)?;
+            Ok((found, lab))
         })
-        .await??
-        .ok_or_else(|| ApiError::not_found(format!("no CommunicationRequest {campaign}")))?;
+        .await??;
+        let (total, views) =
+            found.ok_or_else(|| ApiError::not_found(format!("no CommunicationRequest {campaign}")))?;
         let base = base_url(&headers);
         let end = offset.saturating_add(views.len() as u32);
         let page = |from: u32| {
@@ -794,7 +798,7 @@ pub async fn search_communications(
         if end < total {
             link.push(json!({"relation": "next", "url": page(end)}));
         }
-        let entry: Vec<Value> = views
+        let mut entry: Vec<Value> = views
             .into_iter()
             .map(|d| {
                 let id = mhero_proto::DeliveryId::new(campaign, d.index);
@@ -805,6 +809,32 @@ pub async fn search_communications(
                 })
             })
             .collect();
+        // A lab result's acknowledgement: the clinician's reply, on the
+        // last page.
+        if end >= total
+            && let Some(ack) = lab.as_ref().and_then(|l| Some((l, l.ack.as_ref()?)))
+        {
+            let (record, ack) = ack;
+            let mut c = json!({
+                "resourceType": "Communication",
+                "id": format!("{campaign}-ack"),
+                "basedOn": [{"reference": format!("CommunicationRequest/{campaign}")}],
+                "inResponseTo": [{"reference": format!("Communication/{}", mhero_proto::DeliveryId::new(campaign, 0))}],
+                "status": "completed",
+                "category": [{"coding": [{"system": "https://mhero.org/fhir/CodeSystem/message-kind", "code": "lab-result-acknowledgement"}]}],
+                "about": [{"identifier": {"value": record.report}}],
+                "received": instant(ack.at_ms),
+                "payload": [{"contentString": ack.text}],
+            });
+            if let Some(r) = &record.requester {
+                c["sender"] = json!({"reference": r});
+            }
+            entry.push(json!({
+                "fullUrl": format!("{base}/Communication/{campaign}-ack"),
+                "resource": c,
+                "search": {"mode": "include"},
+            }));
+        }
         Ok((
             StatusCode::OK,
             json!({"resourceType": "Bundle", "type": "searchset", "total": total, "link": link, "entry": entry}),

@@ -16,6 +16,7 @@
 //! - [`openapi`]: the OpenAPI 3 document, generated from the handlers.
 //! - [`quic`]: the QUIC API (batched submission, status and inbound
 //!   subscriptions) for `mhero-client`.
+//! - [`lab`]: lab results in as FHIR DiagnosticReports.
 //! - [`surveys`]: flash surveys: start from a Questionnaire, live
 //!   results, CSV, FHIR QuestionnaireResponses.
 //!
@@ -31,6 +32,7 @@ pub mod cap;
 pub mod contacts;
 pub mod error;
 pub mod fhir;
+pub mod lab;
 pub mod openapi;
 pub mod quic;
 pub mod surveys;
@@ -205,6 +207,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/campaigns/{id}/cancel", post(v1::cancel_campaign))
         .route("/v1/alerts/cap", post(cap::post_alert))
         .route("/v1/surveys", post(surveys::create_survey))
+        .route("/fhir/r4/DiagnosticReport", post(lab::post_report))
         .route(
             "/fhir/r4/CommunicationRequest",
             post(fhir::create_communication_request),

@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{auth, error, fhir, surveys, v1};
+use super::{auth, error, fhir, lab, surveys, v1};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -33,6 +33,7 @@ use super::{auth, error, fhir, surveys, v1};
         v1::inbound,
         v1::inbound_subscribers,
         surveys::create_survey,
+        lab::post_report,
         surveys::list_surveys,
         surveys::get_survey,
         surveys::responses_csv,

@@ -78,6 +78,10 @@ pub struct ChannelConfig {
     /// How long after a message was handed over it is still asked about
     /// (hours).
     pub status_poll_max_age_h: u32,
+    /// Not for confidential content (plain SMS: operators and anyone
+    /// holding the phone read it): a lab result goes out on it as a notice
+    /// to fetch the result, never the result.
+    pub insecure: bool,
 }
 
 impl Default for ChannelConfig {
@@ -97,6 +101,7 @@ impl Default for ChannelConfig {
             sandbox: crate::channel::SandboxConfig::default(),
             status_poll_s: 60,
             status_poll_max_age_h: 72,
+            insecure: false,
         }
     }
 }

@@ -54,6 +54,7 @@ use crate::error::Result;
 use crate::plugin::PluginHost;
 use crate::plugin::bindings::classifier_types::{AnswerType, Classification, ClassifyContext};
 use crate::store::{Batch, InboundRecord, InboundResult, SentRef, Store};
+use crate::workflows::lab::{Ack, LabResults};
 use crate::workflows::survey::{Session, SurveyRecord};
 use crate::workflows::{self, Surveys};
 
@@ -73,6 +74,8 @@ pub mod route {
     pub const HELP: &str = "help";
     /// An answer to the survey question the sender was asked.
     pub const SURVEY: &str = "survey";
+    /// The first reply to a lab result: its acknowledgement.
+    pub const LAB_ACK: &str = "lab_ack";
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -514,7 +517,8 @@ impl Pipeline {
     /// answers to the senders.
     async fn act(&self, work: &mut [Work]) -> Result<Batch> {
         let now = self.store.now_ms();
-        let with = self.take_survey_answers(work, now).await?;
+        let mut with = self.take_survey_answers(work, now).await?;
+        with.append(self.take_lab_acks(work).await?);
         // Directory changes, on a blocking thread.
         let changes: Vec<(usize, u32, Option<OptOut>)> = work
             .iter()
@@ -623,6 +627,53 @@ impl Pipeline {
             }
         }
         Ok(with)
+    }
+
+    /// The first reply to a lab result (not a trigger, not a survey
+    /// answer) is its acknowledgement. Returns the writes.
+    async fn take_lab_acks(&self, work: &mut [Work]) -> Result<Batch> {
+        let candidates: Vec<(usize, u64, Ack)> = work
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.result.route == route::INBOX && w.result.duplicate_of.is_none())
+            .filter_map(|(i, w)| {
+                let sent = w.result.reply_to.as_ref()?;
+                Some((
+                    i,
+                    sent.delivery.campaign.0,
+                    Ack {
+                        seq: w.seq,
+                        text: w.record.text.clone(),
+                        at_ms: w.record.stored_ms,
+                        contact: w.result.contact,
+                    },
+                ))
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Ok(Batch::new());
+        }
+        let lab = LabResults::new(Arc::clone(self.store.engine()));
+        let (batch, taken) = blocking(move || {
+            let mut batch = Batch::new();
+            let mut taken = Vec::new();
+            let mut done = std::collections::BTreeSet::new();
+            for (i, campaign, ack) in candidates {
+                if done.contains(&campaign) {
+                    continue;
+                }
+                if lab.acknowledge(campaign, ack, &mut batch)? {
+                    done.insert(campaign);
+                    taken.push(i);
+                }
+            }
+            Ok((batch, taken))
+        })
+        .await?;
+        for i in taken {
+            work[i].result.route = route::LAB_ACK.into();
+        }
+        Ok(batch)
     }
 
     /// Survey answers move their sessions on; opt-outs end them. Returns

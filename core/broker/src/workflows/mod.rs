@@ -4,7 +4,11 @@
 //!   a time, answers classified with the question as context, re-asked
 //!   once, timeouts and a deadline, live aggregates, sessions that survive
 //!   restarts. [`questionnaire`] reads the Questionnaire.
+//! - [`lab`]: lab results from a FHIR DiagnosticReport to the clinician who
+//!   ordered it (a notice only on insecure channels), and their
+//!   acknowledgement.
 
+pub mod lab;
 pub mod questionnaire;
 pub mod survey;
 
