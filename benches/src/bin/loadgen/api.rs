@@ -71,19 +71,48 @@ pub fn server_config(
     Ok((scratch, config))
 }
 
+/// The HTTP server of `mhero serve` on a free loopback port, over
+/// `broker`, with a sender token.
+pub struct Served {
+    pub base: String,
+    pub token: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    pub async fn start(broker: &Arc<Broker>) -> Result<Self> {
+        let tokens = Arc::new(Tokens::open(Arc::clone(broker.store().engine()))?);
+        let (token, _) = tokens.create(Role::Sender, "loadgen", 0)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let api = Arc::new(Api::new(Arc::clone(broker), tokens));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(api::serve(listener, api, async {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            base,
+            token,
+            stop,
+            server,
+        })
+    }
+
+    /// Stops serving once the requests in flight are answered.
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.server.await??;
+        Ok(())
+    }
+}
+
 async fn bench(args: &ApiArgs) -> Result<()> {
     let (scratch, config) = server_config(args.data_dir.as_ref(), &args.durability)?;
     let data_dir = config.data_dir.clone();
     let broker = Arc::new(Broker::open(config).await?);
-    let tokens = Arc::new(Tokens::open(Arc::clone(broker.store().engine()))?);
-    let (token, _) = tokens.create(Role::Sender, "loadgen", 0)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let api = Arc::new(Api::new(Arc::clone(&broker), tokens));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(listener, api, async {
-        let _ = stopped.await;
-    }));
+    let served = Served::start(&broker).await?;
+    let (base, token) = (served.base.clone(), served.token.clone());
 
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
@@ -155,8 +184,7 @@ async fn bench(args: &ApiArgs) -> Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let rss = peak_rss_mb();
-    let _ = stop.send(());
-    server.await??;
+    served.stop().await?;
     let Some(broker) = api::release(broker, std::time::Duration::from_secs(10)).await else {
         bail!("the broker was still in use after the server stopped");
     };

@@ -13,7 +13,6 @@ use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
 use mhero_benches::{fs_type, peak_rss_mb, round};
 use mhero_broker::Broker;
-use mhero_broker::api::{self, Api, Tokens};
 use mhero_broker::config::ChannelConfig;
 use mhero_broker::dispatch::{AudienceSpec, Body, CampaignSpec};
 use mhero_proto::Lane;
@@ -125,14 +124,8 @@ async fn bench(args: &InboundArgs) -> Result<()> {
         bail!("the campaign to the workers did not finish in 10 minutes");
     }
 
-    let tokens = Arc::new(Tokens::open(Arc::clone(broker.store().engine()))?);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let api = Arc::new(Api::new(Arc::clone(&broker), tokens));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(listener, api, async {
-        let _ = stopped.await;
-    }));
+    let served = super::api::Served::start(&broker).await?;
+    let base = served.base.clone();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency)
         .build()?;
@@ -204,8 +197,7 @@ async fn bench(args: &InboundArgs) -> Result<()> {
         .await
         .context("the pipeline did not process every message in 10 minutes")??;
     let elapsed = started.elapsed().as_secs_f64();
-    let _ = stop.send(());
-    server.await??;
+    served.stop().await?;
 
     // Each message's time from its webhook call to its processed result,
     // and what the pipeline made of them.

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 use mhero_benches::{fs_type, peak_rss_mb, round};
 use mhero_broker::Broker;
-use mhero_broker::api::{self, Api, Role, Tokens};
 use serde_json::{Value, json};
 
 #[derive(clap::Args)]
@@ -83,15 +82,8 @@ async fn bench(args: &SurveyArgs) -> Result<()> {
     tokio::task::spawn_blocking(move || super::directory::load(&directory, &mapper, workers))
         .await??;
 
-    let tokens = Arc::new(Tokens::open(Arc::clone(broker.store().engine()))?);
-    let (token, _) = tokens.create(Role::Sender, "loadgen", 0)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let api = Arc::new(Api::new(Arc::clone(&broker), tokens));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve(listener, api, async {
-        let _ = stopped.await;
-    }));
+    let served = super::api::Served::start(&broker).await?;
+    let (base, token) = (served.base.clone(), served.token.clone());
     let client = reqwest::Client::new();
 
     let started = Instant::now();
@@ -139,8 +131,7 @@ async fn bench(args: &SurveyArgs) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let elapsed = started.elapsed().as_secs_f64();
-    let _ = stop.send(());
-    server.await??;
+    served.stop().await?;
 
     // Every answer the pipeline took, and when the last one arrived.
     let store = Arc::clone(broker.store());

@@ -416,12 +416,16 @@ pub async fn search_responses(
         let base = base_url(&headers);
         let now = api.broker.dispatcher().now_ms();
         let page = |after: Option<u32>| {
-            let mut u = format!(
-                "{base}/QuestionnaireResponse?questionnaire={}&_count={count}",
-                urlencoding(&wanted)
-            );
-            if let Some(a) = after {
-                u.push_str(&format!("&_after={a}"));
+            let mut u = format!("{base}/QuestionnaireResponse");
+            if let Ok(mut url) = reqwest::Url::parse(&u) {
+                let mut q = url.query_pairs_mut();
+                q.append_pair("questionnaire", &wanted);
+                q.append_pair("_count", &count.to_string());
+                if let Some(a) = after {
+                    q.append_pair("_after", &a.to_string());
+                }
+                drop(q);
+                u = url.to_string();
             }
             u
         };
@@ -451,17 +455,6 @@ pub async fn search_responses(
     }
     .await
     .into()
-}
-
-fn urlencoding(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// One worker's answers as a FHIR R4 QuestionnaireResponse.

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::bad;
 use crate::audience::Recipient;
 use crate::directory::Directory;
 use crate::error::{Error, Result};
@@ -316,12 +317,4 @@ fn by_report(id: &str) -> Vec<u8> {
     let mut k = vec![BY_REPORT];
     k.extend_from_slice(id.as_bytes());
     k
-}
-
-fn bad(key: &[u8], message: String) -> Error {
-    Error::Store(crate::store::Error::BadRecord {
-        cf: Cf::Workflows.name(),
-        key: crate::store::hex(key),
-        message,
-    })
 }

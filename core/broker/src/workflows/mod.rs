@@ -20,6 +20,17 @@ use std::collections::BTreeMap;
 pub use survey::{Outgoing, SurveyRecord, SurveySpec, Surveys};
 
 use crate::dispatch::{AudienceSpec, Body, CampaignSpec, Submitter};
+use crate::error::Error;
+use crate::store::Cf;
+
+/// A `workflows` record that cannot be read.
+pub(crate) fn bad(key: &[u8], message: String) -> Error {
+    Error::Store(crate::store::Error::BadRecord {
+        cf: Cf::Workflows.name(),
+        key: crate::store::hex(key),
+        message,
+    })
+}
 
 /// Sends what surveys ask: one campaign per survey and text (a question in
 /// one language goes to everyone at that question at once). Returns the

@@ -25,6 +25,7 @@ use mhero_proto::Lane;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
+use super::bad;
 use super::questionnaire::{Answer, Kind, Parsed, Question};
 use crate::audience::Recipient;
 use crate::directory::Directory;
@@ -931,12 +932,4 @@ fn timeout_from(k: &[u8]) -> Option<(u64, u64, u32)> {
         u64::from_be_bytes(rest[8..16].try_into().ok()?),
         u32::from_be_bytes(rest[16..].try_into().ok()?),
     ))
-}
-
-fn bad(key: &[u8], message: String) -> Error {
-    Error::Store(crate::store::Error::BadRecord {
-        cf: Cf::Workflows.name(),
-        key: crate::store::hex(key),
-        message,
-    })
 }
