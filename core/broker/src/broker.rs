@@ -38,6 +38,7 @@ pub struct Broker {
     webhooks: Arc<Webhooks>,
     inbound: Arc<Pipeline>,
     surveys: Arc<Surveys>,
+    reports: Arc<crate::workflows::Reports>,
     metrics: Arc<Metrics>,
     recovery: Recovery,
     tasks: Vec<JoinHandle<()>>,
@@ -126,11 +127,18 @@ impl Broker {
             Arc::clone(store.engine()),
             Arc::clone(&directory),
         )?);
+        let reports = Arc::new(crate::workflows::Reports::open(
+            Arc::clone(store.engine()),
+            config.reports.clone(),
+        )?);
         let inbound = Arc::new(Pipeline::new(
             Arc::clone(&store),
             Arc::clone(&directory),
             Arc::clone(&plugins),
-            Arc::clone(&surveys),
+            crate::workflows::Workflows {
+                surveys: Arc::clone(&surveys),
+                reports: Arc::clone(&reports),
+            },
             dispatcher.submitter(),
             channel_ids.clone(),
             config.inbound.clone(),
@@ -188,6 +196,7 @@ impl Broker {
             webhooks,
             inbound,
             surveys,
+            reports,
             metrics,
             recovery,
             tasks,
@@ -230,6 +239,11 @@ impl Broker {
         &self.surveys
     }
 
+    /// Structured reports and the inventory they keep.
+    pub fn reports(&self) -> &Arc<crate::workflows::Reports> {
+        &self.reports
+    }
+
     /// The inbound pipeline: what replies became.
     pub fn inbound(&self) -> &Arc<Pipeline> {
         &self.inbound
@@ -260,6 +274,7 @@ impl Broker {
         drop(self.webhooks);
         drop(self.inbound);
         drop(self.surveys);
+        drop(self.reports);
         drop(self.plugins);
         // The store (and its writer thread) closes when its last holder
         // goes; closing flushes what is queued.

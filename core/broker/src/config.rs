@@ -31,6 +31,8 @@ pub struct Config {
     /// Replies: duplicates, classifiers, trigger words, answers,
     /// integrators' webhooks.
     pub inbound: InboundConfig,
+    /// Structured reports (stock, cases): how they add up, who is alerted.
+    pub reports: crate::workflows::reports::ReportsConfig,
 }
 
 impl Default for Config {
@@ -44,6 +46,7 @@ impl Default for Config {
             channels: BTreeMap::new(),
             api: ApiConfig::default(),
             inbound: InboundConfig::default(),
+            reports: Default::default(),
         }
     }
 }
@@ -110,6 +113,7 @@ impl Config {
         }
         let names: Vec<&str> = self.channels.keys().map(String::as_str).collect();
         self.inbound.validate(&names).map_err(Error::Config)?;
+        self.reports.validate(&names).map_err(Error::Config)?;
         Ok(())
     }
 }

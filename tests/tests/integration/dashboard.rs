@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
-use super::server::{JsonBody, Server, json_of, make_token, with};
+use super::server::{JsonBody, Server, json_of, make_token, sandbox_replies, with};
 
 /// The page as Chromium renders it after `budget_ms` of (virtual) time:
 /// scripts run, the API is read, the tables are filled.
@@ -35,17 +35,35 @@ fn rendered(chromium: &std::path::Path, url: &str, budget_ms: u64) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The texts of the number cells of the row marked `attr="key"`.
+/// The texts of the number cells (class `n`, perhaps also `warn`) of the
+/// row marked `attr="key"`.
 fn numbers(dom: &str, attr: &str, key: &str) -> Vec<String> {
-    let marker = format!("<tr {attr}=\"{key}\">");
+    let marker = format!("<tr {attr}=\"{key}\"");
     let start = dom
         .find(&marker)
         .unwrap_or_else(|| panic!("no row {marker} in {dom}"));
     let row = &dom[start..start + dom[start..].find("</tr>").unwrap()];
-    row.split("<td class=\"n\">")
+    row.split("<td class=\"n")
         .skip(1)
-        .map(|c| c[..c.find("</td>").unwrap()].to_string())
+        .map(|c| {
+            let c = &c[c.find('>').unwrap() + 1..];
+            c[..c.find("</td>").unwrap()].to_string()
+        })
         .collect()
+}
+
+/// Rows of the district roll-up of stock.
+fn inventory_rows(client: &Client, server: &Server, token: &str) -> usize {
+    let (status, body) = json_of(
+        with(
+            client.get(server.url("/v1/inventory?kind=stock&level=district")),
+            token,
+        )
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["rows"].as_array().map_or(0, Vec::len)
 }
 
 fn campaign(client: &Client, server: &Server, token: &str, id: &str) -> Value {
@@ -119,6 +137,42 @@ fn the_dashboard_shows_what_the_api_says_while_a_campaign_runs() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // A facility in a district, a nurse there, and her stock report:
+    // the district's row of the stock table.
+    let place = |id: &str, kind: &str, parent: Option<&str>| {
+        let mut l = json!({"resourceType": "Location", "id": id, "name": format!("Place {id}"),
+            "type": [{"coding": [{"code": kind}]}]});
+        if let Some(p) = parent {
+            l["partOf"] = json!({"reference": format!("Location/{p}")});
+        }
+        json!({ "resource": l })
+    };
+    let (status, imported) = json_of(
+        with(client.post(server.url("/fhir/r4")), &admin)
+            .json_body(&json!({"resourceType": "Bundle", "type": "batch", "entry": [
+                place("D1", "district", None),
+                place("F1", "facility", Some("D1")),
+                {"resource": {"resourceType": "Practitioner", "id": "N1", "active": true,
+                    "telecom": [{"system": "phone", "value": "+231770000901"}]}},
+                {"resource": {"resourceType": "PractitionerRole", "id": "N1-role", "active": true,
+                    "practitioner": {"reference": "Practitioner/N1"},
+                    "location": [{"reference": "Location/F1"}]}}
+            ]}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::OK, "{imported}");
+    sandbox_replies(
+        &client,
+        &server,
+        "sms",
+        &[("stock-1", "+231770000901", "STOCK ORS 0 AMOX 75")],
+    );
+    while inventory_rows(&client, &server, &viewer) < 2 {
+        assert!(Instant::now() < deadline, "the stock report is not counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     let before = campaign(&client, &server, &viewer, &id);
     let dom = rendered(&chromium, &server.url(&format!("/#token={viewer}")), 2500);
     let after = campaign(&client, &server, &viewer, &id);
@@ -149,6 +203,15 @@ fn the_dashboard_shows_what_the_api_says_while_a_campaign_runs() {
     // rate, sent in the last second, then each lane: emergency … bulk.
     let bulk: u64 = channel[5].parse().unwrap();
     assert!(bulk > 0 && bulk <= 3000, "{channel:?}");
+    // Facilities reporting, stock, stocked out, low.
+    let ors = numbers(&dom, "data-inventory", "Location/D1 ORS");
+    assert_eq!(ors[..4], ["1", "0", "1", "0"], "{ors:?}");
+    let amox = numbers(&dom, "data-inventory", "Location/D1 AMOX");
+    assert_eq!(amox[..4], ["1", "75", "0", "0"], "{amox:?}");
+    assert!(
+        dom.find("Location/D1 ORS") < dom.find("Location/D1 AMOX"),
+        "stock-outs first"
+    );
     assert!(
         dom.contains("updated "),
         "the page says when it last read the API"

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
-use super::server::{JsonBody, Server, json_of, make_token, with};
+use super::server::{JsonBody, Server, json_of, make_token, sandbox_replies, with};
 
 fn report(id: &str, requester: Value) -> Value {
     let mut contained = vec![
@@ -155,20 +155,12 @@ fn a_lab_result_reaches_its_clinician_safely_and_the_reply_acknowledges_it() {
         assert!(Instant::now() < deadline, "not delivered: {b}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let body =
-        json!({"inbound": [{"id": "ack-1", "from": "+231770000501", "text": "OK received"}]})
-            .to_string();
-    let r = client
-        .post(server.url("/webhooks/whatsapp"))
-        .header("content-type", "application/json")
-        .header(
-            "x-sandbox-signature",
-            mhero_broker::channel::sandbox::sign("sandbox-secret", body.as_bytes()),
-        )
-        .body(body)
-        .send()
-        .unwrap();
-    assert!(r.status().is_success());
+    sandbox_replies(
+        &client,
+        &server,
+        "whatsapp",
+        &[("ack-1", "+231770000501", "OK received")],
+    );
     let ack = loop {
         let b = get(
             &client,

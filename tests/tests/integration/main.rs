@@ -15,6 +15,7 @@ mod kannel;
 mod lab;
 mod media;
 mod quic;
+mod reports;
 mod scaffold;
 mod sdk_examples;
 mod server;

@@ -139,6 +139,32 @@ impl JsonBody for RequestBuilder {
     }
 }
 
+/// Workers' replies `(id, from, text)` as the sandbox gateway delivers
+/// them to a channel's webhook, signed with its default secret.
+pub(crate) fn sandbox_replies(
+    client: &Client,
+    server: &Server,
+    channel: &str,
+    replies: &[(&str, &str, &str)],
+) {
+    let inbound: Vec<Value> = replies
+        .iter()
+        .map(|(id, from, text)| serde_json::json!({"id": id, "from": from, "text": text}))
+        .collect();
+    let body = serde_json::json!({ "inbound": inbound }).to_string();
+    let r = client
+        .post(server.url(&format!("/webhooks/{channel}")))
+        .header("content-type", "application/json")
+        .header(
+            "x-sandbox-signature",
+            mhero_broker::channel::sandbox::sign("sandbox-secret", body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().unwrap_or_default());
+}
+
 pub(crate) fn json_of(r: Response) -> (StatusCode, Value) {
     let status = r.status();
     let text = r.text().unwrap();

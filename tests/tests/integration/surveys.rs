@@ -9,20 +9,11 @@ use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
-use super::server::{JsonBody, Server, json_of, make_token, with};
+use super::server::{JsonBody, Server, json_of, make_token, sandbox_replies, with};
 
 /// A worker's reply as the sandbox gateway delivers it to the webhook.
 fn reply(client: &Client, server: &Server, id: &str, from: &str, text: &str) {
-    let body = json!({"inbound": [{"id": id, "from": from, "text": text}]}).to_string();
-    let signature = mhero_broker::channel::sandbox::sign("sandbox-secret", body.as_bytes());
-    let r = client
-        .post(server.url("/webhooks/sms"))
-        .header("content-type", "application/json")
-        .header("x-sandbox-signature", signature)
-        .body(body)
-        .send()
-        .unwrap();
-    assert!(r.status().is_success(), "{}", r.text().unwrap_or_default());
+    sandbox_replies(client, server, "sms", &[(id, from, text)]);
 }
 
 fn survey(client: &Client, server: &Server, token: &str, id: &str) -> Value {

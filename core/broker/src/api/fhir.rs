@@ -748,6 +748,19 @@ pub(crate) fn base_url(headers: &HeaderMap) -> String {
     format!("http://{host}/fhir/r4")
 }
 
+/// A search page's link: `{base}/{resource}?` and the query pairs,
+/// encoded.
+pub(crate) fn page_url(base: &str, resource: &str, pairs: &[(&str, String)]) -> String {
+    let u = format!("{base}/{resource}");
+    match reqwest::Url::parse(&u) {
+        Ok(mut url) => {
+            url.query_pairs_mut().extend_pairs(pairs);
+            url.to_string()
+        }
+        Err(_) => u,
+    }
+}
+
 /// `GET /fhir/r4/Communication?based-on=CommunicationRequest/{id}`
 #[utoipa::path(get, path = "/fhir/r4/Communication", tag = "fhir", security(("token" = [])),
     params(
@@ -907,6 +920,25 @@ pub async fn capability_statement() -> Response {
                          {"name": "_offset", "type": "number", "documentation": "First delivery of the page"},
                      ],
                      "documentation": "One per delivery: its status, sent and received times"},
+                    {"type": "DiagnosticReport",
+                     "interaction": [{"code": "create"}],
+                     "documentation": "A lab result, sent to the clinician who ordered it"},
+                    {"type": "QuestionnaireResponse",
+                     "interaction": [{"code": "search-type"}],
+                     "searchParam": [
+                         {"name": "questionnaire", "type": "reference", "documentation": "The survey's Questionnaire (required)"},
+                         {"name": "_count", "type": "number", "documentation": "Page size (default 100, at most 1000)"},
+                     ],
+                     "documentation": "One per worker asked a flash survey"},
+                    {"type": "Observation",
+                     "interaction": [{"code": "search-type"}],
+                     "searchParam": [
+                         {"name": "code", "type": "token", "documentation": "The item code (AMOX)"},
+                         {"name": "category", "type": "token", "documentation": "The report kind (stock, case)"},
+                         {"name": "subject", "type": "reference", "documentation": "The facility (Location/…)"},
+                         {"name": "_count", "type": "number", "documentation": "Page size (default 100, at most 1000)"},
+                     ],
+                     "documentation": "One per item of each structured report (stock counts, cases) from health workers"},
                 ],
                 "interaction": [{"code": "transaction"}, {"code": "batch"}],
             }]

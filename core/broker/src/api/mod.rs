@@ -19,6 +19,7 @@
 //! - [`lab`]: lab results in as FHIR DiagnosticReports.
 //! - [`surveys`]: flash surveys: start from a Questionnaire, live
 //!   results, CSV, FHIR QuestionnaireResponses.
+//! - [`reports`]: the inventory roll-up and reports as FHIR Observations.
 //!
 //! Every route needs a token (`Authorization: Bearer …`) except the
 //! health checks, the channel webhooks, which the channel's connector
@@ -35,6 +36,7 @@ pub mod fhir;
 pub mod lab;
 pub mod openapi;
 pub mod quic;
+pub mod reports;
 pub mod surveys;
 pub mod v1;
 
@@ -180,6 +182,8 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/dead-letters", get(v1::dead_letters))
         .route("/v1/inbound", get(v1::inbound))
         .route("/v1/inbound/subscribers", get(v1::inbound_subscribers))
+        .route("/v1/inventory", get(reports::inventory))
+        .route("/fhir/r4/Observation", get(reports::search_observations))
         .route("/v1/surveys", get(surveys::list_surveys))
         .route("/v1/surveys/{id}", get(surveys::get_survey))
         .route(

@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{auth, error, fhir, lab, surveys, v1};
+use super::{auth, error, fhir, lab, reports, surveys, v1};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -38,6 +38,8 @@ use super::{auth, error, fhir, lab, surveys, v1};
         surveys::get_survey,
         surveys::responses_csv,
         surveys::search_responses,
+        reports::inventory,
+        reports::search_observations,
         v1::replay_dead_letters,
         v1::create_token,
         v1::list_tokens,

@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::Api;
 use super::error::{ApiError, ApiJson};
-use super::fhir::{Fhir, base_url};
+use super::fhir::{Fhir, base_url, page_url};
 use crate::workflows::questionnaire::{Answer, Kind};
 use crate::workflows::survey::{Session, SessionState, SurveyRecord, Unanswered};
 use crate::workflows::{SurveySpec, send};
@@ -416,18 +416,12 @@ pub async fn search_responses(
         let base = base_url(&headers);
         let now = api.broker.dispatcher().now_ms();
         let page = |after: Option<u32>| {
-            let mut u = format!("{base}/QuestionnaireResponse");
-            if let Ok(mut url) = reqwest::Url::parse(&u) {
-                let mut q = url.query_pairs_mut();
-                q.append_pair("questionnaire", &wanted);
-                q.append_pair("_count", &count.to_string());
-                if let Some(a) = after {
-                    q.append_pair("_after", &a.to_string());
-                }
-                drop(q);
-                u = url.to_string();
-            }
-            u
+            let mut pairs = vec![
+                ("questionnaire", wanted.clone()),
+                ("_count", count.to_string()),
+            ];
+            pairs.extend(after.map(|a| ("_after", a.to_string())));
+            page_url(&base, "QuestionnaireResponse", &pairs)
         };
         let mut link = vec![json!({"relation": "self", "url": page(query.after)})];
         if sessions.len() == count

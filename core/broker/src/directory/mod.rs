@@ -575,6 +575,20 @@ impl Directory {
             .collect()
     }
 
+    /// `id` and the places enclosing it, nearest first, as the directory
+    /// knows them (a place it has no record of comes with a default).
+    pub fn places_up(&self, id: &str) -> Vec<(String, Place)> {
+        let state = self.state.read();
+        state
+            .ancestry(id)
+            .into_iter()
+            .map(|p| {
+                let place = state.places.get(&p).cloned().unwrap_or_default();
+                (p, place)
+            })
+            .collect()
+    }
+
     /// Every group, by id, with its members in the directory now.
     pub fn groups(&self) -> Vec<(String, GroupRecord, u64)> {
         let state = self.state.read();

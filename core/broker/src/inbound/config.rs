@@ -76,7 +76,7 @@ impl Default for InboundConfig {
                 words(&["REPORT", "RAPPORT", "RELATORIO", "RIPOTI"]),
             ),
             ("stock", words(&["STOCK"])),
-            ("case", words(&["CASE", "CAS", "CASO"])),
+            ("case", words(&["CASE", "CASES", "CAS", "CASO"])),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -157,7 +157,7 @@ impl Default for InboundConfig {
         Self {
             dedup_window_s: 600,
             reply_window_h: 72,
-            classifiers: vec!["keywords".into()],
+            classifiers: vec!["keywords".into(), "stock-report".into()],
             channel_classifiers: BTreeMap::new(),
             min_confidence: 0.5,
             keywords,

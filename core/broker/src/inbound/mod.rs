@@ -55,8 +55,9 @@ use crate::plugin::PluginHost;
 use crate::plugin::bindings::classifier_types::{AnswerType, Classification, ClassifyContext};
 use crate::store::{Batch, InboundRecord, InboundResult, SentRef, Store};
 use crate::workflows::lab::{Ack, LabResults};
+use crate::workflows::reports::{self, Report, Reports};
 use crate::workflows::survey::{Session, SurveyRecord};
-use crate::workflows::{self, Surveys};
+use crate::workflows::{self, Surveys, Workflows};
 
 /// Most messages processed in one step.
 const PAGE: usize = 1000;
@@ -97,6 +98,8 @@ pub struct InboundMetrics {
     unknown_senders: Counter,
     problems: Counter,
     position: Gauge,
+    reports: Counter,
+    alerts: Counter,
     pub(crate) subscriber_calls: Family<SubscriberLabels, Counter>,
     pub(crate) subscriber_undelivered: Family<SubscriberLabels, Counter>,
 }
@@ -123,6 +126,16 @@ impl InboundMetrics {
             "position",
             "Sequence number of the last inbound message processed",
             m.position.clone(),
+        );
+        registry.register(
+            "reports",
+            "Structured reports counted (stock, cases)",
+            m.reports.clone(),
+        );
+        registry.register(
+            "report_alerts",
+            "Alerts sent to districts from reports: stock-outs, low stock, watched cases",
+            m.alerts.clone(),
         );
         registry.register(
             "subscriber_calls",
@@ -158,6 +171,7 @@ pub struct Pipeline {
     directory: Arc<Directory>,
     plugins: Arc<PluginHost>,
     surveys: Arc<Surveys>,
+    reports: Arc<Reports>,
     submitter: Submitter,
     channels: BTreeMap<ChannelId, String>,
     config: InboundConfig,
@@ -173,7 +187,7 @@ impl Pipeline {
         store: Arc<Store>,
         directory: Arc<Directory>,
         plugins: Arc<PluginHost>,
-        surveys: Arc<Surveys>,
+        workflows: Workflows,
         submitter: Submitter,
         channels: BTreeMap<ChannelId, String>,
         config: InboundConfig,
@@ -194,7 +208,8 @@ impl Pipeline {
             store,
             directory,
             plugins,
-            surveys,
+            surveys: workflows.surveys,
+            reports: workflows.reports,
             submitter,
             channels,
             config,
@@ -519,6 +534,7 @@ impl Pipeline {
         let now = self.store.now_ms();
         let mut with = self.take_survey_answers(work, now).await?;
         with.append(self.take_lab_acks(work).await?);
+        with.append(self.take_reports(work, now).await?);
         // Directory changes, on a blocking thread.
         let changes: Vec<(usize, u32, Option<OptOut>)> = work
             .iter()
@@ -672,6 +688,99 @@ impl Pipeline {
         .await?;
         for i in taken {
             work[i].result.route = route::LAB_ACK.into();
+        }
+        Ok(batch)
+    }
+
+    /// Reports (a message whose trigger word is a report kind, which a
+    /// classifier read as one) update the facility's figures; the alerts they raise
+    /// go to the district. Returns the writes.
+    async fn take_reports(&self, work: &mut [Work], now: u64) -> Result<Batch> {
+        let mut taken = Vec::new();
+        let mut reporters = HashMap::new();
+        for w in work.iter_mut() {
+            let r = &mut w.result;
+            if r.duplicate_of.is_some() || self.reports.tally(&r.route).is_none() {
+                continue;
+            }
+            if r.label != r.route {
+                r.problems.push(format!(
+                    "report not counted: no classifier read it as a {} report (label {:?})",
+                    r.route, r.label
+                ));
+                continue;
+            }
+            let items = reports::items(&r.fields);
+            let Some(c) = &w.contact else {
+                r.problems.push(
+                    "report not counted: the sender is not in the directory, so its facility is unknown".into(),
+                );
+                continue;
+            };
+            let Some(facility) = c.facilities().first().map(|f| f.to_string()) else {
+                r.problems
+                    .push("report not counted: the sender has no facility in the directory".into());
+                continue;
+            };
+            if items.is_empty() {
+                r.problems
+                    .push("report not counted: no item with a count was read".into());
+                continue;
+            }
+            reporters.insert(w.seq, c.name().to_string());
+            taken.push(Report {
+                seq: w.seq,
+                kind: r.label.clone(),
+                contact: c.number,
+                source: c.parts.first().map(|p| p.resource.clone()),
+                facility,
+                items,
+                at_ms: w.record.stored_ms,
+                channel: w.channel.clone(),
+            });
+        }
+        if taken.is_empty() {
+            return Ok(Batch::new());
+        }
+        self.metrics.reports.inc_by(taken.len() as u64);
+        let this = Arc::clone(&self.reports);
+        let (batch, alerts) = blocking(move || Ok(this.record(taken))).await?;
+        let channels = if self.reports.config().channels.is_empty() {
+            self.channels.values().cloned().collect()
+        } else {
+            self.reports.config().channels.clone()
+        };
+        for alert in alerts {
+            let reporter = reporters
+                .get(&alert.report.seq)
+                .cloned()
+                .unwrap_or_default();
+            let Some(spec) = self.reports.alert_campaign(
+                &self.directory,
+                &alert,
+                &reporter,
+                channels.clone(),
+                now,
+            ) else {
+                continue;
+            };
+            let problem = match self.submitter.submit(spec).await {
+                Ok(s) if s.accepted == 0 => Some(format!(
+                    "alert not sent: nobody matches reports.notify ({}) in the facility's {}",
+                    self.reports.config().notify,
+                    self.reports.config().alert_level
+                )),
+                Ok(_) => None,
+                Err(e) => Some(format!("alert not sent: {e}")),
+            };
+            if let Some(p) = problem {
+                tracing::warn!(report = alert.report.seq, problem = %p, "Report alert not sent.");
+                if let Some(w) = work.iter_mut().find(|w| w.seq == alert.report.seq) {
+                    w.result.problems.push(p);
+                }
+            } else {
+                self.metrics.alerts.inc();
+            }
         }
         Ok(batch)
     }

@@ -7,21 +7,36 @@
 //! - [`lab`]: lab results from a FHIR DiagnosticReport to the clinician who
 //!   ordered it (a notice only on insecure channels), and their
 //!   acknowledgement.
+//! - [`reports`]: structured reports (stock, cases), the latest stock per
+//!   facility rolled up by the location hierarchy, alerts to the district.
+//!
+//! Each keeps its state in the `workflows` column family under its own
+//! key prefixes (listed in each module).
 
 pub mod lab;
 pub mod questionnaire;
+pub mod reports;
 pub mod survey;
 
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+pub use reports::Reports;
 pub use survey::{Outgoing, SurveyRecord, SurveySpec, Surveys};
 
 use crate::dispatch::{AudienceSpec, Body, CampaignSpec, Submitter};
 use crate::error::Error;
 use crate::store::Cf;
+
+/// The workflows the inbound pipeline routes replies to.
+#[derive(Clone)]
+pub struct Workflows {
+    pub surveys: Arc<Surveys>,
+    pub reports: Arc<Reports>,
+}
 
 /// A `workflows` record that cannot be read.
 pub(crate) fn bad(key: &[u8], message: String) -> Error {

@@ -11,7 +11,7 @@ use super::survey::{self, SessionState, SurveySpec, Unanswered};
 use crate::Broker;
 use crate::channel::SandboxConfig;
 use crate::config::{ChannelConfig, Config, EngineKind};
-use crate::directory::{Incoming, IncomingContact, Telecom};
+use crate::directory::{Incoming, IncomingContact, IncomingPlace, Telecom};
 use crate::dispatch::{Body, TokioClock};
 use crate::store::{Engine, MemoryEngine};
 
@@ -60,6 +60,14 @@ fn worker(id: &str, phone: &str, language: &str) -> IncomingContact {
 }
 
 async fn open(engine: Arc<dyn Engine>, at_ms: u64) -> Broker {
+    open_with(engine, at_ms, |_| {}).await
+}
+
+async fn open_with(
+    engine: Arc<dyn Engine>,
+    at_ms: u64,
+    change: impl FnOnce(&mut Config),
+) -> Broker {
     let channel = ChannelConfig {
         sandbox: SandboxConfig {
             receipt_delay_ms: 50,
@@ -73,6 +81,7 @@ async fn open(engine: Arc<dyn Engine>, at_ms: u64) -> Broker {
     };
     config.store.engine = EngineKind::Memory;
     config.plugins.cache_dir = None;
+    change(&mut config);
     Broker::open_with(
         config,
         crate::broker::Options {
@@ -405,4 +414,228 @@ fn answers_are_read_by_type() {
     assert_eq!(survey::date("29/11/2026").as_deref(), Some("2026-11-29"));
     assert_eq!(survey::date("31/02/2026"), None);
     assert_eq!(survey::date("soon"), None);
+}
+
+/// Country → county → two districts → three facilities; a nurse in each
+/// facility of district 1, one in district 2, and a pharmacist per
+/// district.
+fn stock_directory(b: &Broker) {
+    let place = |id: &str, name: &str, parent: Option<&str>, kind: &str| IncomingPlace {
+        id: format!("Location/{id}"),
+        name: name.into(),
+        parent: parent.map(|p| format!("Location/{p}")),
+        kind: Some(kind.into()),
+    };
+    let at = |id: &str, phone: &str, role: &str, facility: &str| IncomingContact {
+        roles: vec![role.into()],
+        facilities: vec![format!("Location/{facility}")],
+        ..worker(id, phone, "en")
+    };
+    b.directory()
+        .import(
+            "ihris",
+            "LR",
+            Incoming {
+                places: vec![
+                    place("LR", "Liberia", None, "country"),
+                    place("bong", "Bong", Some("LR"), "county"),
+                    place("D1", "Bong district 1", Some("bong"), "district"),
+                    place("D2", "Bong district 2", Some("bong"), "district"),
+                    place("F1", "Facility 1", Some("D1"), "facility"),
+                    place("F2", "Facility 2", Some("D1"), "facility"),
+                    place("F3", "Facility 3", Some("D2"), "facility"),
+                ],
+                contacts: vec![
+                    at("n1", "0770000001", "nurse", "F1"),
+                    at("n2", "0770000002", "nurse", "F2"),
+                    at("n3", "0770000003", "nurse", "F3"),
+                    at("p1", "0770000011", "pharmacist", "F2"),
+                    at("p2", "0770000012", "pharmacist", "F3"),
+                    IncomingContact {
+                        roles: vec!["nurse".into()],
+                        ..worker("n4", "0770000004", "en")
+                    },
+                ],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+}
+
+async fn processed(
+    b: &Broker,
+    n: usize,
+) -> Vec<(
+    u64,
+    crate::store::InboundRecord,
+    crate::store::InboundResult,
+)> {
+    until(&format!("{n} replies processed"), || {
+        b.store().processed_inbound(0, 10_000).unwrap().len() >= n
+    })
+    .await;
+    b.store().processed_inbound(0, 10_000).unwrap()
+}
+
+/// Alert campaigns, by name: (recipients, text).
+fn alerts(b: &Broker) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = b
+        .dispatcher()
+        .all_progress()
+        .into_iter()
+        .filter(|p| p.name.contains(" alert r"))
+        .map(|p| (p.name, p.total))
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn reports_roll_up_by_the_hierarchy_and_alert_the_district() {
+    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+    let b = open_with(Arc::clone(&engine), START_MS, |c| {
+        c.reports.low_stock.insert("AMOX".into(), 50);
+    })
+    .await;
+    stock_directory(&b);
+    let sms = b.sandbox("sms").unwrap();
+    let now = b.dispatcher().now_ms();
+    sms.worker_sends("r1", "+231770000001", "STOCK AMOX 120 ORS 0", now);
+    sms.worker_sends("r2", "+231770000002", "stock amoxicillin 30 sro 15", now);
+    sms.worker_sends("r3", "+231770000003", "STOCK AMOX 400", now);
+    // Not counted: no facility; not in the directory; no item read.
+    sms.worker_sends("r4", "+231770000004", "STOCK AMOX 5", now);
+    sms.worker_sends("r5", "+231779999999", "STOCK AMOX 5", now);
+    sms.worker_sends("r6", "+231770000003", "STOCK PLEASE", now);
+    let events = processed(&b, 6).await;
+    let result = |text: &str, from: &str| {
+        events
+            .iter()
+            .find(|(_, m, _)| m.text == text && m.from.ends_with(from))
+            .map(|(_, _, r)| r.clone())
+            .unwrap()
+    };
+    let r1 = result("STOCK AMOX 120 ORS 0", "0001");
+    assert_eq!((r1.route.as_str(), r1.label.as_str()), ("stock", "stock"));
+    assert!(r1.problems.is_empty(), "{:?}", r1.problems);
+    assert!(
+        result("STOCK AMOX 5", "0004").problems[0].contains("no facility"),
+        "a worker with no facility is told why"
+    );
+    assert!(result("STOCK AMOX 5", "9999").problems[0].contains("not in the directory"));
+    assert!(!result("STOCK PLEASE", "0003").problems.is_empty());
+
+    // ORS ran out at facility 1 and AMOX is low at facility 2: district 1's
+    // pharmacist hears of each, district 2's of nothing.
+    until("two alerts", || alerts(&b).len() == 2).await;
+    let a = alerts(&b);
+    assert!(
+        a[0].0.starts_with("stock alert r") && a[0].0.ends_with(": Facility 1"),
+        "{a:?}"
+    );
+    assert!(
+        a[1].0.starts_with("stock alert r") && a[1].0.ends_with(": Facility 2"),
+        "{a:?}"
+    );
+    assert!(
+        a.iter().all(|(_, n)| *n == 1),
+        "one pharmacist in district 1: {a:?}"
+    );
+
+    let rollup = |within: Option<&str>, level: Option<&str>| {
+        b.reports()
+            .rollup(b.directory(), "stock", within, level)
+            .into_iter()
+            .map(|r| {
+                (
+                    r.place,
+                    r.item,
+                    (r.facilities, r.quantity, r.stocked_out, r.low),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let districts = rollup(None, Some("district"));
+    assert_eq!(
+        districts,
+        [
+            ("Location/D1".into(), "ORS".into(), (2, 15, 1, 0)),
+            ("Location/D1".into(), "AMOX".into(), (2, 150, 0, 1)),
+            ("Location/D2".into(), "AMOX".into(), (1, 400, 0, 0)),
+        ],
+        "stock-outs first, then low stock"
+    );
+    assert_eq!(
+        rollup(Some("Location/bong"), Some("county")),
+        [
+            ("Location/bong".into(), "ORS".into(), (2, 15, 1, 0)),
+            ("Location/bong".into(), "AMOX".into(), (3, 550, 0, 1)),
+        ]
+    );
+    assert_eq!(
+        rollup(Some("Location/D2"), None),
+        [
+            ("Location/D2".into(), "AMOX".into(), (1, 400, 0, 0)),
+            ("Location/F3".into(), "AMOX".into(), (1, 400, 0, 0)),
+        ],
+        "within a place: it and what is inside it"
+    );
+
+    // Still out: no second alert. Restocked, then out again: alerted again.
+    let t = b.dispatcher().now_ms();
+    sms.worker_sends("r7", "+231770000001", "STOCK ORS 0", t);
+    sms.worker_sends("r8", "+231770000001", "STOCK ORS 200", t + 1);
+    processed(&b, 8).await;
+    // (The same text from the same worker within the duplicate window
+    // would be a duplicate.)
+    tokio::time::sleep(Duration::from_secs(601)).await;
+    sms.worker_sends(
+        "r9",
+        "+231770000001",
+        "STOCK ORS 0",
+        b.dispatcher().now_ms(),
+    );
+    until("a third alert", || alerts(&b).len() == 3).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(alerts(&b).len(), 3, "a stock already out alerts once");
+
+    // Cases add up; a watched disease alerts the district at once.
+    let t = b.dispatcher().now_ms();
+    sms.worker_sends("c1", "+231770000003", "CASE MALARIA 5", t);
+    sms.worker_sends("c2", "+231770000003", "CASES MALARIA 3 CHOLERA 2", t + 1);
+    until("the cholera alert", || alerts(&b).len() == 4).await;
+    assert!(
+        alerts(&b)
+            .iter()
+            .any(|(name, n)| name.starts_with("case alert r")
+                && name.ends_with(": Facility 3")
+                && *n == 1),
+        "district 2's pharmacist: {:?}",
+        alerts(&b)
+    );
+    let malaria = b
+        .reports()
+        .figure("case", "Location/F3", "MALARIA")
+        .unwrap();
+    assert_eq!((malaria.quantity, malaria.last, malaria.reports), (8, 3, 2));
+    let reports = b.reports().reports(None, 100).unwrap();
+    assert_eq!(reports.len(), 8, "every counted report is kept");
+    b.shutdown().await;
+
+    // The figures are read back after a restart.
+    let b = open(Arc::clone(&engine), START_MS + 60_000).await;
+    assert_eq!(
+        b.reports()
+            .rollup(
+                b.directory(),
+                "stock",
+                Some("Location/D1"),
+                Some("district")
+            )
+            .len(),
+        2
+    );
+    let ors = b.reports().figure("stock", "Location/F1", "ORS").unwrap();
+    assert_eq!((ors.quantity, ors.level), (0, super::reports::Level::Out));
+    b.shutdown().await;
 }
