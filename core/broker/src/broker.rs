@@ -39,6 +39,7 @@ pub struct Broker {
     inbound: Arc<Pipeline>,
     surveys: Arc<Surveys>,
     reports: Arc<crate::workflows::Reports>,
+    courses: Arc<crate::workflows::Courses>,
     metrics: Arc<Metrics>,
     recovery: Recovery,
     tasks: Vec<JoinHandle<()>>,
@@ -131,6 +132,11 @@ impl Broker {
             Arc::clone(store.engine()),
             config.reports.clone(),
         )?);
+        let courses = Arc::new(crate::workflows::Courses::open(
+            Arc::clone(store.engine()),
+            Arc::clone(&directory),
+            Arc::clone(&surveys),
+        )?);
         let inbound = Arc::new(Pipeline::new(
             Arc::clone(&store),
             Arc::clone(&directory),
@@ -138,6 +144,7 @@ impl Broker {
             crate::workflows::Workflows {
                 surveys: Arc::clone(&surveys),
                 reports: Arc::clone(&reports),
+                courses: Arc::clone(&courses),
             },
             dispatcher.submitter(),
             channel_ids.clone(),
@@ -197,6 +204,7 @@ impl Broker {
             inbound,
             surveys,
             reports,
+            courses,
             metrics,
             recovery,
             tasks,
@@ -244,6 +252,11 @@ impl Broker {
         &self.reports
     }
 
+    /// Training courses.
+    pub fn courses(&self) -> &Arc<crate::workflows::Courses> {
+        &self.courses
+    }
+
     /// The inbound pipeline: what replies became.
     pub fn inbound(&self) -> &Arc<Pipeline> {
         &self.inbound
@@ -275,6 +288,7 @@ impl Broker {
         drop(self.inbound);
         drop(self.surveys);
         drop(self.reports);
+        drop(self.courses);
         drop(self.plugins);
         // The store (and its writer thread) closes when its last holder
         // goes; closing flushes what is queued.

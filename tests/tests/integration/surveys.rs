@@ -26,6 +26,19 @@ fn survey(client: &Client, server: &Server, token: &str, id: &str) -> Value {
     v
 }
 
+/// A server with one sandbox SMS channel, and a sender's and a viewer's
+/// tokens.
+fn sms_server(dir: &std::path::Path) -> (Server, Client, String, String) {
+    let config = dir.join("mhero.toml");
+    std::fs::write(&config, "[channels.sms]\nconnector = \"sandbox\"\n").unwrap();
+    let server = Server::start_with(&dir.join("data"), &["--config", config.to_str().unwrap()]);
+    let client = Client::new();
+    let admin = server.first_admin_token();
+    let (sender, _) = make_token(&client, &server, &admin, "sender");
+    let (viewer, _) = make_token(&client, &server, &admin, "viewer");
+    (server, client, sender, viewer)
+}
+
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !f() {
@@ -37,16 +50,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 #[test]
 fn a_survey_started_over_http_is_answered_and_read_back_three_ways() {
     let tmp = tempfile::tempdir().unwrap();
-    let config = tmp.path().join("mhero.toml");
-    std::fs::write(&config, "[channels.sms]\nconnector = \"sandbox\"\n").unwrap();
-    let server = Server::start_with(
-        &tmp.path().join("data"),
-        &["--config", config.to_str().unwrap()],
-    );
-    let client = Client::new();
-    let admin = server.first_admin_token();
-    let (sender, _) = make_token(&client, &server, &admin, "sender");
-    let (viewer, _) = make_token(&client, &server, &admin, "viewer");
+    let (server, client, sender, viewer) = sms_server(tmp.path());
 
     let worker = |n: u32, phone: &str, lang: &str| {
         [
@@ -194,5 +198,116 @@ fn a_survey_started_over_http_is_answered_and_read_back_three_ways() {
             .unwrap(),
     );
     assert_eq!(inbound.as_array().unwrap().len(), 5, "{inbound}");
+    assert!(server.stop().success());
+}
+
+#[test]
+fn a_course_over_http_sends_lessons_scores_its_quiz_and_reports_progress() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, client, sender, viewer) = sms_server(tmp.path());
+    let mut entry = Vec::new();
+    for (n, phone) in [(1, "+231770000451"), (2, "+231770000452")] {
+        entry.push(json!({"resource": {"resourceType": "Practitioner", "id": format!("C-{n}"), "active": true,
+            "telecom": [{"system": "phone", "value": phone}]}}));
+        entry.push(json!({"resource": {"resourceType": "PractitionerRole", "id": format!("CR-{n}"), "active": true,
+            "practitioner": {"reference": format!("Practitioner/C-{n}")},
+            "code": [{"coding": [{"code": "chw"}]}]}}));
+    }
+    let (status, imported) = json_of(
+        with(client.post(server.url("/fhir/r4")), &sender)
+            .json_body(&json!({"resourceType": "Bundle", "type": "batch", "entry": entry}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::OK, "{imported}");
+
+    let quiz = json!({"resourceType": "Questionnaire", "status": "active", "title": "Malaria quiz",
+    "item": [
+        {"linkId": "rdt", "type": "boolean", "text": "Test with an RDT before treating?"},
+        {"linkId": "drug", "type": "choice", "text": "First-line treatment?",
+         "answerOption": [{"valueCoding": {"code": "act", "display": "ACT"}},
+                          {"valueCoding": {"code": "chloroquine", "display": "Chloroquine"}}]}
+    ]});
+    let mut course = json!({
+        "name": "Malaria case management",
+        "selector": "role:chw",
+        "steps": [
+            {"lesson": {"default": "Lesson 1: test every fever with an RDT."}},
+            {"delay_s": 1, "quiz": quiz, "answers": {"rdt": "yes", "drug": "act"}},
+            {"delay_s": 1, "lesson": {"default": "Lesson 2: ACT for three days, even if better."}}
+        ],
+        "completion": {"default": "Course completed. Thank you."}
+    });
+    // A step that is both is refused, naming it; a viewer may not create.
+    let mut both = course.clone();
+    both["steps"][0]["quiz"] = course["steps"][1]["quiz"].clone();
+    let (status, refused) = json_of(
+        with(client.post(server.url("/v1/courses")), &sender)
+            .json_body(&both)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert!(refused.to_string().contains("steps[0]"), "{refused}");
+    let (status, _) = json_of(
+        with(client.post(server.url("/v1/courses")), &viewer)
+            .json_body(&course)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    course["channels"] = json!(["sms"]);
+    let (status, created) = json_of(
+        with(client.post(server.url("/v1/courses")), &sender)
+            .json_body(&course)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["enrolled"], 2);
+    let id = created["id"].as_str().unwrap().to_string();
+    let get = |path: &str| {
+        let (status, v) = json_of(with(client.get(server.url(path)), &viewer).send().unwrap());
+        assert_eq!(status, StatusCode::OK, "{path}: {v}");
+        v
+    };
+    let progress = || get(&format!("/v1/courses/{id}/progress"));
+    wait_for("both in the quiz", || {
+        progress()
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["state"] == "in_quiz")
+    });
+    let c = get(&format!("/v1/courses/{id}"));
+    let survey_id = c["steps"][1]["survey"].as_str().unwrap().to_string();
+    assert_eq!(c["steps"][0]["done"], 2, "{c}");
+
+    // Worker 1 gets both right, worker 2 one of two.
+    reply(&client, &server, "m1", "+231770000451", "yes");
+    reply(&client, &server, "m2", "+231770000452", "no");
+    wait_for("both answered the first", || {
+        survey(&client, &server, &viewer, &survey_id)["questions"][0]["answered"] == 2
+    });
+    reply(&client, &server, "m3", "+231770000451", "1");
+    reply(&client, &server, "m4", "+231770000452", "1");
+    wait_for("both completed the course", || {
+        get(&format!("/v1/courses/{id}"))["completed"] == 2
+    });
+    let c = get(&format!("/v1/courses/{id}"));
+    assert_eq!(c["steps"][1]["mean_score"], 0.75, "{c}");
+    assert_eq!(c["steps"][2]["done"], 2, "{c}");
+    let p = progress();
+    assert_eq!(p[0]["source"], "Practitioner/C-1", "{p}");
+    assert_eq!(p[0]["lessons_sent"], 2);
+    assert_eq!(
+        p[0]["quizzes"],
+        json!([{"step": 2, "right": 2, "questions": 2}])
+    );
+    assert_eq!(
+        p[1]["quizzes"],
+        json!([{"step": 2, "right": 1, "questions": 2}])
+    );
+    assert!(p[1]["completed_ms"].as_u64().is_some(), "{p}");
     assert!(server.stop().success());
 }

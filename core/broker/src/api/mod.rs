@@ -19,6 +19,7 @@
 //! - [`lab`]: lab results in as FHIR DiagnosticReports.
 //! - [`surveys`]: flash surveys: start from a Questionnaire, live
 //!   results, CSV, FHIR QuestionnaireResponses.
+//! - [`courses`]: training courses: create, follow, per-worker progress.
 //! - [`reports`]: the inventory roll-up and reports as FHIR Observations.
 //!
 //! Every route needs a token (`Authorization: Bearer …`) except the
@@ -31,6 +32,7 @@
 pub mod auth;
 pub mod cap;
 pub mod contacts;
+pub mod courses;
 pub mod error;
 pub mod fhir;
 pub mod lab;
@@ -131,6 +133,29 @@ impl Api {
         }
     }
 
+    /// The channels a workflow asked for, checked; or, when it named
+    /// none, the API's default channels (else every channel configured).
+    pub(crate) fn channels_for(&self, asked: &[String]) -> Result<Vec<String>, ApiError> {
+        let configured: Vec<String> = self.broker.config().channels.keys().cloned().collect();
+        if !asked.is_empty() {
+            for c in asked {
+                if !configured.contains(c) {
+                    return Err(crate::Error::field_invalid(
+                        "channels",
+                        format!("no channel {c:?} (configured: {})", configured.join(", ")),
+                    )
+                    .into());
+                }
+            }
+            return Ok(asked.to_vec());
+        }
+        Ok(if self.config.default_channels.is_empty() {
+            configured
+        } else {
+            self.config.default_channels.clone()
+        })
+    }
+
     pub fn broker(&self) -> &Arc<Broker> {
         &self.broker
     }
@@ -183,6 +208,9 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/inbound", get(v1::inbound))
         .route("/v1/inbound/subscribers", get(v1::inbound_subscribers))
         .route("/v1/inventory", get(reports::inventory))
+        .route("/v1/courses", get(courses::list_courses))
+        .route("/v1/courses/{id}", get(courses::get_course))
+        .route("/v1/courses/{id}/progress", get(courses::course_progress))
         .route("/fhir/r4/Observation", get(reports::search_observations))
         .route("/v1/surveys", get(surveys::list_surveys))
         .route("/v1/surveys/{id}", get(surveys::get_survey))
@@ -211,6 +239,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/campaigns/{id}/cancel", post(v1::cancel_campaign))
         .route("/v1/alerts/cap", post(cap::post_alert))
         .route("/v1/surveys", post(surveys::create_survey))
+        .route("/v1/courses", post(courses::create_course))
         .route("/fhir/r4/DiagnosticReport", post(lab::post_report))
         .route(
             "/fhir/r4/CommunicationRequest",

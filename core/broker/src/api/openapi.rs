@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{auth, error, fhir, lab, reports, surveys, v1};
+use super::{auth, courses, error, fhir, lab, reports, surveys, v1};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -39,6 +39,10 @@ use super::{auth, error, fhir, lab, reports, surveys, v1};
         surveys::responses_csv,
         surveys::search_responses,
         reports::inventory,
+        courses::create_course,
+        courses::list_courses,
+        courses::get_course,
+        courses::course_progress,
         reports::search_observations,
         v1::replay_dead_letters,
         v1::create_token,

@@ -105,23 +105,7 @@ pub async fn create_survey(
     State(api): State<Arc<Api>>,
     ApiJson(spec): ApiJson<SurveySpec>,
 ) -> Result<Response, ApiError> {
-    let configured: Vec<String> = api.broker.config().channels.keys().cloned().collect();
-    let channels = if !spec.channels.is_empty() {
-        for c in &spec.channels {
-            if !configured.contains(c) {
-                return Err(crate::Error::field_invalid(
-                    "channels",
-                    format!("no channel {c:?} (configured: {})", configured.join(", ")),
-                )
-                .into());
-            }
-        }
-        spec.channels.clone()
-    } else if api.config.default_channels.is_empty() {
-        configured
-    } else {
-        api.config.default_channels.clone()
-    };
+    let channels = api.channels_for(&spec.channels)?;
     let now = api.broker.dispatcher().now_ms();
     let surveys = Arc::clone(api.broker.surveys());
     let (record, out) =

@@ -172,6 +172,7 @@ pub struct Pipeline {
     plugins: Arc<PluginHost>,
     surveys: Arc<Surveys>,
     reports: Arc<Reports>,
+    courses: Arc<workflows::Courses>,
     submitter: Submitter,
     channels: BTreeMap<ChannelId, String>,
     config: InboundConfig,
@@ -210,6 +211,7 @@ impl Pipeline {
             plugins,
             surveys: workflows.surveys,
             reports: workflows.reports,
+            courses: workflows.courses,
             submitter,
             channels,
             config,
@@ -236,7 +238,7 @@ impl Pipeline {
             if checked.elapsed() >= IDLE {
                 checked = tokio::time::Instant::now();
                 if let Err(e) = self.timeouts().await {
-                    tracing::error!(error = %e, "Checking survey timeouts failed; the next check retries.");
+                    tracing::error!(error = %e, "Checking survey timeouts and course steps failed; the next check retries.");
                 }
             }
             let wait = match self.step().await {
@@ -255,22 +257,36 @@ impl Pipeline {
         }
     }
 
-    /// Moves on the survey sessions whose question timed out.
+    /// Moves on the survey sessions whose question timed out, and the
+    /// course steps that are due.
     pub async fn timeouts(self: &Arc<Self>) -> Result<()> {
         let now = self.store.now_ms();
         let surveys = Arc::clone(&self.surveys);
+        let courses = Arc::clone(&self.courses);
         let engine = Arc::clone(self.store.engine());
-        let out = blocking(move || {
+        let (mut out, lessons) = blocking(move || {
             let (batch, out) = surveys.due(now)?;
             if !batch.is_empty() {
                 engine.write(batch)?;
             }
-            Ok(out)
+            let (batch, due) = courses.due(now)?;
+            if !batch.is_empty() {
+                engine.write(batch)?;
+            }
+            let mut out = out;
+            out.extend(due.questions);
+            Ok((out, due.lessons))
         })
         .await?;
         if !out.is_empty() {
-            for p in workflows::send(&self.surveys, &self.submitter, out).await {
-                tracing::warn!(problem = %p, "Survey timeout follow-ups not sent.");
+            for p in workflows::send(&self.surveys, &self.submitter, std::mem::take(&mut out)).await
+            {
+                tracing::warn!(problem = %p, "Survey and quiz questions not sent.");
+            }
+        }
+        if !lessons.is_empty() {
+            for p in workflows::send_lessons(&self.courses, &self.submitter, lessons).await {
+                tracing::warn!(problem = %p, "Course lessons not sent.");
             }
         }
         Ok(())
@@ -812,10 +828,19 @@ impl Pipeline {
                 )
             })
             .collect();
+        let contacts: Vec<u32> = input.iter().map(|i| i.0).collect();
         let surveys = Arc::clone(&self.surveys);
+        let courses = Arc::clone(&self.courses);
         let (batch, out, taken) = blocking(move || {
             let (mut batch, out, taken) = surveys.answer(input, now)?;
             batch.append(surveys.stop(&stopped, now)?);
+            // A course's quiz answered: the course looks at once.
+            let answered: Vec<(u64, u32)> = taken
+                .iter()
+                .zip(&contacts)
+                .filter_map(|(t, &c)| Some((t.as_ref()?.survey, c)))
+                .collect();
+            batch.append(courses.nudge(&answered, now)?);
             Ok((batch, out, taken))
         })
         .await?;

@@ -7,12 +7,15 @@
 //! - [`lab`]: lab results from a FHIR DiagnosticReport to the clinician who
 //!   ordered it (a notice only on insecure channels), and their
 //!   acknowledgement.
+//! - [`courses`]: training: lessons and quizzes (through the survey
+//!   engine) on a schedule, per-worker progress that survives restarts.
 //! - [`reports`]: structured reports (stock, cases), the latest stock per
 //!   facility rolled up by the location hierarchy, alerts to the district.
 //!
 //! Each keeps its state in the `workflows` column family under its own
 //! key prefixes (listed in each module).
 
+pub mod courses;
 pub mod lab;
 pub mod questionnaire;
 pub mod reports;
@@ -24,18 +27,139 @@ mod tests;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+pub use courses::Courses;
 pub use reports::Reports;
 pub use survey::{Outgoing, SurveyRecord, SurveySpec, Surveys};
 
 use crate::dispatch::{AudienceSpec, Body, CampaignSpec, Submitter};
 use crate::error::Error;
-use crate::store::Cf;
+use crate::error::Result;
+use crate::store::{Cf, Engine, Versioned, decode_value};
 
 /// The workflows the inbound pipeline routes replies to.
 #[derive(Clone)]
 pub struct Workflows {
     pub surveys: Arc<Surveys>,
     pub reports: Arc<Reports>,
+    pub courses: Arc<Courses>,
+}
+
+/// `prefix | id`: a workflow record (a survey, a course).
+pub(crate) fn key(prefix: u8, id: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(prefix);
+    k.extend_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// `prefix | id | contact`: one worker's part in it (a session, progress).
+pub(crate) fn member_key(prefix: u8, id: u64, contact: u32) -> Vec<u8> {
+    let mut k = key(prefix, id);
+    k.extend_from_slice(&contact.to_be_bytes());
+    k
+}
+
+/// `prefix | at ms | id | contact`: when something is due for a worker.
+pub(crate) fn due_key(prefix: u8, at: u64, id: u64, contact: u32) -> Vec<u8> {
+    let mut k = key(prefix, at);
+    k.extend_from_slice(&id.to_be_bytes());
+    k.extend_from_slice(&contact.to_be_bytes());
+    k
+}
+
+fn due_from(prefix: u8, k: &[u8]) -> Option<(u64, u64, u32)> {
+    let rest = k.strip_prefix(&[prefix])?;
+    if rest.len() != 20 {
+        return None;
+    }
+    Some((
+        u64::from_be_bytes(rest[..8].try_into().ok()?),
+        u64::from_be_bytes(rest[8..16].try_into().ok()?),
+        u32::from_be_bytes(rest[16..].try_into().ok()?),
+    ))
+}
+
+/// The entries under `prefix` due by `now`, earliest first, at most
+/// `max`: `(at, id, contact)`.
+pub(crate) fn due_by(
+    engine: &dyn Engine,
+    prefix: u8,
+    now: u64,
+    max: usize,
+) -> Result<Vec<(u64, u64, u32)>> {
+    let mut due = Vec::new();
+    engine.scan(
+        Cf::Workflows,
+        &[prefix],
+        &due_key(prefix, now.saturating_add(1), 0, 0),
+        &mut |k, _| {
+            if let Some(d) = due_from(prefix, k) {
+                due.push(d);
+            }
+            Ok(due.len() < max)
+        },
+    )?;
+    Ok(due)
+}
+
+/// Every record under `prefix`, by the id each gives.
+pub(crate) fn load_all<T: Versioned>(
+    engine: &dyn Engine,
+    prefix: u8,
+    id: impl Fn(&T) -> u64,
+) -> Result<BTreeMap<u64, Arc<T>>> {
+    let mut out = BTreeMap::new();
+    let mut failure = None;
+    engine.scan(Cf::Workflows, &[prefix], &[prefix + 1], &mut |k, v| {
+        match decode_value::<T>(v) {
+            Ok(t) => {
+                out.insert(id(&t), Arc::new(t));
+            }
+            Err(m) => failure = Some(bad(k, m)),
+        }
+        Ok(failure.is_none())
+    })?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+/// The id counter kept under `key`: 1 when there is none yet.
+pub(crate) fn next_id(engine: &dyn Engine, key: &[u8]) -> Result<u64> {
+    match engine.get(Cf::Workflows, key)? {
+        Some(v) => decode_value::<u64>(&v).map_err(|m| bad(key, m)),
+        None => Ok(1),
+    }
+}
+
+/// Workers' records of `id` under `prefix` after contact `after`, in
+/// contact order, at most `limit`.
+pub(crate) fn members<T: Versioned>(
+    engine: &dyn Engine,
+    prefix: u8,
+    id: u64,
+    after: Option<u32>,
+    limit: usize,
+) -> Result<Vec<T>> {
+    if after == Some(u32::MAX) || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let from = member_key(prefix, id, after.map_or(0, |a| a + 1));
+    let to = crate::store::keys::end_of_prefix(&key(prefix, id));
+    let mut out = Vec::new();
+    let mut failure = None;
+    engine.scan(Cf::Workflows, &from, &to, &mut |k, v| {
+        match decode_value::<T>(v) {
+            Ok(t) => out.push(t),
+            Err(m) => failure = Some(bad(k, m)),
+        }
+        Ok(out.len() < limit && failure.is_none())
+    })?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }
 
 /// A `workflows` record that cannot be read.
@@ -76,6 +200,48 @@ pub async fn send(surveys: &Surveys, submitter: &Submitter, out: Vec<Outgoing>) 
         if let Err(e) = submitter.submit(spec).await {
             tracing::warn!(survey = id, messages = n, error = %e, "Cannot send survey questions.");
             problems.push(format!("{n} survey messages not sent: {e}"));
+        }
+    }
+    problems
+}
+
+/// Sends a course's lessons: one campaign per course, step and text.
+/// Returns the problems, by message count.
+pub async fn send_lessons(
+    courses: &Courses,
+    submitter: &Submitter,
+    lessons: Vec<courses::Lesson>,
+) -> Vec<String> {
+    let mut groups: BTreeMap<(u64, u32, String), Vec<crate::audience::Recipient>> = BTreeMap::new();
+    for l in lessons {
+        groups
+            .entry((l.course, l.step, l.text))
+            .or_default()
+            .push(l.recipient);
+    }
+    let mut problems = Vec::new();
+    for ((id, step, text), recipients) in groups {
+        let Some(course) = courses.get(id) else {
+            continue;
+        };
+        let n = recipients.len();
+        let what = if step as usize >= course.steps.len() {
+            "completed".to_string()
+        } else {
+            format!("step {}", step + 1)
+        };
+        let spec = CampaignSpec {
+            name: format!("course c{id} {what}: {}", course.name),
+            lane: course.lane,
+            body: Body::text(&text),
+            channels: course.channels.clone(),
+            audience: AudienceSpec::Recipients(recipients),
+            expires_at_ms: None,
+            start_at_ms: None,
+        };
+        if let Err(e) = submitter.submit(spec).await {
+            tracing::warn!(course = id, messages = n, error = %e, "Cannot send course lessons.");
+            problems.push(format!("{n} course messages not sent: {e}"));
         }
     }
     problems

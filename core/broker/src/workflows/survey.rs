@@ -25,8 +25,8 @@ use mhero_proto::Lane;
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use super::bad;
 use super::questionnaire::{Answer, Kind, Parsed, Question};
+use super::{bad, due_key, key, member_key};
 use crate::audience::Recipient;
 use crate::directory::Directory;
 use crate::dispatch::Body;
@@ -194,24 +194,8 @@ pub struct Surveys {
 impl Surveys {
     /// Loads the surveys from the store.
     pub fn open(engine: Arc<dyn Engine>, directory: Arc<Directory>) -> Result<Self> {
-        let mut surveys = BTreeMap::new();
-        let mut failure = None;
-        engine.scan(Cf::Workflows, &[SURVEY], &[SURVEY + 1], &mut |k, v| {
-            match decode_value::<SurveyRecord>(v) {
-                Ok(s) => {
-                    surveys.insert(s.id, Arc::new(s));
-                }
-                Err(m) => failure = Some(bad(k, m)),
-            }
-            Ok(true)
-        })?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        let next = match engine.get(Cf::Workflows, NEXT)? {
-            Some(v) => decode_value::<u64>(&v).map_err(|m| bad(NEXT, m))?,
-            None => 1,
-        };
+        let surveys = super::load_all(&*engine, SURVEY, |s: &SurveyRecord| s.id)?;
+        let next = super::next_id(&*engine, NEXT)?;
         Ok(Self {
             engine,
             directory,
@@ -237,6 +221,115 @@ impl Surveys {
         channels: Vec<String>,
         now: u64,
     ) -> Result<(Arc<SurveyRecord>, Vec<Outgoing>)> {
+        let (mut record, mut aggregate, first) = self.define(spec, channels, now)?;
+        let (selected, _) = self.directory.select(&record.selector)?;
+        if selected.is_empty() {
+            return Err(Error::field_invalid(
+                "selector",
+                "it selects no contact (opted-out and inactive contacts are never selected)",
+            ));
+        }
+        let mut out = Vec::new();
+        let mut batch = Batch::new();
+        for number in &selected {
+            let Some(contact) = self.directory.contact(number)? else {
+                continue;
+            };
+            let recipient = contact.recipient();
+            if recipient.phone.is_none() && recipient.addresses.is_empty() {
+                continue;
+            }
+            open_session(
+                &mut record,
+                &mut aggregate,
+                first,
+                number,
+                recipient,
+                now,
+                &mut batch,
+                &mut out,
+            );
+            if batch.len() >= 30_000 {
+                self.engine.write(std::mem::take(&mut batch))?;
+            }
+        }
+        if record.sessions == 0 {
+            return Err(Error::field_invalid(
+                "selector",
+                "none of the contacts it selects has an address",
+            ));
+        }
+        let record = self.keep(record, &aggregate, batch)?;
+        Ok((record, out))
+    }
+
+    /// Keeps a survey that asks no one yet: a course's quiz, whose
+    /// sessions [`Surveys::begin`] opens one worker at a time. Blocking.
+    pub fn create_empty(
+        &self,
+        spec: SurveySpec,
+        channels: Vec<String>,
+        now: u64,
+    ) -> Result<Arc<SurveyRecord>> {
+        let (record, aggregate, _) = self.define(spec, channels, now)?;
+        self.keep(record, &aggregate, Batch::new())
+    }
+
+    /// Opens sessions of a survey for these workers (a course reaching its
+    /// quiz): the first question to each. Returns the writes and the
+    /// messages. Blocking; only the inbound pipeline's task calls it.
+    pub fn begin(
+        &self,
+        survey: u64,
+        workers: Vec<(u32, Recipient)>,
+        now: u64,
+    ) -> Result<(Batch, Vec<Outgoing>)> {
+        let Some(current) = self.get(survey) else {
+            return Err(Error::Internal(format!("no survey s{survey}")));
+        };
+        let mut record = (*current).clone();
+        let mut aggregate = self.aggregate(survey)?.unwrap_or_default();
+        let first = first_question(&record)?;
+        let (mut batch, mut out) = (Batch::new(), Vec::new());
+        for (number, r) in workers {
+            open_session(
+                &mut record,
+                &mut aggregate,
+                first,
+                number,
+                r,
+                now,
+                &mut batch,
+                &mut out,
+            );
+        }
+        batch.put(Cf::Workflows, key(SURVEY, survey), encode(&record));
+        batch.put(Cf::Workflows, key(AGGREGATE, survey), encode(&aggregate));
+        self.surveys.write().insert(survey, Arc::new(record));
+        Ok((batch, out))
+    }
+
+    /// A worker's session of a survey, and whether it still takes their
+    /// answers: active, before the deadline, and the survey they were
+    /// last asked (a newer one takes over).
+    pub fn standing(&self, survey: u64, contact: u32, now: u64) -> Result<Option<(Session, bool)>> {
+        let Some(session) = self.session(survey, contact)? else {
+            return Ok(None);
+        };
+        let open = session.state == SessionState::Active
+            && self.get(survey).is_some_and(|s| now <= s.deadline_ms)
+            && self.pointer(contact)? == Some(survey);
+        Ok(Some((session, open)))
+    }
+
+    /// Checks a survey and gives it an id: the record, its empty
+    /// aggregate, and the first question.
+    fn define(
+        &self,
+        spec: SurveySpec,
+        channels: Vec<String>,
+        now: u64,
+    ) -> Result<(SurveyRecord, Aggregate, u32)> {
         let parsed = super::questionnaire::parse(&spec.questionnaire)
             .map_err(|e| Error::field_invalid("questionnaire", e))?;
         let timeout_ms = spec.question_timeout_s.unwrap_or(86_400).max(1) * 1000;
@@ -244,21 +337,8 @@ impl Surveys {
         if deadline_ms <= now {
             return Err(Error::field_invalid("deadline_ms", "it is already past"));
         }
-        let (selected, _) = self.directory.select(&spec.selector)?;
-        if selected.is_empty() {
-            return Err(Error::field_invalid(
-                "selector",
-                "it selects no contact (opted-out and inactive contacts are never selected)",
-            ));
-        }
-        let id = {
-            let mut next = self.next.lock();
-            let id = *next;
-            *next += 1;
-            id
-        };
         let mut record = SurveyRecord {
-            id,
+            id: 0,
             title: parsed.title.clone(),
             questionnaire: spec.questionnaire.to_string(),
             parsed,
@@ -271,17 +351,7 @@ impl Surveys {
             created_ms: now,
             sessions: 0,
         };
-        let first = record
-            .parsed
-            .questions
-            .iter()
-            .position(|q| q.enabled(&[]))
-            .ok_or_else(|| {
-                Error::field_invalid(
-                    "questionnaire",
-                    "no question is asked without an answer before it",
-                )
-            })? as u32;
+        let first = first_question(&record)?;
         let mut aggregate = Aggregate {
             questions: vec![QuestionTally::default(); record.parsed.questions.len()],
             ..Aggregate::default()
@@ -293,64 +363,30 @@ impl Surveys {
                 _ => Vec::new(),
             };
         }
-        let mut out = Vec::new();
-        let mut batch = Batch::new();
-        for number in &selected {
-            let Some(contact) = self.directory.contact(number)? else {
-                continue;
-            };
-            let recipient = contact.recipient();
-            if recipient.phone.is_none() && recipient.addresses.is_empty() {
-                continue;
-            }
-            let session = Session {
-                contact: number,
-                state: SessionState::Active,
-                question: first,
-                attempts: 0,
-                answers: Vec::new(),
-                unanswered: Vec::new(),
-                language: recipient.language.clone(),
-                recipient,
-                started_ms: now,
-                updated_ms: now,
-                asked_ms: now,
-            };
-            out.push(Outgoing {
-                survey: id,
-                recipient: session.recipient.clone(),
-                text: render(
-                    &record.parsed.questions[first as usize],
-                    session.language.as_deref(),
-                    false,
-                ),
-            });
-            batch.put(Cf::Workflows, session_key(id, number), encode(&session));
-            batch.put(Cf::Workflows, active_key(number), id.to_be_bytes().to_vec());
-            batch.put(
-                Cf::Workflows,
-                timeout_key(now + timeout_ms, id, number),
-                Vec::new(),
-            );
-            record.sessions += 1;
-            aggregate.questions[first as usize].asked += 1;
-            if batch.len() >= 30_000 {
-                self.engine.write(std::mem::take(&mut batch))?;
-            }
-        }
-        if record.sessions == 0 {
-            return Err(Error::field_invalid(
-                "selector",
-                "none of the contacts it selects has an address",
-            ));
-        }
+        record.id = {
+            let mut next = self.next.lock();
+            let id = *next;
+            *next += 1;
+            id
+        };
+        Ok((record, aggregate, first))
+    }
+
+    /// Writes a new survey with `batch` and keeps it in memory.
+    fn keep(
+        &self,
+        record: SurveyRecord,
+        aggregate: &Aggregate,
+        mut batch: Batch,
+    ) -> Result<Arc<SurveyRecord>> {
+        let id = record.id;
         batch.put(Cf::Workflows, key(SURVEY, id), encode(&record));
-        batch.put(Cf::Workflows, key(AGGREGATE, id), encode(&aggregate));
+        batch.put(Cf::Workflows, key(AGGREGATE, id), encode(aggregate));
         batch.put(Cf::Workflows, NEXT.to_vec(), encode(&(id + 1)));
         self.engine.write(batch)?;
         let record = Arc::new(record);
         self.surveys.write().insert(id, Arc::clone(&record));
-        Ok((record, out))
+        Ok(record)
     }
 
     /// The open session of a contact: the survey and where they are.
@@ -393,27 +429,7 @@ impl Surveys {
 
     /// Sessions of a survey after contact `after`, in contact order.
     pub fn sessions(&self, survey: u64, after: Option<u32>, limit: usize) -> Result<Vec<Session>> {
-        let from = match after {
-            Some(c) => session_key(survey, c.saturating_add(1)),
-            None => session_key(survey, 0),
-        };
-        let to = crate::store::keys::end_of_prefix(&key(SESSION, survey));
-        let mut out = Vec::new();
-        if after == Some(u32::MAX) || limit == 0 {
-            return Ok(out);
-        }
-        let mut failure = None;
-        self.engine.scan(Cf::Workflows, &from, &to, &mut |k, v| {
-            match decode_value::<Session>(v) {
-                Ok(s) => out.push(s),
-                Err(m) => failure = Some(bad(k, m)),
-            }
-            Ok(out.len() < limit && failure.is_none())
-        })?;
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+        super::members(&*self.engine, SESSION, survey, after, limit)
     }
 
     /// What a classifier is told about the question a session waits on.
@@ -523,18 +539,7 @@ impl Surveys {
     /// Questions whose time ran out by `now`: each left unanswered and the
     /// next asked. Returns the writes and the messages. Blocking.
     pub fn due(&self, now: u64) -> Result<(Batch, Vec<Outgoing>)> {
-        let mut expired = Vec::new();
-        self.engine.scan(
-            Cf::Workflows,
-            &[TIMEOUT],
-            &timeout_key(now.saturating_add(1), 0, 0),
-            &mut |k, _| {
-                if let Some(t) = timeout_from(k) {
-                    expired.push(t);
-                }
-                Ok(expired.len() < TIMEOUTS_PER_CHECK)
-            },
-        )?;
+        let expired = super::due_by(&*self.engine, TIMEOUT, now, TIMEOUTS_PER_CHECK)?;
         let mut state = Changes::default();
         for (due, id, contact) in expired {
             // The entry goes whatever it finds.
@@ -896,17 +901,72 @@ pub fn render(q: &Question, language: Option<&str>, again: bool) -> String {
     out
 }
 
-fn key(prefix: u8, id: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9);
-    k.push(prefix);
-    k.extend_from_slice(&id.to_be_bytes());
-    k
+/// The first question asked: the first one enabled with no answers.
+fn first_question(record: &SurveyRecord) -> Result<u32> {
+    record
+        .parsed
+        .questions
+        .iter()
+        .position(|q| q.enabled(&[]))
+        .map(|i| i as u32)
+        .ok_or_else(|| {
+            Error::field_invalid(
+                "questionnaire",
+                "no question is asked without an answer before it",
+            )
+        })
+}
+
+/// A worker's session at the first question: its writes, the question.
+#[allow(clippy::too_many_arguments)]
+fn open_session(
+    record: &mut SurveyRecord,
+    aggregate: &mut Aggregate,
+    first: u32,
+    number: u32,
+    recipient: Recipient,
+    now: u64,
+    batch: &mut Batch,
+    out: &mut Vec<Outgoing>,
+) {
+    let id = record.id;
+    let session = Session {
+        contact: number,
+        state: SessionState::Active,
+        question: first,
+        attempts: 0,
+        answers: Vec::new(),
+        unanswered: Vec::new(),
+        language: recipient.language.clone(),
+        recipient,
+        started_ms: now,
+        updated_ms: now,
+        asked_ms: now,
+    };
+    out.push(Outgoing {
+        survey: id,
+        recipient: session.recipient.clone(),
+        text: render(
+            &record.parsed.questions[first as usize],
+            session.language.as_deref(),
+            false,
+        ),
+    });
+    batch.put(Cf::Workflows, session_key(id, number), encode(&session));
+    batch.put(Cf::Workflows, active_key(number), id.to_be_bytes().to_vec());
+    batch.put(
+        Cf::Workflows,
+        timeout_key(now + record.question_timeout_ms, id, number),
+        Vec::new(),
+    );
+    record.sessions += 1;
+    if let Some(t) = aggregate.questions.get_mut(first as usize) {
+        t.asked += 1;
+    }
 }
 
 fn session_key(survey: u64, contact: u32) -> Vec<u8> {
-    let mut k = key(SESSION, survey);
-    k.extend_from_slice(&contact.to_be_bytes());
-    k
+    member_key(SESSION, survey, contact)
 }
 
 fn active_key(contact: u32) -> Vec<u8> {
@@ -916,20 +976,5 @@ fn active_key(contact: u32) -> Vec<u8> {
 }
 
 fn timeout_key(due: u64, survey: u64, contact: u32) -> Vec<u8> {
-    let mut k = key(TIMEOUT, due);
-    k.extend_from_slice(&survey.to_be_bytes());
-    k.extend_from_slice(&contact.to_be_bytes());
-    k
-}
-
-fn timeout_from(k: &[u8]) -> Option<(u64, u64, u32)> {
-    let rest = k.strip_prefix(&[TIMEOUT])?;
-    if rest.len() != 20 {
-        return None;
-    }
-    Some((
-        u64::from_be_bytes(rest[..8].try_into().ok()?),
-        u64::from_be_bytes(rest[8..16].try_into().ok()?),
-        u32::from_be_bytes(rest[16..].try_into().ok()?),
-    ))
+    due_key(TIMEOUT, due, survey, contact)
 }

@@ -1,6 +1,7 @@
 //! Flash surveys: the Questionnaire reader, and whole surveys through the
 //! composition root with workers' replies scripted at the sandbox gateway.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,10 +114,8 @@ fn session(b: &Broker, survey: u64, contact: u32) -> survey::Session {
         .unwrap()
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_survey_asks_one_question_at_a_time_and_survives_a_restart() {
-    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
-    let b = open(Arc::clone(&engine), START_MS).await;
+/// Nurses 1 (English), 2 (French) and 3 (English), by directory number.
+fn three_nurses(b: &Broker) -> (u32, u32, u32) {
     b.directory()
         .import(
             "ihris",
@@ -138,7 +137,14 @@ async fn a_survey_asks_one_question_at_a_time_and_survives_a_restart() {
             .unwrap()
             .number
     };
-    let (one, two, three) = (number("1"), number("2"), number("3"));
+    (number("1"), number("2"), number("3"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_survey_asks_one_question_at_a_time_and_survives_a_restart() {
+    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+    let b = open(Arc::clone(&engine), START_MS).await;
+    let (one, two, three) = three_nurses(&b);
     let now = b.dispatcher().now_ms();
     let (record, out) = b
         .surveys()
@@ -637,5 +643,163 @@ async fn reports_roll_up_by_the_hierarchy_and_alert_the_district() {
     );
     let ors = b.reports().figure("stock", "Location/F1", "ORS").unwrap();
     assert_eq!((ors.quantity, ors.level), (0, super::reports::Level::Out));
+    b.shutdown().await;
+}
+
+fn hand_washing_quiz() -> Value {
+    json!({
+        "resourceType": "Questionnaire",
+        "status": "active",
+        "title": "Hand hygiene quiz",
+        "item": [
+            {"linkId": "before", "type": "boolean", "text": "Wash hands before touching a patient?"},
+            {"linkId": "how-long", "type": "choice", "text": "For how long?",
+             "answerOption": [{"valueCoding": {"code": "20s", "display": "20 seconds"}},
+                              {"valueCoding": {"code": "5s", "display": "5 seconds"}}]}
+        ]
+    })
+}
+
+fn course_spec() -> super::courses::CourseSpec {
+    serde_json::from_value(json!({
+        "name": "Hand hygiene",
+        "selector": "role:nurse",
+        "steps": [
+            {"lesson": {"default": "Lesson 1: the five moments for hand hygiene.",
+                        "variants": {"fr": "Leçon 1 : les cinq moments de l'hygiène des mains."}}},
+            {"delay_s": 600, "quiz": hand_washing_quiz(), "answers": {"before": "yes", "how-long": "20s"}},
+            {"delay_s": 1200, "lesson": {"default": "Lesson 2: gloves do not replace hand washing."}}
+        ],
+        "question_timeout_s": 300,
+        "completion": {"default": "You completed the hand hygiene course."}
+    }))
+    .unwrap()
+}
+
+/// Course campaigns by name (one per language): recipients.
+fn course_campaigns(b: &Broker) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for p in b.dispatcher().all_progress() {
+        if p.name.starts_with("course c") {
+            *out.entry(p.name).or_default() += p.total;
+        }
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_course_sends_lessons_on_schedule_scores_its_quiz_and_survives_a_restart() {
+    use super::courses::ProgressState;
+    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+    let b = open(Arc::clone(&engine), START_MS).await;
+    let (one, two, three) = three_nurses(&b);
+
+    // A quiz key that names no question is refused, naming it.
+    let mut wrong = course_spec();
+    wrong.steps[1]
+        .answers
+        .insert("how-often".into(), "1".into());
+    let err = b
+        .courses()
+        .create(wrong, vec!["sms".into()], b.dispatcher().now_ms())
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("steps[1].answers.how-often"),
+        "{err}"
+    );
+
+    let course = b
+        .courses()
+        .create(course_spec(), vec!["sms".into()], b.dispatcher().now_ms())
+        .unwrap();
+    assert_eq!(course.enrolled, 3);
+    let id = course.id;
+    let progress = |b: &Broker, contact: u32| {
+        b.courses()
+            .progress(id, contact.checked_sub(1), 1)
+            .unwrap()
+            .into_iter()
+            .find(|p| p.contact == contact)
+            .unwrap()
+    };
+    // The first lesson at once, in each worker's language.
+    until("lesson 1 sent", || {
+        course_campaigns(&b)
+            .iter()
+            .filter(|(n, _)| n.starts_with(&format!("course c{id} step 1")))
+            .map(|(_, t)| t)
+            .sum::<u64>()
+            == 3
+    })
+    .await;
+    assert_eq!(progress(&b, one).lessons_sent, 1);
+    assert_eq!(progress(&b, one).step, 1);
+
+    // Ten minutes later, the quiz, through the survey engine.
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    until("the quiz begun", || {
+        progress(&b, one).state == ProgressState::InQuiz
+    })
+    .await;
+    let sms = b.sandbox("sms").unwrap();
+    let t = b.dispatcher().now_ms();
+    sms.worker_sends("q1", "+231770000001", "1", t);
+    sms.worker_sends("q2", "+231770000002", "2", t);
+    sms.worker_sends("q3", "+231770000003", "STOP", t);
+    let Some(super::courses::Step::Quiz { survey, .. }) = course.steps.get(1).cloned() else {
+        panic!("step 2 is the quiz");
+    };
+    until("the first answers taken", || {
+        session(&b, survey, one).question == 1 && session(&b, survey, two).question == 1
+    })
+    .await;
+    let t = b.dispatcher().now_ms();
+    sms.worker_sends("q4", "+231770000001", "1", t);
+    sms.worker_sends("q5", "+231770000002", "1", t);
+    until("the quiz answered", || {
+        session(&b, survey, one).state == SessionState::Completed
+            && session(&b, survey, two).state == SessionState::Completed
+    })
+    .await;
+    b.shutdown().await;
+
+    // A restart: the course goes on where it was.
+    let b = open(Arc::clone(&engine), START_MS + 700_000).await;
+    tokio::time::sleep(Duration::from_secs(
+        super::courses::QUIZ_CHECK_MS / 1000 + 1,
+    ))
+    .await;
+    until("the quiz scored", || {
+        progress(&b, one).scores.len() == 1 && progress(&b, two).scores.len() == 1
+    })
+    .await;
+    assert_eq!(progress(&b, one).scores, [(1, 2, 2)]);
+    assert_eq!(progress(&b, two).scores, [(1, 1, 2)]);
+    assert_eq!(
+        progress(&b, three).state,
+        ProgressState::Stopped,
+        "STOP ends the course"
+    );
+    assert_eq!(progress(&b, one).state, ProgressState::Waiting);
+    tokio::time::sleep(Duration::from_secs(1200)).await;
+    until("completed", || {
+        progress(&b, one).state == ProgressState::Completed
+            && progress(&b, two).state == ProgressState::Completed
+    })
+    .await;
+    let p = progress(&b, one);
+    assert_eq!(p.lessons_sent, 2);
+    assert!(p.completed_ms.is_some());
+    let sent = course_campaigns(&b);
+    assert_eq!(
+        sent.get(&format!("course c{id} step 3: Hand hygiene")),
+        Some(&2),
+        "{sent:?}"
+    );
+    assert_eq!(
+        sent.get(&format!("course c{id} completed: Hand hygiene")),
+        Some(&2),
+        "{sent:?}"
+    );
     b.shutdown().await;
 }
