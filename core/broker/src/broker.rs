@@ -40,6 +40,7 @@ pub struct Broker {
     surveys: Arc<Surveys>,
     reports: Arc<crate::workflows::Reports>,
     courses: Arc<crate::workflows::Courses>,
+    validations: Arc<crate::workflows::Validations>,
     metrics: Arc<Metrics>,
     recovery: Recovery,
     tasks: Vec<JoinHandle<()>>,
@@ -137,6 +138,11 @@ impl Broker {
             Arc::clone(&directory),
             Arc::clone(&surveys),
         )?);
+        let validations = Arc::new(crate::workflows::Validations::open(
+            Arc::clone(store.engine()),
+            Arc::clone(&directory),
+            Arc::clone(&surveys),
+        )?);
         let inbound = Arc::new(Pipeline::new(
             Arc::clone(&store),
             Arc::clone(&directory),
@@ -205,6 +211,7 @@ impl Broker {
             surveys,
             reports,
             courses,
+            validations,
             metrics,
             recovery,
             tasks,
@@ -257,6 +264,11 @@ impl Broker {
         &self.courses
     }
 
+    /// Data validations: workers confirming or correcting their records.
+    pub fn validations(&self) -> &Arc<crate::workflows::Validations> {
+        &self.validations
+    }
+
     /// The inbound pipeline: what replies became.
     pub fn inbound(&self) -> &Arc<Pipeline> {
         &self.inbound
@@ -289,6 +301,7 @@ impl Broker {
         drop(self.surveys);
         drop(self.reports);
         drop(self.courses);
+        drop(self.validations);
         drop(self.plugins);
         // The store (and its writer thread) closes when its last holder
         // goes; closing flushes what is queued.

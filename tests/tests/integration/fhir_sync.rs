@@ -566,3 +566,230 @@ fn bearer_and_basic_credentials_reach_the_server() {
         assert_eq!(sync(&cfg)["import"]["created"], 30, "{flag}");
     }
 }
+
+/// Data validation against the real FHIR server: workers synced from it
+/// confirm or correct their facility and phone by SMS; the report counts
+/// them; a correction is written back with `If-Match`, and one whose
+/// Practitioner changed at the server since the sync is a conflict,
+/// reported and not overwritten.
+#[test]
+fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts() {
+    use super::server::{JsonBody, Server, json_of, make_token, sandbox_replies, with};
+    use reqwest::StatusCode;
+
+    let Some(peer) = fhir_peer(&[]) else { return };
+    let place = |id: &str, name: &str, parent: Option<&str>, kind: &str| {
+        let mut l = json!({"resourceType": "Location", "id": id, "name": name, "status": "active",
+            "type": [{"coding": [{"code": kind}]}]});
+        if let Some(p) = parent {
+            l["partOf"] = json!({"reference": format!("Location/{p}")});
+        }
+        l
+    };
+    let mut entry = vec![
+        place("VD1", "Validation district", None, "district"),
+        place("VF1", "Facility One", Some("VD1"), "facility"),
+        place("VF2", "Facility Two", Some("VD1"), "facility"),
+    ];
+    for (id, phone) in [
+        ("VA", Some("+231770000701")),
+        ("VB", Some("+231770000702")),
+        ("VC", Some("+231770000703")),
+        ("VD", Some("+231770000704")),
+        ("VE", None),
+    ] {
+        let telecom: Vec<Value> = phone
+            .map(|p| json!({"system": "phone", "value": p, "use": "mobile"}))
+            .into_iter()
+            .collect();
+        entry.push(
+            json!({"resourceType": "Practitioner", "id": id, "active": true,
+            "name": [{"text": format!("Worker {id}")}], "telecom": telecom}),
+        );
+        entry.push(
+            json!({"resourceType": "PractitionerRole", "id": format!("{id}-role"), "active": true,
+            "practitioner": {"reference": format!("Practitioner/{id}")},
+            "location": [{"reference": "Location/VF1"}],
+            "code": [{"coding": [{"code": "chw"}]}]}),
+        );
+    }
+    let entry: Vec<Value> = entry
+        .into_iter()
+        .map(|r| json!({ "resource": r }))
+        .collect();
+    peer.load(&json!({"resourceType": "Bundle", "type": "collection", "entry": entry}));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let config = config(
+        tmp.path(),
+        &peer.base,
+        "\n[channels.sms]\nconnector = \"sandbox\"\n",
+    );
+    assert_eq!(sync(&config)["import"]["created"], 5);
+    let server = Server::start_with(
+        &tmp.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let http = reqwest::blocking::Client::new();
+    let admin = server.first_admin_token();
+    let (sender, _) = make_token(&http, &server, &admin, "sender");
+    let get = |path: &str| {
+        let (status, v) = json_of(with(http.get(server.url(path)), &sender).send().unwrap());
+        assert_eq!(status, StatusCode::OK, "{path}: {v}");
+        v
+    };
+    let (status, created) = json_of(
+        with(http.post(server.url("/v1/validations")), &sender)
+            .json_body(&json!({"selector": "role:chw", "question_timeout_s": 4}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(
+        (created["asked"].as_u64(), created["no_address"].as_u64()),
+        (Some(4), Some(1))
+    );
+    let survey = format!("/v1/surveys/{}", created["survey"].as_str().unwrap());
+    let v = format!("/v1/validations/{}", created["id"].as_str().unwrap());
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !f() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let answered = |q: usize, n: u64| get(&survey)["questions"][q]["answered"] == n;
+    // A confirms both; B moved to Facility Two; C has a new number; D
+    // never answers.
+    sandbox_replies(
+        &http,
+        &server,
+        "sms",
+        &[
+            ("a1", "+231770000701", "yes"),
+            ("b1", "+231770000702", "no"),
+            ("c1", "+231770000703", "yes"),
+        ],
+    );
+    wait("the first answers", &|| answered(0, 3));
+    sandbox_replies(
+        &http,
+        &server,
+        "sms",
+        &[
+            ("a2", "+231770000701", "1"),
+            ("b2", "+231770000702", "Facility Two"),
+            ("c2", "+231770000703", "no"),
+        ],
+    );
+    wait("the second answers", &|| answered(2, 2) && answered(1, 1));
+    sandbox_replies(
+        &http,
+        &server,
+        "sms",
+        &[
+            ("b3", "+231770000702", "yes"),
+            ("c3", "+231770000703", "0886 123 456"),
+        ],
+    );
+    wait("every session ended", &|| {
+        get(&v)["totals"]["in_progress"] == 0
+    });
+    let report = get(&v);
+    let totals = &report["totals"];
+    assert_eq!(
+        (
+            totals["confirmed"].as_u64(),
+            totals["corrected"].as_u64(),
+            totals["no_answer"].as_u64(),
+            totals["unreachable"].as_u64()
+        ),
+        (Some(1), Some(2), Some(1), Some(1)),
+        "{report}"
+    );
+    let district = report["by_district"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["place"] == "Location/VD1")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(district["counts"]["corrected"], 2);
+    let corrections = report["corrections"].as_array().unwrap();
+    assert_eq!(corrections[0]["source"], "Practitioner/VB");
+    assert_eq!(corrections[0]["facility"]["value"], "Location/VF2");
+    assert_eq!(corrections[1]["phone"]["value"], "+231886123456");
+
+    // Meanwhile C's record changes at the registry.
+    let mut c: Value = serde_json::from_slice(
+        &client()
+            .get(format!("{}/Practitioner/VC", peer.base))
+            .send()
+            .unwrap()
+            .bytes()
+            .unwrap(),
+    )
+    .unwrap();
+    c["name"] = json!([{"text": "Worker VC (renamed at the registry)"}]);
+    peer.put(&c);
+
+    // The export: only B's change, checked against the server's version.
+    let bundle = get(&format!("{v}/bundle"));
+    assert_eq!(bundle["type"], "transaction");
+    let entries = bundle["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{bundle}");
+    assert_eq!(entries[0]["request"]["url"], "PractitionerRole/VB-role");
+    assert!(
+        entries[0]["request"]["ifMatch"]
+            .as_str()
+            .unwrap()
+            .starts_with("W/\"")
+    );
+
+    // A sender may not write back; an admin does.
+    let (status, _) = json_of(
+        with(http.post(server.url(&format!("{v}/write-back"))), &sender)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, written) = json_of(
+        with(http.post(server.url(&format!("{v}/write-back"))), &admin)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::OK, "{written}");
+    assert_eq!(
+        written["totals"],
+        json!({"written": 1, "conflict": 1}),
+        "{written}"
+    );
+    let fetch = |path: &str| -> Value {
+        serde_json::from_slice(
+            &client()
+                .get(format!("{}/{path}", peer.base))
+                .send()
+                .unwrap()
+                .bytes()
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        fetch("PractitionerRole/VB-role")["location"][0]["reference"],
+        "Location/VF2",
+        "B's facility is corrected at the registry"
+    );
+    let c = fetch("Practitioner/VC");
+    assert_eq!(c["telecom"][0]["value"], "+231770000703", "not overwritten");
+    assert_eq!(c["name"][0]["text"], "Worker VC (renamed at the registry)");
+
+    // Again: B is not written twice; C is still a conflict.
+    let (_, again) = json_of(
+        with(http.post(server.url(&format!("{v}/write-back"))), &admin)
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(again["totals"], json!({"conflict": 1}), "{again}");
+    assert_eq!(get(&v)["write_back"], json!({"conflict": 1, "written": 1}));
+    assert!(server.stop().success());
+}

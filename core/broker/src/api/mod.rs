@@ -20,6 +20,8 @@
 //! - [`surveys`]: flash surveys: start from a Questionnaire, live
 //!   results, CSV, FHIR QuestionnaireResponses.
 //! - [`courses`]: training courses: create, follow, per-worker progress.
+//! - [`validations`]: data validation: the data-quality report, the
+//!   corrections as a Bundle or written back to the sources.
 //! - [`reports`]: the inventory roll-up and reports as FHIR Observations.
 //!
 //! Every route needs a token (`Authorization: Bearer …`) except the
@@ -41,6 +43,7 @@ pub mod quic;
 pub mod reports;
 pub mod surveys;
 pub mod v1;
+pub mod validations;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -209,6 +212,12 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/inbound/subscribers", get(v1::inbound_subscribers))
         .route("/v1/inventory", get(reports::inventory))
         .route("/v1/courses", get(courses::list_courses))
+        .route("/v1/validations", get(validations::list_validations))
+        .route("/v1/validations/{id}", get(validations::get_validation))
+        .route(
+            "/v1/validations/{id}/bundle",
+            get(validations::validation_bundle),
+        )
         .route("/v1/courses/{id}", get(courses::get_course))
         .route("/v1/courses/{id}/progress", get(courses::course_progress))
         .route("/fhir/r4/Observation", get(reports::search_observations))
@@ -240,6 +249,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/alerts/cap", post(cap::post_alert))
         .route("/v1/surveys", post(surveys::create_survey))
         .route("/v1/courses", post(courses::create_course))
+        .route("/v1/validations", post(validations::create_validation))
         .route("/fhir/r4/DiagnosticReport", post(lab::post_report))
         .route(
             "/fhir/r4/CommunicationRequest",
@@ -255,6 +265,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/channels/{name}/pause", post(v1::pause_channel))
         .route("/v1/channels/{name}/resume", post(v1::resume_channel))
         .route("/v1/contacts/{query}/opt-in", post(contacts::opt_in))
+        .route(
+            "/v1/validations/{id}/write-back",
+            post(validations::write_back),
+        )
         .route_layer(from_fn_with_state(Arc::clone(&api), require_admin));
     let body_limit = api.config.max_body_kb * 1024;
     let webhooks = Router::new()

@@ -6,7 +6,7 @@ use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{auth, courses, error, fhir, lab, reports, surveys, v1};
+use super::{auth, courses, error, fhir, lab, reports, surveys, v1, validations};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -43,6 +43,11 @@ use super::{auth, courses, error, fhir, lab, reports, surveys, v1};
         courses::list_courses,
         courses::get_course,
         courses::course_progress,
+        validations::create_validation,
+        validations::list_validations,
+        validations::get_validation,
+        validations::validation_bundle,
+        validations::write_back,
         reports::search_observations,
         v1::replay_dead_letters,
         v1::create_token,

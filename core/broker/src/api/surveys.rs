@@ -110,19 +110,7 @@ pub async fn create_survey(
     let surveys = Arc::clone(api.broker.surveys());
     let (record, out) =
         tokio::task::spawn_blocking(move || surveys.create(spec, channels, now)).await??;
-    let problems = send(
-        api.broker.surveys(),
-        &api.broker.dispatcher().submitter(),
-        out,
-    )
-    .await;
-    if let Some(p) = problems.first() {
-        return Err(crate::Error::Internal(format!(
-            "survey s{} started but its first question was not sent: {p}",
-            record.id
-        ))
-        .into());
-    }
+    first_questions(&api, out, &format!("survey s{}", record.id)).await?;
     let id = format!("s{}", record.id);
     Ok((
         StatusCode::CREATED,
@@ -135,6 +123,28 @@ pub async fn create_survey(
         }),
     )
         .into_response())
+}
+
+/// Sends the first questions of what `what` started (a survey, a
+/// validation); an error says it started but they did not leave.
+pub(crate) async fn first_questions(
+    api: &Api,
+    out: Vec<crate::workflows::Outgoing>,
+    what: &str,
+) -> Result<(), ApiError> {
+    let problems = send(
+        api.broker.surveys(),
+        &api.broker.dispatcher().submitter(),
+        out,
+    )
+    .await;
+    match problems.first() {
+        Some(p) => Err(crate::Error::Internal(format!(
+            "{what} started but its first question was not sent: {p}"
+        ))
+        .into()),
+        None => Ok(()),
+    }
 }
 
 /// Surveys, newest first, with their results.

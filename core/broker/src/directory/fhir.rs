@@ -27,7 +27,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::config::{Auth, SourceConfig};
+use super::config::SourceConfig;
 use super::import::ImportReport;
 use super::sync::{EntryState, Envelope, MAX_DOCUMENT_BYTES, import_document, newer};
 use super::{Directory, mark_key};
@@ -220,11 +220,9 @@ impl Syncer {
                 .client
                 .get(url)
                 .header(reqwest::header::ACCEPT, "application/fhir+json");
-            req = match &self.config.auth {
-                Some(Auth::Bearer(t)) => req.bearer_auth(t),
-                Some(Auth::Basic { user, password }) => req.basic_auth(user, Some(password)),
-                None => req,
-            };
+            if let Some(auth) = &self.config.auth {
+                req = auth.apply(req);
+            }
             let (why, wait) = match req.send().await {
                 Ok(resp) => {
                     let status = resp.status();
@@ -476,7 +474,8 @@ fn diagnostics(body: &str) -> String {
     text
 }
 
-async fn read_limited(
+/// A response body of at most `limit` bytes, as text.
+pub(crate) async fn read_limited(
     mut resp: reqwest::Response,
     limit: usize,
 ) -> std::result::Result<String, String> {

@@ -575,6 +575,26 @@ impl Directory {
             .collect()
     }
 
+    /// A place as someone named it: its id (`Location/F-12` or `F-12`),
+    /// else its name without case (a facility preferred where several
+    /// places share it).
+    pub fn find_place(&self, given: &str) -> Option<String> {
+        let state = self.state.read();
+        let t = given.trim();
+        for id in [t.to_string(), format!("Location/{t}")] {
+            if state.places.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        let mut named: Vec<(&String, &Place)> = state
+            .places
+            .iter()
+            .filter(|(_, p)| !p.name.is_empty() && p.name.eq_ignore_ascii_case(t))
+            .collect();
+        named.sort_by_key(|(id, p)| (p.kind.as_deref() != Some("facility"), id.as_str()));
+        named.first().map(|(id, _)| id.to_string())
+    }
+
     /// `id` and the places enclosing it, nearest first, as the directory
     /// knows them (a place it has no record of comes with a default).
     pub fn places_up(&self, id: &str) -> Vec<(String, Place)> {

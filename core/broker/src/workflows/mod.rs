@@ -9,6 +9,8 @@
 //!   acknowledgement.
 //! - [`courses`]: training: lessons and quizzes (through the survey
 //!   engine) on a schedule, per-worker progress that survives restarts.
+//! - [`validation`]: workers confirm or correct their facility and phone;
+//!   corrections go back to the FHIR source with `If-Match`.
 //! - [`reports`]: structured reports (stock, cases), the latest stock per
 //!   facility rolled up by the location hierarchy, alerts to the district.
 //!
@@ -20,6 +22,7 @@ pub mod lab;
 pub mod questionnaire;
 pub mod reports;
 pub mod survey;
+pub mod validation;
 
 #[cfg(test)]
 mod tests;
@@ -30,6 +33,7 @@ use std::sync::Arc;
 pub use courses::Courses;
 pub use reports::Reports;
 pub use survey::{Outgoing, SurveyRecord, SurveySpec, Surveys};
+pub use validation::Validations;
 
 use crate::dispatch::{AudienceSpec, Body, CampaignSpec, Submitter};
 use crate::error::Error;

@@ -41,6 +41,9 @@ const ACTIVE: u8 = b'A';
 const AGGREGATE: u8 = b'g';
 const TIMEOUT: u8 = b't';
 
+/// Replaced, in a question's text, by the worker's facility.
+pub const FACILITY: &str = "{facility}";
+
 /// Longest free-text answer kept (characters).
 const MAX_TEXT_ANSWER: usize = 1000;
 /// Most timed-out questions handled per check.
@@ -170,6 +173,8 @@ pub struct QuestionTally {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outgoing {
     pub survey: u64,
+    /// The worker's directory number.
+    pub contact: u32,
     pub recipient: Recipient,
     pub text: String,
 }
@@ -260,6 +265,7 @@ impl Surveys {
             ));
         }
         let record = self.keep(record, &aggregate, batch)?;
+        self.personalise(&mut out)?;
         Ok((record, out))
     }
 
@@ -306,6 +312,7 @@ impl Surveys {
         batch.put(Cf::Workflows, key(SURVEY, survey), encode(&record));
         batch.put(Cf::Workflows, key(AGGREGATE, survey), encode(&aggregate));
         self.surveys.write().insert(survey, Arc::new(record));
+        self.personalise(&mut out)?;
         Ok((batch, out))
     }
 
@@ -387,6 +394,31 @@ impl Surveys {
         let record = Arc::new(record);
         self.surveys.write().insert(id, Arc::clone(&record));
         Ok(record)
+    }
+
+    /// Fills `{facility}` in what is sent with the name of the worker's
+    /// facility as the directory has it (the registry's own spelling),
+    /// so a worker can confirm or correct it. Such questions go out as
+    /// one campaign per facility.
+    fn personalise(&self, out: &mut [Outgoing]) -> Result<()> {
+        for o in out.iter_mut().filter(|o| o.text.contains(FACILITY)) {
+            let facility = self
+                .directory
+                .contact(o.contact)?
+                .and_then(|c| c.facilities().first().map(|f| f.to_string()));
+            let name = match facility {
+                Some(f) => self
+                    .directory
+                    .places_up(&f)
+                    .first()
+                    .map(|(_, p)| p.name.clone())
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or(f),
+                None => "-".to_string(),
+            };
+            o.text = o.text.replace(FACILITY, &name);
+        }
+        Ok(())
     }
 
     /// The open session of a contact: the survey and where they are.
@@ -489,6 +521,7 @@ impl Surveys {
                     session.attempts = 1;
                     state.out.push(Outgoing {
                         survey: survey.id,
+                        contact: session.contact,
                         recipient: session.recipient.clone(),
                         text: render(q, session.language.as_deref(), true),
                     });
@@ -511,7 +544,8 @@ impl Surveys {
                 .sessions
                 .insert((contact, survey.id), (survey, session));
         }
-        let (batch, out) = state.into_writes();
+        let (batch, mut out) = state.into_writes();
+        self.personalise(&mut out)?;
         Ok((batch, out, taken))
     }
 
@@ -575,7 +609,9 @@ impl Surveys {
             session.updated_ms = now;
             state.sessions.insert((contact, id), (survey, session));
         }
-        Ok(state.into_writes())
+        let (batch, mut out) = state.into_writes();
+        self.personalise(&mut out)?;
+        Ok((batch, out))
     }
 
     /// The session of `contact` as changed so far in this call, else as
@@ -662,6 +698,7 @@ impl Surveys {
                 );
                 state.out.push(Outgoing {
                     survey: survey.id,
+                    contact: session.contact,
                     recipient: session.recipient.clone(),
                     text: render(&questions[i], session.language.as_deref(), false),
                 });
@@ -674,6 +711,7 @@ impl Surveys {
                 if let Some(thanks) = &survey.thanks {
                     state.out.push(Outgoing {
                         survey: survey.id,
+                        contact: session.contact,
                         recipient: session.recipient.clone(),
                         text: thanks
                             .for_language(session.language.as_deref())
@@ -945,6 +983,7 @@ fn open_session(
     };
     out.push(Outgoing {
         survey: id,
+        contact: session.contact,
         recipient: session.recipient.clone(),
         text: render(
             &record.parsed.questions[first as usize],
