@@ -422,6 +422,59 @@ fn answers_are_read_by_type() {
     assert_eq!(survey::date("soon"), None);
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_answer_after_the_deadline_is_not_taken_and_goes_to_the_inbox() {
+    let b = open(Arc::new(MemoryEngine::new()), START_MS).await;
+    let (one, _, _) = three_nurses(&b);
+    let now = b.dispatcher().now_ms();
+    let (survey, out) = b
+        .surveys()
+        .create(
+            SurveySpec {
+                questionnaire: stock_check(),
+                selector: "role:nurse".into(),
+                channels: Vec::new(),
+                lane: None,
+                question_timeout_s: Some(86_400),
+                deadline_ms: Some(now + 60_000),
+                thanks: None,
+            },
+            vec!["sms".into()],
+            now,
+        )
+        .unwrap();
+    assert!(
+        super::send(b.surveys(), &b.dispatcher().submitter(), out)
+            .await
+            .is_empty()
+    );
+    // Past the deadline, worker 1 answers "yes".
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let sms = b.sandbox("sms").unwrap();
+    sms.worker_sends("late", "+231770000001", "yes", b.dispatcher().now_ms());
+    until("the late answer processed", || {
+        b.store()
+            .processed_inbound(0, 10)
+            .unwrap()
+            .iter()
+            .any(|(_, m, _)| m.text == "yes")
+    })
+    .await;
+    let (_, _, result) = b
+        .store()
+        .processed_inbound(0, 10)
+        .unwrap()
+        .into_iter()
+        .find(|(_, m, _)| m.text == "yes")
+        .unwrap();
+    assert_eq!(result.route, "inbox", "a closed survey takes nothing");
+    let s = session(&b, survey.id, one);
+    assert!(s.answers.is_empty(), "{s:?}");
+    let a = b.surveys().aggregate(survey.id).unwrap().unwrap();
+    assert_eq!(a.questions[0].answered, 0);
+    b.shutdown().await;
+}
+
 /// Country → county → two districts → three facilities; a nurse in each
 /// facility of district 1, one in district 2, and a pharmacist per
 /// district.
