@@ -172,6 +172,38 @@ fn the_dashboard_shows_what_the_api_says_while_a_campaign_runs() {
         assert!(Instant::now() < deadline, "the stock report is not counted");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // A one-question survey she answers: its chart.
+    let (status, survey) = json_of(
+        with(client.post(server.url("/v1/surveys")), &admin)
+            .json_body(&json!({"selector": "*", "channels": ["sms"], "questionnaire": {
+                "resourceType": "Questionnaire", "status": "active", "title": "Cold chain",
+                "item": [{"linkId": "fridge", "type": "boolean", "text": "Is your vaccine fridge working?"}]}}))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(status, StatusCode::CREATED, "{survey}");
+    let survey_path = format!("/v1/surveys/{}", survey["id"].as_str().unwrap());
+    sandbox_replies(
+        &client,
+        &server,
+        "sms",
+        &[("fridge-1", "+231770000901", "yes")],
+    );
+    loop {
+        let (_, s) = json_of(
+            with(client.get(server.url(&survey_path)), &viewer)
+                .send()
+                .unwrap(),
+        );
+        if s["questions"][0]["answered"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the survey answer is not counted: {s}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     let before = campaign(&client, &server, &viewer, &id);
     let dom = rendered(&chromium, &server.url(&format!("/#token={viewer}")), 2500);
@@ -203,6 +235,11 @@ fn the_dashboard_shows_what_the_api_says_while_a_campaign_runs() {
     // rate, sent in the last second, then each lane: emergency … bulk.
     let bulk: u64 = channel[5].parse().unwrap();
     assert!(bulk > 0 && bulk <= 3000, "{channel:?}");
+    // The survey's answers, charted: a bar for "yes".
+    let answers = &dom[dom
+        .find("<svg class=\"answers\"")
+        .expect("the survey chart")..];
+    assert!(answers[..answers.find("</svg>").unwrap()].contains("<title>yes: 1</title>"));
     // Facilities reporting, stock, stocked out, low.
     let ors = numbers(&dom, "data-inventory", "Location/D1 ORS");
     assert_eq!(ors[..4], ["1", "0", "1", "0"], "{ors:?}");
