@@ -2,7 +2,8 @@
 //! path: signed webhook calls over HTTP to the server `mhero serve` runs →
 //! the connector parses them (wasm) → the durable inbound record → the
 //! inbound pipeline (duplicate window, directory look-up, what each
-//! answers, the keywords classifier, trigger routing, answers to HELP).
+//! answers, the default classifier chain — keywords, then stock-report —
+//! trigger routing, answers to HELP, stock reports counted per facility).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -251,7 +252,7 @@ async fn bench(args: &InboundArgs) -> Result<()> {
         "answering_the_campaign": answered,
         "with_problems": problems,
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "path": "signed sandbox-gateway webhook calls (JSON, `per_call` replies each) over HTTP/1.1 on loopback (keep-alive) to the server of `mhero serve` with its defaults → sandbox connector handle-webhook (wasm) → inbound records (synced commit before the 200) → the inbound pipeline with its defaults: duplicate window, directory look-up by phone, the delivery each answers (every worker was sent a campaign first), the keywords classifier (wasm, one call per message on a plugin thread), trigger routing, HELP answered by a high-lane campaign per page; the result and the pipeline's position in one synced commit per page",
+        "path": "signed sandbox-gateway webhook calls (JSON, `per_call` replies each) over HTTP/1.1 on loopback (keep-alive) to the server of `mhero serve` with its defaults → sandbox connector handle-webhook (wasm) → inbound records (synced commit before the 200) → the inbound pipeline with its defaults: duplicate window, directory look-up by phone, the delivery each answers (every worker was sent a campaign first), the default classifier chain, keywords then stock-report (wasm, one call per classifier per message, a page per call, on a plugin thread), trigger routing, HELP answered by a high-lane campaign per page, STOCK reports counted for the sender's facility; the result and the pipeline's position in one synced commit per page",
         "latency_is": "from the webhook call carrying the message to its processed result (ms, wall clock)",
         "differs_from_production": "nothing in the broker; the gateway is this process posting what the sandbox gateway would",
         "data_dir": data_dir.display().to_string(),
