@@ -308,6 +308,13 @@ impl<T: Send + 'static> Pending<T> {
         self.ticket.wait().map(|()| self.value)
     }
 
+    /// The value now and the commit ticket, for a caller that submits
+    /// more behind it and waits only for the last: a later commit implies
+    /// this one (and a failed one fails every later write).
+    pub fn split(self) -> (T, Ticket) {
+        (self.value, self.ticket)
+    }
+
     /// The commit ticket alone, for callers that keep the value elsewhere.
     pub fn into_ticket(self) -> Ticket {
         self.ticket

@@ -791,13 +791,23 @@ async fn submit(shared: &Arc<Shared>, mut spec: CampaignSpec) -> Result<Submitte
         stopped_ms: None,
         finished_ms: None,
     };
-    let id = shared.store.create_campaign(record.encode()).await?;
+    // The record (`preparing`), its audience, then the record again
+    // (`sending`) are submitted in order and only the last commit is
+    // waited for: it implies the others, and a small campaign (one lab
+    // result, a survey's next question) costs one commit round, not
+    // three. A crash before the last leaves a `preparing` campaign,
+    // never sent.
+    let (id, _created) = shared.store.create_campaign(record.encode()).split();
     for (chunk_no, chunk) in recipients.chunks(10_000).enumerate() {
         let encoded = chunk.iter().map(audience::encode).collect();
-        shared
+        let written = shared
             .store
-            .put_audience(id, (chunk_no * 10_000) as u32, encoded)
-            .await?;
+            .put_audience(id, (chunk_no * 10_000) as u32, encoded);
+        // Past the first chunk, wait: a big audience is not held in the
+        // writer's queue all at once.
+        if chunk_no > 0 {
+            written.await?;
+        }
     }
     if let (AudienceSpec::Frozen { selector, .. }, Some(source)) =
         (&record.spec.audience, &shared.audiences)
@@ -1293,14 +1303,31 @@ async fn fan_out_task(shared: Arc<Shared>) {
             .filter(|l| !l.fanned_out.load(Ordering::Relaxed))
             .cloned()
             .collect();
+        // Campaigns' pages are submitted one after another and their
+        // commits waited for together, a page's worth of deliveries at a
+        // time: many small campaigns (survey questions, lab results,
+        // answers) share a commit round instead of waiting one each, and
+        // big ones still go a page at a time.
+        let mut written = Vec::new();
+        let mut in_flight = 0u64;
         for live in active {
             match fan_out_step(&shared, &live).await {
-                Ok(moved) => progressed |= moved,
+                Ok(Some((pending, last, n))) => {
+                    progressed = true;
+                    written.push((live, pending, last));
+                    in_flight += n;
+                }
+                Ok(None) => {}
                 Err(e) => {
                     tracing::error!(campaign = %live.id, error = %e, "Fan-out failed; retrying shortly.");
                 }
             }
+            if in_flight >= FANOUT_WINDOW {
+                committed(std::mem::take(&mut written)).await;
+                in_flight = 0;
+            }
         }
+        committed(written).await;
         if progressed {
             shared.work.notify_waiters();
             tokio::task::yield_now().await;
@@ -1314,25 +1341,49 @@ async fn fan_out_task(shared: Arc<Shared>) {
     }
 }
 
-/// One page of one campaign. Returns whether anything moved.
-async fn fan_out_step(shared: &Shared, live: &Arc<Live>) -> Result<bool> {
+/// Recipients whose fan-out commits are waited for together: small
+/// campaigns share a commit round; a campaign of a few hundred or more
+/// waits for its own, which measured faster for them (the sender drains
+/// one campaign's queue while the next is written).
+const FANOUT_WINDOW: u64 = 200;
+
+/// Waits for fan-out pages' commits; a campaign whose last page is
+/// committed is fanned out.
+async fn committed(written: Vec<(Arc<Live>, crate::store::Pending<()>, bool)>) {
+    for (live, pending, last) in written {
+        match pending.await {
+            Ok(()) if last => live.fanned_out.store(true, Ordering::Relaxed),
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(campaign = %live.id, error = %e, "Fan-out failed; retrying shortly.");
+            }
+        }
+    }
+}
+
+/// One page of one campaign, submitted: its write, whether it was the
+/// last page, and how many recipients it took. `None` when nothing moved.
+async fn fan_out_step(
+    shared: &Shared,
+    live: &Arc<Live>,
+) -> Result<Option<(crate::store::Pending<()>, bool, u64)>> {
     let now = crate::store::Clock::now_ms(&shared.clock);
     // Held until the page's write is with the store (see `Live::persist`).
     let order = live.persist.lock().await;
     if live.stopped.load(Ordering::Relaxed) {
-        return Ok(false);
+        return Ok(None);
     }
     if live.start_at_ms.is_some_and(|t| now < t) {
-        return Ok(false);
+        return Ok(None);
     }
     if live.expires_at_ms.is_some_and(|t| now >= t) {
         drop(order);
         stop_campaign(shared, live.id, CampaignState::Expired).await?;
-        return Ok(false);
+        return Ok(None);
     }
     let k = shared.store.counters(live.id);
     if k.queued() >= shared.config.fanout_ahead {
-        return Ok(false);
+        return Ok(None);
     }
     let (cursor, total) = {
         let r = live.record.lock();
@@ -1340,7 +1391,7 @@ async fn fan_out_step(shared: &Shared, live: &Arc<Live>) -> Result<bool> {
     };
     if cursor >= total {
         live.fanned_out.store(true, Ordering::Relaxed);
-        return Ok(false);
+        return Ok(None);
     }
     // A stored audience is read from the store: on a blocking thread.
     let reader = Arc::clone(live);
@@ -1349,6 +1400,7 @@ async fn fan_out_step(shared: &Shared, live: &Arc<Live>) -> Result<bool> {
         .await
         .map_err(|e| Error::Internal(format!("fan-out read failed: {e}")))??;
     let next = page.last().map_or(total, |(i, _)| i + 1);
+    let taken = page.len() as u64;
     let mut queues: HashMap<ChannelId, Vec<NewDelivery>> = HashMap::new();
     let mut unreachable = Vec::new();
     for (index, member) in page {
@@ -1394,11 +1446,7 @@ async fn fan_out_step(shared: &Shared, live: &Arc<Live>) -> Result<bool> {
         .collect();
     let written = shared.store.fan_out(live.id, bytes, queues, unreachable);
     drop(order);
-    written.await?;
-    if next >= total {
-        live.fanned_out.store(true, Ordering::Relaxed);
-    }
-    Ok(true)
+    Ok(Some((written, next >= total, taken)))
 }
 
 /// The first channel from preference position `from` on which the
