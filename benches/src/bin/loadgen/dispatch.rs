@@ -152,24 +152,30 @@ fn campaign(name: &str, lane: Lane, count: u32) -> CampaignSpec {
     )
 }
 
+/// The broker `fanout` runs: one unlimited sandbox channel at the batch
+/// asked, receipts as asked, delivered at once.
+async fn fanout_bench(args: &FanoutArgs) -> Result<Bench> {
+    let (config, scratch) = config(args.dir.as_ref(), &args.durability)?;
+    start(
+        config,
+        scratch,
+        [("sms".to_string(), {
+            let mut c = sandbox(0.0, 10, args.batch, false);
+            c.sandbox.receipts = !args.no_receipts;
+            c.sandbox.receipt_delay_ms = 0;
+            c
+        })]
+        .into(),
+    )
+    .await
+}
+
 /// `n` recipients over `campaigns` explicit-list campaigns submitted at
 /// once, each through the dispatcher's submit (its commits), until every
 /// delivery ended.
 fn fanout_many(args: &FanoutArgs) -> Result<()> {
     runtime()?.block_on(async {
-        let (config, scratch) = config(args.dir.as_ref(), &args.durability)?;
-        let bench = start(
-            config,
-            scratch,
-            [("sms".to_string(), {
-                let mut c = sandbox(0.0, 10, args.batch, false);
-                c.sandbox.receipts = !args.no_receipts;
-                c.sandbox.receipt_delay_ms = 0;
-                c
-            })]
-            .into(),
-        )
-        .await?;
+        let bench = fanout_bench(args).await?;
         let data_dir = bench.broker.config().data_dir.clone();
         let per = (args.n / args.campaigns).max(1);
         let n = per * args.campaigns;
@@ -272,19 +278,7 @@ pub fn fanout(args: &FanoutArgs) -> Result<()> {
         return fanout_many(args);
     }
     runtime()?.block_on(async {
-        let (config, scratch) = config(args.dir.as_ref(), &args.durability)?;
-        let bench = start(
-            config,
-            scratch,
-            [("sms".to_string(), {
-                let mut c = sandbox(0.0, 10, args.batch, false);
-                c.sandbox.receipts = !args.no_receipts;
-                c.sandbox.receipt_delay_ms = 0;
-                c
-            })]
-            .into(),
-        )
-        .await?;
+        let bench = fanout_bench(args).await?;
         let data_dir = bench.broker.config().data_dir.clone();
         let mut spec = campaign("fanout", Lane::Normal, args.n);
         let audience = match args.audience.as_str() {

@@ -352,6 +352,8 @@ impl Validations {
     ) -> (Vec<Planned>, Vec<WriteBack>) {
         let mut planned = Vec::new();
         let mut not = Vec::new();
+        // One client (and connection pool) per source for the whole run.
+        let mut clients: BTreeMap<String, SourceClient<'_>> = BTreeMap::new();
         for o in outcomes.iter().filter(|o| o.status == Status::Corrected) {
             let result = |result: &str, detail: String| WriteBack {
                 contact: o.contact,
@@ -392,7 +394,9 @@ impl Validations {
                 ));
                 continue;
             };
-            let client = SourceClient::new(source);
+            let client = clients
+                .entry(name.clone())
+                .or_insert_with(|| SourceClient::new(source));
             match client.corrections(part, phone, facility).await {
                 Ok(changes) => {
                     planned.extend(changes.into_iter().map(|(reference, if_match, resource)| {
@@ -436,6 +440,7 @@ impl Validations {
         for p in planned.into_iter().filter(|p| !done.contains(&p.contact)) {
             by_contact.entry(p.contact).or_default().push(p);
         }
+        let mut clients: BTreeMap<String, SourceClient<'_>> = BTreeMap::new();
         for (contact, changes) in by_contact {
             let mut w = WriteBack {
                 contact,
@@ -445,7 +450,9 @@ impl Validations {
                 at_ms: now,
             };
             for p in changes {
-                let client = SourceClient::new(&sources.sources[&p.source]);
+                let client = clients
+                    .entry(p.source.clone())
+                    .or_insert_with(|| SourceClient::new(&sources.sources[&p.source]));
                 match client.put(&p).await {
                     Ok(version) => w
                         .written
