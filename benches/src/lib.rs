@@ -33,8 +33,10 @@ pub fn round(x: f64, digits: i32) -> f64 {
     (x * f).round() / f
 }
 
-/// The type of the filesystem holding `path` (`ext4`, `tmpfs`, `overlayfs`…),
-/// as `stat -f` names it; figures record where their data lived.
+/// The type of the filesystem holding `path` (`ext4`, `tmpfs`, `overlay`…),
+/// as the kernel's mount table names it for the deepest mount point above
+/// it; figures record where their data lived. (`stat -f` reads the
+/// superblock magic, which ext2, ext3 and ext4 share.)
 pub fn fs_type(path: &std::path::Path) -> String {
     let mut probe = path.to_path_buf();
     while !probe.exists() {
@@ -42,14 +44,29 @@ pub fn fs_type(path: &std::path::Path) -> String {
             break;
         }
     }
-    std::process::Command::new("stat")
-        .args(["-f", "-c", "%T"])
-        .arg(&probe)
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
+    let probe = probe.canonicalize().unwrap_or(probe);
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return "unknown".into();
+    };
+    mount_type(&table, &probe).unwrap_or_else(|| "unknown".into())
+}
+
+/// The type of the deepest mount in a `/proc/self/mountinfo` table that
+/// holds `path`: field 5 is the mount point, and the type follows the `-`
+/// separator.
+fn mount_type(table: &str, path: &std::path::Path) -> Option<String> {
+    table
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let point = fields.get(4)?.replace("\\040", " ");
+            let dash = fields.iter().position(|f| *f == "-")?;
+            let kind = fields.get(dash + 1)?;
+            path.starts_with(&point)
+                .then(|| (point.len(), kind.to_string()))
+        })
+        .max_by_key(|(depth, _)| *depth)
+        .map(|(_, kind)| kind)
 }
 
 /// Every setting of `config` that differs from the broker's defaults, as
@@ -126,5 +143,32 @@ mod tests {
         assert_eq!(diff["channels.sms.rate"], 200.0);
         assert!(!diff.to_string().contains("s3cret-pass"));
         assert_eq!(diff.as_object().unwrap().len(), 3, "{diff}");
+    }
+
+    #[test]
+    fn the_deepest_mount_holding_a_path_names_its_filesystem() {
+        let table = "\
+22 1 252:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+23 22 0:21 / /tmp rw,nosuid shared:2 - tmpfs tmpfs rw
+24 22 0:22 / /tmpdata rw shared:3 - xfs /dev/vdb rw
+25 22 0:23 / /mnt/my\\040disk rw shared:4 master:1 - btrfs /dev/vdc rw
+";
+        assert_eq!(
+            super::mount_type(table, std::path::Path::new("/tmp/x/store")).as_deref(),
+            Some("tmpfs")
+        );
+        assert_eq!(
+            super::mount_type(table, std::path::Path::new("/tmpdata/s")).as_deref(),
+            Some("xfs")
+        );
+        assert_eq!(
+            super::mount_type(table, std::path::Path::new("/home/a")).as_deref(),
+            Some("ext4")
+        );
+        assert_eq!(
+            super::mount_type(table, std::path::Path::new("/mnt/my disk/s")).as_deref(),
+            Some("btrfs")
+        );
+        assert_eq!(super::mount_type("", std::path::Path::new("/x")), None);
     }
 }

@@ -12,7 +12,7 @@ use crate::channel::{SandboxGateway, Webhooks, sandbox};
 use crate::config::Config;
 use crate::directory::{Directory, Syncer};
 use crate::dispatch::{Dispatcher, TokioClock};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::inbound::{Pipeline, subscribers::Subscriber};
 use crate::metrics::Metrics;
 use crate::plugin::{ComponentCache, HostOptions, PluginClock, PluginHost};
@@ -68,6 +68,16 @@ impl Broker {
             )?,
         };
         let store = Arc::new(store);
+        // The phone-number metadata (every country's patterns, checked as
+        // they load) is built on first use, about 100 ms: here, beside the
+        // plugins' compilation, not in the first submit after start.
+        let numbers = std::thread::Builder::new()
+            .name("mhero-numbers".into())
+            .spawn(crate::dispatch::load_number_metadata)
+            .map_err(|source| Error::Io {
+                path: config.data_dir.clone(),
+                source,
+            })?;
         let plugins = PluginHost::new(
             HostOptions {
                 clock: PluginClock::new(move || store::Clock::now_ms(&clock)),
@@ -86,6 +96,7 @@ impl Broker {
             plugins.load_dir(dir)?;
         }
         let plugins = Arc::new(plugins);
+        let _ = numbers.join();
         // The directory's indexes load from the same store, before any
         // campaign that selects from it resumes.
         let directory = Arc::new(Directory::open(Arc::clone(store.engine()))?);

@@ -981,6 +981,12 @@ pub fn validate_spec(spec: &CampaignSpec, channels: &[ChannelLimits<'_>]) -> Res
     Ok(())
 }
 
+/// Builds the phone-number metadata `normalize` uses, which is otherwise
+/// built by the first number it parses.
+pub fn load_number_metadata() {
+    let _ = phonenumber::parse(None, "+231770000000");
+}
+
 /// E.164-normalises phone numbers with the default country; refuses what
 /// does not parse or has no address at all.
 pub fn normalize(list: &[Recipient], country: &str) -> (Vec<Recipient>, Vec<Rejected>) {
