@@ -194,6 +194,12 @@ pub trait Engine: Send + Sync + 'static {
     /// The value under `key`, if committed.
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
+    /// The values under `keys`, in their order: one batched read where the
+    /// engine has one (receipts look up a whole webhook's worth at once).
+    fn get_many(&self, cf: Cf, keys: &[Vec<u8>]) -> Result<Vec<Option<Vec<u8>>>> {
+        keys.iter().map(|k| self.get(cf, k)).collect()
+    }
+
     /// Visits committed entries with `lower <= key < upper` in key order
     /// until `visit` returns `false`.
     fn scan(&self, cf: Cf, lower: &[u8], upper: &[u8], visit: &mut Visit<'_>) -> Result<()>;

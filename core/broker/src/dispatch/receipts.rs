@@ -101,10 +101,15 @@ impl Sink {
         let now = shared.clock.now_ms();
         // Lookups read the store: a blocking thread does them.
         let (reports, unknown) = tokio::task::spawn_blocking(move || {
+            let ids: Vec<(ChannelId, &str)> = incoming
+                .iter()
+                .map(|h| (h.channel, h.external_id.as_str()))
+                .collect();
+            let found = shared.store.by_external_ids(&ids)?;
             let mut reports = Vec::with_capacity(incoming.len());
             let mut unknown = Vec::new();
-            for h in incoming {
-                match shared.store.by_external_id(h.channel, &h.external_id)? {
+            for (h, id) in incoming.into_iter().zip(found) {
+                match id {
                     Some(id) => reports.push((id, h.status, h.reason)),
                     None => unknown.push(h),
                 }

@@ -24,16 +24,19 @@ impl Store {
         let now = self.clock.now_ms();
         // The records are read before taking the lock: reads never hold up
         // other channels, and receipts are applied by one caller at a time.
-        let mut current: HashMap<DeliveryId, Option<StatusRecord>> = HashMap::new();
-        for (id, _, _) in reports {
-            if current.contains_key(id) {
-                continue;
-            }
-            let key = keys::delivery(*id);
-            let record = self
-                .engine
-                .get(Cf::Status, &key)?
-                .map(|v| decode::<StatusRecord>(Cf::Status, &key, &v))
+        let mut ids: Vec<DeliveryId> = reports.iter().map(|(id, _, _)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let keys: Vec<Vec<u8>> = ids.iter().map(|id| keys::delivery(*id)).collect();
+        let mut current: HashMap<DeliveryId, Option<StatusRecord>> =
+            HashMap::with_capacity(ids.len());
+        for ((id, key), value) in ids
+            .iter()
+            .zip(&keys)
+            .zip(self.engine.get_many(Cf::Status, &keys)?)
+        {
+            let record = value
+                .map(|v| decode::<StatusRecord>(Cf::Status, key, &v))
                 .transpose()?;
             current.insert(*id, record);
         }
@@ -129,6 +132,21 @@ impl Store {
             .engine
             .get(Cf::External, &keys::external(channel, external_id))?
             .and_then(|v| keys::delivery_from(&v)))
+    }
+
+    /// The deliveries gateway message ids belong to, in their order: one
+    /// batched read for a webhook's receipts.
+    pub fn by_external_ids(&self, ids: &[(ChannelId, &str)]) -> Result<Vec<Option<DeliveryId>>> {
+        let keys: Vec<Vec<u8>> = ids
+            .iter()
+            .map(|(channel, external)| keys::external(*channel, external))
+            .collect();
+        Ok(self
+            .engine
+            .get_many(Cf::External, &keys)?
+            .into_iter()
+            .map(|v| v.and_then(|v| keys::delivery_from(&v)))
+            .collect())
     }
 
     /// Messages a channel handed over whose status is not final yet

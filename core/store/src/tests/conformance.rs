@@ -151,6 +151,21 @@ fn engine_scans_in_key_order_within_bounds(h: &mut dyn Harness) {
     assert_eq!(first, vec![1, 3]);
     assert_eq!(engine.get(Cf::Delayed, &[4]).unwrap(), Some(vec![0]));
     assert_eq!(engine.get(Cf::Ready, &[4]).unwrap(), None);
+    // A batched read answers in the caller's order, repeats and misses
+    // included, and sees only its own family.
+    let keys = [vec![9], vec![4], vec![1], vec![9], vec![200]];
+    assert_eq!(
+        engine.get_many(Cf::Ready, &keys).unwrap(),
+        vec![Some(vec![90]), None, Some(vec![10]), Some(vec![90]), None]
+    );
+    assert_eq!(
+        engine.get_many(Cf::Delayed, &keys).unwrap(),
+        vec![None, Some(vec![0]), None, None, None]
+    );
+    assert_eq!(
+        engine.get_many(Cf::Ready, &[]).unwrap(),
+        Vec::<Option<Vec<u8>>>::new()
+    );
 }
 
 fn engine_applies_a_batch_atomically_in_order(h: &mut dyn Harness) {
@@ -280,6 +295,12 @@ fn settle_done_records_status_and_receipt_index(h: &mut dyn Harness) {
     assert_eq!(rec.external_id.as_deref(), Some("gw-123"));
     assert_eq!(f.store.by_external_id(CH, "gw-123").unwrap(), Some(id));
     assert_eq!(f.store.by_external_id(CH, "gw-999").unwrap(), None);
+    assert_eq!(
+        f.store
+            .by_external_ids(&[(CH, "gw-999"), (CH, "gw-123"), (ChannelId(2), "gw-123")])
+            .unwrap(),
+        vec![None, Some(id), None]
+    );
     assert_eq!(
         f.store
             .status(DeliveryId::new(CampaignId(7), 1))
