@@ -184,9 +184,13 @@ impl Store {
             last = Some(external);
             Ok(visits < max_visits)
         })?;
-        for (id, external) in entries {
-            if let Some(record) = self.status(id)?
-                && matches!(record.status, DeliveryStatus::Wired | DeliveryStatus::Sent)
+        // The page's status records in one batched read.
+        let keys: Vec<Vec<u8>> = entries.iter().map(|(id, _)| keys::delivery(*id)).collect();
+        let records = self.engine.get_many(Cf::Status, &keys)?;
+        for (((_, external), key), value) in entries.into_iter().zip(&keys).zip(records) {
+            let Some(value) = value else { continue };
+            let record: StatusRecord = decode(Cf::Status, key, &value)?;
+            if matches!(record.status, DeliveryStatus::Wired | DeliveryStatus::Sent)
                 && record.sent_ms >= sent_since_ms
             {
                 ids.push(external);
