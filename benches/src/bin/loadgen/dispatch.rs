@@ -229,13 +229,9 @@ fn fanout_many(args: &FanoutArgs) -> Result<()> {
                 "batch": args.batch,
                 "durability": args.durability,
                 "audience": "explicit recipient lists, stored with each campaign at submit (inside the timing)",
-                "gateway": "sandbox simulator inside the broker (no network)",
+                "gateway": gateway(),
                 "receipts": receipts,
-                "delivery_means": if receipts {
-                    "wired to the gateway, and its delivered receipt pushed through the webhook entry point and applied to the status record"
-                } else {
-                    "wired to the gateway (settled with its message id)"
-                },
+                "delivery_means": delivery_means(receipts),
                 "data_dir": data_dir.display().to_string(),
                 "filesystem": fs_type(&data_dir),
                 "accepted_s": round(accepted_s, 3),
@@ -248,6 +244,23 @@ fn fanout_many(args: &FanoutArgs) -> Result<()> {
         );
         Ok(())
     })
+}
+
+/// What `fanout` counts as a delivery.
+fn delivery_means(receipts: bool) -> &'static str {
+    if receipts {
+        "wired to the gateway, and its delivered receipt pushed through the webhook entry point and applied to the status record"
+    } else {
+        "wired to the gateway (settled with its message id)"
+    }
+}
+
+/// The gateway `fanout` sends to.
+fn gateway() -> String {
+    use mhero_broker::channel::sandbox::{WEBHOOK_EVENTS, WEBHOOKS_IN_FLIGHT};
+    format!(
+        "sandbox simulator inside the broker (no network); it pushes receipts in webhook calls of up to {WEBHOOK_EVENTS} events, up to {WEBHOOKS_IN_FLIGHT} calls at once"
+    )
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -324,13 +337,9 @@ pub fn fanout(args: &FanoutArgs) -> Result<()> {
                 "batch": args.batch,
                 "durability": args.durability,
                 "audience": audience,
-                "gateway": "sandbox simulator inside the broker (no network)",
+                "gateway": gateway(),
                 "receipts": receipts,
-                "delivery_means": if receipts {
-                    "wired to the gateway, and its delivered receipt pushed through the webhook entry point and applied to the status record"
-                } else {
-                    "wired to the gateway (settled with its message id)"
-                },
+                "delivery_means": delivery_means(receipts),
                 "data_dir": data_dir.display().to_string(),
                 "filesystem": fs_type(&data_dir),
                 "elapsed_s": round(elapsed, 3),
@@ -340,6 +349,7 @@ pub fn fanout(args: &FanoutArgs) -> Result<()> {
                 "peak_rss_mb": round(rss, 1),
                 "gateway_requests": stats.requests,
                 "gateway_accepted": stats.accepted,
+                "gateway_peak_webhook_calls": stats.peak_webhook_calls,
                 "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
             })
         );

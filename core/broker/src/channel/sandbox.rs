@@ -127,6 +127,8 @@ pub struct SandboxStats {
     pub replies: u64,
     /// Webhook calls the broker refused (their events are sent again).
     pub webhooks_refused: u64,
+    /// Most webhook calls out at once.
+    pub peak_webhook_calls: u64,
 }
 
 /// A receipt or reply waiting for its webhook; kept compact (a million
@@ -197,6 +199,9 @@ struct State {
     /// not forever.
     accepted_order: VecDeque<u64>,
     pending: VecDeque<Pending>,
+    /// Events taken into webhook calls not yet answered, and those calls.
+    in_flight: usize,
+    calls: u64,
     stats: SandboxStats,
     accept_log: Vec<(u64, String)>,
 }
@@ -279,6 +284,8 @@ impl SandboxGateway {
             accepted_ids: HashSet::default(),
             accepted_order: VecDeque::new(),
             pending: VecDeque::new(),
+            in_flight: 0,
+            calls: 0,
             stats: SandboxStats::default(),
             accept_log: Vec::new(),
         };
@@ -508,21 +515,40 @@ impl SandboxGateway {
         });
     }
 
-    /// The next signed webhook call carrying up to `max` receipts and
-    /// replies due by `now_ms`, and how many events it carries; `None` when
-    /// nothing is due. The events stay pending until [`Self::ack_webhook`]:
-    /// like a real gateway, the simulator keeps what the broker refused
-    /// and sends it again.
-    pub fn due_webhook(&self, now_ms: u64, max: usize) -> Option<(HttpRequest, usize)> {
-        let state = self.state.lock();
+    /// The next signed webhook call: up to `max` receipts and replies due
+    /// by `now_ms`, taken from the front of what is pending; `None` when
+    /// nothing is due. With `receipts_only` it stops at the first reply.
+    /// The events are out until [`Self::webhook_answered`] says whether the
+    /// broker took them: like a real gateway, the simulator keeps what the
+    /// broker refused and sends it again.
+    pub fn take_webhook(
+        &self,
+        now_ms: u64,
+        max: usize,
+        receipts_only: bool,
+    ) -> Option<(HttpRequest, SandboxWebhook)> {
+        let mut state = self.state.lock();
+        let n = state
+            .pending
+            .iter()
+            .take(max)
+            .take_while(|p| {
+                p.due_ms() <= now_ms && (!receipts_only || matches!(p, Pending::Receipt { .. }))
+            })
+            .count();
+        if n == 0 {
+            return None;
+        }
+        let events: Vec<Pending> = state.pending.drain(..n).collect();
+        state.in_flight += n;
+        state.calls += 1;
+        state.stats.peak_webhook_calls = state.stats.peak_webhook_calls.max(state.calls);
+        drop(state);
         let mut hook = WireWebhook {
             receipts: Vec::new(),
             inbound: Vec::new(),
         };
-        for p in state.pending.iter().take(max) {
-            if p.due_ms() > now_ms {
-                break;
-            }
+        for p in &events {
             match p {
                 Pending::Receipt {
                     due_ms,
@@ -557,47 +583,46 @@ impl SandboxGateway {
                 }),
             }
         }
-        let n = hook.receipts.len() + hook.inbound.len();
-        if n == 0 {
-            return None;
-        }
+        let replies = !hook.inbound.is_empty();
         let body = serde_json::to_vec(&hook).unwrap_or_default();
-        drop(state);
-        Some((
-            HttpRequest {
-                method: "POST".into(),
-                url: "/webhooks/sandbox".into(),
-                headers: vec![
-                    Header {
-                        name: "content-type".into(),
-                        value: "application/json".into(),
-                    },
-                    Header {
-                        name: "x-sandbox-signature".into(),
-                        value: sign(&self.config.webhook_secret, &body),
-                    },
-                ],
-                body,
-            },
-            n,
-        ))
+        let request = HttpRequest {
+            method: "POST".into(),
+            url: "/webhooks/sandbox".into(),
+            headers: vec![
+                Header {
+                    name: "content-type".into(),
+                    value: "application/json".into(),
+                },
+                Header {
+                    name: "x-sandbox-signature".into(),
+                    value: sign(&self.config.webhook_secret, &body),
+                },
+            ],
+            body,
+        };
+        Some((request, SandboxWebhook { events, replies }))
     }
 
-    /// The broker accepted the first `n` pending events.
-    pub fn ack_webhook(&self, n: usize) {
+    /// The broker answered a webhook call: taken (`accepted`), or refused,
+    /// and then its events go back to the front, in their order, to be
+    /// sent again.
+    pub fn webhook_answered(&self, hook: SandboxWebhook, accepted: bool) {
         let mut state = self.state.lock();
-        for _ in 0..n {
-            match state.pending.pop_front() {
-                Some(Pending::Reply { .. } | Pending::Scripted { .. }) => state.stats.replies += 1,
-                Some(Pending::Receipt { .. }) => state.stats.receipts += 1,
-                None => break,
+        state.in_flight -= hook.events.len();
+        state.calls -= 1;
+        if accepted {
+            for e in &hook.events {
+                match e {
+                    Pending::Receipt { .. } => state.stats.receipts += 1,
+                    Pending::Reply { .. } | Pending::Scripted { .. } => state.stats.replies += 1,
+                }
+            }
+        } else {
+            state.stats.webhooks_refused += 1;
+            for e in hook.events.into_iter().rev() {
+                state.pending.push_front(e);
             }
         }
-    }
-
-    /// The broker refused a webhook call; its events stay pending.
-    pub fn refused_webhook(&self) {
-        self.state.lock().stats.webhooks_refused += 1;
     }
 
     /// When each send was accepted (ms) and its message id, in order, with
@@ -606,9 +631,11 @@ impl SandboxGateway {
         self.state.lock().accept_log.clone()
     }
 
-    /// Receipts and replies scheduled but not yet polled.
+    /// Receipts and replies the broker has not taken yet (waiting, or in
+    /// a webhook call not yet answered).
     pub fn pending_webhook_events(&self) -> usize {
-        self.state.lock().pending.len()
+        let state = self.state.lock();
+        state.pending.len() + state.in_flight
     }
 }
 
@@ -640,9 +667,28 @@ impl Transport for SandboxTransport {
     }
 }
 
+/// The events of one webhook call in flight (see
+/// [`SandboxGateway::take_webhook`]).
+pub struct SandboxWebhook {
+    events: Vec<Pending>,
+    /// Whether it carries replies: those go alone, so the broker reads one
+    /// worker's replies in the order they were sent.
+    replies: bool,
+}
+
+/// Webhook calls the simulator keeps in flight, as a gateway posts its
+/// reports over a few connections: the broker parses one call while it
+/// commits another.
+pub const WEBHOOKS_IN_FLIGHT: usize = 4;
+
+/// Most receipts and replies in one webhook call.
+pub const WEBHOOK_EVENTS: usize = 2000;
+
 /// Delivers the simulator's due receipts and replies to the broker's
-/// webhook entry point every `period`, until `shutdown` turns true. A call
-/// the broker refuses is sent again on the next round.
+/// webhook entry point every `period`, until `shutdown` turns true: up to
+/// [`WEBHOOKS_IN_FLIGHT`] calls of receipts at once, a call with replies
+/// alone. Once a call is refused no new one starts until the next period;
+/// its events are sent again then.
 pub async fn push_webhooks(
     gateway: Arc<SandboxGateway>,
     clock: Arc<dyn Clock>,
@@ -655,13 +701,34 @@ pub async fn push_webhooks(
         if !crate::stop::tick(&mut shutdown, period).await {
             return;
         }
-        while let Some((request, n)) = gateway.due_webhook(clock.now_ms(), 2000) {
-            let response = webhooks.handle(&channel, request).await;
-            if (200..300).contains(&response.status) {
-                gateway.ack_webhook(n);
-            } else {
-                gateway.refused_webhook();
+        let mut calls = tokio::task::JoinSet::new();
+        let mut out = std::collections::HashMap::new();
+        let mut alone = false;
+        let mut refused = false;
+        loop {
+            while !refused && !alone && calls.len() < WEBHOOKS_IN_FLIGHT {
+                let Some((request, hook)) =
+                    gateway.take_webhook(clock.now_ms(), WEBHOOK_EVENTS, !calls.is_empty())
+                else {
+                    break;
+                };
+                alone = hook.replies;
+                let (webhooks, channel) = (Arc::clone(&webhooks), channel.clone());
+                let task = calls.spawn(async move { webhooks.handle(&channel, request).await });
+                out.insert(task.id(), hook);
+            }
+            let Some(done) = calls.join_next_with_id().await else {
                 break;
+            };
+            alone = false;
+            // A call that panicked counts as refused: its events are kept.
+            let (id, accepted) = match done {
+                Ok((id, response)) => (id, (200..300).contains(&response.status)),
+                Err(e) => (e.id(), false),
+            };
+            refused |= !accepted;
+            if let Some(hook) = out.remove(&id) {
+                gateway.webhook_answered(hook, accepted);
             }
         }
     }
@@ -766,26 +833,34 @@ mod tests {
         let stats = gw.stats();
         assert_eq!((stats.accepted, stats.duplicates), (1, 1));
         assert!(
-            gw.due_webhook(1099, 10).is_none(),
+            gw.take_webhook(1099, 10, false).is_none(),
             "receipts wait their delay"
         );
-        let (hook, n) = gw.due_webhook(1100, 10).unwrap();
-        assert_eq!(n, 3);
-        let (again, _) = gw.due_webhook(1100, 10).unwrap();
-        assert_eq!(again.body, hook.body, "kept until acknowledged");
-        gw.ack_webhook(n);
+        let (first, out) = gw.take_webhook(1100, 10, true).unwrap();
+        assert!(!out.replies, "the receipts without the reply");
+        assert_eq!(gw.pending_webhook_events(), 3, "two out, one waiting");
+        assert!(gw.take_webhook(1100, 10, true).is_none(), "a reply is next");
+        gw.webhook_answered(out, false);
+        let (again, out) = gw.take_webhook(1100, 10, true).unwrap();
+        assert_eq!(again.body, first.body, "a refused call is sent again");
+        gw.webhook_answered(out, false);
+        assert_eq!(gw.stats().webhooks_refused, 2);
+        let (hook, out) = gw.take_webhook(1100, 10, false).unwrap();
+        assert!(out.replies);
+        gw.webhook_answered(out, true);
+        assert_eq!(gw.pending_webhook_events(), 0);
         let body: serde_json::Value = serde_json::from_slice(&hook.body).unwrap();
         assert_eq!(
             body["receipts"].as_array().unwrap().len(),
             2,
-            "delivered and read"
+            "delivered and read, in front of the reply"
         );
         assert_eq!(body["inbound"][0]["from"], "+231770000001");
         assert_eq!(
             header(&hook.headers, "x-sandbox-signature").unwrap(),
             sign("sandbox-secret", &hook.body)
         );
-        assert!(gw.due_webhook(5000, 10).is_none());
+        assert!(gw.take_webhook(5000, 10, false).is_none());
         assert_eq!((gw.stats().receipts, gw.stats().replies), (2, 1));
     }
 

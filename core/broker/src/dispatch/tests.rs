@@ -829,6 +829,52 @@ async fn a_refused_webhook_loses_nothing_and_replies_are_stored() {
     w.shutdown().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn webhook_calls_overlap_and_one_workers_replies_keep_their_order() {
+    // 6,000 receipts are calls of 2,000 at most, several out at once; a
+    // worker's replies, sent meanwhile, go in calls of their own.
+    let mut sms = channel(
+        0.0,
+        SandboxConfig {
+            receipt_delay_ms: 50,
+            ..SandboxConfig::default()
+        },
+    );
+    sms.sandbox.receipts = true;
+    let w = world([("sms".to_string(), sms)].into()).await;
+    let id = w
+        .submit(generated("many", Lane::Normal, 6000, &["sms"]))
+        .await;
+    let gw = w.dispatcher().sandbox("sms").unwrap();
+    for i in 0..30 {
+        let now = w.dispatcher().now_ms();
+        gw.worker_sends(&format!("m{i}"), "+231770000009", &i.to_string(), now);
+        run_for(7).await;
+    }
+    let p = w.finish(id, 30).await;
+    run_for(2000).await;
+    assert_eq!(
+        w.dispatcher().progress(id).unwrap().delivered,
+        6000,
+        "{p:?}"
+    );
+    let stats = gw.stats();
+    assert_eq!((stats.receipts, stats.replies), (6000, 30), "{stats:?}");
+    assert_eq!(stats.webhooks_refused, 0);
+    assert!(stats.peak_webhook_calls > 1, "{stats:?}");
+    assert_eq!(gw.pending_webhook_events(), 0);
+    let texts: Vec<String> = w
+        .store()
+        .inbound(0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|(_, m)| m.text)
+        .collect();
+    let sent: Vec<String> = (0..30).map(|i| i.to_string()).collect();
+    assert_eq!(texts, sent, "stored in the order the worker sent them");
+    w.shutdown().await;
+}
+
 /// A gateway speaking the sandbox protocol over real HTTP on loopback: it
 /// answers after `latency`, refuses the first `fail_first` requests with
 /// 503, and counts the requests in flight at once.

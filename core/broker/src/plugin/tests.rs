@@ -444,7 +444,7 @@ fn the_sandbox_send_path_end_to_end() {
     let SendOutcome::Accepted(external) = sandbox.parse_send_response(&response).unwrap() else {
         panic!("not accepted")
     };
-    let (hook, _) = gateway.due_webhook(1000, 100).unwrap();
+    let (hook, _) = gateway.take_webhook(1000, 100, false).unwrap();
     let result = sandbox.handle_webhook(&hook).unwrap();
     assert_eq!(result.response.status, 200);
     assert!(matches!(&result.events[0], WebhookEvent::Receipt(r) if r.external_id == external));
