@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use mhero_benches::{fs_type, peak_rss_mb, round};
 use mhero_broker::config::ChannelConfig;
-use mhero_broker::dispatch::{AudienceSpec, CampaignSpec};
+use mhero_broker::dispatch::{AudienceSpec, CampaignSpec, Dispatcher};
+use mhero_broker::plugin::bindings::connector_types::{self as ct, OutboundMessage};
 use mhero_proto::{CampaignId, Lane};
 use serde_json::json;
 
@@ -87,6 +88,78 @@ fn start_sink(latency_ms: u64) -> Result<SinkProcess> {
     Ok(SinkProcess { child, url })
 }
 
+const TEXT: &str = "Cholera alert: report suspected cases to the county health team today.";
+
+/// What HTTP alone does here: each channel's own transport (the broker's
+/// allow-list check and keep-alive pool) sends `per_channel` copies of the
+/// request its connector builds, each with its own id and idempotency key,
+/// `window` at a time, with no rate limit, plugin call or store write.
+/// Answers requests per second.
+async fn transport_limit(
+    dispatcher: &Dispatcher,
+    names: &[String],
+    per_channel: u32,
+    window: usize,
+) -> Result<f64> {
+    const ID: &str = "limit-placeholder-id";
+    let mut senders = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for (c, name) in names.iter().enumerate() {
+        let ch = dispatcher
+            .channels()
+            .get(name)
+            .context("channel vanished")?;
+        let message = OutboundMessage {
+            id: ID.into(),
+            to: format!("+23177{c:02}00000"),
+            text: TEXT.into(),
+            language: None,
+            lane: ct::Lane::Normal,
+            expires_at_ms: None,
+            attempt: 1,
+        };
+        let template = std::sync::Arc::new(
+            ch.plugin
+                .offload(move |p| p.build_send(&message))
+                .await
+                .context("building the template request")?,
+        );
+        let next = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        for _ in 0..window {
+            let (transport, template, next) = (
+                std::sync::Arc::clone(&ch.transport),
+                std::sync::Arc::clone(&template),
+                std::sync::Arc::clone(&next),
+            );
+            senders.spawn(async move {
+                let body = String::from_utf8_lossy(&template.body).into_owned();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= per_channel {
+                        return Ok::<_, anyhow::Error>(());
+                    }
+                    let id = format!("limit-{c}-{i}");
+                    let mut request = (*template).clone();
+                    request.body = body.replace(ID, &id).into_bytes();
+                    for h in &mut request.headers {
+                        if h.value == ID {
+                            h.value.clone_from(&id);
+                        }
+                    }
+                    let response = transport.send(request).await?;
+                    if !(200..300).contains(&response.status) {
+                        bail!("the sink answered {} to a limit request", response.status);
+                    }
+                }
+            });
+        }
+    }
+    while let Some(done) = senders.join_next().await {
+        done??;
+    }
+    Ok(f64::from(per_channel) * names.len() as f64 / started.elapsed().as_secs_f64())
+}
+
 /// User + system CPU seconds of a process, from /proc (Linux).
 fn cpu_seconds(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -158,7 +231,7 @@ pub fn run(args: &HttpArgs) -> Result<()> {
             let mut spec = CampaignSpec::generated(
                 &format!("http {name}"),
                 Lane::Normal,
-                "Cholera alert: report suspected cases to the county health team today.",
+                TEXT,
                 per_channel,
                 &[name.as_str()],
             );
@@ -222,6 +295,13 @@ pub fn run(args: &HttpArgs) -> Result<()> {
             / 1000.0;
         let configured = args.rate * f64::from(args.channels);
         let rss = peak_rss_mb();
+        // The same exchanges without the broker, on the same warm pools,
+        // once the campaigns are done.
+        let cpu_before = cpu_seconds("self");
+        let sink_cpu_before = cpu_seconds(&sink_pid);
+        let limit = transport_limit(dispatcher, &names, per_channel, window).await?;
+        let limit_cpu = cpu_seconds("self") - cpu_before;
+        let limit_sink_cpu = cpu_seconds(&sink_pid) - sink_cpu_before;
         bench.broker.shutdown().await;
         let mut out = json!({
             "scenario": "http",
@@ -249,6 +329,13 @@ pub fn run(args: &HttpArgs) -> Result<()> {
             "wire_p99_ms": latency.value_at_quantile(0.99),
             "cpu_us_per_delivery": round(cpu * 1e6 / total as f64, 2),
             "sink_cpu_us_per_delivery": round(sink_cpu * 1e6 / total as f64, 2),
+            "transport_limit": {
+                "requests_per_s": round(limit, 0),
+                "cpu_us_per_request": round(limit_cpu * 1e6 / total as f64, 2),
+                "sink_cpu_us_per_request": round(limit_sink_cpu * 1e6 / total as f64, 2),
+                "means": "the same requests (the connector's, each with its own id and idempotency key) through each channel's own transport and keep-alive pool, the same window per channel, the same sink and latency, with no rate limit, plugin call or store write: what HTTP alone does on this machine",
+            },
+            "ratio_to_limit": round(total as f64 / elapsed / limit, 3),
             "peak_rss_mb": round(rss, 1),
             "data_dir": data_dir.display().to_string(),
             "filesystem": fs_type(&data_dir),

@@ -76,34 +76,44 @@ impl HttpTransport {
     }
 
     async fn exchange(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
-        let target = redact(&request.url);
+        let HttpRequest {
+            method,
+            url,
+            headers,
+            body,
+        } = request;
+        // What errors may show of the URL; worked out only for an error.
+        let url = url.as_str();
         let network = |e: reqwest::Error| {
             if e.is_timeout() {
                 TransportError::Timeout {
-                    target: target.clone(),
+                    target: redact(url),
                     ms: self.config.request_timeout_ms,
                 }
             } else {
                 TransportError::Network {
-                    target: target.clone(),
+                    target: redact(url),
                     message: describe(&e),
                 }
             }
         };
-        let method = reqwest::Method::from_bytes(request.method.as_bytes()).map_err(|_| {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|_| {
             TransportError::Unsupported {
-                target: target.clone(),
+                target: redact(url),
             }
         })?;
-        let mut builder = self.client.request(method, &request.url);
-        for h in &request.headers {
+        let mut builder = self.client.request(method, url);
+        for h in &headers {
             builder = builder.header(h.name.as_str(), h.value.as_str());
         }
-        let mut response = builder.body(request.body).send().await.map_err(network)?;
+        let mut response = builder.body(body).send().await.map_err(network)?;
         let status = response.status().as_u16();
         let limit = self.config.max_response_bytes;
         if response.content_length().is_some_and(|n| n > limit as u64) {
-            return Err(TransportError::TooLarge { target, limit });
+            return Err(TransportError::TooLarge {
+                target: redact(url),
+                limit,
+            });
         }
         let headers = response
             .headers()
@@ -116,7 +126,10 @@ impl HttpTransport {
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(network)? {
             if body.len() + chunk.len() > limit {
-                return Err(TransportError::TooLarge { target, limit });
+                return Err(TransportError::TooLarge {
+                    target: redact(url),
+                    limit,
+                });
             }
             body.extend_from_slice(&chunk);
         }

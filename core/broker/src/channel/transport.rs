@@ -73,15 +73,18 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// The `host[:port]` a URL names (`sandbox:<host>` for the simulator).
-pub fn target_host(url: &str) -> Option<(String, String)> {
+/// The scheme and `host[:port]` a URL names, as written.
+fn scheme_and_host(url: &str) -> Option<(&str, &str)> {
     let (scheme, rest) = url.split_once("://")?;
     let authority = rest.split(['/', '?', '#']).next()?;
-    let host = authority.rsplit('@').next()?.to_ascii_lowercase();
-    if host.is_empty() {
-        return None;
-    }
-    Some((scheme.to_ascii_lowercase(), host))
+    let host = authority.rsplit('@').next()?;
+    (!host.is_empty()).then_some((scheme, host))
+}
+
+/// The scheme and `host[:port]` a URL names, lowercased.
+pub fn target_host(url: &str) -> Option<(String, String)> {
+    let (scheme, host) = scheme_and_host(url)?;
+    Some((scheme.to_ascii_lowercase(), host.to_ascii_lowercase()))
 }
 
 /// Hosts a connector may reach: its manifest's `allowed_hosts`, where an
@@ -111,17 +114,19 @@ impl AllowedHosts {
         Self(hosts.into())
     }
 
-    /// Whether `url` may be requested.
+    /// Whether `url` may be requested (checked on every request, so
+    /// without allocating).
     pub fn allows(&self, url: &str) -> bool {
-        let Some((scheme, host)) = target_host(url) else {
+        let Some((scheme, host)) = scheme_and_host(url) else {
             return false;
         };
-        let wanted = if scheme == "sandbox" {
-            format!("sandbox:{host}")
-        } else {
-            host
-        };
-        self.0.contains(&wanted)
+        let sandbox = scheme.eq_ignore_ascii_case("sandbox");
+        self.0
+            .iter()
+            .any(|entry| match entry.strip_prefix("sandbox:") {
+                Some(simulated) => sandbox && simulated.eq_ignore_ascii_case(host),
+                None => !sandbox && entry.eq_ignore_ascii_case(host),
+            })
     }
 
     pub fn has_sandbox(&self) -> bool {
@@ -220,6 +225,16 @@ mod tests {
             "user info does not fool it"
         );
         assert!(!allowed.allows("not a url"));
+        assert!(
+            allowed.allows("HTTPS://API.example/send"),
+            "case does not matter"
+        );
+        assert!(
+            !allowed.allows("http://gateway/messages"),
+            "the simulator's name is not a real host"
+        );
+        assert!(!allowed.allows("sandbox://api.example/"), "nor the reverse");
+        assert!(!allowed.allows("http:///path"), "no host");
         let none = AllowedHosts::resolve(&["config:base_url".into()], &|_| None);
         assert!(!none.allows("http://127.0.0.1:9000/"));
     }
