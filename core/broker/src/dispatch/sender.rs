@@ -57,10 +57,6 @@ pub struct Channel {
     rate: Mutex<ChannelRate>,
     /// Requests in flight.
     window: Arc<Semaphore>,
-    /// A request finished: a worker waiting for room in the window looks
-    /// again. (Acquiring a permit only to drop it would hand it between
-    /// waiting workers forever when one permit is free.)
-    freed: tokio::sync::Notify,
     /// Leased rounds not yet settled: bounds what a crash can re-send.
     rounds: Arc<Semaphore>,
     paused_until_ms: AtomicU64,
@@ -137,7 +133,6 @@ impl Channel {
             batch,
             rate: Mutex::new(ChannelRate::new(clock, config.rate, config.burst)),
             window: Arc::new(Semaphore::new(config.window)),
-            freed: tokio::sync::Notify::new(),
             rounds: Arc::new(Semaphore::new(max_rounds(config.window))),
             paused_until_ms: AtomicU64::new(0),
             held: AtomicBool::new(false),
@@ -191,9 +186,13 @@ impl Channel {
         self.config.window - self.window.available_permits()
     }
 
-    /// How many to lease for one round.
+    /// How many to lease for one round: a window's worth of requests,
+    /// however many of them are on the wire now. (Rounds sized by the
+    /// window's free room were a few requests each on a busy channel,
+    /// each paying its own lease, build calls and settle commit; the
+    /// pacer still waits for room before each request.)
     fn round_budget(&self, lease_max: usize) -> usize {
-        let by_window = self.window.available_permits() * self.batch;
+        let by_window = self.config.window * self.batch;
         let by_rate = match self.rate.lock().current() {
             Some(per_s) => ((per_s * ROUND.as_secs_f64()).ceil() as usize).max(1),
             None => usize::MAX,
@@ -378,21 +377,7 @@ async fn produce(shared: Arc<Shared>, ch: Arc<Channel>, tx: tokio::sync::mpsc::S
         let Ok(round) = Arc::clone(&ch.rounds).acquire_owned().await else {
             break;
         };
-        // Registered before looking, so a request finishing in between
-        // still wakes this worker.
-        let freed = ch.freed.notified();
-        tokio::pin!(freed);
-        freed.as_mut().enable();
         let budget = ch.round_budget(shared.config.lease_max);
-        if budget == 0 {
-            // The window is full: wait for a request to finish.
-            drop((round, slot));
-            tokio::select! {
-                () = freed => {}
-                _ = shutdown.changed() => {}
-            }
-            continue;
-        }
         let leased = match lease(&shared, ch.id, budget).await {
             Ok(l) => l,
             Err(e) => {
@@ -507,7 +492,6 @@ async fn send(
     let started = std::time::Instant::now();
     let answer = ch.transport.send(request).await;
     drop(permit);
-    ch.freed.notify_waiters();
     ch.request_duration.observe(started.elapsed().as_secs_f64());
     answer
 }
