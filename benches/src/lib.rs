@@ -5,8 +5,20 @@
 //! - `src/bin/loadgen.rs`: the end-to-end harness; one scenario per
 //!   subcommand, one JSON object per run on stdout.
 //! - `benches/`: criterion micro-benchmarks of single operations.
-//! - this file: peak RSS, rounding, the data folder's filesystem, and
-//!   the settings a run changed from the defaults.
+//! - this file: the scratch data folder, peak RSS, rounding, the data
+//!   folder's filesystem, and the settings a run changed from the
+//!   defaults.
+
+/// A fresh folder for one run's data inside `parent` (made if missing;
+/// the system's temp dir without one), removed when dropped.
+pub fn scratch(parent: Option<&std::path::Path>) -> anyhow::Result<tempfile::TempDir> {
+    use anyhow::Context;
+    let parent = parent.map_or_else(std::env::temp_dir, std::path::Path::to_path_buf);
+    std::fs::create_dir_all(&parent)
+        .with_context(|| format!("creating the data folder {}", parent.display()))?;
+    tempfile::tempdir_in(&parent)
+        .with_context(|| format!("creating a scratch folder in {}", parent.display()))
+}
 
 /// Peak resident set size of this process so far, in MiB (Linux).
 pub fn peak_rss_mb() -> f64 {
@@ -123,6 +135,21 @@ pub fn config_diff(config: &mhero_broker::Config) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scratch_folder_is_made_where_asked_even_in_a_new_folder() {
+        let root = tempfile::tempdir().unwrap();
+        let parent = root.path().join("new").join("data");
+        let made = scratch(Some(&parent)).unwrap();
+        assert_eq!(made.path().parent(), Some(parent.as_path()));
+        let kept = made.path().to_path_buf();
+        drop(made);
+        assert!(!kept.exists(), "removed when dropped");
+        let file = root.path().join("a-file");
+        std::fs::write(&file, b"x").unwrap();
+        let e = scratch(Some(&file)).unwrap_err();
+        assert!(format!("{e:#}").contains("a-file"), "{e:#}");
+    }
 
     #[test]
     fn the_diff_names_what_changed_and_hides_secrets() {

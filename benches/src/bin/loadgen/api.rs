@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
 use mhero_benches::{fs_type, peak_rss_mb, round};
 use mhero_broker::Broker;
@@ -53,9 +53,7 @@ pub fn server_config(
     parent: Option<&PathBuf>,
     durability: &str,
 ) -> Result<(tempfile::TempDir, mhero_broker::Config)> {
-    let parent = parent.cloned().unwrap_or_else(std::env::temp_dir);
-    let scratch = tempfile::tempdir_in(&parent)
-        .with_context(|| format!("creating a scratch folder in {}", parent.display()))?;
+    let scratch = mhero_benches::scratch(parent.map(PathBuf::as_path))?;
     let mut config = mhero_broker::Config {
         data_dir: scratch.path().join("store"),
         ..mhero_broker::Config::default()

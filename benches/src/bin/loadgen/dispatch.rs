@@ -90,9 +90,7 @@ pub(crate) fn config(
     dir: Option<&PathBuf>,
     durability: &str,
 ) -> Result<(Config, tempfile::TempDir)> {
-    let parent = dir.cloned().unwrap_or_else(std::env::temp_dir);
-    let scratch = tempfile::tempdir_in(&parent)
-        .with_context(|| format!("creating a scratch folder in {}", parent.display()))?;
+    let scratch = mhero_benches::scratch(dir.map(PathBuf::as_path))?;
     let mut config = Config {
         data_dir: scratch.path().join("store"),
         ..Config::default()

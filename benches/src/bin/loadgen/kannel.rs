@@ -67,9 +67,7 @@ struct Phase {
 }
 
 async fn bench(args: &KannelArgs) -> Result<()> {
-    let parent = args.data_dir.clone().unwrap_or_else(std::env::temp_dir);
-    let scratch = tempfile::tempdir_in(&parent)
-        .with_context(|| format!("creating a scratch folder in {}", parent.display()))?;
+    let scratch = mhero_benches::scratch(args.data_dir.as_deref())?;
     let sendsms_port = mhero_tests::free_port();
     // `mhero serve`'s defaults with one channel, `sms`, on the kannel
     // connector: at `--rate`, then without a limit.

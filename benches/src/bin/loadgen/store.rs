@@ -51,9 +51,7 @@ pub fn run(args: &StoreArgs) -> Result<()> {
         "async" => Durability::Async,
         other => anyhow::bail!("--durability must be sync or async, not {other:?}"),
     };
-    let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let scratch = tempfile::tempdir_in(&parent)
-        .with_context(|| format!("creating a scratch folder in {}", parent.display()))?;
+    let scratch = mhero_benches::scratch(args.dir.as_deref())?;
     let config = StoreConfig {
         durability,
         ..StoreConfig::default()
