@@ -93,21 +93,37 @@ fn an_unbuilt_example_is_named_with_its_build_command() {
     );
 }
 
-/// `loadgen quic` submits what it says, every message is sent, and the
-/// subscriptions read one event per delivery of the campaigns they follow.
-#[test]
-fn quic_reports_what_it_submitted_and_read() {
+/// Runs loadgen with `args`; its one JSON object.
+fn scenario(args: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(["quic", "--json", "--n", "3000", "--batch", "500"])
-        .args(["--concurrency", "3", "--subscriptions", "2"])
+        .args(args)
         .output()
         .expect("run loadgen");
     assert!(
         out.status.success(),
-        "loadgen quic: {}",
+        "loadgen {}: {}",
+        args[0],
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+/// `loadgen quic` submits what it says, every message is sent, and the
+/// subscriptions read one event per delivery of the campaigns they follow.
+#[test]
+fn quic_reports_what_it_submitted_and_read() {
+    let report = scenario(&[
+        "quic",
+        "--json",
+        "--n",
+        "3000",
+        "--batch",
+        "500",
+        "--concurrency",
+        "3",
+        "--subscriptions",
+        "2",
+    ]);
     assert_eq!(report["scenario"], "quic");
     assert_eq!(report["accepted"], 3000, "{report}");
     assert_eq!(report["all_sent"], true, "{report}");
@@ -119,6 +135,23 @@ fn quic_reports_what_it_submitted_and_read() {
     assert!(report["filesystem"].is_string(), "{report}");
 }
 
+/// `loadgen http` sends every delivery through real HTTP to the sink, and
+/// its limit sends as many messages in the same form (here the batch form).
+/// (`cargo test --workspace` builds `gateway-sink` beside it.)
+#[test]
+fn http_reports_its_figure_beside_a_limit_of_the_same_messages() {
+    let report = scenario(&["http", "--json", "--n", "2000", "--batch", "5"]);
+    assert_eq!(report["scenario"], "http");
+    assert_eq!(report["n"], 2000, "{report}");
+    assert_eq!(report["batch"], 5, "{report}");
+    let limit = &report["transport_limit"];
+    assert_eq!(limit["messages"], 2000, "{report}");
+    assert_eq!(limit["requests"], 400, "five messages a request: {report}");
+    assert!(limit["messages_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["ratio_to_limit"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["filesystem"].is_string(), "{report}");
+}
+
 /// `loadgen kannel` (Kannel installed): every message of both phases
 /// reaches the SMSC and comes back delivered, the figures are there, and
 /// no secret is in the JSON.
@@ -127,18 +160,9 @@ fn kannel_reports_both_phases() {
     if !mhero_tests::peer_present(mhero_tests::kannel::missing()) {
         return;
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            "kannel", "--json", "--n", "300", "--rate", "100", "--max-n", "300",
-        ])
-        .output()
-        .expect("run loadgen");
-    assert!(
-        out.status.success(),
-        "loadgen kannel: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let report = scenario(&[
+        "kannel", "--json", "--n", "300", "--rate", "100", "--max-n", "300",
+    ]);
     assert_eq!(report["scenario"], "kannel");
     assert_eq!(report["delivered"], 300, "{report}");
     assert_eq!(report["max_delivered"], 300, "{report}");

@@ -91,16 +91,18 @@ fn start_sink(latency_ms: u64) -> Result<SinkProcess> {
 const TEXT: &str = "Cholera alert: report suspected cases to the county health team today.";
 
 /// What HTTP alone does here: each channel's own transport (the broker's
-/// allow-list check and keep-alive pool) sends `per_channel` copies of the
-/// request its connector builds, each with its own id and idempotency key,
-/// `window` at a time, with no rate limit, plugin call or store write.
-/// Answers requests per second.
+/// allow-list check and keep-alive pool) sends copies of the request its
+/// connector builds for `batch` messages (its batch form above one), each
+/// message with its own id and idempotency key, `per_channel` messages in
+/// all, `window` requests at a time, with no rate limit, plugin call or
+/// store write. Answers messages per second and the messages sent.
 async fn transport_limit(
     dispatcher: &Dispatcher,
     names: &[String],
     per_channel: u32,
+    batch: usize,
     window: usize,
-) -> Result<f64> {
+) -> Result<(f64, u64)> {
     const ID: &str = "limit-placeholder-id";
     let mut senders = tokio::task::JoinSet::new();
     let started = Instant::now();
@@ -109,21 +111,28 @@ async fn transport_limit(
             .channels()
             .get(name)
             .context("channel vanished")?;
-        let message = OutboundMessage {
-            id: ID.into(),
-            to: format!("+23177{c:02}00000"),
-            text: TEXT.into(),
-            language: None,
-            lane: ct::Lane::Normal,
-            expires_at_ms: None,
-            attempt: 1,
-        };
+        // Ids `<ID>-<k>`: one replace gives every message of a copy its own.
+        let messages: Vec<OutboundMessage> = (0..batch)
+            .map(|k| OutboundMessage {
+                id: format!("{ID}-{k}"),
+                to: format!("+23177{c:02}{k:05}"),
+                text: TEXT.into(),
+                language: None,
+                lane: ct::Lane::Normal,
+                expires_at_ms: None,
+                attempt: 1,
+            })
+            .collect();
         let template = std::sync::Arc::new(
             ch.plugin
-                .offload(move |p| p.build_send(&message))
+                .offload(move |p| match messages.as_slice() {
+                    [one] => p.build_send(one),
+                    many => p.build_send_batch(many),
+                })
                 .await
                 .context("building the template request")?,
         );
+        let requests = per_channel.div_ceil(batch as u32);
         let next = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
         for _ in 0..window {
             let (transport, template, next) = (
@@ -135,15 +144,15 @@ async fn transport_limit(
                 let body = String::from_utf8_lossy(&template.body).into_owned();
                 loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if i >= per_channel {
+                    if i >= requests {
                         return Ok::<_, anyhow::Error>(());
                     }
                     let id = format!("limit-{c}-{i}");
                     let mut request = (*template).clone();
                     request.body = body.replace(ID, &id).into_bytes();
                     for h in &mut request.headers {
-                        if h.value == ID {
-                            h.value.clone_from(&id);
+                        if h.value.contains(ID) {
+                            h.value = h.value.replace(ID, &id);
                         }
                     }
                     let response = transport.send(request).await?;
@@ -157,7 +166,8 @@ async fn transport_limit(
     while let Some(done) = senders.join_next().await {
         done??;
     }
-    Ok(f64::from(per_channel) * names.len() as f64 / started.elapsed().as_secs_f64())
+    let sent = u64::from(per_channel.div_ceil(batch as u32)) * batch as u64 * names.len() as u64;
+    Ok((sent as f64 / started.elapsed().as_secs_f64(), sent))
 }
 
 /// User + system CPU seconds of a process, from /proc (Linux).
@@ -299,7 +309,8 @@ pub fn run(args: &HttpArgs) -> Result<()> {
         // once the campaigns are done.
         let cpu_before = cpu_seconds("self");
         let sink_cpu_before = cpu_seconds(&sink_pid);
-        let limit = transport_limit(dispatcher, &names, per_channel, window).await?;
+        let (limit, limit_sent) =
+            transport_limit(dispatcher, &names, per_channel, args.batch, window).await?;
         let limit_cpu = cpu_seconds("self") - cpu_before;
         let limit_sink_cpu = cpu_seconds(&sink_pid) - sink_cpu_before;
         bench.broker.shutdown().await;
@@ -330,10 +341,12 @@ pub fn run(args: &HttpArgs) -> Result<()> {
             "cpu_us_per_delivery": round(cpu * 1e6 / total as f64, 2),
             "sink_cpu_us_per_delivery": round(sink_cpu * 1e6 / total as f64, 2),
             "transport_limit": {
-                "requests_per_s": round(limit, 0),
-                "cpu_us_per_request": round(limit_cpu * 1e6 / total as f64, 2),
-                "sink_cpu_us_per_request": round(limit_sink_cpu * 1e6 / total as f64, 2),
-                "means": "the same requests (the connector's, each with its own id and idempotency key) through each channel's own transport and keep-alive pool, the same window per channel, the same sink and latency, with no rate limit, plugin call or store write: what HTTP alone does on this machine",
+                "messages_per_s": round(limit, 0),
+                "messages": limit_sent,
+                "requests": limit_sent / args.batch as u64,
+                "cpu_us_per_message": round(limit_cpu * 1e6 / limit_sent as f64, 2),
+                "sink_cpu_us_per_message": round(limit_sink_cpu * 1e6 / limit_sent as f64, 2),
+                "means": "the same requests (the connector's, in its batch form when --batch is above one, each message with its own id and idempotency key) through each channel's own transport and keep-alive pool, the same window per channel, the same sink and latency, with no rate limit, plugin call or store write: what HTTP alone does on this machine",
             },
             "ratio_to_limit": round(total as f64 / elapsed / limit, 3),
             "peak_rss_mb": round(rss, 1),
