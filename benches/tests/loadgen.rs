@@ -150,6 +150,29 @@ fn http_reports_its_figure_beside_a_limit_of_the_same_messages() {
     assert!(limit["messages_per_s"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["ratio_to_limit"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["filesystem"].is_string(), "{report}");
+    // The sink saw both phases' requests, all over plain HTTP/1.1.
+    assert_eq!(
+        report["sink_http_versions"],
+        serde_json::json!({"HTTP/1.1": 800}),
+        "{report}"
+    );
+}
+
+/// `loadgen http --tls`: the same over HTTPS, where the sink offers
+/// HTTP/2 and the channels trust its certificate through `ca_file`.
+#[test]
+fn http_over_tls_speaks_http2_to_the_sink() {
+    let report = scenario(&["http", "--json", "--n", "1000", "--tls"]);
+    assert_eq!(report["n"], 1000, "{report}");
+    assert_eq!(
+        report["sink_http_versions"],
+        serde_json::json!({"HTTP/2.0": 2000}),
+        "{report}"
+    );
+    assert!(
+        report["transport"].as_str().unwrap().starts_with("HTTPS"),
+        "{report}"
+    );
 }
 
 /// `loadgen kannel` (Kannel installed): every message of both phases

@@ -6,10 +6,17 @@
 //! file, so a test can count what reached the gateway, duplicates
 //! included, from a process that never dies with the broker.
 //!
-//! It prints `listening on http://<addr>` on its first stdout line.
-//! `GET /stats` flushes the log and answers the counts as JSON.
+//! With `--tls DIR` it speaks HTTPS, as hosted gateways do: a self-signed
+//! certificate for `localhost` and 127.0.0.1, made at start and written to
+//! `DIR/cert.pem` for clients to trust, offering HTTP/2 and HTTP/1.1
+//! through ALPN (`--alpn` narrows the offer).
+//!
+//! It prints `listening on http://<addr>` (or `https://localhost:<port>`)
+//! on its first stdout line. `GET /stats` flushes the log and answers the
+//! counts as JSON, with the connections accepted and the requests per HTTP
+//! version.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,7 +28,7 @@ use anyhow::{Context, Result};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use clap::Parser;
@@ -45,6 +52,12 @@ struct Args {
     /// Worker threads of the sink's runtime.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Serve HTTPS with a self-signed certificate written to DIR/cert.pem.
+    #[arg(long, value_name = "DIR")]
+    tls: Option<PathBuf>,
+    /// Protocols offered through ALPN with --tls, in order of preference.
+    #[arg(long, value_delimiter = ',', default_value = "h2,http/1.1")]
+    alpn: Vec<String>,
 }
 
 struct Sink {
@@ -53,6 +66,8 @@ struct Sink {
     log: Option<parking_lot::Mutex<std::io::BufWriter<std::fs::File>>>,
     seen: parking_lot::Mutex<HashSet<String>>,
     requests: AtomicU64,
+    connections: Arc<AtomicU64>,
+    versions: parking_lot::Mutex<BTreeMap<String, u64>>,
     messages: AtomicU64,
     duplicates: AtomicU64,
     next_id: AtomicU64,
@@ -70,8 +85,13 @@ impl Sink {
         format!("gw-{}", self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
-    async fn admit(&self, headers: &HeaderMap) -> Option<Response> {
+    async fn admit(&self, version: Version, headers: &HeaderMap) -> Option<Response> {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        *self
+            .versions
+            .lock()
+            .entry(format!("{version:?}"))
+            .or_default() += 1;
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
@@ -97,8 +117,13 @@ fn bad_request(what: &str) -> Response {
         .into_response()
 }
 
-async fn one(State(sink): State<Arc<Sink>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(refused) = sink.admit(&headers).await {
+async fn one(
+    State(sink): State<Arc<Sink>>,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refused) = sink.admit(version, &headers).await {
         return refused;
     }
     let Ok(m) = serde_json::from_slice::<Value>(&body) else {
@@ -119,8 +144,13 @@ async fn one(State(sink): State<Arc<Sink>>, headers: HeaderMap, body: Bytes) -> 
         .into_response()
 }
 
-async fn batch(State(sink): State<Arc<Sink>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(refused) = sink.admit(&headers).await {
+async fn batch(
+    State(sink): State<Arc<Sink>>,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refused) = sink.admit(version, &headers).await {
         return refused;
     }
     let Ok(b) = serde_json::from_slice::<Value>(&body) else {
@@ -149,6 +179,8 @@ async fn stats(State(sink): State<Arc<Sink>>) -> Response {
         "messages": sink.messages.load(Ordering::Relaxed),
         "unique": sink.seen.lock().len(),
         "duplicates": sink.duplicates.load(Ordering::Relaxed),
+        "connections": sink.connections.load(Ordering::Relaxed),
+        "http_versions": *sink.versions.lock(),
     }))
     .into_response()
 }
@@ -165,12 +197,15 @@ fn main() -> Result<()> {
         ))),
         None => None,
     };
+    let connections = Arc::new(AtomicU64::new(0));
     let sink = Arc::new(Sink {
         latency: Duration::from_millis(args.latency_ms),
         expected_auth: format!("Bearer {}", args.token),
         log,
         seen: parking_lot::Mutex::new(HashSet::new()),
         requests: AtomicU64::new(0),
+        connections: Arc::clone(&connections),
+        versions: parking_lot::Mutex::new(BTreeMap::new()),
         messages: AtomicU64::new(0),
         duplicates: AtomicU64::new(0),
         next_id: AtomicU64::new(1),
@@ -183,7 +218,7 @@ fn main() -> Result<()> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;
-        println!("listening on http://{}", listener.local_addr()?);
+        let addr = listener.local_addr()?;
         let app = Router::new()
             .route("/messages", post(one))
             // The same message as JSON, as the SDK's JavaScript connector
@@ -192,7 +227,121 @@ fn main() -> Result<()> {
             .route("/messages/batch", post(batch))
             .route("/stats", get(stats))
             .with_state(sink);
-        axum::serve(listener, app).await?;
+        match &args.tls {
+            Some(dir) => {
+                let acceptor = tls_acceptor(dir, &args.alpn)?;
+                println!("listening on https://localhost:{}", addr.port());
+                let listener = TlsListener::start(listener, acceptor, connections);
+                axum::serve(listener, app).await?;
+            }
+            None => {
+                println!("listening on http://{addr}");
+                let listener = CountingListener {
+                    inner: listener,
+                    count: connections,
+                };
+                axum::serve(listener, app).await?;
+            }
+        }
         Ok(())
     })
+}
+
+/// A certificate for `localhost` and 127.0.0.1, its PEM written to
+/// `dir/cert.pem`, offering `alpn`.
+fn tls_acceptor(dir: &std::path::Path, alpn: &[String]) -> Result<tokio_rustls::TlsAcceptor> {
+    let made =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let cert_path = dir.join("cert.pem");
+    std::fs::write(&cert_path, made.cert.pem())
+        .with_context(|| format!("writing {}", cert_path.display()))?;
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(made.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(vec![made.cert.der().clone()], key)?;
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Plain TCP, counting the connections accepted.
+struct CountingListener {
+    inner: tokio::net::TcpListener,
+    count: Arc<AtomicU64>,
+}
+
+impl axum::serve::Listener for CountingListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let accepted = axum::serve::Listener::accept(&mut self.inner).await;
+        self.count.fetch_add(1, Ordering::Relaxed);
+        accepted
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// TLS over TCP: each handshake runs in its own task, so thousands of
+/// clients connecting at once do not wait on one another; a failed
+/// handshake closes that connection only.
+struct TlsListener {
+    ready: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        SocketAddr,
+    )>,
+    addr: SocketAddr,
+}
+
+impl TlsListener {
+    fn start(
+        listener: tokio::net::TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+        count: Arc<AtomicU64>,
+    ) -> Self {
+        let addr = listener
+            .local_addr()
+            .expect("bound listener has an address");
+        let (tx, ready) = tokio::sync::mpsc::channel(1024);
+        let mut listener = listener;
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = axum::serve::Listener::accept(&mut listener).await;
+                let (acceptor, tx, count) = (acceptor.clone(), tx.clone(), Arc::clone(&count));
+                tokio::spawn(async move {
+                    let _ = tcp.set_nodelay(true);
+                    match acceptor.accept(tcp).await {
+                        Ok(tls) => {
+                            count.fetch_add(1, Ordering::Relaxed);
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Err(e) => eprintln!("gateway-sink: TLS handshake with {peer} failed: {e}"),
+                    }
+                });
+            }
+        });
+        Self { ready, addr }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(accepted) => accepted,
+            // The acceptor task never ends while the listener lives.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
 }

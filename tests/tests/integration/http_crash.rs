@@ -32,9 +32,15 @@ impl Drop for Sink {
 }
 
 pub(crate) fn start_sink(log: &std::path::Path) -> Sink {
+    let mut args = vec!["--latency-ms".into(), "20".into(), "--log".into()];
+    args.push(log.as_os_str().to_owned());
+    start_sink_with(&args, "http://")
+}
+
+/// `gateway-sink` with `args`; `scheme` is how its first line names it.
+pub(crate) fn start_sink_with(args: &[std::ffi::OsString], scheme: &str) -> Sink {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gateway-sink"))
-        .args(["--latency-ms", "20", "--log"])
-        .arg(log)
+        .args(args)
         .stdout(Stdio::piped())
         .spawn()
         .expect("start gateway-sink");
@@ -44,7 +50,8 @@ pub(crate) fn start_sink(log: &std::path::Path) -> Sink {
         .unwrap();
     let addr = line
         .trim()
-        .strip_prefix("listening on http://")
+        .strip_prefix("listening on ")
+        .and_then(|url| url.strip_prefix(scheme))
         .unwrap_or_else(|| panic!("sink said {line:?}"))
         .to_string();
     Sink { child, addr }

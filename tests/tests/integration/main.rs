@@ -10,6 +10,7 @@ mod crash;
 mod dashboard;
 mod faults;
 mod fhir_sync;
+mod gateway_tls;
 mod http_crash;
 mod kannel;
 mod lab;

@@ -288,6 +288,14 @@ fn serve_takes_campaigns_over_http_with_tokens_roles_and_clear_errors() {
         client.get(server.url("/readyz")).send().unwrap().status(),
         StatusCode::OK
     );
+    // HTTP/2 with prior knowledge (h2c) is served too, for integrators
+    // that push many requests over one connection.
+    let h2c = Client::builder().http2_prior_knowledge().build().unwrap();
+    let r = h2c.get(server.url("/healthz")).send().unwrap();
+    assert_eq!(
+        (r.status(), r.version()),
+        (StatusCode::OK, reqwest::Version::HTTP_2)
+    );
     let r = client.get(server.url("/v1/campaigns")).send().unwrap();
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     assert_eq!(

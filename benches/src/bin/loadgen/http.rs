@@ -3,17 +3,20 @@
 //! loopback that answers after `--latency-ms`. With `--rate`, each of
 //! `--channels` channels is held to that rate: the achieved aggregate rate
 //! against the configured one shows whether the window keeps enough
-//! requests in flight for the gateway's latency.
+//! requests in flight for the gateway's latency. With `--tls` the sink
+//! speaks HTTPS, as hosted gateways do, offering HTTP/2 through ALPN.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use mhero_benches::{fs_type, peak_rss_mb, round};
+use mhero_broker::channel::HttpConfig;
 use mhero_broker::config::ChannelConfig;
 use mhero_broker::dispatch::{AudienceSpec, CampaignSpec, Dispatcher};
+use mhero_broker::plugin::bindings::HttpRequest;
 use mhero_broker::plugin::bindings::connector_types::{self as ct, OutboundMessage};
 use mhero_proto::{CampaignId, Lane};
 use serde_json::json;
@@ -41,6 +44,11 @@ pub struct HttpArgs {
     /// rate × latency with headroom when a rate is set (Little's law).
     #[arg(long)]
     window: Option<usize>,
+    /// HTTPS to the sink, which offers HTTP/2 through ALPN (its
+    /// self-signed certificate trusted through the channels' `http.ca_file`),
+    /// instead of HTTP/1.1 over plain TCP.
+    #[arg(long)]
+    tls: bool,
     /// "sync" or "async".
     #[arg(long, default_value = "sync")]
     durability: String,
@@ -63,11 +71,17 @@ impl Drop for SinkProcess {
     }
 }
 
-fn start_sink(latency_ms: u64) -> Result<SinkProcess> {
+/// The sink; with `tls`, it serves HTTPS and writes its certificate to
+/// `tls/cert.pem`.
+fn start_sink(latency_ms: u64, tls: Option<&Path>) -> Result<SinkProcess> {
     let exe = std::env::current_exe()?;
     let path = exe.with_file_name("gateway-sink");
-    let mut child = Command::new(&path)
-        .args(["--latency-ms", &latency_ms.to_string()])
+    let mut command = Command::new(&path);
+    command.args(["--latency-ms", &latency_ms.to_string()]);
+    if let Some(dir) = tls {
+        command.arg("--tls").arg(dir);
+    }
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -170,6 +184,28 @@ async fn transport_limit(
     Ok((sent as f64 / started.elapsed().as_secs_f64(), sent))
 }
 
+/// The sink's counts (`GET /stats`), through a channel's own transport.
+async fn sink_stats(
+    dispatcher: &Dispatcher,
+    channel: &str,
+    url: &str,
+) -> Result<serde_json::Value> {
+    let ch = dispatcher
+        .channels()
+        .get(channel)
+        .context("channel vanished")?;
+    let response = ch
+        .transport
+        .send(HttpRequest {
+            method: "GET".into(),
+            url: format!("{url}/stats"),
+            headers: Vec::new(),
+            body: Vec::new(),
+        })
+        .await?;
+    serde_json::from_slice(&response.body).context("the sink's stats")
+}
+
 /// User + system CPU seconds of a process, from /proc (Linux).
 fn cpu_seconds(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -190,7 +226,16 @@ pub fn run(args: &HttpArgs) -> Result<()> {
     if args.channels == 0 || args.n < args.channels {
         bail!("--channels must be between 1 and --n");
     }
-    let sink = start_sink(args.latency_ms)?;
+    let certificate = if args.tls {
+        Some(mhero_benches::scratch(args.dir.as_deref())?)
+    } else {
+        None
+    };
+    let sink = start_sink(args.latency_ms, certificate.as_ref().map(|d| d.path()))?;
+    let http = HttpConfig {
+        ca_file: certificate.as_ref().map(|d| d.path().join("cert.pem")),
+        ..HttpConfig::default()
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -224,6 +269,7 @@ pub fn run(args: &HttpArgs) -> Result<()> {
                         batch: args.batch,
                         window,
                         count_segments: Some(false),
+                        http: http.clone(),
                         ..ChannelConfig::default()
                     },
                 )
@@ -313,6 +359,7 @@ pub fn run(args: &HttpArgs) -> Result<()> {
             transport_limit(dispatcher, &names, per_channel, args.batch, window).await?;
         let limit_cpu = cpu_seconds("self") - cpu_before;
         let limit_sink_cpu = cpu_seconds(&sink_pid) - sink_cpu_before;
+        let sink_stats = sink_stats(dispatcher, &names[0], &sink.url).await?;
         bench.broker.shutdown().await;
         let mut out = json!({
             "scenario": "http",
@@ -325,7 +372,13 @@ pub fn run(args: &HttpArgs) -> Result<()> {
             "window": window,
             "window_is_default": args.window.is_none() && window == default_window,
             "durability": args.durability,
-            "transport": "HTTP/1.1 keep-alive over loopback to gateway-sink, a separate process (1 runtime thread)",
+            "transport": if args.tls {
+                "HTTPS (rustls, the sink's self-signed certificate trusted through http.ca_file; HTTP/2 offered through ALPN) over loopback to gateway-sink, a separate process (1 runtime thread)"
+            } else {
+                "HTTP/1.1 keep-alive over loopback to gateway-sink, a separate process (1 runtime thread)"
+            },
+            "sink_http_versions": sink_stats["http_versions"],
+            "sink_connections": sink_stats["connections"],
             "receipts": false,
             "delivery_means": "request answered 202 by the gateway and the delivery settled as wired",
             "elapsed_s": round(elapsed, 3),

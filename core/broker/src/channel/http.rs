@@ -1,8 +1,9 @@
 //! The real HTTP transport: one client per channel (its own keep-alive
-//! pool), rustls with the system's roots, HTTP/2 where the server offers
-//! it through ALPN, no redirects (a redirect could lead outside the allowed
+//! pool), rustls with the system's roots (and a channel's own `ca_file`),
+//! HTTP/2 where the server offers it through ALPN, no redirects (a redirect could lead outside the allowed
 //! hosts), connect and request timeouts, and a cap on the response size.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,9 @@ pub struct HttpConfig {
     pub max_response_bytes: usize,
     /// How long an idle keep-alive connection is kept, ms.
     pub idle_timeout_ms: u64,
+    /// A PEM file of certificates trusted beside the system's roots: a
+    /// gateway whose certificate a private CA signed (or a self-signed one).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
@@ -31,6 +35,7 @@ impl Default for HttpConfig {
             request_timeout_ms: 30_000,
             max_response_bytes: 1 << 20,
             idle_timeout_ms: 90_000,
+            ca_file: None,
         }
     }
 }
@@ -59,7 +64,13 @@ impl HttpTransport {
     /// A client for one channel; `pool` is how many idle connections per
     /// host it keeps (the channel's window).
     pub fn new(config: &HttpConfig, pool: usize) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = &config.ca_file {
+            for certificate in read_certificates(path)? {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let client = builder
             .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
             .timeout(Duration::from_millis(config.request_timeout_ms))
             .pool_idle_timeout(Duration::from_millis(config.idle_timeout_ms))
@@ -139,6 +150,22 @@ impl HttpTransport {
             body,
         })
     }
+}
+
+/// The certificates of a PEM file; an unreadable file, or one with none,
+/// is an error naming it.
+fn read_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem =
+        std::fs::read(path).map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("ca_file {} is not PEM certificates: {e}", path.display()))?;
+    if certificates.is_empty() {
+        return Err(format!(
+            "ca_file {} holds no certificate (expected PEM `BEGIN CERTIFICATE` blocks)",
+            path.display()
+        ));
+    }
+    Ok(certificates)
 }
 
 /// The error and its causes in one line, without the URL (reqwest puts

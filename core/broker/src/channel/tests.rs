@@ -240,3 +240,31 @@ async fn only_allowed_hosts_are_reached() {
         .unwrap_err();
     assert!(matches!(sandbox, TransportError::NotAllowed { .. }));
 }
+
+#[test]
+fn a_ca_file_that_cannot_be_used_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |path: std::path::PathBuf| {
+        HttpTransport::new(
+            &HttpConfig {
+                ca_file: Some(path),
+                ..HttpConfig::default()
+            },
+            8,
+        )
+        .err()
+        .expect("the transport is refused")
+    };
+    let missing = with(dir.path().join("absent.pem"));
+    assert!(
+        missing.contains("cannot read ca_file") && missing.contains("absent.pem"),
+        "{missing}"
+    );
+    let text = dir.path().join("notes.txt");
+    std::fs::write(&text, "not a certificate\n").unwrap();
+    let empty = with(text);
+    assert!(
+        empty.contains("holds no certificate") && empty.contains("notes.txt"),
+        "{empty}"
+    );
+}
