@@ -92,4 +92,13 @@ pub trait AudienceSource: Send + Sync {
 
     /// The audience frozen for `campaign`. Blocks (store reads).
     fn frozen(&self, campaign: CampaignId) -> Result<Box<dyn AudienceCursor>>;
+
+    /// Whether any contact has opted out (in memory; never blocks).
+    fn any_opted_out(&self) -> bool;
+
+    /// For recipients named outright rather than selected (a lab result,
+    /// a survey question), why each may not be sent to: a contact with
+    /// its phone number or channel address opted out. Blocks (store
+    /// reads) when someone has opted out.
+    fn opted_out(&self, recipients: &[Recipient]) -> Result<Vec<Option<String>>>;
 }

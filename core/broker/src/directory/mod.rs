@@ -49,7 +49,7 @@ pub use fhir::{SyncMark, SyncReport, Syncer};
 pub use import::{ImportReport, Incoming, IncomingContact, IncomingGroup, IncomingPlace, Telecom};
 pub use selector::{Expr, Field, ParseError};
 
-use crate::audience::{AudienceCursor, AudienceSource, Member};
+use crate::audience::{AudienceCursor, AudienceSource, Member, Recipient};
 use crate::error::{Error, Result};
 use crate::store::{Batch, Cf, Engine};
 
@@ -536,18 +536,25 @@ impl Directory {
     /// else its phone number (`231770…` and `+231770…` alike). The first
     /// contact when several share the number.
     pub fn by_address(&self, channel: &str, from: &str) -> Result<Option<Contact>> {
-        let from = from.trim();
-        if let Some(n) = self.phone_numbers(&address_key(channel, from))?.first() {
-            return self.contact(*n);
-        }
-        let digits = from.strip_prefix('+').unwrap_or(from);
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Ok(None);
-        }
-        match self.phone_numbers(&format!("+{digits}"))?.first() {
+        match self.numbers_at(channel, from)?.first() {
             Some(n) => self.contact(*n),
             None => Ok(None),
         }
+    }
+
+    /// The contacts at `address` on `channel`, found as [`Self::by_address`]
+    /// finds them.
+    fn numbers_at(&self, channel: &str, address: &str) -> Result<Vec<u32>> {
+        let address = address.trim();
+        let found = self.phone_numbers(&address_key(channel, address))?;
+        if !found.is_empty() {
+            return Ok(found);
+        }
+        let digits = address.strip_prefix('+').unwrap_or(address);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Ok(Vec::new());
+        }
+        self.phone_numbers(&format!("+{digits}"))
     }
 
     pub(crate) fn phone_numbers(&self, phone: &str) -> Result<Vec<u32>> {
@@ -784,6 +791,44 @@ impl Directory {
 impl AudienceSource for Directory {
     fn check(&self, selector: &str) -> Result<()> {
         Self::parse(selector).map(drop)
+    }
+
+    fn any_opted_out(&self) -> bool {
+        self.state
+            .read()
+            .posting(contact::OPTED_OUT)
+            .is_some_and(|b| !b.is_empty())
+    }
+
+    fn opted_out(&self, recipients: &[Recipient]) -> Result<Vec<Option<String>>> {
+        let Some(out) = self
+            .state
+            .read()
+            .posting(contact::OPTED_OUT)
+            .filter(|b| !b.is_empty())
+            .cloned()
+        else {
+            return Ok(vec![None; recipients.len()]);
+        };
+        let opted = |numbers: Vec<u32>| numbers.iter().any(|n| out.contains(*n));
+        recipients
+            .iter()
+            .map(|r| {
+                if let Some(phone) = &r.phone
+                    && opted(self.phone_numbers(phone)?)
+                {
+                    return Ok(Some("the worker at this number opted out".to_string()));
+                }
+                for (channel, address) in &r.addresses {
+                    if opted(self.numbers_at(channel, address)?) {
+                        return Ok(Some(format!(
+                            "the worker at this {channel} address opted out"
+                        )));
+                    }
+                }
+                Ok(None)
+            })
+            .collect()
     }
 
     fn freeze(&self, campaign: CampaignId, selector: &str) -> Result<u32> {

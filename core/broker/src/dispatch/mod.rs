@@ -384,10 +384,11 @@ impl Dispatcher {
     }
 
     /// Accepts a campaign: checks it, stores it, and starts sending at once
-    /// (or at its start time). Recipients with invalid numbers are left out
-    /// and listed, with the reason.
+    /// (or at its start time). Recipients with invalid numbers, and
+    /// recipients named outright whose worker opted out, are left out and
+    /// listed, with the reason.
     pub async fn submit(&self, spec: CampaignSpec) -> Result<Submitted> {
-        submit(&self.shared, spec).await
+        submit(&self.shared, spec, OptOuts::Honour).await
     }
 
     /// A handle that submits campaigns, for tasks that outlive a borrow of
@@ -711,11 +712,76 @@ pub struct Submitter(Arc<Shared>);
 
 impl Submitter {
     pub async fn submit(&self, spec: CampaignSpec) -> Result<Submitted> {
-        submit(&self.0, spec).await
+        submit(&self.0, spec, OptOuts::Honour).await
+    }
+
+    /// A direct answer to a worker's own message (a keyword's reply): sent
+    /// even to a worker who opted out, as the confirmation of that opt-out
+    /// (and an answer to HELP) must be.
+    pub async fn answer(&self, spec: CampaignSpec) -> Result<Submitted> {
+        submit(&self.0, spec, OptOuts::Answering).await
     }
 }
 
-async fn submit(shared: &Arc<Shared>, mut spec: CampaignSpec) -> Result<Submitted> {
+/// Whether a submission leaves out recipients who opted out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OptOuts {
+    /// Every campaign: a worker who opted out gets nothing more…
+    Honour,
+    /// …except the answer to their own message.
+    Answering,
+}
+
+/// `ok` (what `normalize` kept of `submitted` recipients) without the
+/// recipients whose worker opted out, who join `rejected` (kept in the
+/// order of the submission). The directory is read off the runtime, and
+/// only when someone has opted out.
+async fn without_opted_out(
+    shared: &Shared,
+    submitted: usize,
+    ok: Vec<Recipient>,
+    mut rejected: Vec<Rejected>,
+) -> Result<(Vec<Recipient>, Vec<Rejected>)> {
+    let Some(source) = shared.audiences.clone().filter(|s| s.any_opted_out()) else {
+        return Ok((ok, rejected));
+    };
+    let (ok, opted) = tokio::task::spawn_blocking(move || {
+        let opted = source.opted_out(&ok);
+        (ok, opted)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("opt-out check failed: {e}")))?;
+    let opted = opted?;
+    // Where each kept recipient stood in the submission.
+    let mut refused = rejected.iter().map(|r| r.index).peekable();
+    let positions = (0..submitted).filter(|i| {
+        if refused.peek() == Some(i) {
+            refused.next();
+            false
+        } else {
+            true
+        }
+    });
+    let mut kept = Vec::with_capacity(ok.len());
+    let mut withheld = Vec::new();
+    for ((recipient, why), index) in ok.into_iter().zip(opted).zip(positions) {
+        match why {
+            Some(reason) => withheld.push(Rejected { index, reason }),
+            None => kept.push(recipient),
+        }
+    }
+    if !withheld.is_empty() {
+        rejected.extend(withheld);
+        rejected.sort_by_key(|r| r.index);
+    }
+    Ok((kept, rejected))
+}
+
+async fn submit(
+    shared: &Arc<Shared>,
+    mut spec: CampaignSpec,
+    opt_outs: OptOuts,
+) -> Result<Submitted> {
     // A channel named twice is tried once, at its first place.
     let mut seen = std::collections::BTreeSet::new();
     spec.channels.retain(|c| seen.insert(c.clone()));
@@ -724,6 +790,10 @@ async fn submit(shared: &Arc<Shared>, mut spec: CampaignSpec) -> Result<Submitte
     let (audience_spec, recipients, rejected) = match &spec.audience {
         AudienceSpec::Recipients(list) => {
             let (ok, rejected) = normalize(list, &shared.config.default_country);
+            let (ok, rejected) = match opt_outs {
+                OptOuts::Honour => without_opted_out(shared, list.len(), ok, rejected).await?,
+                OptOuts::Answering => (ok, rejected),
+            };
             if ok.is_empty() {
                 return Err(Error::field_invalid(
                     "audience",

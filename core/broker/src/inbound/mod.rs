@@ -638,7 +638,7 @@ impl Pipeline {
                 expires_at_ms: Some(now + 24 * 3_600_000),
                 start_at_ms: None,
             };
-            match self.submitter.submit(spec).await {
+            match self.submitter.answer(spec).await {
                 Ok(s) => {
                     for r in s.rejected {
                         work[indexes[r.index]]

@@ -254,6 +254,60 @@ async fn replies_are_deduplicated_matched_classified_and_routed() {
         .into()
     );
 
+    // A message naming the worker outright (a lab result) leaves them out
+    // too, by phone number or by channel address, and says why; alone, it
+    // is refused.
+    let named = |who: &[(&str, &str)]| CampaignSpec {
+        name: "lab result".into(),
+        lane: Lane::High,
+        body: crate::dispatch::Body::text("Your sample 12 is ready."),
+        channels: vec!["sms".into()],
+        audience: AudienceSpec::Recipients(
+            who.iter()
+                .map(|(channel, address)| match *channel {
+                    "phone" => crate::audience::Recipient {
+                        phone: Some(address.to_string()),
+                        ..crate::audience::Recipient::default()
+                    },
+                    _ => crate::audience::Recipient {
+                        addresses: [(channel.to_string(), address.to_string())].into(),
+                        ..crate::audience::Recipient::default()
+                    },
+                })
+                .collect(),
+        ),
+        expires_at_ms: None,
+        start_at_ms: None,
+    };
+    let s = b
+        .dispatcher()
+        .submit(named(&[
+            ("phone", "0770000002"),
+            ("phone", "+231770000001"),
+            ("sms", "+231770000002"),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(s.accepted, 1, "{s:?}");
+    let reasons: Vec<(usize, &str)> = s
+        .rejected
+        .iter()
+        .map(|r| (r.index, r.reason.as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            (0, "the worker at this number opted out"),
+            (2, "the worker at this sms address opted out"),
+        ]
+    );
+    let alone = b
+        .dispatcher()
+        .submit(named(&[("phone", "+231770000002")]))
+        .await
+        .unwrap_err();
+    assert!(alone.to_string().contains("opted out"), "{alone}");
+
     // START opts back in.
     sms.worker_sends("m6", "+231770000002", "start", now(&b));
     let events = processed(&b, 7).await;
@@ -266,6 +320,12 @@ async fn replies_are_deduplicated_matched_classified_and_routed() {
             .opted_out
             .is_none()
     );
+    let s = b
+        .dispatcher()
+        .submit(named(&[("phone", "+231770000002")]))
+        .await
+        .unwrap();
+    assert_eq!((s.accepted, s.rejected.len()), (1, 0), "{s:?}");
     b.shutdown().await;
 }
 
