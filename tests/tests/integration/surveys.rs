@@ -198,6 +198,40 @@ fn a_survey_started_over_http_is_answered_and_read_back_three_ways() {
             .unwrap(),
     );
     assert_eq!(inbound.as_array().unwrap().len(), 5, "{inbound}");
+    // The newest two (a dashboard's latest) are the tail of the whole list.
+    let (_, all) = json_of(
+        with(client.get(server.url("/v1/inbound")), &viewer)
+            .send()
+            .unwrap(),
+    );
+    let seqs = |v: &serde_json::Value| -> Vec<u64> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect()
+    };
+    let all = seqs(&all);
+    assert!(all.len() > 2, "{all:?}");
+    let (status, newest) = json_of(
+        with(
+            client.get(server.url("/v1/inbound?newest=true&limit=2")),
+            &viewer,
+        )
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(status, StatusCode::OK, "{newest}");
+    assert_eq!(seqs(&newest), all[all.len() - 2..]);
+    let (status, both) = json_of(
+        with(
+            client.get(server.url("/v1/inbound?newest=true&after=1")),
+            &viewer,
+        )
+        .send()
+        .unwrap(),
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{both}");
     assert!(server.stop().success());
 }
 

@@ -544,12 +544,16 @@ pub struct InboundQuery {
     /// Only messages routed here (`inbox`, `opt_out`, `report`…); the
     /// inbox is what no workflow or trigger took.
     pub route: Option<String>,
+    /// The newest `limit` messages (still oldest first) instead of those
+    /// after `after`: what came in last. Follow on with `after`.
+    pub newest: Option<bool>,
 }
 
 /// Inbound messages, oldest first, each with what the inbound pipeline
-/// made of it (absent until processed). With `route`, a page may hold
-/// fewer than `limit`: page on with the last `seq` scanned, which the
-/// `X-Next-After` header gives.
+/// made of it (absent until processed): those after `after`, or with
+/// `newest=true` the latest. With `route`, a page may hold fewer than
+/// `limit`: page on with the last `seq` scanned, which the `X-Next-After`
+/// header gives.
 #[utoipa::path(get, path = "/v1/inbound", tag = "inbound", security(("token" = [])),
     params(InboundQuery),
     responses((status = 200, body = Vec<InboundEvent>,
@@ -560,9 +564,19 @@ pub async fn inbound(
 ) -> Result<impl IntoResponse, ApiError> {
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
     let after = query.after.unwrap_or(0);
+    let newest = query.newest.unwrap_or(false);
+    if newest && query.after.is_some() {
+        return Err(ApiError::invalid("give after or newest=true, not both"));
+    }
     let store = Arc::clone(api.broker.store());
-    let messages =
-        tokio::task::spawn_blocking(move || store.inbound_results(after, limit)).await??;
+    let messages = tokio::task::spawn_blocking(move || {
+        if newest {
+            store.newest_inbound_results(limit)
+        } else {
+            store.inbound_results(after, limit)
+        }
+    })
+    .await??;
     let next = messages.last().map_or(after, |(seq, _, _)| *seq);
     let events: Vec<InboundEvent> = messages
         .into_iter()

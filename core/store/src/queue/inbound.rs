@@ -182,6 +182,18 @@ impl Store {
         Ok(out)
     }
 
+    /// The newest `limit` inbound messages stored, oldest first, each with
+    /// what the pipeline made of it once processed (a dashboard's latest).
+    pub fn newest_inbound_results(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(u64, InboundRecord, Option<InboundResult>)>> {
+        // Sequence numbers are dense: the newest are the last `limit`
+        // given out.
+        let next = *self.next_inbound.lock();
+        self.inbound_results(next.saturating_sub(limit as u64 + 1), limit)
+    }
+
     /// Processed inbound messages after `after`, oldest first, with what
     /// the pipeline made of each; stops at the first one not processed.
     pub fn processed_inbound(
