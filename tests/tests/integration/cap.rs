@@ -130,13 +130,28 @@ fn cap_alerts_reach_the_districts_they_name_and_updates_and_cancels_follow() {
             info("fr", "Choléra confirmé à Bong", "Immediate", "D-BONG")
         ),
     );
-    let (status, sent) = post(&client, &server, &sender, alert);
+    let (status, sent) = post(&client, &server, &sender, alert.clone());
     assert_eq!(status, StatusCode::CREATED, "{sent}");
     assert_eq!(sent["lane"], "emergency");
     let first = sent["campaign"].as_str().unwrap().to_string();
     let c = campaign(&client, &server, &sender, &first);
     assert_eq!(c["total"], 2, "Bong's two workers, not Lofa's: {c}");
     assert_eq!(c["lane"], "emergency");
+    assert_eq!(sent["repost"], false);
+
+    // The same alert posted again (a feed's repost, a publisher's retry):
+    // answered with the campaign it became, not sent twice.
+    let (status, again) = post(&client, &server, &sender, alert.clone());
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(
+        (again["repost"].as_bool(), again["campaign"].as_str()),
+        (Some(true), Some(first.as_str())),
+        "{again}"
+    );
+    assert!(
+        again["not_sent"].as_str().unwrap().contains("MOH-0041"),
+        "{again}"
+    );
 
     // An Update replaces it: what is still queued of the first stops.
     let update = cap(

@@ -337,12 +337,33 @@ pub struct AlertOutcome {
     pub cancelled: Vec<String>,
     /// References to alerts this broker never sent.
     pub unknown_references: Vec<String>,
-    /// Why it is not sent (not Actual), if it is not.
+    /// Why it is not sent (not Actual, or received before), if it is not.
     pub not_sent: Option<String>,
+    /// The same alert (its sender and identifier) was received before:
+    /// `campaign` is what it became then, and nothing more is sent.
+    pub repost: bool,
 }
 
-fn key(sender: &str, identifier: &str) -> Vec<u8> {
-    keys::cap_alert(sender, identifier)
+/// The campaigns the alerts `(sender, identifier)` became, where this
+/// broker sent them. Reads the store: on a blocking thread.
+async fn sent_as(
+    api: &Api,
+    alerts: Vec<(String, String)>,
+) -> Result<Vec<((String, String), Option<CampaignId>)>, ApiError> {
+    let engine = Arc::clone(api.broker.store().engine());
+    Ok(tokio::task::spawn_blocking(move || {
+        alerts
+            .into_iter()
+            .map(|(s, i)| {
+                let id = engine
+                    .get(Cf::Meta, &keys::cap_alert(&s, &i))?
+                    .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                    .map(|b| CampaignId(u64::from_be_bytes(b)));
+                Ok(((s, i), id))
+            })
+            .collect::<crate::store::Result<Vec<_>>>()
+    })
+    .await??)
 }
 
 /// `POST /v1/alerts/cap`
@@ -350,7 +371,7 @@ fn key(sender: &str, identifier: &str) -> Vec<u8> {
     request_body(content = String, content_type = "application/cap+xml", description = "A CAP 1.2 alert"),
     responses(
         (status = 201, description = "Sent as a campaign", body = AlertOutcome),
-        (status = 200, description = "A Cancel applied, or an alert that is not Actual checked and not sent", body = AlertOutcome),
+        (status = 200, description = "A Cancel applied, an alert that is not Actual checked and not sent, or a repost of an alert received before (not sent again)", body = AlertOutcome),
         (status = 400, description = "Not valid CAP 1.2, or not sendable: the reason", body = ErrorBody),
     ))]
 pub async fn post_alert(
@@ -368,6 +389,7 @@ pub async fn post_alert(
         cancelled: Vec::new(),
         unknown_references: Vec::new(),
         not_sent: None,
+        repost: false,
     };
     if alert.status != "Actual" {
         outcome.not_sent = Some(format!(
@@ -386,6 +408,23 @@ pub async fn post_alert(
             ),
         ));
     }
+    // One alert is sent once: a repost of the same message, as feeds and
+    // retrying publishers make, is answered with the campaign it became.
+    let _one_at_a_time = api.cap_order.lock().await;
+    if alert.msg_type != "Cancel"
+        && let [(_, Some(id))] =
+            sent_as(&api, vec![(alert.sender.clone(), alert.identifier.clone())])
+                .await?
+                .as_slice()
+    {
+        outcome.campaign = Some(id.to_string());
+        outcome.repost = true;
+        outcome.not_sent = Some(format!(
+            "alert {} from {} was received before and sent as campaign {id}; a repost is not sent again",
+            alert.identifier, alert.sender
+        ));
+        return Ok((StatusCode::OK, Json(outcome)).into_response());
+    }
     // Check the new campaign before stopping anything.
     let spec = if alert.msg_type == "Cancel" {
         None
@@ -401,20 +440,11 @@ pub async fn post_alert(
         )
     };
     // The earlier alerts an Update or Cancel names.
-    let engine = Arc::clone(api.broker.store().engine());
-    let refs = alert.references.clone();
-    let earlier: Vec<(String, Option<CampaignId>)> = tokio::task::spawn_blocking(move || {
-        refs.iter()
-            .map(|(s, i)| {
-                let id = engine
-                    .get(Cf::Meta, &key(s, i))?
-                    .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-                    .map(|b| CampaignId(u64::from_be_bytes(b)));
-                Ok((format!("{s},{i}"), id))
-            })
-            .collect::<crate::store::Result<Vec<_>>>()
-    })
-    .await??;
+    let earlier: Vec<(String, Option<CampaignId>)> = sent_as(&api, alert.references.clone())
+        .await?
+        .into_iter()
+        .map(|((s, i), id)| (format!("{s},{i}"), id))
+        .collect();
     if alert.msg_type == "Cancel" && earlier.iter().all(|(_, id)| id.is_none()) {
         return Err(ApiError::not_found(format!(
             "alert.references: no alert this broker sent is named ({})",
@@ -441,7 +471,7 @@ pub async fn post_alert(
     let submitted = api.broker.dispatcher().submit(spec).await?;
     // Kept so that a later Update or Cancel finds it.
     let engine = Arc::clone(api.broker.store().engine());
-    let k = key(&alert.sender, &alert.identifier);
+    let k = keys::cap_alert(&alert.sender, &alert.identifier);
     let id = submitted.id;
     tokio::task::spawn_blocking(move || {
         let mut batch = Batch::new();

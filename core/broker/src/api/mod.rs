@@ -123,6 +123,9 @@ pub struct Api {
     tokens: Arc<Tokens>,
     config: ApiConfig,
     stopping: AtomicBool,
+    /// CAP alerts are taken one at a time, so two posts of one alert at
+    /// once cannot both be sent.
+    cap_order: tokio::sync::Mutex<()>,
 }
 
 impl Api {
@@ -133,6 +136,7 @@ impl Api {
             tokens,
             config,
             stopping: AtomicBool::new(false),
+            cap_order: tokio::sync::Mutex::new(()),
         }
     }
 
