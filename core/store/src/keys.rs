@@ -49,6 +49,8 @@ const META_QUARANTINE: u8 = b'X';
 const META_TOKEN: u8 = b'T';
 const META_CAP_ALERT: u8 = b'A';
 const META_CHANNEL_HELD: u8 = b'H';
+const META_SUBMISSION: u8 = b'I';
+const META_SUBMISSION_OF: u8 = b'J';
 /// Next campaign id.
 pub const NEXT_CAMPAIGN: &[u8] = b"Ncampaign";
 /// Store-wide counts (delayed, dead) and the delayed-scan floor.
@@ -103,6 +105,21 @@ pub fn cap_alert(sender: &str, identifier: &str) -> Vec<u8> {
     k.extend_from_slice(sender.as_bytes());
     k.push(0);
     k.extend_from_slice(identifier.as_bytes());
+    k
+}
+
+/// What a submission with the idempotency key `key` was answered.
+pub fn submission(key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(META_SUBMISSION);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// The idempotency key `campaign` was submitted with.
+pub fn submission_of(campaign: CampaignId) -> Vec<u8> {
+    let mut k = vec![META_SUBMISSION_OF];
+    k.extend_from_slice(&campaign.0.to_be_bytes());
     k
 }
 

@@ -767,13 +767,17 @@ fn the_fhir_facade_imports_workers_and_sends_communication_requests() {
              "extension": [{"url": "https://mhero.org/fhir/StructureDefinition/payload-language", "valueCode": "fr"}]}
         ]
     });
-    let r = with(
-        client.post(server.url("/fhir/r4/CommunicationRequest")),
-        &sender,
-    )
-    .json_body(&alert)
-    .send()
-    .unwrap();
+    let post_alert = || {
+        with(
+            client.post(server.url("/fhir/r4/CommunicationRequest")),
+            &sender,
+        )
+        .header("idempotency-key", "moh-cholera-bong-1")
+        .json_body(&alert)
+        .send()
+        .unwrap()
+    };
+    let r = post_alert();
     assert_eq!(r.status(), StatusCode::CREATED);
     let location = r.headers()["location"].to_str().unwrap().to_string();
     let (_, created) = fhir_of(r);
@@ -786,6 +790,57 @@ fn the_fhir_facade_imports_workers_and_sends_communication_requests() {
     let id = created["id"].as_str().unwrap().to_string();
     assert_eq!(location, format!("/fhir/r4/CommunicationRequest/{id}"));
     assert_eq!(progress_count(&created, "total"), 2);
+    // The integrator's retry after a timeout (same Idempotency-Key): the
+    // CommunicationRequest the first made, 200, nothing sent again.
+    let (status, retried) = fhir_of(post_alert());
+    assert_eq!(status, StatusCode::OK, "{retried}");
+    assert_eq!(retried["id"], created["id"], "{retried}");
+
+    // The same over REST; the key with another campaign is refused.
+    let keyed = |body: &Value| {
+        with(client.post(server.url("/v1/campaigns")), &sender)
+            .header("idempotency-key", "lab-42")
+            .json_body(body)
+            .send()
+            .unwrap()
+    };
+    let lab = json!({
+        "name": "Lab result 42",
+        "lane": "high",
+        "body": {"default": "Sample 42: results are ready at the lab."},
+        "channels": ["sandbox"],
+        "audience": {"recipients": [{"phone": "+231770000301"}, {"phone": "12"}]}
+    });
+    let (status, first) = json_of(keyed(&lab));
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(first["replayed"], false, "{first}");
+    let (status, again) = json_of(keyed(&lab));
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(
+        (
+            &again["id"],
+            &again["accepted"],
+            &again["rejected"],
+            &again["replayed"]
+        ),
+        (&first["id"], &json!(1), &first["rejected"], &json!(true)),
+        "{again}"
+    );
+    let mut other = lab.clone();
+    other["name"] = json!("Lab result 43");
+    let (status, body) = json_of(keyed(&other));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Idempotency-Key"),
+        "{body}"
+    );
     // The same campaign through the REST view: the emergency lane.
     let (_, campaign) = json_of(
         with(
@@ -1031,8 +1086,8 @@ fn the_fhir_facade_imports_workers_and_sends_communication_requests() {
     );
     assert_eq!(
         list.as_array().unwrap().len(),
-        2,
-        "only the two accepted: {list}"
+        3,
+        "only the two accepted and the keyed lab result, each once: {list}"
     );
     // The directory over REST: what the Bundle brought in, and consent.
     let get = |path: &str, token: &str| {

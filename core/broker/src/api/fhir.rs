@@ -520,14 +520,21 @@ fn read_campaign(api: &Api, id: CampaignId) -> Result<Value, ApiError> {
     request_body(content = Object, content_type = "application/fhir+json", description = "A FHIR R4 CommunicationRequest"),
     responses(
         (status = 201, description = "The CommunicationRequest as stored, with its id", content_type = "application/fhir+json"),
+        (status = 200, description = "A retry with the same Idempotency-Key: the CommunicationRequest the first made; nothing is sent again", content_type = "application/fhir+json"),
         (status = 400, description = "An OperationOutcome naming what is wrong", content_type = "application/fhir+json"),
     ))]
 pub async fn create_communication_request(
     State(api): State<Arc<Api>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Fhir {
     async {
         let request = resource(body, "CommunicationRequest")?;
+        // With an Idempotency-Key, the resource as sent identifies the
+        // request (the campaign made of it depends on the directory then).
+        let sent = headers
+            .contains_key("idempotency-key")
+            .then(|| serde_json::to_vec(&request).unwrap_or_default());
         // Directory look-ups read the store, on a blocking thread; a
         // request whose recipients are all contained needs none.
         let spec = if reads_directory(&request) {
@@ -536,8 +543,23 @@ pub async fn create_communication_request(
         } else {
             campaign_of(&api, &request)?
         };
-        let submitted = api.broker.dispatcher().submit(spec.clone()).await?;
+        let submitted = api
+            .submit(&headers, spec.clone(), |_| {
+                let mut bytes = b"POST /fhir/r4/CommunicationRequest\n".to_vec();
+                bytes.extend(sent.unwrap_or_default());
+                bytes
+            })
+            .await?;
         let id = submitted.id;
+        if submitted.replayed {
+            let reader = Arc::clone(&api);
+            let value = tokio::task::spawn_blocking(move || read_campaign(&reader, id)).await??;
+            return Ok((
+                StatusCode::OK,
+                value,
+                Some(format!("/fhir/r4/CommunicationRequest/{id}")),
+            ));
+        }
         // Just accepted, it is in memory: no read of the store.
         let progress = api
             .broker

@@ -64,6 +64,7 @@ pub use error::ApiError;
 
 use crate::Broker;
 use crate::channel::webhooks::MAX_WEBHOOK_BYTES;
+use crate::dispatch::{CampaignSpec, Once, Submitted};
 use crate::error::Result;
 use crate::plugin::bindings::{Header, HttpRequest};
 
@@ -165,6 +166,34 @@ impl Api {
 
     pub fn broker(&self) -> &Arc<Broker> {
         &self.broker
+    }
+
+    /// Submits `spec`, under the request's `Idempotency-Key` when it
+    /// carries one: a retry of the same request (`request` makes the bytes
+    /// that identify it, asked for only with a key) is answered what the
+    /// first was, and nothing is sent twice.
+    pub(crate) async fn submit(
+        &self,
+        headers: &HeaderMap,
+        spec: CampaignSpec,
+        request: impl FnOnce(&CampaignSpec) -> Vec<u8>,
+    ) -> std::result::Result<Submitted, ApiError> {
+        let dispatcher = self.broker.dispatcher();
+        let Some(key) = headers.get("idempotency-key") else {
+            return Ok(dispatcher.submit(spec).await?);
+        };
+        let key = key.to_str().map_err(|_| {
+            crate::Error::field_invalid(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            )
+        })?;
+        let once = Once {
+            scope: "api",
+            key: key.to_string(),
+            request: *blake3::hash(&request(&spec)).as_bytes(),
+        };
+        Ok(dispatcher.submit_once(spec, once).await?)
     }
 
     pub fn tokens(&self) -> &Arc<Tokens> {

@@ -104,6 +104,9 @@ pub struct CampaignCreated {
     pub id: String,
     pub accepted: u32,
     pub rejected: Vec<RejectedRecipient>,
+    /// A retry with the same `Idempotency-Key`: what the first submission
+    /// was answered; nothing was sent again.
+    pub replayed: bool,
 }
 
 /// A campaign's counts, with an estimate of when it ends.
@@ -146,18 +149,35 @@ fn campaign_id(id: &str) -> Result<CampaignId, ApiError> {
     request_body = CampaignRequest,
     responses(
         (status = 201, description = "Accepted; sending starts at once (or at its start time)", body = CampaignCreated),
+        (status = 200, description = "A retry with the same Idempotency-Key: the first submission's answer; nothing is sent again", body = CampaignCreated),
+        (status = 409, description = "The first submission with this Idempotency-Key is still being accepted: retry", body = ErrorBody),
         (status = 400, description = "Invalid: the message names the field", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 413, description = "Body over api.max_body_kb", body = ErrorBody),
     ))]
 pub async fn create_campaign(
     State(api): State<Arc<Api>>,
+    headers: axum::http::HeaderMap,
     ApiJson(request): ApiJson<CampaignRequest>,
 ) -> Result<Response, ApiError> {
-    let submitted = api.broker.dispatcher().submit(request.into()).await?;
+    // With an Idempotency-Key, the campaign as asked for identifies the
+    // request (JSON, so the body's spacing and key order do not matter).
+    let submitted = api
+        .submit(&headers, request.into(), |spec| {
+            let mut bytes = b"POST /v1/campaigns\n".to_vec();
+            bytes.extend(serde_json::to_vec(spec).unwrap_or_default());
+            bytes
+        })
+        .await?;
     let id = submitted.id.to_string();
+    let status = if submitted.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     let body = CampaignCreated {
         id: id.clone(),
+        replayed: submitted.replayed,
         accepted: submitted.accepted,
         rejected: submitted
             .rejected
@@ -169,7 +189,7 @@ pub async fn create_campaign(
             .collect(),
     };
     Ok((
-        StatusCode::CREATED,
+        status,
         [(header::LOCATION, format!("/v1/campaigns/{id}"))],
         Json(body),
     )

@@ -79,6 +79,38 @@ pub struct Submitted {
     /// Recipients accepted into the audience.
     pub accepted: u32,
     pub rejected: Vec<Rejected>,
+    /// A repeat of a submission with the same idempotency key: this is
+    /// what the first was answered, and nothing was accepted again.
+    pub replayed: bool,
+}
+
+/// An idempotency key with a submission: a repeat of the same request (a
+/// client retrying after a timeout) is answered what the first one was,
+/// and nothing is sent again.
+#[derive(Clone, Debug)]
+pub struct Once {
+    /// Whose keys these are (`api` for clients' `Idempotency-Key`s), so
+    /// that keys of one kind never meet another's.
+    pub scope: &'static str,
+    /// The key: 1 to 255 visible ASCII characters.
+    pub key: String,
+    /// A digest of the request as the client sent it: the same key with
+    /// another request is refused.
+    pub request: [u8; 32],
+}
+
+/// What a submission with a key was answered, kept with its campaign
+/// (and purged with it).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Answered {
+    request: [u8; 32],
+    campaign: u64,
+    accepted: u32,
+    rejected: Vec<(u64, String)>,
+}
+
+impl crate::store::Versioned for Answered {
+    const VERSION: u8 = 1;
 }
 
 /// A campaign's exact counts, readable while it runs.
@@ -171,6 +203,8 @@ pub(crate) struct Shared {
     pub work: Notify,
     /// Queues drained: fan-out may expand more.
     pub fanout_wake: Notify,
+    /// Idempotency keys whose submission is being accepted.
+    pub submitting: Mutex<std::collections::HashSet<String>>,
     /// Inbound messages stored: the inbound pipeline has work.
     pub inbound_arrived: Arc<Notify>,
     pub shutdown: watch::Receiver<bool>,
@@ -308,6 +342,7 @@ impl Dispatcher {
             metrics,
             work: Notify::new(),
             fanout_wake: Notify::new(),
+            submitting: Mutex::new(std::collections::HashSet::new()),
             inbound_arrived: Arc::new(Notify::new()),
             shutdown: rx,
         });
@@ -388,7 +423,17 @@ impl Dispatcher {
     /// recipients named outright whose worker opted out, are left out and
     /// listed, with the reason.
     pub async fn submit(&self, spec: CampaignSpec) -> Result<Submitted> {
-        submit(&self.shared, spec, OptOuts::Honour).await
+        submit(&self.shared, spec, OptOuts::Honour, None).await
+    }
+
+    /// [`Self::submit`] under an idempotency key: the first submission
+    /// with `once.key` is accepted as usual and its answer kept with the
+    /// campaign; a repeat of the same request is answered the same
+    /// (`replayed`) and sends nothing; the key with another request is
+    /// refused, and so is a repeat while the first is still being
+    /// accepted (a conflict: retry it).
+    pub async fn submit_once(&self, spec: CampaignSpec, once: Once) -> Result<Submitted> {
+        submit_once(&self.shared, spec, once).await
     }
 
     /// A handle that submits campaigns, for tasks that outlive a borrow of
@@ -712,14 +757,19 @@ pub struct Submitter(Arc<Shared>);
 
 impl Submitter {
     pub async fn submit(&self, spec: CampaignSpec) -> Result<Submitted> {
-        submit(&self.0, spec, OptOuts::Honour).await
+        submit(&self.0, spec, OptOuts::Honour, None).await
     }
 
     /// A direct answer to a worker's own message (a keyword's reply): sent
     /// even to a worker who opted out, as the confirmation of that opt-out
     /// (and an answer to HELP) must be.
     pub async fn answer(&self, spec: CampaignSpec) -> Result<Submitted> {
-        submit(&self.0, spec, OptOuts::Answering).await
+        submit(&self.0, spec, OptOuts::Answering, None).await
+    }
+
+    /// [`Dispatcher::submit_once`].
+    pub async fn submit_once(&self, spec: CampaignSpec, once: Once) -> Result<Submitted> {
+        submit_once(&self.0, spec, once).await
     }
 }
 
@@ -777,10 +827,89 @@ async fn without_opted_out(
     Ok((kept, rejected))
 }
 
+/// An idempotency key (as stored: `scope:key`) being accepted; released
+/// when dropped.
+struct KeyClaim<'a> {
+    shared: &'a Shared,
+    stored: String,
+}
+
+impl<'a> KeyClaim<'a> {
+    fn take(shared: &'a Shared, once: &Once) -> Result<Self> {
+        let key = &once.key;
+        if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(Error::field_invalid(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            ));
+        }
+        let stored = format!("{}:{key}", once.scope);
+        if !shared.submitting.lock().insert(stored.clone()) {
+            return Err(Error::Conflict(format!(
+                "a submission with Idempotency-Key {key:?} is being accepted; retry it in a moment"
+            )));
+        }
+        Ok(Self { shared, stored })
+    }
+}
+
+impl Drop for KeyClaim<'_> {
+    fn drop(&mut self) {
+        self.shared.submitting.lock().remove(&self.stored);
+    }
+}
+
+async fn submit_once(shared: &Arc<Shared>, spec: CampaignSpec, once: Once) -> Result<Submitted> {
+    let claim = KeyClaim::take(shared, &once)?;
+    let store = Arc::clone(&shared.store);
+    let key = claim.stored.clone();
+    let earlier = tokio::task::spawn_blocking(move || store.submission(&key))
+        .await
+        .map_err(|e| Error::Internal(format!("idempotency key read failed: {e}")))??;
+    let Some(bytes) = earlier else {
+        return submit(
+            shared,
+            spec,
+            OptOuts::Honour,
+            Some((&claim.stored, once.request)),
+        )
+        .await;
+    };
+    let answered: Answered =
+        crate::store::decode_value(&bytes).map_err(|message| Error::BadRecord {
+            cf: "meta",
+            key: format!("submission {:?}", once.key),
+            message,
+        })?;
+    let id = CampaignId(answered.campaign);
+    if answered.request != once.request {
+        return Err(Error::field_invalid(
+            "Idempotency-Key",
+            format!(
+                "already used for another request (campaign {id}); a new campaign needs a new key"
+            ),
+        ));
+    }
+    Ok(Submitted {
+        id,
+        accepted: answered.accepted,
+        rejected: answered
+            .rejected
+            .into_iter()
+            .map(|(index, reason)| Rejected {
+                index: index as usize,
+                reason,
+            })
+            .collect(),
+        replayed: true,
+    })
+}
+
 async fn submit(
     shared: &Arc<Shared>,
     mut spec: CampaignSpec,
     opt_outs: OptOuts,
+    once: Option<(&str, [u8; 32])>,
 ) -> Result<Submitted> {
     // A channel named twice is tried once, at its first place.
     let mut seen = std::collections::BTreeSet::new();
@@ -908,7 +1037,24 @@ async fn submit(
     } else {
         CampaignState::Sending
     };
-    shared.store.update_campaign(id, record.encode()).await?;
+    match once {
+        Some((key, request)) => {
+            let answer = crate::store::encode(&Answered {
+                request,
+                campaign: id.0,
+                accepted: total,
+                rejected: rejected
+                    .iter()
+                    .map(|r| (r.index as u64, r.reason.clone()))
+                    .collect(),
+            });
+            shared
+                .store
+                .accept_submission(id, record.encode(), key, answer)
+                .await?;
+        }
+        None => shared.store.update_campaign(id, record.encode()).await?,
+    }
     let live = live(shared, id, record)?;
     shared.campaigns.write().insert(id, live);
     shared.fanout_wake.notify_one();
@@ -917,6 +1063,7 @@ async fn submit(
         id,
         accepted: total,
         rejected,
+        replayed: false,
     })
 }
 

@@ -1239,3 +1239,106 @@ async fn a_selector_audience_is_frozen_at_submit_and_withholds_later_opt_outs() 
     assert_eq!(w.dispatcher().all_progress().len(), 1);
     w.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_submission_repeated_under_its_idempotency_key_is_answered_not_sent_again() {
+    let mut config = crate::Config::default();
+    config.dispatch.retention_days = 1;
+    let w = world_with(sms(0.0), config).await;
+    let once = |key: &str, request: u8| Once {
+        scope: "api",
+        key: key.into(),
+        request: [request; 32],
+    };
+    let mut spec = generated("lab result 42", Lane::High, 1, &["sms"]);
+    spec.audience = AudienceSpec::Recipients(vec![
+        Recipient {
+            phone: Some("0770 123 456".into()),
+            ..Recipient::default()
+        },
+        Recipient {
+            phone: Some("12".into()),
+            ..Recipient::default()
+        },
+    ]);
+    let first = w
+        .dispatcher()
+        .submit_once(spec.clone(), once("lab-42", 1))
+        .await
+        .unwrap();
+    assert!(!first.replayed);
+    assert_eq!((first.accepted, first.rejected.len()), (1, 1));
+    // The client's retry: the first answer, rejections included.
+    let again = w
+        .dispatcher()
+        .submit_once(spec.clone(), once("lab-42", 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        Submitted {
+            replayed: true,
+            ..first.clone()
+        }
+    );
+    w.finish(first.id, 5).await;
+    run_for(1_500).await;
+    assert_eq!(w.dispatcher().all_progress().len(), 1, "one campaign");
+    assert_eq!(
+        w.dispatcher().sandbox("sms").unwrap().stats().accepted,
+        1,
+        "sent once"
+    );
+
+    // The key with another request, or no key at all: refused, naming it.
+    let reused = w
+        .dispatcher()
+        .submit_once(spec.clone(), once("lab-42", 2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&reused, Error::InvalidField { field, .. } if field == "Idempotency-Key"),
+        "{reused}"
+    );
+    for bad in ["", "two words", &"k".repeat(256)] {
+        let refused = w
+            .dispatcher()
+            .submit_once(spec.clone(), once(bad, 1))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&refused, Error::InvalidField { field, .. } if field == "Idempotency-Key"),
+            "{bad:?}: {refused}"
+        );
+    }
+    // While a first submission with a key is being accepted, a second is
+    // told to retry rather than accepted beside it.
+    w.dispatcher()
+        .shared
+        .submitting
+        .lock()
+        .insert("api:lab-43".into());
+    let racing = w
+        .dispatcher()
+        .submit_once(spec.clone(), once("lab-43", 3))
+        .await
+        .unwrap_err();
+    assert!(matches!(racing, Error::Conflict(_)), "{racing}");
+    w.dispatcher().shared.submitting.lock().remove("api:lab-43");
+
+    // Purged with its campaign after the retention: the key is free again.
+    assert!(w.store().submission("api:lab-42").unwrap().is_some());
+    tokio::time::advance(Duration::from_secs(3_600)).await;
+    run_for(61_000).await;
+    tokio::time::advance(Duration::from_secs(86_400)).await;
+    run_for(61_000).await;
+    assert_eq!(w.store().campaign(first.id).unwrap(), None);
+    assert_eq!(w.store().submission("api:lab-42").unwrap(), None);
+    let reused = w
+        .dispatcher()
+        .submit_once(spec, once("lab-42", 2))
+        .await
+        .unwrap();
+    assert!(!reused.replayed && reused.id != first.id, "{reused:?}");
+    w.shutdown().await;
+}

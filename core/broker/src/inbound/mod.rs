@@ -780,7 +780,14 @@ impl Pipeline {
             ) else {
                 continue;
             };
-            let problem = match self.submitter.submit(spec).await {
+            // Keyed by the report's message: a page processed again after
+            // a crash (before its results were committed) alerts once.
+            let once = crate::dispatch::Once {
+                scope: "report-alert",
+                key: alert.report.seq.to_string(),
+                request: [0; 32],
+            };
+            let problem = match self.submitter.submit_once(spec, once).await {
                 Ok(s) if s.accepted == 0 => Some(format!(
                     "alert not sent: nobody matches reports.notify ({}) in the facility's {}",
                     self.reports.config().notify,

@@ -51,6 +51,30 @@ impl Store {
         self.engine.submit(batch)
     }
 
+    /// [`Self::update_campaign`] for a campaign submitted with an
+    /// idempotency key: the key and `answer` (what a repeat of the
+    /// submission is answered) in the same commit, so a key never names a
+    /// campaign that was not accepted. Purging the campaign forgets them.
+    pub fn accept_submission(
+        &self,
+        id: CampaignId,
+        body: Vec<u8>,
+        key: &str,
+        answer: Vec<u8>,
+    ) -> Ticket {
+        let _order = self.state.lock();
+        let mut batch = Batch::new();
+        batch.put(Cf::Campaigns, keys::campaign(id), body);
+        batch.put(Cf::Meta, keys::submission(key), answer);
+        batch.put(Cf::Meta, keys::submission_of(id), key.as_bytes().to_vec());
+        self.engine.submit(batch)
+    }
+
+    /// What the submission with idempotency key `key` was answered.
+    pub fn submission(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.engine.get(Cf::Meta, &keys::submission(key))
+    }
+
     pub fn campaign(&self, id: CampaignId) -> Result<Option<Vec<u8>>> {
         self.engine.get(Cf::Campaigns, &keys::campaign(id))
     }
@@ -158,12 +182,12 @@ impl Store {
 
     /// Removes everything the store holds for a campaign that has ended:
     /// its record, counters, queue positions, status records, dead letters,
-    /// stored audience and receipt index entries. Keyed by campaign, most
-    /// of it goes as one range delete per keyspace (cheap for compaction);
-    /// the receipt index, keyed by channel, is scanned. Refused while any
-    /// of its deliveries is still queued. Returns how many status records,
-    /// dead letters and receipt entries went. Reads the store: call it
-    /// from a blocking thread.
+    /// stored audience, receipt index entries and idempotency key. Keyed
+    /// by campaign, most of it goes as one range delete per keyspace
+    /// (cheap for compaction); the receipt index, keyed by channel, is
+    /// scanned. Refused while any of its deliveries is still queued.
+    /// Returns how many status records, dead letters and receipt entries
+    /// went. Reads the store: call it from a blocking thread.
     pub fn purge_campaign(&self, id: CampaignId) -> Result<Purged> {
         if self.counters(id).queued() > 0 || self.campaign_depth(id) != (0, 0) {
             return Err(Error::Invalid(format!(
@@ -189,6 +213,7 @@ impl Store {
             Ok(true)
         })?;
         purged.receipts = external.len() as u64;
+        let submitted_as = self.engine.get(Cf::Meta, &keys::submission_of(id))?;
         let mut state = self.state.lock();
         let mut batch = Batch::new();
         for cf in [Cf::Status, Cf::Dead, Cf::Audience] {
@@ -200,6 +225,12 @@ impl Store {
         batch.delete(Cf::Campaigns, keys::campaign(id));
         batch.delete(Cf::Frozen, keys::campaign(id));
         batch.delete(Cf::Meta, keys::counters(id));
+        if let Some(key) = submitted_as {
+            batch.delete(Cf::Meta, keys::submission_of(id));
+            if let Ok(key) = std::str::from_utf8(&key) {
+                batch.delete(Cf::Meta, keys::submission(key));
+            }
+        }
         let mut queues = Vec::new();
         for (channel, ch) in &mut state.queues {
             for (code, lane) in ch.lanes.iter_mut().enumerate() {
