@@ -18,6 +18,9 @@ pub struct StoredAudience {
     pub store: Arc<Store>,
     pub campaign: CampaignId,
     pub count: u32,
+    /// Checked again as it fans out: who opted out since the campaign was
+    /// accepted is withheld (a scheduled campaign, accepted hours before).
+    pub opt_outs: Option<Arc<dyn crate::audience::AudienceSource>>,
 }
 
 impl crate::store::Versioned for Recipient {
@@ -34,7 +37,8 @@ impl AudienceCursor for StoredAudience {
     }
 
     fn page(&self, from: u32, max: u32) -> Result<Vec<(u32, Member)>> {
-        self.store
+        let page: Vec<(u32, Recipient)> = self
+            .store
             .audience(
                 self.campaign,
                 from,
@@ -43,14 +47,29 @@ impl AudienceCursor for StoredAudience {
             .into_iter()
             .map(|(i, bytes)| {
                 crate::store::decode_value(&bytes)
-                    .map(|r| (i, Member::Reach(r)))
+                    .map(|r| (i, r))
                     .map_err(|message| Error::BadRecord {
                         cf: "audience",
                         key: format!("{}-{i}", self.campaign),
                         message,
                     })
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        let opted = match &self.opt_outs {
+            Some(source) if source.any_opted_out() => {
+                let recipients: Vec<Recipient> = page.iter().map(|(_, r)| r.clone()).collect();
+                source.opted_out(&recipients)?
+            }
+            _ => vec![None; page.len()],
+        };
+        Ok(page
+            .into_iter()
+            .zip(opted)
+            .map(|((i, r), why)| match why {
+                Some(why) => (i, Member::Withheld(why)),
+                None => (i, Member::Reach(r)),
+            })
+            .collect())
     }
 }
 

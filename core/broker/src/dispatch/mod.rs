@@ -1298,6 +1298,10 @@ fn cursor(shared: &Shared, id: CampaignId, spec: &CampaignSpec) -> Result<Box<dy
             store: Arc::clone(&shared.store),
             campaign: id,
             count: *count,
+            // Named recipients are checked when the campaign is accepted;
+            // a scheduled one again as it goes out. (Never answers: they
+            // are not scheduled, and must reach a worker who opted out.)
+            opt_outs: spec.start_at_ms.and(shared.audiences.clone()),
         }),
         AudienceSpec::Generated(g) => Box::new(g.clone()),
         AudienceSpec::Frozen { .. } => match &shared.audiences {

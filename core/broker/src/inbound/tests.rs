@@ -643,3 +643,61 @@ async fn a_chain_reads_reports_and_detects_the_language() {
     assert_eq!(swahili.label, "unknown", "a language is not a label");
     b.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_scheduled_campaign_withholds_who_opted_out_after_it_was_accepted() {
+    let b = broker(InboundConfig::default()).await;
+    let [_, two, _] = import(&b);
+    let phone = |p: &str| crate::audience::Recipient {
+        phone: Some(p.to_string()),
+        ..crate::audience::Recipient::default()
+    };
+    let s = b
+        .dispatcher()
+        .submit(CampaignSpec {
+            name: "reminder: facility visit tomorrow".into(),
+            lane: Lane::Normal,
+            body: crate::dispatch::Body::text("The supervision team visits tomorrow."),
+            channels: vec!["sms".into()],
+            audience: AudienceSpec::Recipients(vec![
+                phone("+231770000001"),
+                phone("+231770000002"),
+            ]),
+            expires_at_ms: None,
+            start_at_ms: Some(now(&b) + 3_600_000),
+        })
+        .await
+        .unwrap();
+    assert_eq!((s.accepted, s.rejected.len()), (2, 0), "both reachable now");
+    // The second worker opts out before it starts.
+    b.directory()
+        .set_opted_out(
+            two,
+            Some(OptOut {
+                at_ms: now(&b),
+                via: "STOP by sms".into(),
+            }),
+        )
+        .unwrap();
+    tokio::time::advance(Duration::from_secs(3_600)).await;
+    assert!(
+        b.dispatcher()
+            .wait_done(&[s.id], Duration::from_secs(30))
+            .await
+    );
+    let (_, deliveries) = b.dispatcher().deliveries(s.id, 0, 10).unwrap().unwrap();
+    let seen: Vec<(u32, Option<&str>)> = deliveries
+        .iter()
+        .map(|d| (d.index, d.withheld.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [(0, None), (1, Some("the worker at this number opted out"))]
+    );
+    assert_eq!(
+        b.sandbox("sms").unwrap().stats().accepted,
+        1,
+        "only the first was sent"
+    );
+    b.shutdown().await;
+}
