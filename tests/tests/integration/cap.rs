@@ -152,6 +152,23 @@ fn cap_alerts_reach_the_districts_they_name_and_updates_and_cancels_follow() {
         again["not_sent"].as_str().unwrap().contains("MOH-0041"),
         "{again}"
     );
+    // Killed and started again: the alert's key was committed with its
+    // campaign, so the publisher's retry is still a repost.
+    drop(server);
+    let server = Server::start_with(
+        &tmp.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let (status, again) = post(&client, &server, &sender, alert.clone());
+    assert_eq!(
+        (
+            status,
+            again["repost"].as_bool(),
+            again["campaign"].as_str()
+        ),
+        (StatusCode::OK, Some(true), Some(first.as_str())),
+        "{again}"
+    );
 
     // An Update replaces it: what is still queued of the first stops.
     let update = cap(

@@ -29,8 +29,8 @@ use utoipa::ToSchema;
 
 use super::Api;
 use super::error::{ApiError, ErrorBody};
-use crate::dispatch::{AudienceSpec, Body, CampaignSpec};
-use crate::store::{Batch, Cf, keys};
+use crate::dispatch::{AudienceSpec, Body, CampaignSpec, Once};
+use crate::store::{Cf, keys};
 
 /// The CAP 1.2 namespace.
 pub const CAP_NS: &str = "urn:oasis:names:tc:emergency:cap:1.2";
@@ -344,24 +344,43 @@ pub struct AlertOutcome {
     pub repost: bool,
 }
 
+/// The idempotency scope alerts are submitted under (their keys).
+const KEYS: &str = "cap";
+
+/// An alert's submission key: a digest of its sender and identifier (CAP
+/// allows them any length and any characters but a few).
+fn alert_key(sender: &str, identifier: &str) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(sender.as_bytes());
+    h.update(&[0]);
+    h.update(identifier.as_bytes());
+    h.finalize().to_hex().to_string()
+}
+
 /// The campaigns the alerts `(sender, identifier)` became, where this
-/// broker sent them. Reads the store: on a blocking thread.
+/// broker sent them (and still keeps them). Reads the store: on a
+/// blocking thread.
 async fn sent_as(
     api: &Api,
     alerts: Vec<(String, String)>,
 ) -> Result<Vec<((String, String), Option<CampaignId>)>, ApiError> {
-    let engine = Arc::clone(api.broker.store().engine());
+    let broker = Arc::clone(&api.broker);
     Ok(tokio::task::spawn_blocking(move || {
+        let engine = broker.store().engine();
         alerts
             .into_iter()
             .map(|(s, i)| {
-                let id = engine
-                    .get(Cf::Meta, &keys::cap_alert(&s, &i))?
-                    .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-                    .map(|b| CampaignId(u64::from_be_bytes(b)));
+                let mut id = broker.dispatcher().submitted_as(KEYS, &alert_key(&s, &i))?;
+                if id.is_none() {
+                    // Alerts sent before they were submitted under a key.
+                    id = engine
+                        .get(Cf::Meta, &keys::cap_alert(&s, &i))?
+                        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                        .map(|b| CampaignId(u64::from_be_bytes(b)));
+                }
                 Ok(((s, i), id))
             })
-            .collect::<crate::store::Result<Vec<_>>>()
+            .collect::<crate::Result<Vec<_>>>()
     })
     .await??)
 }
@@ -468,19 +487,24 @@ pub async fn post_alert(
         return Ok((StatusCode::OK, Json(outcome)).into_response());
     };
     outcome.lane = Some(spec.lane.as_str().to_string());
-    let submitted = api.broker.dispatcher().submit(spec).await?;
-    // Kept so that a later Update or Cancel finds it.
-    let engine = Arc::clone(api.broker.store().engine());
-    let k = keys::cap_alert(&alert.sender, &alert.identifier);
-    let id = submitted.id;
-    tokio::task::spawn_blocking(move || {
-        let mut batch = Batch::new();
-        batch.put(Cf::Meta, k, id.0.to_be_bytes().to_vec());
-        engine.write(batch)
-    })
-    .await??;
-    outcome.campaign = Some(id.to_string());
-    Ok((StatusCode::CREATED, Json(outcome)).into_response())
+    // Accepted under the alert's key, in the same commit as the campaign:
+    // a repost (even after a crash right after the commit) finds it, and so
+    // does a later Update or Cancel.
+    let key = alert_key(&alert.sender, &alert.identifier);
+    let once = Once {
+        scope: KEYS,
+        request: *blake3::hash(key.as_bytes()).as_bytes(),
+        key,
+    };
+    let submitted = api.broker.dispatcher().submit_once(spec, once).await?;
+    outcome.campaign = Some(submitted.id.to_string());
+    outcome.repost = submitted.replayed;
+    let status = if submitted.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(outcome)).into_response())
 }
 
 #[cfg(test)]

@@ -113,6 +113,17 @@ impl crate::store::Versioned for Answered {
     const VERSION: u8 = 1;
 }
 
+impl Answered {
+    /// The record kept under the stored key `stored` (`scope:key`).
+    fn decode(bytes: &[u8], stored: &str) -> Result<Self> {
+        crate::store::decode_value(bytes).map_err(|message| Error::BadRecord {
+            cf: "meta",
+            key: format!("submission {stored:?}"),
+            message,
+        })
+    }
+}
+
 /// A campaign's exact counts, readable while it runs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Progress {
@@ -434,6 +445,18 @@ impl Dispatcher {
     /// accepted (a conflict: retry it).
     pub async fn submit_once(&self, spec: CampaignSpec, once: Once) -> Result<Submitted> {
         submit_once(&self.shared, spec, once).await
+    }
+
+    /// The campaign a submission under `scope`'s `key` became, while that
+    /// campaign is kept (reads the store: call it off the async workers).
+    pub fn submitted_as(&self, scope: &str, key: &str) -> Result<Option<CampaignId>> {
+        let stored = format!("{scope}:{key}");
+        let Some(bytes) = self.shared.store.submission(&stored)? else {
+            return Ok(None);
+        };
+        Ok(Some(CampaignId(
+            Answered::decode(&bytes, &stored)?.campaign,
+        )))
     }
 
     /// A handle that submits campaigns, for tasks that outlive a borrow of
@@ -875,12 +898,7 @@ async fn submit_once(shared: &Arc<Shared>, spec: CampaignSpec, once: Once) -> Re
         )
         .await;
     };
-    let answered: Answered =
-        crate::store::decode_value(&bytes).map_err(|message| Error::BadRecord {
-            cf: "meta",
-            key: format!("submission {:?}", once.key),
-            message,
-        })?;
+    let answered = Answered::decode(&bytes, &claim.stored)?;
     let id = CampaignId(answered.campaign);
     if answered.request != once.request {
         return Err(Error::field_invalid(
