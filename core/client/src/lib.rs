@@ -174,6 +174,9 @@ pub struct Submitted {
     pub accepted: u32,
     /// `(index in the batch, reason)`, in batch order.
     pub rejected: Vec<(u32, String)>,
+    /// A [`Client::submit_once`] retry: the batch was accepted before
+    /// under its key, and this is what it became then.
+    pub replayed: bool,
 }
 
 impl Submitted {
@@ -269,19 +272,46 @@ impl Client {
 
     /// Submits a batch as one campaign (a sender token is needed).
     pub async fn submit(&self, batch: Submit) -> Result<Submitted> {
-        let mut exchange = self.request(&Request::Submit(batch)).await?;
-        match exchange.next().await? {
+        self.submitted(&Request::Submit(batch)).await
+    }
+
+    /// Submits a batch under an idempotency key, so that sending it again
+    /// (after a lost connection or a timeout, when whether it was accepted
+    /// is unknown) sends nothing twice: the retry is answered with what the
+    /// first became, `replayed` set. One key per batch (a UUID does, kept
+    /// with the batch until it is answered); the key with another batch is
+    /// refused, and a retry while the first is still being accepted is
+    /// refused with `conflict` and may be tried again.
+    pub async fn submit_once(&self, key: &str, batch: Submit) -> Result<Submitted> {
+        self.submitted(&Request::SubmitOnce {
+            key: key.to_string(),
+            batch,
+        })
+        .await
+    }
+
+    async fn submitted(&self, request: &Request) -> Result<Submitted> {
+        let mut exchange = self.request(request).await?;
+        let (response, replayed) = match exchange.next().await? {
             Some(Response::Submitted {
                 campaign,
                 accepted,
                 rejected,
-            }) => Ok(Submitted {
+            }) => ((campaign, accepted, rejected), false),
+            Some(Response::Replayed {
                 campaign,
                 accepted,
                 rejected,
-            }),
-            other => Err(unexpected(other)),
-        }
+            }) => ((campaign, accepted, rejected), true),
+            other => return Err(unexpected(other)),
+        };
+        let (campaign, accepted, rejected) = response;
+        Ok(Submitted {
+            campaign,
+            accepted,
+            rejected,
+            replayed,
+        })
     }
 
     /// A campaign's delivery statuses: each delivery whose status changed
@@ -443,6 +473,7 @@ mod tests {
             campaign: "c1".into(),
             accepted: 6,
             rejected: vec![(1, "x".into()), (2, "x".into()), (5, "x".into())],
+            replayed: false,
         };
         // Batch 0 3 4 6 7 8 were accepted, in that order.
         let mapped: Vec<u32> = (0..6).map(|i| s.batch_index(i)).collect();

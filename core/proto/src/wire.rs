@@ -10,6 +10,10 @@
 //! - [`Request::Submit`]: a batch of messages to explicit recipients (lab
 //!   results, reminders), one campaign per batch; answered
 //!   [`Response::Submitted`].
+//! - [`Request::SubmitOnce`]: the same under an idempotency key, so that a
+//!   batch sent again after a lost connection or a timeout is not sent
+//!   twice: a retry is answered [`Response::Replayed`] with what the first
+//!   became.
 //! - [`Request::Statuses`]: a campaign's delivery statuses as they change,
 //!   from a position (`since_ms`): every delivery whose status changed at
 //!   or after it, then each later change, until the client closes the
@@ -58,6 +62,18 @@ pub enum Request {
     Inbound {
         after: Option<u64>,
     },
+    // Appended: the variants before keep their numbers, so a broker reads
+    // the frames of clients that do not know this one.
+    /// A batch under an idempotency key (1 to 255 visible ASCII
+    /// characters, unique per batch; a UUID does): the same batch under the
+    /// same key is accepted once, and a retry is answered
+    /// [`Response::Replayed`]. The key with another batch is refused
+    /// (`invalid`); a retry while the first is still being accepted is
+    /// refused (`conflict`) and may be tried again.
+    SubmitOnce {
+        key: String,
+        batch: Submit,
+    },
 }
 
 /// One campaign's worth of messages.
@@ -105,6 +121,13 @@ pub enum Response {
     /// Everything up to now has been sent; later events follow as they
     /// happen.
     CaughtUp,
+    /// A [`Request::SubmitOnce`] whose key was accepted before: what that
+    /// batch became; nothing is sent again.
+    Replayed {
+        campaign: String,
+        accepted: u32,
+        rejected: Vec<(u32, String)>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -199,6 +222,30 @@ mod tests {
         let len = frame_len(frame[..4].try_into().unwrap()).unwrap();
         assert_eq!(len, frame.len() - 4);
         assert_eq!(decode::<Request>(&frame[4..]).unwrap(), r);
+    }
+
+    #[test]
+    fn variants_keep_their_numbers_on_the_wire() {
+        // A frame's first byte is its variant: clients and brokers of
+        // different versions read each other's older frames.
+        let first = |r: &Request| encode(r)[4];
+        assert_eq!(first(&Request::Hello { token: "t".into() }), 0);
+        assert_eq!(first(&Request::Submit(Submit::default())), 1);
+        assert_eq!(first(&Request::Inbound { after: None }), 3);
+        let once = Request::SubmitOnce {
+            key: "k".into(),
+            batch: Submit::default(),
+        };
+        assert_eq!(first(&once), 4);
+        let caught_up = encode(&Response::CaughtUp)[4];
+        assert_eq!(caught_up, 5);
+        let replayed = encode(&Response::Replayed {
+            campaign: "c1".into(),
+            accepted: 1,
+            rejected: vec![],
+        });
+        assert_eq!(replayed[4], 6);
+        assert_eq!(decode::<Request>(&encode(&once)[4..]).unwrap(), once);
     }
 
     #[test]

@@ -178,6 +178,29 @@ fn integrators_submit_batches_and_follow_statuses_and_replies_over_quic() {
         let mut later = read_only.inbound(Some(seqs[4])).await.unwrap();
         assert_eq!(later.next_event().await.unwrap().unwrap().seq, seqs[5]);
         later.close();
+
+        // Last, as its recipients reply too: under an idempotency key a
+        // batch is accepted once, and the retry (a lost answer, a timeout)
+        // is answered with the first campaign.
+        let keyed = client.submit_once("lab-7f3a-0001", batch(2)).await.unwrap();
+        assert!(!keyed.replayed);
+        let retried = client.submit_once("lab-7f3a-0001", batch(2)).await.unwrap();
+        assert_eq!(
+            (retried.replayed, &retried.campaign, retried.accepted),
+            (true, &keyed.campaign, 2)
+        );
+        // The key with another batch is refused, naming the key.
+        match client.submit_once("lab-7f3a-0001", batch(3)).await {
+            Err(ClientError::Refused { code, message }) => {
+                assert_eq!(code, "invalid", "{message}");
+                assert!(message.contains("Idempotency-Key"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match client.submit_once("", batch(1)).await {
+            Err(ClientError::Refused { code, .. }) => assert_eq!(code, "invalid"),
+            other => panic!("{other:?}"),
+        }
         client.close();
         read_only.close();
     });

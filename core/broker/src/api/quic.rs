@@ -14,9 +14,14 @@
 //! [`STATUS_POLL`] for changes since the last read (less
 //! [`COMMIT_MARGIN`], for writes stamped before a read and committed
 //! after it); a delivery is not sent twice with the same status and time
-//! within one subscription. Each read scans the campaign's status records:
-//! a subscription to a campaign of a million costs a scan of a million
-//! short records a second (about a third of a second of one core here).
+//! within one subscription. Each read scans the campaign's status records,
+//! so a read is made only when the campaign's counters (in memory; every
+//! committed status change moves them) have moved since the last one, and
+//! at least every [`FULL_READ`] (for a campaign ended over an hour ago,
+//! whose late receipts the counters in memory no longer follow). A
+//! subscription to a campaign of a million costs a scan of a million short
+//! records (about a third of a second of one core here) each time it moves,
+//! nothing while it stands still.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -29,11 +34,14 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 
 use super::{Api, Role};
-use crate::dispatch::{AudienceSpec, Body, CampaignSpec};
+use crate::dispatch::{AudienceSpec, Body, CampaignSpec, Once};
 use crate::error::{Error, Result};
 
 /// How often a status subscription reads the campaign again.
 pub const STATUS_POLL: Duration = Duration::from_millis(250);
+/// The longest a status subscription goes without reading the campaign,
+/// its counters standing still or not.
+pub const FULL_READ: Duration = Duration::from_secs(5);
 /// How far back each status read looks past the last one.
 pub const COMMIT_MARGIN: Duration = Duration::from_millis(2000);
 /// How often an inbound subscription looks for new messages.
@@ -263,7 +271,7 @@ async fn exchange(
         }
     };
     let needed = match &request {
-        Request::Submit(_) => Role::Sender,
+        Request::Submit(_) | Request::SubmitOnce { .. } => Role::Sender,
         _ => Role::Viewer,
     };
     if role < needed {
@@ -287,7 +295,14 @@ async fn exchange(
             .await?;
         }
         Request::Submit(batch) => {
-            let answer = match submit(&api, batch).await {
+            let answer = match submit(&api, batch, None).await {
+                Ok(r) => r,
+                Err(e) => refusal(e.code().as_str(), e.to_string()),
+            };
+            write(&mut send, &answer).await?;
+        }
+        Request::SubmitOnce { key, batch } => {
+            let answer = match submit(&api, batch, Some(key)).await {
                 Ok(r) => r,
                 Err(e) => refusal(e.code().as_str(), e.to_string()),
             };
@@ -302,8 +317,14 @@ async fn exchange(
     Ok(())
 }
 
-/// A batch as one campaign.
-async fn submit(api: &Api, batch: Submit) -> Result<Response> {
+/// A batch as one campaign; under `key`, once.
+async fn submit(api: &Api, batch: Submit, key: Option<String>) -> Result<Response> {
+    // The batch as the client sent it identifies the request.
+    let once = key.map(|key| Once {
+        scope: "quic",
+        key,
+        request: *blake3::hash(&postcard::to_stdvec(&batch).unwrap_or_default()).as_bytes(),
+    });
     if batch.recipients.len() > wire::MAX_BATCH {
         return Err(Error::field_invalid(
             "recipients",
@@ -348,15 +369,30 @@ async fn submit(api: &Api, batch: Submit) -> Result<Response> {
         expires_at_ms: batch.expires_at_ms,
         start_at_ms: None,
     };
-    let submitted = api.broker.dispatcher().submit(spec).await?;
-    Ok(Response::Submitted {
-        campaign: submitted.id.to_string(),
-        accepted: submitted.accepted,
-        rejected: submitted
-            .rejected
-            .into_iter()
-            .map(|r| (r.index as u32, r.reason))
-            .collect(),
+    let dispatcher = api.broker.dispatcher();
+    let submitted = match once {
+        Some(once) => dispatcher.submit_once(spec, once).await?,
+        None => dispatcher.submit(spec).await?,
+    };
+    let campaign = submitted.id.to_string();
+    let accepted = submitted.accepted;
+    let rejected = submitted
+        .rejected
+        .into_iter()
+        .map(|r| (r.index as u32, r.reason))
+        .collect();
+    Ok(if submitted.replayed {
+        Response::Replayed {
+            campaign,
+            accepted,
+            rejected,
+        }
+    } else {
+        Response::Submitted {
+            campaign,
+            accepted,
+            rejected,
+        }
     })
 }
 
@@ -416,10 +452,20 @@ async fn statuses(
     let mut since = since_ms;
     let mut caught_up = false;
     let margin = COMMIT_MARGIN.as_millis() as u64;
+    // The counters at the last read (taken before it), and when it was.
+    let mut counted: Option<crate::dispatch::Progress> = None;
+    let mut last_read = tokio::time::Instant::now();
     loop {
         if api.stopping.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(());
         }
+        let counts = api.broker.dispatcher().live_progress(id);
+        if caught_up && counts.is_some() && counts == counted && last_read.elapsed() < FULL_READ {
+            tokio::time::sleep(STATUS_POLL).await;
+            continue;
+        }
+        counted = counts;
+        last_read = tokio::time::Instant::now();
         let read_at = api.broker.dispatcher().now_ms();
         let reader = Arc::clone(api);
         let events = tokio::task::spawn_blocking(move || changed_since(&reader, id, since))
