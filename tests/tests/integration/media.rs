@@ -394,12 +394,41 @@ fn rapidpro_statuses_are_asked_for_and_applied() {
         |p| p["delivered"] == 3 && p["failed"] == 1 && p["sent"] == 1,
     );
     assert_eq!(p["wired"], 0, "{p}");
-    let seen = seen.lock();
-    let sent: usize = seen.broadcasts.iter().map(Vec::len).sum();
-    assert_eq!(sent, 5, "{:?}", seen.broadcasts);
-    assert!(seen.queries.len() >= 2, "{:?}", seen.queries);
-    for (auth, broadcast) in &seen.queries {
-        assert_eq!(auth, "Token rp-token-0123");
-        assert!(broadcast.parse::<usize>().unwrap() >= 77, "{broadcast}");
+    {
+        let seen = seen.lock();
+        let sent: usize = seen.broadcasts.iter().map(Vec::len).sum();
+        assert_eq!(sent, 5, "{:?}", seen.broadcasts);
+        assert!(seen.queries.len() >= 2, "{:?}", seen.queries);
+        for (auth, broadcast) in &seen.queries {
+            assert_eq!(auth, "Token rp-token-0123");
+            assert!(broadcast.parse::<usize>().unwrap() >= 77, "{broadcast}");
+        }
+    }
+    // The one still `sent` is asked about each second, except while an
+    // operator holds the channel: then the gateway hears nothing from it.
+    let hold = |action: &str| {
+        let url = server.url(&format!("/v1/channels/rapidpro/{action}"));
+        let response = with(client.post(url), &admin).send().unwrap();
+        assert!(response.status().is_success(), "{action}: {response:?}");
+    };
+    let asked = || seen.lock().queries.len();
+    hold("pause");
+    // A poll already under way when the hold came may still finish.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let held_at = asked();
+    std::thread::sleep(Duration::from_millis(3_500));
+    assert_eq!(
+        asked(),
+        held_at,
+        "status queries while the channel was held"
+    );
+    hold("resume");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while asked() == held_at {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no status query after resume"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

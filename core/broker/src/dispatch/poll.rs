@@ -7,6 +7,9 @@
 //! connector, and applies the answers as receipts: the same path as a
 //! pushed webhook, so a failure still falls back to the next channel.
 //!
+//! No poll is made while the channel is held by an operator or paused by
+//! the gateway.
+//!
 //! Each poll is bounded: at most [`MAX_VISITS`] index entries read and
 //! [`MAX_QUERIES`] requests sent, through the channel's own transport
 //! (allowed hosts, timeouts) and window. The walk goes on where the last
@@ -66,6 +69,12 @@ pub(crate) async fn poll(
     after: &mut Option<String>,
 ) -> Result<Polled> {
     let now = shared.clock.now_ms();
+    // Not while an operator holds the channel, nor while the gateway has
+    // asked for a pause (a 429, a refused credential): a status request is
+    // a request to it all the same. The walk resumes where it stopped.
+    if ch.held() || ch.backing_off_until(now).is_some() {
+        return Ok(Polled::default());
+    }
     let since = now.saturating_sub(u64::from(ch.config.status_poll_max_age_h) * 3_600_000);
     let store = Arc::clone(&shared.store);
     let (channel, from) = (ch.id, after.clone());
