@@ -41,6 +41,7 @@ pub mod dispatch;
 pub mod error;
 pub mod inbound;
 pub mod metrics;
+pub mod phone;
 pub mod plugin;
 mod stop;
 pub mod workflows;

@@ -222,7 +222,7 @@ fn test(config: &Config, args: &TestArgs) -> Result<()> {
             .default_country
             .parse::<phonenumber::country::Id>()
             .ok();
-        mhero_broker::directory::import::e164(&args.to, region)
+        mhero_broker::phone::e164(&args.to, region)
             .map_err(|e| anyhow::anyhow!("--to: {e} (use --raw for a chat or user id)"))?
     };
     let host = host(config)?;

@@ -184,22 +184,6 @@ impl<'a> Overlay<'a> {
     }
 }
 
-/// E.164 for `raw` with `region` as the default country, or why not.
-pub fn e164(
-    raw: &str,
-    region: Option<phonenumber::country::Id>,
-) -> std::result::Result<String, String> {
-    match phonenumber::parse(region, raw) {
-        Ok(n) if phonenumber::is_valid(&n) => {
-            Ok(n.format().mode(phonenumber::Mode::E164).to_string())
-        }
-        Ok(_) => Err(format!(
-            "{raw:?} is not a valid phone number for its country"
-        )),
-        Err(e) => Err(format!("{raw:?} is not a phone number: {e}")),
-    }
-}
-
 /// The source-independent part of a contact: phone chosen, addresses
 /// sorted, problems named.
 fn part(source: &str, c: &IncomingContact, region: Option<phonenumber::country::Id>) -> Part {
@@ -218,7 +202,7 @@ fn part(source: &str, c: &IncomingContact, region: Option<phonenumber::country::
     });
     let mut phone = None;
     for t in phones {
-        match e164(&t.value, region) {
+        match crate::phone::e164(&t.value, region) {
             Ok(n) if phone.is_none() => phone = Some(n),
             Ok(_) => {}
             Err(why) => problems.push(why),
@@ -241,7 +225,7 @@ fn part(source: &str, c: &IncomingContact, region: Option<phonenumber::country::
             continue;
         }
         let value = if kind == "whatsapp" {
-            match e164(value, region) {
+            match crate::phone::e164(value, region) {
                 Ok(n) => n,
                 Err(why) => {
                     problems.push(format!("whatsapp: {why}"));

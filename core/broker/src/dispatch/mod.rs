@@ -1231,22 +1231,10 @@ pub fn normalize(list: &[Recipient], country: &str) -> (Vec<Recipient>, Vec<Reje
     for (index, r) in list.iter().enumerate() {
         let mut r = r.clone();
         if let Some(raw) = &r.phone {
-            match phonenumber::parse(region, raw) {
-                Ok(number) if phonenumber::is_valid(&number) => {
-                    r.phone = Some(number.format().mode(phonenumber::Mode::E164).to_string());
-                }
-                Ok(_) => {
-                    rejected.push(Rejected {
-                        index,
-                        reason: format!("{raw:?} is not a valid phone number for its country"),
-                    });
-                    continue;
-                }
-                Err(e) => {
-                    rejected.push(Rejected {
-                        index,
-                        reason: format!("{raw:?} is not a phone number: {e}"),
-                    });
+            match crate::phone::e164(raw, region) {
+                Ok(number) => r.phone = Some(number),
+                Err(reason) => {
+                    rejected.push(Rejected { index, reason });
                     continue;
                 }
             }
@@ -1292,17 +1280,10 @@ fn normalize_addresses(
             ));
         }
         if trimmed.starts_with('+') {
-            match phonenumber::parse(region, trimmed) {
-                Ok(number) if phonenumber::is_valid(&number) => {
-                    *address = number.format().mode(phonenumber::Mode::E164).to_string();
-                    continue;
-                }
-                _ => {
-                    return Err(format!(
-                        "the address for {channel}, {trimmed:?}, is not a valid phone number"
-                    ));
-                }
-            }
+            *address = crate::phone::e164(trimmed, region).map_err(|_| {
+                format!("the address for {channel}, {trimmed:?}, is not a valid phone number")
+            })?;
+            continue;
         }
         *address = trimmed.to_string();
     }

@@ -487,7 +487,7 @@ impl Validations {
 /// A number as a worker wrote it, in E.164.
 fn read_phone(given: &str, region: Option<phonenumber::country::Id>) -> Correction {
     let t = given.trim();
-    match crate::directory::import::e164(t, region) {
+    match crate::phone::e164(t, region) {
         Ok(n) => Correction {
             given: t.to_string(),
             value: Some(n),
