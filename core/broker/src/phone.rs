@@ -44,9 +44,11 @@ fn canonical(raw: &str, region: Option<Id>) -> Option<String> {
         return None;
     }
     // Country codes are a prefix code: one of 1 to 3 digits names one.
-    let (code, national) = (1..=3usize).filter(|&n| n < digits.len()).find_map(|n| {
+    let (code, national, mut rules) = (1..=3usize).filter(|&n| n < digits.len()).find_map(|n| {
         let code: u16 = digits[..n].parse().ok()?;
-        DATABASE.by_code(&code).map(|_| (code, &digits[n..]))
+        DATABASE
+            .by_code(&code)
+            .map(|metas| (code, &digits[n..], metas))
     })?;
     if !(MIN_NSN..=MAX_NSN).contains(&national.len()) || national.starts_with('0') {
         return None;
@@ -54,7 +56,6 @@ fn canonical(raw: &str, region: Option<Id>) -> Option<String> {
     // The parser strips a national prefix with the default region's rules
     // when one is given, else the number's country's: any of them that
     // could apply here sends the number to the parser.
-    let mut rules = DATABASE.by_code(&code).unwrap_or_default();
     if let Some(meta) = region.and_then(|r| DATABASE.by_id(r.as_ref())) {
         rules.push(meta);
     }
