@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
-use super::server::{JsonBody, Server, json_of, make_token, with};
+use super::server::{JsonBody, Server, get_json, json_of, make_token, with};
 
 fn cap(status: &str, msg_type: &str, identifier: &str, references: &str, infos: &str) -> String {
     format!(
@@ -53,15 +53,7 @@ fn post(client: &Client, server: &Server, token: &str, xml: String) -> (StatusCo
 }
 
 fn campaign(client: &Client, server: &Server, token: &str, id: &str) -> Value {
-    json_of(
-        with(
-            client.get(server.url(&format!("/v1/campaigns/{id}"))),
-            token,
-        )
-        .send()
-        .unwrap(),
-    )
-    .1
+    get_json(client, server, token, &format!("/v1/campaigns/{id}")).1
 }
 
 #[test]
@@ -258,11 +250,7 @@ fn cap_alerts_reach_the_districts_they_name_and_updates_and_cancels_follow() {
         (status, body["error"]["code"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_cap"))
     );
-    let (_, list) = json_of(
-        with(client.get(server.url("/v1/campaigns")), &sender)
-            .send()
-            .unwrap(),
-    );
+    let (_, list) = get_json(&client, &server, &sender, "/v1/campaigns");
     assert_eq!(
         list.as_array().unwrap().len(),
         2,

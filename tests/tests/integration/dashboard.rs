@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
-use super::server::{JsonBody, Server, json_of, make_token, sandbox_replies, with};
+use super::server::{JsonBody, Server, get_json, json_of, make_token, sandbox_replies, with};
 
 /// The page as Chromium renders it after `budget_ms` of (virtual) time:
 /// scripts run, the API is read, the tables are filled.
@@ -54,27 +54,18 @@ fn numbers(dom: &str, attr: &str, key: &str) -> Vec<String> {
 
 /// Rows of the district roll-up of stock.
 fn inventory_rows(client: &Client, server: &Server, token: &str) -> usize {
-    let (status, body) = json_of(
-        with(
-            client.get(server.url("/v1/inventory?kind=stock&level=district")),
-            token,
-        )
-        .send()
-        .unwrap(),
+    let (status, body) = get_json(
+        client,
+        server,
+        token,
+        "/v1/inventory?kind=stock&level=district",
     );
     assert_eq!(status, StatusCode::OK, "{body}");
     body["rows"].as_array().map_or(0, Vec::len)
 }
 
 fn campaign(client: &Client, server: &Server, token: &str, id: &str) -> Value {
-    let (status, body) = json_of(
-        with(
-            client.get(server.url(&format!("/v1/campaigns/{id}"))),
-            token,
-        )
-        .send()
-        .unwrap(),
-    );
+    let (status, body) = get_json(client, server, token, &format!("/v1/campaigns/{id}"));
     assert_eq!(status, StatusCode::OK, "{body}");
     body
 }
@@ -190,11 +181,7 @@ fn the_dashboard_shows_what_the_api_says_while_a_campaign_runs() {
         &[("fridge-1", "+231770000901", "yes")],
     );
     loop {
-        let (_, s) = json_of(
-            with(client.get(server.url(&survey_path)), &viewer)
-                .send()
-                .unwrap(),
-        );
+        let (_, s) = get_json(&client, &server, &viewer, &survey_path);
         if s["questions"][0]["answered"] == 1 {
             break;
         }

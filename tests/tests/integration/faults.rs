@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::server::{JsonBody, Server, json_of, make_token, wait_campaign, with};
+use super::server::{JsonBody, Server, get_json, json_of, make_token, wait_campaign, with};
 
 const MESSAGES: u32 = 600;
 const RATE: u32 = 200;
@@ -309,14 +309,7 @@ webhook_secret = "{SECRET}"
     assert_eq!(p["dead"].as_u64(), Some(malformed), "{p}");
     assert_eq!(p["queued"], 0, "{p}");
     assert!(p["retries"].as_u64().unwrap() >= 200, "{p}");
-    let (_, dead) = json_of(
-        with(
-            client.get(server.url("/v1/dead-letters?limit=1000")),
-            &sender,
-        )
-        .send()
-        .unwrap(),
-    );
+    let (_, dead) = get_json(&client, &server, &sender, "/v1/dead-letters?limit=1000");
     let dead = dead.as_array().unwrap();
     assert_eq!(dead.len() as u64, malformed);
     for d in dead {

@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
-use super::server::{JsonBody, Server, json_of, make_token, with};
+use super::server::{JsonBody, Server, get_json, json_of, make_token, with};
 
 const MESSAGES: usize = 10_000;
 /// Messages per second the channel is configured for, and its burst.
@@ -111,14 +111,7 @@ webhook_token = "{CALLBACK_TOKEN}"
     let started = Instant::now();
     let deadline = started + Duration::from_secs(240);
     let progress = loop {
-        let (status, body) = json_of(
-            with(
-                client.get(server.url(&format!("/v1/campaigns/{id}"))),
-                &sender,
-            )
-            .send()
-            .unwrap(),
-        );
+        let (status, body) = get_json(&client, &server, &sender, &format!("/v1/campaigns/{id}"));
         assert_eq!(status, StatusCode::OK, "{body}");
         if body["delivered"] == MESSAGES {
             break body;
@@ -178,15 +171,11 @@ webhook_token = "{CALLBACK_TOKEN}"
     let mut from = 0;
     let mut seen = 0;
     loop {
-        let (status, page) = json_of(
-            with(
-                client.get(server.url(&format!(
-                    "/v1/campaigns/{id}/deliveries?from={from}&limit=1000"
-                ))),
-                &sender,
-            )
-            .send()
-            .unwrap(),
+        let (status, page) = get_json(
+            &client,
+            &server,
+            &sender,
+            &format!("/v1/campaigns/{id}/deliveries?from={from}&limit=1000"),
         );
         assert_eq!(status, StatusCode::OK, "{page}");
         for d in page["deliveries"].as_array().unwrap() {
@@ -204,11 +193,7 @@ webhook_token = "{CALLBACK_TOKEN}"
     // The SMSC's three inbound SMS arrived as inbound messages, each once.
     let deadline = Instant::now() + Duration::from_secs(30);
     let inbound = loop {
-        let (status, body) = json_of(
-            with(client.get(server.url("/v1/inbound?limit=100")), &sender)
-                .send()
-                .unwrap(),
-        );
+        let (status, body) = get_json(&client, &server, &sender, "/v1/inbound?limit=100");
         assert_eq!(status, StatusCode::OK, "{body}");
         let items = body.as_array().cloned().unwrap_or_default();
         let processed = items.iter().filter(|m| !m["processed"].is_null()).count();

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
-use super::server::{JsonBody, Server, json_of, make_token, sandbox_replies, with};
+use super::server::{JsonBody, Server, get_json, json_of, make_token, sandbox_replies, with};
 
 fn report(id: &str, requester: Value) -> Value {
     let mut contained = vec![
@@ -48,7 +48,7 @@ fn post(client: &Client, server: &Server, token: &str, body: &Value) -> (StatusC
 }
 
 fn get(client: &Client, server: &Server, token: &str, path: &str) -> Value {
-    let (status, v) = json_of(with(client.get(server.url(path)), token).send().unwrap());
+    let (status, v) = get_json(client, server, token, path);
     assert_eq!(status, StatusCode::OK, "{path}: {v}");
     v
 }
@@ -180,11 +180,7 @@ fn a_lab_result_reaches_its_clinician_safely_and_the_reply_acknowledges_it() {
     assert_eq!(ack["payload"][0]["contentString"], "OK received");
     assert_eq!(ack["sender"]["reference"], "Practitioner/DR-7");
     assert_eq!(ack["about"][0]["identifier"]["value"], "LAB-1");
-    let (_, inbound) = json_of(
-        with(client.get(server.url("/v1/inbound?route=lab_ack")), &sender)
-            .send()
-            .unwrap(),
-    );
+    let (_, inbound) = get_json(&client, &server, &sender, "/v1/inbound?route=lab_ack");
     assert_eq!(inbound.as_array().unwrap().len(), 1, "{inbound}");
     assert!(server.stop().success());
 

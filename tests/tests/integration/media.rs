@@ -25,7 +25,7 @@ use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
-use super::server::{JsonBody, Server, json_of, make_token, wait_campaign, with};
+use super::server::{JsonBody, Server, get_json, json_of, make_token, wait_campaign, with};
 
 /// What the simulated providers were asked.
 #[derive(Default)]
@@ -214,11 +214,7 @@ fn submit(client: &Client, server: &Server, token: &str, campaign: &Value) -> (S
 }
 
 fn dead_reasons(client: &Client, server: &Server, token: &str) -> Vec<String> {
-    let (status, dead) = json_of(
-        with(client.get(server.url("/v1/dead-letters?limit=100")), token)
-            .send()
-            .unwrap(),
-    );
+    let (status, dead) = get_json(client, server, token, "/v1/dead-letters?limit=100");
     assert_eq!(status, StatusCode::OK, "{dead}");
     dead.as_array()
         .unwrap()

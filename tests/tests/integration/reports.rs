@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
-use super::server::{JsonBody, Server, json_of, make_token, sandbox_replies, with};
+use super::server::{JsonBody, Server, get_json, json_of, make_token, sandbox_replies, with};
 
 fn location(id: &str, name: &str, parent: Option<&str>, kind: &str) -> Value {
     let mut l = json!({"resourceType": "Location", "id": id, "name": name, "status": "active",
@@ -32,7 +32,7 @@ fn worker(id: &str, phone: &str, cadre: &str, facility: &str) -> [Value; 2] {
 }
 
 fn get(client: &Client, server: &Server, token: &str, path: &str) -> Value {
-    let (status, v) = json_of(with(client.get(server.url(path)), token).send().unwrap());
+    let (status, v) = get_json(client, server, token, path);
     assert_eq!(status, StatusCode::OK, "{path}: {v}");
     v
 }
@@ -132,14 +132,7 @@ fn stock_reports_roll_up_alert_the_district_and_export_as_observations() {
     );
     assert_eq!(cases["tally"], "sum");
     assert_eq!(cases["rows"][0]["quantity"], 2, "{cases}");
-    let (status, bad) = json_of(
-        with(
-            client.get(server.url("/v1/inventory?kind=weather")),
-            &sender,
-        )
-        .send()
-        .unwrap(),
-    );
+    let (status, bad) = get_json(&client, &server, &sender, "/v1/inventory?kind=weather");
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(bad.to_string().contains("case, stock"), "{bad}");
 

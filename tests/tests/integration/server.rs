@@ -172,6 +172,16 @@ pub(crate) fn json_of(r: Response) -> (StatusCode, Value) {
     (status, value)
 }
 
+/// `GET path` with `token`: the status and the JSON body.
+pub(crate) fn get_json(
+    client: &Client,
+    server: &Server,
+    token: &str,
+    path: &str,
+) -> (StatusCode, Value) {
+    json_of(with(client.get(server.url(path)), token).send().unwrap())
+}
+
 fn error_code(r: Response) -> (StatusCode, String) {
     let (status, body) = json_of(r);
     let code = body["error"]["code"]
@@ -225,14 +235,7 @@ pub(crate) fn wait_campaign(
 ) -> Value {
     let deadline = Instant::now() + within;
     loop {
-        let (status, body) = json_of(
-            with(
-                client.get(server.url(&format!("/v1/campaigns/{id}"))),
-                token,
-            )
-            .send()
-            .unwrap(),
-        );
+        let (status, body) = get_json(client, server, token, &format!("/v1/campaigns/{id}"));
         assert_eq!(status, StatusCode::OK, "{body}");
         if until(&body) {
             return body;
@@ -391,11 +394,7 @@ fn serve_takes_campaigns_over_http_with_tokens_roles_and_clear_errors() {
         (status, code.as_str()),
         (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
     );
-    let (status, body) = json_of(
-        with(client.get(server.url("/v1/campaigns")), &viewer)
-            .send()
-            .unwrap(),
-    );
+    let (status, body) = get_json(&client, &server, &viewer, "/v1/campaigns");
     assert_eq!(
         (status, body),
         (StatusCode::OK, json!([])),
@@ -430,13 +429,11 @@ fn serve_takes_campaigns_over_http_with_tokens_roles_and_clear_errors() {
     let (status, scheduled) = json_of(post(later.to_string()));
     assert_eq!(status, StatusCode::CREATED, "{scheduled}");
     let later_id = scheduled["id"].as_str().unwrap().to_string();
-    let (status, body) = json_of(
-        with(
-            client.get(server.url(&format!("/v1/campaigns/{later_id}"))),
-            &viewer,
-        )
-        .send()
-        .unwrap(),
+    let (status, body) = get_json(
+        &client,
+        &server,
+        &viewer,
+        &format!("/v1/campaigns/{later_id}"),
     );
     assert_eq!(
         (status, body["state"].as_str()),
@@ -464,11 +461,7 @@ fn serve_takes_campaigns_over_http_with_tokens_roles_and_clear_errors() {
     assert_eq!(error_code(r), (StatusCode::NOT_FOUND, "not_found".into()));
 
     // Newest first.
-    let (_, list) = json_of(
-        with(client.get(server.url("/v1/campaigns?limit=10")), &viewer)
-            .send()
-            .unwrap(),
-    );
+    let (_, list) = get_json(&client, &server, &viewer, "/v1/campaigns?limit=10");
     let ids: Vec<&str> = list
         .as_array()
         .unwrap()
@@ -495,17 +488,9 @@ fn serve_takes_campaigns_over_http_with_tokens_roles_and_clear_errors() {
     assert_eq!(error_code(r), (StatusCode::BAD_REQUEST, "invalid".into()));
 
     // Channels, plugins, dead letters, metrics, the OpenAPI document.
-    let (_, channels) = json_of(
-        with(client.get(server.url("/v1/channels")), &viewer)
-            .send()
-            .unwrap(),
-    );
+    let (_, channels) = get_json(&client, &server, &viewer, "/v1/channels");
     assert_eq!(channels[0]["name"], "sandbox", "{channels}");
-    let (_, plugins) = json_of(
-        with(client.get(server.url("/v1/plugins")), &viewer)
-            .send()
-            .unwrap(),
-    );
+    let (_, plugins) = get_json(&client, &server, &viewer, "/v1/plugins");
     assert!(
         plugins
             .as_array()
@@ -514,11 +499,7 @@ fn serve_takes_campaigns_over_http_with_tokens_roles_and_clear_errors() {
             .any(|p| p["name"] == "keywords" && p["kind"] == "classifier"),
         "{plugins}"
     );
-    let (status, dead) = json_of(
-        with(client.get(server.url("/v1/dead-letters")), &viewer)
-            .send()
-            .unwrap(),
-    );
+    let (status, dead) = get_json(&client, &server, &viewer, "/v1/dead-letters");
     assert_eq!((status, dead), (StatusCode::OK, json!([])));
     let r = with(client.post(server.url("/v1/dead-letters/replay")), &admin)
         .json_body(&json!({}))
@@ -543,11 +524,7 @@ fn serve_takes_campaigns_over_http_with_tokens_roles_and_clear_errors() {
         .text()
         .unwrap();
     assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
-    let (status, doc) = json_of(
-        with(client.get(server.url("/openapi.json")), &viewer)
-            .send()
-            .unwrap(),
-    );
+    let (status, doc) = get_json(&client, &server, &viewer, "/openapi.json");
     assert_eq!(status, StatusCode::OK);
     assert!(doc["paths"]["/v1/campaigns"]["post"].is_object());
 
@@ -625,11 +602,7 @@ fn serve_takes_campaigns_over_http_with_tokens_roles_and_clear_errors() {
     );
     let offline = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let server = Server::start(&data);
-    let (status, list) = json_of(
-        with(client.get(server.url("/v1/campaigns")), &offline)
-            .send()
-            .unwrap(),
-    );
+    let (status, list) = get_json(&client, &server, &offline, "/v1/campaigns");
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
     // Kept: every delivery still ended; receipts that came in after the
@@ -640,11 +613,7 @@ fn serve_takes_campaigns_over_http_with_tokens_roles_and_clear_errors() {
         list[1]["delivered"].as_u64() >= done["delivered"].as_u64(),
         "{list} {done}"
     );
-    let (status, _) = json_of(
-        with(client.get(server.url("/v1/tokens")), &admin)
-            .send()
-            .unwrap(),
-    );
+    let (status, _) = get_json(&client, &server, &admin, "/v1/tokens");
     assert_eq!(status, StatusCode::OK);
     std::thread::sleep(Duration::from_millis(200));
     assert!(
@@ -842,14 +811,7 @@ fn the_fhir_facade_imports_workers_and_sends_communication_requests() {
         "{body}"
     );
     // The same campaign through the REST view: the emergency lane.
-    let (_, campaign) = json_of(
-        with(
-            client.get(server.url(&format!("/v1/campaigns/{id}"))),
-            &sender,
-        )
-        .send()
-        .unwrap(),
-    );
+    let (_, campaign) = get_json(&client, &server, &sender, &format!("/v1/campaigns/{id}"));
     assert_eq!(campaign["lane"], "emergency");
     let deadline = Instant::now() + Duration::from_secs(60);
     let done = loop {
@@ -962,13 +924,11 @@ fn the_fhir_facade_imports_workers_and_sends_communication_requests() {
     let (status, _) = search("based-on=CommunicationRequest/c4040");
     assert_eq!(status, StatusCode::NOT_FOUND);
     // The same through REST.
-    let (status, page) = json_of(
-        with(
-            client.get(server.url(&format!("/v1/campaigns/{id}/deliveries?limit=10"))),
-            &sender,
-        )
-        .send()
-        .unwrap(),
+    let (status, page) = get_json(
+        &client,
+        &server,
+        &sender,
+        &format!("/v1/campaigns/{id}/deliveries?limit=10"),
     );
     assert_eq!(status, StatusCode::OK, "{page}");
     assert_eq!(page["total"], 2);
@@ -1079,20 +1039,14 @@ fn the_fhir_facade_imports_workers_and_sends_communication_requests() {
         (status, code.as_str()),
         (StatusCode::NOT_FOUND, "not-found")
     );
-    let (_, list) = json_of(
-        with(client.get(server.url("/v1/campaigns")), &sender)
-            .send()
-            .unwrap(),
-    );
+    let (_, list) = get_json(&client, &server, &sender, "/v1/campaigns");
     assert_eq!(
         list.as_array().unwrap().len(),
         3,
         "only the two accepted and the keyed lab result, each once: {list}"
     );
     // The directory over REST: what the Bundle brought in, and consent.
-    let get = |path: &str, token: &str| {
-        json_of(with(client.get(server.url(path)), token).send().unwrap())
-    };
+    let get = |path: &str, token: &str| get_json(&client, &server, token, path);
     let (status, summary) = get("/v1/directory", &sender);
     assert_eq!(status, StatusCode::OK, "{summary}");
     assert_eq!(summary["contacts"], 2, "{summary}");
@@ -1173,11 +1127,7 @@ fn the_fhir_facade_imports_workers_and_sends_communication_requests() {
 }
 
 fn channel(client: &Client, server: &Server, token: &str, name: &str) -> Value {
-    let (status, all) = json_of(
-        with(client.get(server.url("/v1/channels")), token)
-            .send()
-            .unwrap(),
-    );
+    let (status, all) = get_json(client, server, token, "/v1/channels");
     assert_eq!(status, StatusCode::OK, "{all}");
     all.as_array()
         .unwrap()
@@ -1245,17 +1195,8 @@ fn a_paused_channel_sends_nothing_until_resumed_even_across_a_restart() {
     );
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
-    let campaign = |server: &Server| {
-        json_of(
-            with(
-                client.get(server.url(&format!("/v1/campaigns/{id}"))),
-                &sender,
-            )
-            .send()
-            .unwrap(),
-        )
-        .1
-    };
+    let campaign =
+        |server: &Server| get_json(&client, server, &sender, &format!("/v1/campaigns/{id}")).1;
     let deadline = Instant::now() + Duration::from_secs(30);
     while ended(&campaign(&server)) < 5 {
         assert!(Instant::now() < deadline, "{}", campaign(&server));

@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
-use super::server::{JsonBody, Server, json_of, make_token, sandbox_replies, with};
+use super::server::{JsonBody, Server, get_json, json_of, make_token, sandbox_replies, with};
 
 /// A worker's reply as the sandbox gateway delivers it to the webhook.
 fn reply(client: &Client, server: &Server, id: &str, from: &str, text: &str) {
@@ -17,11 +17,7 @@ fn reply(client: &Client, server: &Server, id: &str, from: &str, text: &str) {
 }
 
 fn survey(client: &Client, server: &Server, token: &str, id: &str) -> Value {
-    let (status, v) = json_of(
-        with(client.get(server.url(&format!("/v1/surveys/{id}"))), token)
-            .send()
-            .unwrap(),
-    );
+    let (status, v) = get_json(client, server, token, &format!("/v1/surveys/{id}"));
     assert_eq!(status, StatusCode::OK, "{v}");
     v
 }
@@ -163,15 +159,11 @@ fn a_survey_started_over_http_is_answered_and_read_back_three_ways() {
     );
 
     // FHIR: a searchset of QuestionnaireResponses, by the Questionnaire's url.
-    let (status, bundle) = json_of(
-        with(
-            client.get(server.url(
-                "/fhir/r4/QuestionnaireResponse?questionnaire=https://moh.example/Questionnaire/cold-chain",
-            )),
-            &viewer,
-        )
-        .send()
-        .unwrap(),
+    let (status, bundle) = get_json(
+        &client,
+        &server,
+        &viewer,
+        "/fhir/r4/QuestionnaireResponse?questionnaire=https://moh.example/Questionnaire/cold-chain",
     );
     assert_eq!(status, StatusCode::OK, "{bundle}");
     let responses: Vec<&Value> = bundle["entry"]
@@ -192,18 +184,10 @@ fn a_survey_started_over_http_is_answered_and_read_back_three_ways() {
     assert_eq!(second["item"][2]["answer"][0]["valueDate"], "2026-11-27");
 
     // The answers are in the inbound list, routed to the survey.
-    let (_, inbound) = json_of(
-        with(client.get(server.url("/v1/inbound?route=survey")), &viewer)
-            .send()
-            .unwrap(),
-    );
+    let (_, inbound) = get_json(&client, &server, &viewer, "/v1/inbound?route=survey");
     assert_eq!(inbound.as_array().unwrap().len(), 5, "{inbound}");
     // The newest two (a dashboard's latest) are the tail of the whole list.
-    let (_, all) = json_of(
-        with(client.get(server.url("/v1/inbound")), &viewer)
-            .send()
-            .unwrap(),
-    );
+    let (_, all) = get_json(&client, &server, &viewer, "/v1/inbound");
     let seqs = |v: &serde_json::Value| -> Vec<u64> {
         v.as_array()
             .unwrap()
@@ -213,24 +197,10 @@ fn a_survey_started_over_http_is_answered_and_read_back_three_ways() {
     };
     let all = seqs(&all);
     assert!(all.len() > 2, "{all:?}");
-    let (status, newest) = json_of(
-        with(
-            client.get(server.url("/v1/inbound?newest=true&limit=2")),
-            &viewer,
-        )
-        .send()
-        .unwrap(),
-    );
+    let (status, newest) = get_json(&client, &server, &viewer, "/v1/inbound?newest=true&limit=2");
     assert_eq!(status, StatusCode::OK, "{newest}");
     assert_eq!(seqs(&newest), all[all.len() - 2..]);
-    let (status, both) = json_of(
-        with(
-            client.get(server.url("/v1/inbound?newest=true&after=1")),
-            &viewer,
-        )
-        .send()
-        .unwrap(),
-    );
+    let (status, both) = get_json(&client, &server, &viewer, "/v1/inbound?newest=true&after=1");
     assert_eq!(status, StatusCode::BAD_REQUEST, "{both}");
     assert!(server.stop().success());
 }
@@ -301,7 +271,7 @@ fn a_course_over_http_sends_lessons_scores_its_quiz_and_reports_progress() {
     assert_eq!(created["enrolled"], 2);
     let id = created["id"].as_str().unwrap().to_string();
     let get = |path: &str| {
-        let (status, v) = json_of(with(client.get(server.url(path)), &viewer).send().unwrap());
+        let (status, v) = get_json(&client, &server, &viewer, path);
         assert_eq!(status, StatusCode::OK, "{path}: {v}");
         v
     };

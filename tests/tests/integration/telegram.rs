@@ -12,7 +12,7 @@ use reqwest::StatusCode;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
-use super::server::{JsonBody, Server, json_of, make_token, wait_campaign, with};
+use super::server::{JsonBody, Server, get_json, json_of, make_token, wait_campaign, with};
 
 const BOT_TOKEN: &str = "4242:mhero-test-bot";
 const SECRET: &str = "tg-hook-secret-1c9e";
@@ -157,13 +157,11 @@ webhook_secret = "{SECRET}"
         |c| c["done"] == true,
     );
     assert_eq!(done["dead"], 0, "{done}");
-    let (_, page) = json_of(
-        with(
-            client.get(server.url(&format!("/v1/campaigns/{id}/deliveries"))),
-            &sender,
-        )
-        .send()
-        .unwrap(),
+    let (_, page) = get_json(
+        &client,
+        &server,
+        &sender,
+        &format!("/v1/campaigns/{id}/deliveries"),
     );
     let channels: Vec<(&str, &str)> = page["deliveries"]
         .as_array()
@@ -204,11 +202,7 @@ webhook_secret = "{SECRET}"
     assert!(reply.status().is_success());
     let deadline = Instant::now() + Duration::from_secs(20);
     let inbound = loop {
-        let (_, body) = json_of(
-            with(client.get(server.url("/v1/inbound")), &sender)
-                .send()
-                .unwrap(),
-        );
+        let (_, body) = get_json(&client, &server, &sender, "/v1/inbound");
         let items = body.as_array().cloned().unwrap_or_default();
         // Listed once processed: classified and routed.
         if items.first().is_some_and(|m| !m["processed"].is_null()) || Instant::now() > deadline {
