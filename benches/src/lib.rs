@@ -45,6 +45,88 @@ pub fn round(x: f64, digits: i32) -> f64 {
     (x * f).round() / f
 }
 
+/// A classic Prometheus histogram's cumulative buckets, `(le, count)` in
+/// rising order with `+Inf` last, summed over the series of `metric` (its
+/// `_bucket` lines) whose labels include one of `labels` (`channel="gw0"`),
+/// from a text exposition.
+pub fn histogram_buckets(exposition: &str, metric: &str, labels: &[String]) -> Vec<(f64, u64)> {
+    let prefix = format!("{metric}_bucket{{");
+    let mut buckets: Vec<(f64, u64)> = Vec::new();
+    for line in exposition.lines() {
+        let Some(rest) = line.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((set, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        if !labels.iter().any(|l| set.split(',').any(|pair| pair == l)) {
+            continue;
+        }
+        let Some(le) = set.split(',').find_map(|pair| pair.strip_prefix("le=\"")) else {
+            continue;
+        };
+        let le = match le.trim_end_matches('"') {
+            "+Inf" => f64::INFINITY,
+            bound => match bound.parse() {
+                Ok(b) => b,
+                Err(_) => continue,
+            },
+        };
+        let count = value
+            .split(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        match buckets.iter_mut().find(|(b, _)| *b == le) {
+            Some((_, c)) => *c += count as u64,
+            None => buckets.push((le, count as u64)),
+        }
+    }
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+/// The `q` quantile of cumulative buckets, the way PromQL's
+/// `histogram_quantile` reads them: linear within the bucket that holds
+/// it, from the bucket below's bound (0 for the first); the highest finite
+/// bound when it falls in `+Inf`. `None` without observations.
+pub fn histogram_quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut below = (0.0, 0u64);
+    for &(le, count) in buckets {
+        if count as f64 >= rank {
+            if le.is_infinite() {
+                return Some(below.0);
+            }
+            let inside = (count - below.1) as f64;
+            let into = if inside > 0.0 {
+                (rank - below.1 as f64) / inside
+            } else {
+                1.0
+            };
+            return Some(below.0 + (le - below.0) * into);
+        }
+        below = (le, count);
+    }
+    Some(below.0)
+}
+
+/// Bucket counts after less before, bucket by bucket (the observations
+/// between two reads of the same series).
+pub fn histogram_delta(after: &[(f64, u64)], before: &[(f64, u64)]) -> Vec<(f64, u64)> {
+    after
+        .iter()
+        .map(|&(le, count)| {
+            let earlier = before.iter().find(|(b, _)| *b == le).map_or(0, |(_, c)| *c);
+            (le, count.saturating_sub(earlier))
+        })
+        .collect()
+}
+
 /// The type of the filesystem holding `path` (`ext4`, `tmpfs`, `overlay`…),
 /// as the kernel's mount table names it for the deepest mount point above
 /// it; figures record where their data lived. (`stat -f` reads the
@@ -170,6 +252,48 @@ mod tests {
         assert_eq!(diff["channels.sms.rate"], 200.0);
         assert!(!diff.to_string().contains("s3cret-pass"));
         assert_eq!(diff.as_object().unwrap().len(), 3, "{diff}");
+    }
+
+    #[test]
+    fn quantiles_are_read_from_buckets_as_promql_reads_them() {
+        let text = "\
+# TYPE mhero_dispatch_request_duration_seconds histogram
+mhero_dispatch_request_duration_seconds_sum{channel=\"gw0\"} 1.0
+mhero_dispatch_request_duration_seconds_bucket{channel=\"gw0\",le=\"0.001\"} 50
+mhero_dispatch_request_duration_seconds_bucket{channel=\"gw0\",le=\"0.002\"} 90
+mhero_dispatch_request_duration_seconds_bucket{channel=\"gw0\",le=\"+Inf\"} 100
+mhero_dispatch_request_duration_seconds_bucket{channel=\"gw1\",le=\"0.001\"} 50
+mhero_dispatch_request_duration_seconds_bucket{channel=\"gw1\",le=\"0.002\"} 100
+mhero_dispatch_request_duration_seconds_bucket{channel=\"gw1\",le=\"+Inf\"} 100
+mhero_dispatch_request_duration_seconds_bucket{channel=\"other\",le=\"0.001\"} 7
+mhero_dispatch_request_duration_seconds_bucket{channel=\"other\",le=\"+Inf\"} 7
+";
+        let m = "mhero_dispatch_request_duration_seconds";
+        let both = histogram_buckets(
+            text,
+            m,
+            &["channel=\"gw0\"".into(), "channel=\"gw1\"".into()],
+        );
+        assert_eq!(both, vec![(0.001, 100), (0.002, 190), (f64::INFINITY, 200)]);
+        // Rank 100 of 200 closes the first bucket; rank 150 is half-way
+        // into the second (90 of its 90 observations from 100 to 190).
+        assert_eq!(histogram_quantile(&both, 0.5), Some(0.001));
+        let p75 = histogram_quantile(&both, 0.75).unwrap();
+        assert!((p75 - (0.001 + 0.001 * 50.0 / 90.0)).abs() < 1e-12, "{p75}");
+        // Rank 198 falls in +Inf: the highest finite bound.
+        assert_eq!(histogram_quantile(&both, 0.99), Some(0.002));
+        let gw0 = histogram_buckets(text, m, &["channel=\"gw0\"".into()]);
+        assert_eq!(histogram_quantile(&gw0, 0.25), Some(0.0005));
+        let before = vec![(0.001, 40), (0.002, 40), (f64::INFINITY, 40)];
+        assert_eq!(
+            histogram_delta(&gw0, &before),
+            vec![(0.001, 10), (0.002, 50), (f64::INFINITY, 60)]
+        );
+        assert_eq!(
+            histogram_quantile(&histogram_buckets(text, m, &[]), 0.5),
+            None
+        );
+        assert_eq!(histogram_quantile(&histogram_delta(&gw0, &gw0), 0.5), None);
     }
 
     #[test]
