@@ -234,40 +234,79 @@ pub struct CampaignRecord {
     /// When every recipient had ended (sent, failed, dead, never sent):
     /// retention counts from here.
     pub finished_ms: Option<u64>,
+    /// An answer to a worker's own message (a keyword's reply): it reaches
+    /// a worker who opted out, as the confirmation of the opt-out must.
+    /// Every other campaign withholds, as it fans out, whoever opted out
+    /// since it was accepted.
+    pub answers: bool,
 }
 
 impl crate::store::Versioned for CampaignRecord {
-    /// 2: the body gained `attachments`.
-    const VERSION: u8 = 2;
+    /// 2: the body gained `attachments`; 3: the record gained `answers`.
+    const VERSION: u8 = 3;
 
     fn upgrade(version: u8, body: &[u8]) -> Result<Self, String> {
-        match version {
-            1 => postcard::from_bytes::<v1::CampaignRecord>(body)
-                .map(Into::into)
-                .map_err(|e| e.to_string()),
-            v => Err(format!("no reader for layout version {v}")),
+        let read = match version {
+            1 => postcard::from_bytes::<Before3<v1::CampaignSpec>>(body).map(Into::into),
+            2 => postcard::from_bytes::<Before3<CampaignSpec>>(body).map(Into::into),
+            v => return Err(format!("no reader for layout version {v}")),
+        };
+        read.map_err(|e| e.to_string())
+    }
+}
+
+/// The record in layouts 1 and 2, before `answers`, with the spec as each
+/// wrote it (postcard is not self-describing: each layout needs its own
+/// reader). A campaign kept before layout 3 reads as no answer: one still
+/// fanning out is checked for opt-outs from then on (an answer goes to one
+/// worker, and is fanned out as soon as it is accepted).
+#[derive(Serialize, Deserialize)]
+struct Before3<S> {
+    spec: S,
+    state: CampaignState,
+    total: u32,
+    cursor: u32,
+    created_ms: u64,
+    stopped_ms: Option<u64>,
+    finished_ms: Option<u64>,
+}
+
+impl<S: Into<CampaignSpec>> From<Before3<S>> for CampaignRecord {
+    fn from(r: Before3<S>) -> Self {
+        Self {
+            spec: r.spec.into(),
+            state: r.state,
+            total: r.total,
+            cursor: r.cursor,
+            created_ms: r.created_ms,
+            stopped_ms: r.stopped_ms,
+            finished_ms: r.finished_ms,
+            answers: false,
         }
     }
 }
 
-/// Layout 1 of the campaign record, as releases before attachments wrote
-/// it (postcard is not self-describing: each layout needs its own reader).
+/// `r` as layout `version` (1 or 2) wrote it, its spec written as `spec`.
+#[cfg(test)]
+fn encode_before_3<S: Serialize>(r: &CampaignRecord, spec: S, version: u8) -> Vec<u8> {
+    let rec = Before3 {
+        spec,
+        state: r.state,
+        total: r.total,
+        cursor: r.cursor,
+        created_ms: r.created_ms,
+        stopped_ms: r.stopped_ms,
+        finished_ms: r.finished_ms,
+    };
+    postcard::to_extend(&rec, vec![version]).expect("postcard encodes plain structs")
+}
+
+/// Layout 1's spec, as releases before attachments wrote it.
 mod v1 {
     use super::*;
 
     #[derive(Deserialize)]
-    pub struct CampaignRecord {
-        spec: CampaignSpec,
-        state: CampaignState,
-        total: u32,
-        cursor: u32,
-        created_ms: u64,
-        stopped_ms: Option<u64>,
-        finished_ms: Option<u64>,
-    }
-
-    #[derive(Deserialize)]
-    struct CampaignSpec {
+    pub struct CampaignSpec {
         name: String,
         lane: Lane,
         body: Body,
@@ -283,45 +322,26 @@ mod v1 {
         variants: BTreeMap<String, String>,
     }
 
-    impl From<CampaignRecord> for super::CampaignRecord {
-        fn from(r: CampaignRecord) -> Self {
-            let s = r.spec;
+    impl From<CampaignSpec> for super::CampaignSpec {
+        fn from(s: CampaignSpec) -> Self {
             Self {
-                spec: super::CampaignSpec {
-                    name: s.name,
-                    lane: s.lane,
-                    body: super::Body {
-                        default: s.body.default,
-                        variants: s.body.variants,
-                        attachments: Vec::new(),
-                    },
-                    channels: s.channels,
-                    audience: s.audience,
-                    expires_at_ms: s.expires_at_ms,
-                    start_at_ms: s.start_at_ms,
+                name: s.name,
+                lane: s.lane,
+                body: super::Body {
+                    default: s.body.default,
+                    variants: s.body.variants,
+                    attachments: Vec::new(),
                 },
-                state: r.state,
-                total: r.total,
-                cursor: r.cursor,
-                created_ms: r.created_ms,
-                stopped_ms: r.stopped_ms,
-                finished_ms: r.finished_ms,
+                channels: s.channels,
+                audience: s.audience,
+                expires_at_ms: s.expires_at_ms,
+                start_at_ms: s.start_at_ms,
             }
         }
     }
 
     #[cfg(test)]
     pub fn encode(r: &super::CampaignRecord) -> Vec<u8> {
-        #[derive(Serialize)]
-        struct Rec<'a> {
-            spec: Spec<'a>,
-            state: super::CampaignState,
-            total: u32,
-            cursor: u32,
-            created_ms: u64,
-            stopped_ms: Option<u64>,
-            finished_ms: Option<u64>,
-        }
         #[derive(Serialize)]
         struct Spec<'a> {
             name: &'a str,
@@ -333,24 +353,16 @@ mod v1 {
             start_at_ms: Option<u64>,
         }
         let s = &r.spec;
-        let rec = Rec {
-            spec: Spec {
-                name: &s.name,
-                lane: s.lane,
-                body: (&s.body.default, &s.body.variants),
-                channels: &s.channels,
-                audience: &s.audience,
-                expires_at_ms: s.expires_at_ms,
-                start_at_ms: s.start_at_ms,
-            },
-            state: r.state,
-            total: r.total,
-            cursor: r.cursor,
-            created_ms: r.created_ms,
-            stopped_ms: r.stopped_ms,
-            finished_ms: r.finished_ms,
+        let spec = Spec {
+            name: &s.name,
+            lane: s.lane,
+            body: (&s.body.default, &s.body.variants),
+            channels: &s.channels,
+            audience: &s.audience,
+            expires_at_ms: s.expires_at_ms,
+            start_at_ms: s.start_at_ms,
         };
-        postcard::to_extend(&rec, vec![1]).expect("postcard encodes plain structs")
+        super::encode_before_3(r, spec, 1)
     }
 }
 
@@ -378,7 +390,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_layout_1_record_reads_with_no_attachments() {
+    fn older_layouts_read_with_no_attachments_and_as_no_answer() {
         let mut spec = CampaignSpec::generated("old", Lane::High, "Réunion lundi", 5, &["sms"]);
         spec.body
             .variants
@@ -391,6 +403,7 @@ mod tests {
             created_ms: 7,
             stopped_ms: None,
             finished_ms: Some(9),
+            answers: false,
         };
         let old = v1::encode(&record);
         assert_eq!(old[0], 1);
@@ -401,9 +414,14 @@ mod tests {
             content_type: "image/jpeg".into(),
             filename: None,
         });
-        let new = with_file.encode();
-        assert_eq!(new[0], 2);
-        assert_eq!(CampaignRecord::decode(&new).unwrap(), with_file);
+        let layout_2 = encode_before_3(&with_file, &with_file.spec, 2);
+        assert_eq!(layout_2[0], 2);
+        assert_eq!(CampaignRecord::decode(&layout_2).unwrap(), with_file);
+        let mut answer = with_file.clone();
+        answer.answers = true;
+        let new = answer.encode();
+        assert_eq!(new[0], 3);
+        assert_eq!(CampaignRecord::decode(&new).unwrap(), answer);
     }
 
     #[test]

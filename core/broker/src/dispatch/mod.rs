@@ -547,7 +547,7 @@ impl Dispatcher {
                     if record.state == CampaignState::Preparing {
                         return Ok(None);
                     }
-                    stored = cursor(shared, id, &record.spec)?;
+                    stored = cursor(shared, id, &record)?;
                     (record.total, record.cursor, record.state, &*stored)
                 }
             };
@@ -1007,6 +1007,7 @@ async fn submit(
         created_ms: now,
         stopped_ms: None,
         finished_ms: None,
+        answers: opt_outs == OptOuts::Answering,
     };
     // The record (`preparing`), its audience, then the record again
     // (`sending`) are submitted in order and only the last commit is
@@ -1291,16 +1292,25 @@ fn normalize_addresses(
 }
 
 /// The cursor over a stored campaign's audience.
-fn cursor(shared: &Shared, id: CampaignId, spec: &CampaignSpec) -> Result<Box<dyn AudienceCursor>> {
-    Ok(match &spec.audience {
+fn cursor(
+    shared: &Shared,
+    id: CampaignId,
+    record: &CampaignRecord,
+) -> Result<Box<dyn AudienceCursor>> {
+    Ok(match &record.spec.audience {
         AudienceSpec::Stored { count } => Box::new(audience::StoredAudience {
             store: Arc::clone(&shared.store),
             campaign: id,
             count: *count,
-            // Named recipients are checked when the campaign is accepted;
-            // a scheduled one again as it goes out. (Never answers: they
-            // are not scheduled, and must reach a worker who opted out.)
-            opt_outs: spec.start_at_ms.and(shared.audiences.clone()),
+            // Named recipients are checked when the campaign is accepted,
+            // and again as they fan out: a list fans out only so far ahead
+            // of what its channels send, so a big one behind a rate limit
+            // takes hours. Answers reach a worker who opted out.
+            opt_outs: if record.answers {
+                None
+            } else {
+                shared.audiences.clone()
+            },
         }),
         AudienceSpec::Generated(g) => Box::new(g.clone()),
         AudienceSpec::Frozen { .. } => match &shared.audiences {
@@ -1320,8 +1330,8 @@ fn cursor(shared: &Shared, id: CampaignId, spec: &CampaignSpec) -> Result<Box<dy
 }
 
 fn live(shared: &Shared, id: CampaignId, record: CampaignRecord) -> Result<Arc<Live>> {
+    let audience = cursor(shared, id, &record)?;
     let spec = &record.spec;
-    let audience = cursor(shared, id, spec)?;
     let routes = spec
         .channels
         .iter()

@@ -1241,6 +1241,65 @@ async fn a_selector_audience_is_frozen_at_submit_and_withholds_later_opt_outs() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_named_list_withholds_who_opts_out_while_it_fans_out_but_an_answer_reaches_them() {
+    let w = world(sms(100.0)).await;
+    directory_of(&w, 750);
+    let directory = w.broker.directory();
+    let opt_out = |resource: &str| {
+        let c = directory.find(resource).unwrap().unwrap();
+        directory
+            .set_opted_out(
+                c.number,
+                Some(crate::directory::OptOut {
+                    at_ms: 1,
+                    via: "sms".into(),
+                }),
+            )
+            .unwrap();
+    };
+    let list = |range: std::ops::Range<usize>| {
+        AudienceSpec::Recipients(
+            range
+                .map(|i| Recipient {
+                    phone: Some(format!("07700{i:05}")),
+                    ..Recipient::default()
+                })
+                .collect(),
+        )
+    };
+    // Someone already opted out is refused at once.
+    opt_out("Practitioner/0");
+    let mut spec = generated("stock count", Lane::Normal, 1, &["sms"]);
+    spec.audience = list(0..1500);
+    let submitted = w.dispatcher().submit(spec.clone()).await.unwrap();
+    assert_eq!(submitted.accepted, 1499);
+    assert_eq!(submitted.rejected[0].index, 0);
+    // At 100/s the list fans out 1,000 ahead of what is sent: the last
+    // worker opts out (a STOP to another campaign) long before it gets
+    // there.
+    opt_out("Practitioner/1499");
+    let p = w.finish(submitted.id, 60).await;
+    assert_eq!(p.total, 1499);
+    assert_eq!(p.wired, 1498);
+    let last = w
+        .store()
+        .status(DeliveryId::new(submitted.id, 1498))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        last.reason.as_deref(),
+        Some("the worker at this number opted out")
+    );
+    // The confirmation of that STOP is an answer: it reaches them.
+    spec.audience = list(1499..1500);
+    let answer = w.dispatcher().submitter().answer(spec).await.unwrap();
+    assert_eq!(answer.accepted, 1);
+    let p = w.finish(answer.id, 5).await;
+    assert_eq!(p.wired, 1);
+    w.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_submission_repeated_under_its_idempotency_key_is_answered_not_sent_again() {
     let mut config = crate::Config::default();
     config.dispatch.retention_days = 1;
