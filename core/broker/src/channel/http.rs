@@ -58,6 +58,21 @@ impl HttpConfig {
 pub struct HttpTransport {
     client: reqwest::Client,
     config: HttpConfig,
+    warmth: std::sync::Arc<Warmth>,
+}
+
+/// Whether the pool may hold a live connection. While it may not (no
+/// answer yet, or none for an idle timeout), an exchange goes alone and
+/// the others wait for it: its connection tells the pool whether the
+/// gateway speaks HTTP/2 (ALPN), and then every request shares that one
+/// connection. Without it, a window of requests on a cold pool opens a
+/// TLS connection each, all at once, to a gateway that needs only one.
+/// Over HTTP/1.1 it costs one round trip at a cold start.
+struct Warmth {
+    origin: std::time::Instant,
+    /// When an exchange last ended, ms after `origin` (0: never).
+    last_ms: std::sync::atomic::AtomicU64,
+    alone: tokio::sync::Mutex<()>,
 }
 
 impl HttpTransport {
@@ -83,7 +98,42 @@ impl HttpTransport {
         Ok(Self {
             client,
             config: config.clone(),
+            warmth: std::sync::Arc::new(Warmth {
+                origin: std::time::Instant::now(),
+                last_ms: Default::default(),
+                alone: Default::default(),
+            }),
         })
+    }
+
+    /// ms after the transport's start, never 0.
+    fn now_ms(&self) -> u64 {
+        self.warmth.origin.elapsed().as_millis() as u64 + 1
+    }
+
+    fn cold(&self) -> bool {
+        let last = self
+            .warmth
+            .last_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        last == 0 || self.now_ms().saturating_sub(last) >= self.config.idle_timeout_ms
+    }
+
+    /// One exchange; alone while the pool is cold (see [`Warmth`]). Any
+    /// outcome warms it: a failure lets the rest through at once rather
+    /// than one by one behind a gateway that does not answer.
+    async fn send_one(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
+        let _alone = if self.cold() {
+            let alone = self.warmth.alone.lock().await;
+            self.cold().then_some(alone)
+        } else {
+            None
+        };
+        let answer = self.exchange(request).await;
+        self.warmth
+            .last_ms
+            .store(self.now_ms(), std::sync::atomic::Ordering::Relaxed);
+        answer
     }
 
     async fn exchange(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
@@ -195,6 +245,6 @@ fn describe(e: &reqwest::Error) -> String {
 
 impl Transport for HttpTransport {
     fn send(&self, request: HttpRequest) -> BoxFuture<'_, Result<HttpResponse, TransportError>> {
-        Box::pin(self.exchange(request))
+        Box::pin(self.send_one(request))
     }
 }
