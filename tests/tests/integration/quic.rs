@@ -193,7 +193,7 @@ fn integrators_submit_batches_and_follow_statuses_and_replies_over_quic() {
         match client.submit_once("lab-7f3a-0001", batch(3)).await {
             Err(ClientError::Refused { code, message }) => {
                 assert_eq!(code, "invalid", "{message}");
-                assert!(message.contains("Idempotency-Key"), "{message}");
+                assert!(message.contains("SubmitOnce.key"), "{message}");
             }
             other => panic!("{other:?}"),
         }

@@ -493,6 +493,7 @@ pub async fn post_alert(
     let key = alert_key(&alert.sender, &alert.identifier);
     let once = Once {
         scope: KEYS,
+        field: "identifier",
         request: *blake3::hash(key.as_bytes()).as_bytes(),
         key,
     };

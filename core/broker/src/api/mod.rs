@@ -186,6 +186,7 @@ impl Api {
         // a character it refuses.
         let once = Once {
             scope: "api",
+            field: "Idempotency-Key",
             key: String::from_utf8_lossy(key.as_bytes()).into_owned(),
             request: *blake3::hash(&request(&spec)).as_bytes(),
         };

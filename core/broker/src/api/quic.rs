@@ -322,6 +322,7 @@ async fn submit(api: &Api, batch: Submit, key: Option<String>) -> Result<Respons
     // The batch as the client sent it identifies the request.
     let once = key.map(|key| Once {
         scope: "quic",
+        field: "SubmitOnce.key",
         key,
         request: *blake3::hash(&postcard::to_stdvec(&batch).unwrap_or_default()).as_bytes(),
     });

@@ -92,6 +92,9 @@ pub struct Once {
     /// Whose keys these are (`api` for clients' `Idempotency-Key`s), so
     /// that keys of one kind never meet another's.
     pub scope: &'static str,
+    /// What the client calls the key (`Idempotency-Key` over HTTP), as
+    /// refusals name it.
+    pub field: &'static str,
     /// The key: 1 to 255 visible ASCII characters.
     pub key: String,
     /// A digest of the request as the client sent it: the same key with
@@ -862,14 +865,15 @@ impl<'a> KeyClaim<'a> {
         let key = &once.key;
         if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(Error::field_invalid(
-                "Idempotency-Key",
+                once.field,
                 "must be 1 to 255 visible ASCII characters",
             ));
         }
         let stored = format!("{}:{key}", once.scope);
         if !shared.submitting.lock().insert(stored.clone()) {
             return Err(Error::Conflict(format!(
-                "a submission with Idempotency-Key {key:?} is being accepted; retry it in a moment"
+                "a submission with {} {key:?} is being accepted; retry it in a moment",
+                once.field
             )));
         }
         Ok(Self { shared, stored })
@@ -902,7 +906,7 @@ async fn submit_once(shared: &Arc<Shared>, spec: CampaignSpec, once: Once) -> Re
     let id = CampaignId(answered.campaign);
     if answered.request != once.request {
         return Err(Error::field_invalid(
-            "Idempotency-Key",
+            once.field,
             format!(
                 "already used for another request (campaign {id}); a new campaign needs a new key"
             ),

@@ -1306,6 +1306,7 @@ async fn a_submission_repeated_under_its_idempotency_key_is_answered_not_sent_ag
     let w = world_with(sms(0.0), config).await;
     let once = |key: &str, request: u8| Once {
         scope: "api",
+        field: "Idempotency-Key",
         key: key.into(),
         request: [request; 32],
     };

@@ -784,6 +784,7 @@ impl Pipeline {
             // a crash (before its results were committed) alerts once.
             let once = crate::dispatch::Once {
                 scope: "report-alert",
+                field: "report",
                 key: alert.report.seq.to_string(),
                 request: [0; 32],
             };
