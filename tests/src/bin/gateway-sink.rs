@@ -185,6 +185,9 @@ async fn stats(State(sink): State<Arc<Sink>>) -> Response {
     .into_response()
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let log = match &args.log {
