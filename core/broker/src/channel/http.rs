@@ -1,15 +1,31 @@
 //! The real HTTP transport: one client per channel (its own keep-alive
-//! pool), rustls with the system's roots (and a channel's own `ca_file`),
-//! HTTP/2 where the server offers it through ALPN, no redirects (a redirect could lead outside the allowed
+//! pool; hyper-util's, without reqwest's layers), rustls with the system's
+//! roots (and a channel's own `ca_file`), HTTP/2 where the server offers it
+//! through ALPN, no redirects (a redirect could lead outside the allowed
 //! hosts), connect and request timeouts, and a cap on the response size.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::Uri;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::{Deserialize, Serialize};
 
 use super::transport::{BoxFuture, Transport, TransportError, redact};
 use crate::plugin::bindings::{Header, HttpRequest, HttpResponse};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the transport says it is, unless the connector says otherwise.
+const USER_AGENT: &str = concat!("mhero/", env!("CARGO_PKG_VERSION"));
 
 /// `channels.<name>.http`: how the channel talks to a real gateway.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,9 +72,9 @@ impl HttpConfig {
 
 #[derive(Clone)]
 pub struct HttpTransport {
-    client: reqwest::Client,
+    client: Client<Bounded<hyper_rustls::HttpsConnector<HttpConnector>>, Full<Bytes>>,
     config: HttpConfig,
-    warmth: std::sync::Arc<Warmth>,
+    warmth: Arc<Warmth>,
 }
 
 /// Whether the pool may hold a live connection. While it may not (no
@@ -79,26 +95,49 @@ impl HttpTransport {
     /// A client for one channel; `pool` is how many idle connections per
     /// host it keeps (the channel's window).
     pub fn new(config: &HttpConfig, pool: usize) -> Result<Self, String> {
-        let mut builder = reqwest::Client::builder();
+        let mut roots = rustls::RootCertStore::empty();
+        // The system's roots; a certificate it cannot parse is skipped, as
+        // the system's other clients skip it.
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
         if let Some(path) = &config.ca_file {
             for certificate in read_certificates(path)? {
-                builder = builder.add_root_certificate(certificate);
+                roots.add(certificate).map_err(|e| {
+                    format!(
+                        "ca_file {} holds a certificate that cannot be trusted: {e}",
+                        path.display()
+                    )
+                })?;
             }
         }
-        let client = builder
-            .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
-            .timeout(Duration::from_millis(config.request_timeout_ms))
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot set up TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        let connector = Bounded {
+            inner: hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http()
+                .enable_http1()
+                .enable_http2()
+                .wrap_connector(tcp),
+            timeout: Duration::from_millis(config.connect_timeout_ms),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_millis(config.idle_timeout_ms))
             .pool_max_idle_per_host(pool)
-            .redirect(reqwest::redirect::Policy::none())
-            .tcp_nodelay(true)
-            .user_agent(concat!("mhero/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .build(connector);
         Ok(Self {
             client,
             config: config.clone(),
-            warmth: std::sync::Arc::new(Warmth {
+            warmth: Arc::new(Warmth {
                 origin: std::time::Instant::now(),
                 last_ms: Default::default(),
                 alone: Default::default(),
@@ -119,9 +158,10 @@ impl HttpTransport {
         last == 0 || self.now_ms().saturating_sub(last) >= self.config.idle_timeout_ms
     }
 
-    /// One exchange; alone while the pool is cold (see [`Warmth`]). Any
-    /// outcome warms it: a failure lets the rest through at once rather
-    /// than one by one behind a gateway that does not answer.
+    /// One exchange, within the request timeout; alone while the pool is
+    /// cold (see [`Warmth`]). Any outcome warms it: a failure lets the rest
+    /// through at once rather than one by one behind a gateway that does
+    /// not answer.
     async fn send_one(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
         let _alone = if self.cold() {
             let alone = self.warmth.alone.lock().await;
@@ -129,7 +169,15 @@ impl HttpTransport {
         } else {
             None
         };
-        let answer = self.exchange(request).await;
+        let limit = Duration::from_millis(self.config.request_timeout_ms);
+        let target = request.url.clone();
+        let answer = match tokio::time::timeout(limit, self.exchange(request)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(TransportError::Timeout {
+                target: redact(&target),
+                ms: self.config.request_timeout_ms,
+            }),
+        };
         self.warmth
             .last_ms
             .store(self.now_ms(), std::sync::atomic::Ordering::Relaxed);
@@ -145,69 +193,152 @@ impl HttpTransport {
         } = request;
         // What errors may show of the URL; worked out only for an error.
         let url = url.as_str();
-        let network = |e: reqwest::Error| {
-            if e.is_timeout() {
-                TransportError::Timeout {
-                    target: redact(url),
-                    ms: self.config.request_timeout_ms,
-                }
-            } else {
-                TransportError::Network {
-                    target: redact(url),
-                    message: describe(&e),
-                }
-            }
+        let network = |message: String| TransportError::Network {
+            target: redact(url),
+            message,
         };
-        let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|_| {
-            TransportError::Unsupported {
-                target: redact(url),
-            }
-        })?;
-        let mut builder = self.client.request(method, url);
+        let unsupported = || TransportError::Unsupported {
+            target: redact(url),
+        };
+        let method = http::Method::from_bytes(method.as_bytes()).map_err(|_| unsupported())?;
+        let (uri, basic) = without_user_info(url.parse::<Uri>().map_err(|_| unsupported())?)
+            .map_err(|_| unsupported())?;
+        let mut builder = http::Request::builder().method(method).uri(uri);
+        let (mut agent, mut accept, mut authorization) = (false, false, false);
         for h in &headers {
+            agent |= h.name.eq_ignore_ascii_case("user-agent");
+            accept |= h.name.eq_ignore_ascii_case("accept");
+            authorization |= h.name.eq_ignore_ascii_case("authorization");
             builder = builder.header(h.name.as_str(), h.value.as_str());
         }
-        let mut response = builder.body(body).send().await.map_err(network)?;
-        let status = response.status().as_u16();
-        let limit = self.config.max_response_bytes;
-        if response.content_length().is_some_and(|n| n > limit as u64) {
-            return Err(TransportError::TooLarge {
-                target: redact(url),
-                limit,
-            });
+        if !agent {
+            builder = builder.header(http::header::USER_AGENT, USER_AGENT);
         }
-        let headers = response
-            .headers()
+        if !accept {
+            builder = builder.header(http::header::ACCEPT, "*/*");
+        }
+        if let (Some(basic), false) = (basic, authorization) {
+            builder = builder.header(http::header::AUTHORIZATION, basic);
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| network(format!("cannot build the request: {e}")))?;
+        let response = self.client.request(request).await.map_err(|e| {
+            let kind = if e.is_connect() {
+                "cannot connect"
+            } else {
+                "request failed"
+            };
+            network(describe(kind, &e))
+        })?;
+        let (parts, mut incoming) = response.into_parts();
+        let limit = self.config.max_response_bytes;
+        let too_large = || TransportError::TooLarge {
+            target: redact(url),
+            limit,
+        };
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let headers = parts
+            .headers
             .iter()
             .map(|(name, value)| Header {
                 name: name.as_str().to_string(),
                 value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
             })
             .collect();
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(network)? {
-            if body.len() + chunk.len() > limit {
-                return Err(TransportError::TooLarge {
-                    target: redact(url),
-                    limit,
-                });
+        let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
+        while let Some(frame) = incoming.frame().await {
+            let frame = frame.map_err(|e| network(describe("broken response", &e)))?;
+            if let Ok(chunk) = frame.into_data() {
+                if body.len() + chunk.len() > limit {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
             }
-            body.extend_from_slice(&chunk);
         }
         Ok(HttpResponse {
-            status,
+            status: parts.status.as_u16(),
             headers,
             body,
         })
     }
 }
 
+/// The URL without its user information, and that information as a Basic
+/// `Authorization` value (`https://user:password@host/…`, which HTTP
+/// clients send that way; the URL itself must not carry it, as HTTP/2's
+/// `:authority` would).
+fn without_user_info(uri: Uri) -> Result<(Uri, Option<String>), http::Error> {
+    let Some((user_info, host)) = uri.authority().and_then(|a| a.as_str().rsplit_once('@')) else {
+        return Ok((uri, None));
+    };
+    let (user, password) = user_info.split_once(':').unwrap_or((user_info, ""));
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).collect::<Vec<u8>>();
+    let mut credentials = decode(user);
+    credentials.push(b':');
+    credentials.extend(decode(password));
+    use base64::Engine as _;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(credentials)
+    );
+    let host = host.to_string();
+    let mut parts = uri.into_parts();
+    parts.authority = Some(host.parse()?);
+    Ok((Uri::from_parts(parts)?, Some(basic)))
+}
+
+/// A connector that gives up after `timeout`: the TCP connection and the
+/// TLS handshake together, as `connect_timeout_ms` promises.
+#[derive(Clone)]
+struct Bounded<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+impl<C> tower_service::Service<Uri> for Bounded<C>
+where
+    C: tower_service::Service<Uri>,
+    C::Future: Send + 'static,
+    C::Error: Into<BoxError>,
+    C::Response: Send + 'static,
+{
+    type Response = C::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(connected) => connected.map_err(Into::into),
+                Err(_) => Err(format!("no connection within {} ms", timeout.as_millis()).into()),
+            }
+        })
+    }
+}
+
 /// The certificates of a PEM file; an unreadable file, or one with none,
 /// is an error naming it.
-fn read_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+fn read_certificates(
+    path: &std::path::Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
     let pem =
         std::fs::read(path).map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
-    let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+    let certificates = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("ca_file {} is not PEM certificates: {e}", path.display()))?;
     if certificates.is_empty() {
         return Err(format!(
@@ -218,26 +349,18 @@ fn read_certificates(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>
     Ok(certificates)
 }
 
-/// The error and its causes in one line, without the URL (reqwest puts
-/// the full URL, query included, in its own message).
-fn describe(e: &reqwest::Error) -> String {
+/// `kind`, then the error's causes in one line. The client's own message
+/// ("client error (Connect)") says less than its causes, which never hold
+/// the URL.
+fn describe(kind: &str, e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = Vec::new();
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(s) = source {
         parts.push(s.to_string());
         source = s.source();
     }
-    let kind = if e.is_connect() {
-        "cannot connect"
-    } else if e.is_body() || e.is_decode() {
-        "broken response"
-    } else if e.is_request() {
-        "request failed"
-    } else {
-        "HTTP error"
-    };
     if parts.is_empty() {
-        kind.to_string()
+        format!("{kind}: {e}")
     } else {
         format!("{kind}: {}", parts.join(": "))
     }

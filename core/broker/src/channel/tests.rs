@@ -146,6 +146,45 @@ async fn requests_reach_the_gateway_over_kept_alive_connections() {
 }
 
 #[tokio::test]
+async fn user_information_in_a_url_is_sent_as_a_basic_credential() {
+    let gw = gateway().await;
+    let http = transport(2000);
+    let seen = |r: &crate::plugin::bindings::HttpResponse| {
+        r.headers
+            .iter()
+            .find(|h| h.name == "x-auth-seen")
+            .map(|h| h.value.clone())
+    };
+    // Percent-encoded in the URL, decoded in the credential
+    // ("nurse@moh:p:ss" is bnVyc2VAbW9oOnA6c3M=).
+    let mut with_user = request(
+        "POST",
+        format!("http://nurse%40moh:p%3Ass@{}/echo", gw.addr),
+    );
+    with_user.headers.clear();
+    let r = http.send(with_user.clone()).await.unwrap();
+    assert_eq!(r.status, 202);
+    assert_eq!(seen(&r).as_deref(), Some("Basic bnVyc2VAbW9oOnA6c3M="));
+    // The connector's own credential wins.
+    with_user.headers.push(Header {
+        name: "Authorization".into(),
+        value: "Bearer s3cret-token".into(),
+    });
+    let r = http.send(with_user).await.unwrap();
+    assert_eq!(seen(&r).as_deref(), Some("Bearer s3cret-token"));
+    // A URL that does not parse, or a method that is not one, is refused
+    // as the channel's configuration, not retried as a network failure.
+    for (method, url) in [
+        ("POST", format!("http://{}/e cho", gw.addr)),
+        ("PO ST", format!("http://{}/echo", gw.addr)),
+    ] {
+        let e = http.send(request(method, url)).await.unwrap_err();
+        assert!(matches!(e, TransportError::Unsupported { .. }), "{e:?}");
+        assert!(!e.transient());
+    }
+}
+
+#[tokio::test]
 async fn network_failures_are_transient_and_never_show_secrets() {
     let gw = gateway().await;
     let http = transport(300);
