@@ -432,6 +432,37 @@ fn changed_since(api: &Api, campaign: CampaignId, since_ms: u64) -> Result<Vec<S
     Ok(out)
 }
 
+/// Whether a status subscription reads its campaign again: before it has
+/// caught up, whenever the campaign's counters moved since the last read
+/// (or are not in memory), and at least every [`FULL_READ`].
+#[derive(Default)]
+struct ReadGate {
+    /// The counters at the last read (taken before it), and when it was.
+    counted: Option<crate::dispatch::Progress>,
+    last_read: Option<tokio::time::Instant>,
+}
+
+impl ReadGate {
+    /// Whether to read now, the counters standing at `counts`; a read
+    /// that is due is counted as made.
+    fn due(
+        &mut self,
+        caught_up: bool,
+        counts: Option<crate::dispatch::Progress>,
+        now: tokio::time::Instant,
+    ) -> bool {
+        let still = caught_up
+            && counts.is_some()
+            && counts == self.counted
+            && self.last_read.is_some_and(|t| now - t < FULL_READ);
+        if !still {
+            self.counted = counts;
+            self.last_read = Some(now);
+        }
+        !still
+    }
+}
+
 async fn statuses(
     api: &Arc<Api>,
     campaign: &str,
@@ -453,20 +484,16 @@ async fn statuses(
     let mut since = since_ms;
     let mut caught_up = false;
     let margin = COMMIT_MARGIN.as_millis() as u64;
-    // The counters at the last read (taken before it), and when it was.
-    let mut counted: Option<crate::dispatch::Progress> = None;
-    let mut last_read = tokio::time::Instant::now();
+    let mut reads = ReadGate::default();
     loop {
         if api.stopping.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(());
         }
         let counts = api.broker.dispatcher().live_progress(id);
-        if caught_up && counts.is_some() && counts == counted && last_read.elapsed() < FULL_READ {
+        if !reads.due(caught_up, counts, tokio::time::Instant::now()) {
             tokio::time::sleep(STATUS_POLL).await;
             continue;
         }
-        counted = counts;
-        last_read = tokio::time::Instant::now();
         let read_at = api.broker.dispatcher().now_ms();
         let reader = Arc::clone(api);
         let events = tokio::task::spawn_blocking(move || changed_since(&reader, id, since))
@@ -539,5 +566,40 @@ async fn inbound(
             caught_up = true;
         }
         tokio::time::sleep(INBOUND_POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::Progress;
+
+    #[test]
+    fn a_subscription_reads_when_its_campaign_moves_and_at_least_every_full_read() {
+        let t0 = tokio::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let counts = |wired: u64| {
+            Some(Progress {
+                wired,
+                ..Progress::default()
+            })
+        };
+        let mut gate = ReadGate::default();
+        // Until it has caught up, every time.
+        assert!(gate.due(false, counts(5), at(0)));
+        assert!(gate.due(false, counts(5), at(250)));
+        // Caught up: nothing while the counters stand still…
+        assert!(!gate.due(true, counts(5), at(500)));
+        assert!(!gate.due(true, counts(5), at(4_000)));
+        // …a read as soon as they move…
+        assert!(gate.due(true, counts(6), at(4_250)));
+        assert!(!gate.due(true, counts(6), at(4_500)));
+        // …and one at least every FULL_READ whatever they do.
+        let full = FULL_READ.as_millis() as u64;
+        assert!(!gate.due(true, counts(6), at(4_250 + full - 1)));
+        assert!(gate.due(true, counts(6), at(4_250 + full)));
+        // A campaign no longer in memory (ended long ago): every time.
+        assert!(gate.due(true, None, at(20_000)));
+        assert!(gate.due(true, None, at(20_250)));
     }
 }
