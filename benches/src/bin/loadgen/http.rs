@@ -45,8 +45,9 @@ pub struct HttpArgs {
     /// Messages per request (the connector's batch form).
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Requests in flight per channel; default: the broker's default, or
-    /// rate × latency with headroom when a rate is set (Little's law).
+    /// Requests in flight per channel, fixed; default: the broker's
+    /// (`window`, widened on a rated channel up to `window_max` to what the
+    /// rate needs at the gateway's latency).
     #[arg(long)]
     window: Option<usize>,
     /// HTTPS to the sink, which offers HTTP/2 through ALPN (its
@@ -113,14 +114,15 @@ const TEXT: &str = "Cholera alert: report suspected cases to the county health t
 /// allow-list check and keep-alive pool) sends copies of the request its
 /// connector builds for `batch` messages (its batch form above one), each
 /// message with its own id and idempotency key, `per_channel` messages in
-/// all, `window` requests at a time, with no rate limit, plugin call or
-/// store write. Answers messages per second and the messages sent.
+/// all, as many requests at a time as its window (`windows`, in the order
+/// of `names`), with no rate limit, plugin call or store write. Answers
+/// messages per second and the messages sent.
 async fn transport_limit(
     dispatcher: &Dispatcher,
     names: &[String],
     per_channel: u32,
     batch: usize,
-    window: usize,
+    windows: &[usize],
 ) -> Result<(f64, u64)> {
     const ID: &str = "limit-placeholder-id";
     let mut senders = tokio::task::JoinSet::new();
@@ -153,7 +155,7 @@ async fn transport_limit(
         );
         let requests = per_channel.div_ceil(batch as u32);
         let next = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
-        for _ in 0..window {
+        for _ in 0..windows[c] {
             let (transport, template, next) = (
                 std::sync::Arc::clone(&ch.transport),
                 std::sync::Arc::clone(&template),
@@ -252,16 +254,11 @@ pub fn run(args: &HttpArgs) -> Result<()> {
             .entry("sandbox".into())
             .or_default()
             .insert("base_url".into(), sink.url.clone().into());
-        let default_window = ChannelConfig::default().window;
-        let window = args.window.unwrap_or_else(|| {
-            if args.rate > 0.0 {
-                // In flight = rate × latency, doubled for headroom.
-                let needed = (args.rate * args.latency_ms as f64 / 1000.0 / args.batch as f64).ceil() as usize;
-                (needed * 2).max(default_window)
-            } else {
-                default_window
-            }
-        });
+        let defaults = ChannelConfig::default();
+        let (window, window_max) = match args.window {
+            Some(w) => (w, w),
+            None => (defaults.window, defaults.window_max),
+        };
         let names: Vec<String> = (0..args.channels).map(|i| format!("gw{i}")).collect();
         let channels = names
             .iter()
@@ -273,6 +270,7 @@ pub fn run(args: &HttpArgs) -> Result<()> {
                         burst: 10,
                         batch: args.batch,
                         window,
+                        window_max,
                         count_segments: Some(false),
                         http: http.clone(),
                         ..ChannelConfig::default()
@@ -368,8 +366,15 @@ pub fn run(args: &HttpArgs) -> Result<()> {
         // once the campaigns are done.
         let cpu_before = cpu_seconds("self");
         let sink_cpu_before = cpu_seconds(&sink_pid);
+        // Each channel's limit keeps as many in flight as its window
+        // reached.
+        let reached: Vec<usize> = names
+            .iter()
+            .map(|n| dispatcher.channels().get(n).map_or(window, |c| c.window_size()))
+            .collect();
+        let widest = reached.iter().copied().max().unwrap_or(window);
         let (limit, limit_sent) =
-            transport_limit(dispatcher, &names, per_channel, args.batch, window).await?;
+            transport_limit(dispatcher, &names, per_channel, args.batch, &reached).await?;
         let limit_cpu = cpu_seconds("self") - cpu_before;
         let limit_sink_cpu = cpu_seconds(&sink_pid) - sink_cpu_before;
         let sink_stats = sink_stats(dispatcher, &names[0], &sink.url).await?;
@@ -383,7 +388,9 @@ pub fn run(args: &HttpArgs) -> Result<()> {
             "rate_per_channel": args.rate,
             "batch": args.batch,
             "window": window,
-            "window_is_default": args.window.is_none() && window == default_window,
+            "window_max": window_max,
+            "window_reached": [reached.iter().copied().min().unwrap_or(window), widest],
+            "window_is_default": args.window.is_none(),
             "durability": args.durability,
             "transport": if args.tls {
                 "HTTPS (rustls, the sink's self-signed certificate trusted through http.ca_file; HTTP/2 offered through ALPN) over loopback to gateway-sink, a separate process (1 runtime thread)"
@@ -417,7 +424,7 @@ pub fn run(args: &HttpArgs) -> Result<()> {
                 "requests": limit_sent / args.batch as u64,
                 "cpu_us_per_message": round(limit_cpu * 1e6 / limit_sent as f64, 2),
                 "sink_cpu_us_per_message": round(limit_sink_cpu * 1e6 / limit_sent as f64, 2),
-                "means": "the same requests (the connector's, in its batch form when --batch is above one, each message with its own id and idempotency key) through each channel's own transport and keep-alive pool, the same window per channel, the same sink and latency, with no rate limit, plugin call or store write: what HTTP alone does on this machine",
+                "means": "the same requests (the connector's, in its batch form when --batch is above one, each message with its own id and idempotency key) through each channel's own transport and keep-alive pool, each channel's window as it reached it (`window_reached`: the narrowest and the widest), the same sink and latency, with no rate limit, plugin call or store write: what HTTP alone does on this machine",
             },
             "ratio_to_limit": round(total as f64 / elapsed / limit, 3),
             "peak_rss_mb": round(rss, 1),

@@ -429,7 +429,8 @@ pub struct ChannelView {
     /// Configured messages (or SMS segments) per second; 0: no limit.
     pub rate: f64,
     pub burst: u32,
-    /// Most requests in flight.
+    /// Most requests in flight now (on a channel with a rate, widened to
+    /// what the rate needs at the gateway's latency, up to `window_max`).
     pub window: usize,
     /// Messages per request where the connector has a batch form.
     pub batch: usize,
@@ -475,7 +476,7 @@ pub async fn channels(State(api): State<Arc<Api>>) -> Json<Vec<ChannelView>> {
                     connector: ch.config.connector.clone(),
                     rate: ch.config.rate,
                     burst: ch.config.burst,
-                    window: ch.config.window,
+                    window: ch.window_size(),
                     batch: ch.config.batch,
                     lanes: Lane::ALL
                         .iter()

@@ -53,8 +53,15 @@ pub struct ChannelConfig {
     /// Count SMS segments against the rate; default: what the connector
     /// says of its gateway.
     pub count_segments: Option<bool>,
-    /// Most requests in flight at once.
+    /// Most requests in flight at once. On a channel with a rate, where it
+    /// starts: it widens to twice rate × the gateway's latency (smoothed
+    /// over its answers), up to `window_max`, so the rate is reached
+    /// however slowly the gateway answers (Little's law).
     pub window: usize,
+    /// The widest a rated channel's window grows (never below `window`).
+    /// Over HTTP/1.1 each request in flight holds a connection: this is
+    /// also the most connections the channel opens to its gateway.
+    pub window_max: usize,
     /// Lease rounds worked on at once (one is sent while the next one's
     /// lease commits).
     pub workers: usize,
@@ -92,6 +99,7 @@ impl Default for ChannelConfig {
             burst: 10,
             count_segments: None,
             window: 64,
+            window_max: 256,
             workers: 2,
             batch: 1,
             recipient_interval_ms: 0,

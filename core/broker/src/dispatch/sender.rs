@@ -3,11 +3,12 @@
 //! rate and the in-flight window; each request then goes out on its own
 //! task, and each round is parsed and settled on its own task once its
 //! answers are in, so up to `window` requests are in flight whatever the
-//! gateway's latency (in flight = rate × latency).
+//! gateway's latency (in flight = rate × latency). On a channel with a
+//! rate the window widens to what the rate needs at the latency measured.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mhero_proto::{ChannelId, DeliveryStatus, Lane};
@@ -57,6 +58,11 @@ pub struct Channel {
     rate: Mutex<ChannelRate>,
     /// Requests in flight.
     window: Arc<Semaphore>,
+    /// The window's size now: `config.window`, widened on a rated channel
+    /// (see [`Channel::widen`]).
+    window_now: AtomicUsize,
+    /// The gateway's answer time, smoothed (µs; 0: none yet).
+    latency_us: AtomicU64,
     /// Leased rounds not yet settled: bounds what a crash can re-send.
     rounds: Arc<Semaphore>,
     paused_until_ms: AtomicU64,
@@ -87,7 +93,7 @@ pub(crate) fn channel_transport(
     let sandbox = allowed
         .has_sandbox()
         .then(|| Arc::new(SandboxGateway::new(config.sandbox.clone())));
-    let http = HttpTransport::new(&config.http, config.window)
+    let http = HttpTransport::new(&config.http, widest(config))
         .map_err(|message| crate::Error::Config(format!("channels.{name}.http: {message}")))?;
     let transport = ChannelTransport::new(
         &config.connector,
@@ -133,6 +139,8 @@ impl Channel {
             batch,
             rate: Mutex::new(ChannelRate::new(clock, config.rate, config.burst)),
             window: Arc::new(Semaphore::new(config.window)),
+            window_now: AtomicUsize::new(config.window),
+            latency_us: AtomicU64::new(0),
             rounds: Arc::new(Semaphore::new(max_rounds(config.window))),
             paused_until_ms: AtomicU64::new(0),
             held: AtomicBool::new(false),
@@ -183,7 +191,49 @@ impl Channel {
 
     /// Requests on the wire now.
     pub fn in_flight(&self) -> usize {
-        self.config.window - self.window.available_permits()
+        self.window_size()
+            .saturating_sub(self.window.available_permits())
+    }
+
+    /// Requests allowed in flight now.
+    pub fn window_size(&self) -> usize {
+        self.window_now.load(Ordering::Relaxed)
+    }
+
+    /// After an answer that took `took`: on a channel with a rate, widens
+    /// the window to twice the requests the rate sends in the gateway's
+    /// smoothed answer time, up to `window_max`. It never narrows: a
+    /// gateway that slowed once keeps the room it needed then, and the
+    /// rate still bounds what is sent.
+    fn widen(&self, took: Duration) {
+        if self.config.rate <= 0.0 {
+            return;
+        }
+        let sample = took.as_micros() as u64;
+        let old = self.latency_us.load(Ordering::Relaxed);
+        let smoothed = if old == 0 {
+            sample
+        } else {
+            (old * 7 + sample) / 8
+        };
+        self.latency_us.store(smoothed, Ordering::Relaxed);
+        let requests_per_s = self.config.rate / self.batch as f64;
+        let needed = (2.0 * requests_per_s * smoothed as f64 / 1e6).ceil() as usize;
+        let target = needed.min(widest(&self.config));
+        let now = self.window_now.load(Ordering::Relaxed);
+        if target > now
+            && self
+                .window_now
+                .compare_exchange(now, target, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.window.add_permits(target - now);
+            // Rounds hold the window's requests: as many more as a window
+            // that size is given.
+            self.rounds
+                .add_permits(max_rounds(target) - max_rounds(now));
+            tracing::debug!(channel = %self.name, window = target, latency_ms = smoothed / 1000, "Window widened.");
+        }
     }
 
     /// How many to lease for one round: a window's worth of requests,
@@ -192,7 +242,7 @@ impl Channel {
     /// each paying its own lease, build calls and settle commit; the
     /// pacer still waits for room before each request.)
     fn round_budget(&self, lease_max: usize) -> usize {
-        let by_window = self.config.window * self.batch;
+        let by_window = self.window_size() * self.batch;
         let by_rate = match self.rate.lock().current() {
             Some(per_s) => ((per_s * ROUND.as_secs_f64()).ceil() as usize).max(1),
             None => usize::MAX,
@@ -223,15 +273,25 @@ impl Channel {
 
 /// Most deliveries of a channel leased and not yet settled at any moment,
 /// so the most a crash can make it send again: `max_rounds(window)` rounds,
-/// each no larger than `lease_max`, the window (× `batch` messages per
-/// request), or one round (20 ms) at the channel's rate plus its burst.
+/// each no larger than `lease_max`, the widest window (× `batch` messages
+/// per request), or one round (20 ms) at the channel's rate plus its burst.
 pub fn in_flight_bound(config: &ChannelConfig, batch: usize, lease_max: usize) -> usize {
-    let mut round = lease_max.min(config.window * batch.max(1));
+    let mut round = lease_max.min(widest(config) * batch.max(1));
     if config.rate > 0.0 {
         let by_rate = (config.rate * ROUND.as_secs_f64()).ceil() as usize + config.burst as usize;
         round = round.min(by_rate);
     }
-    max_rounds(config.window) * round
+    max_rounds(widest(config)) * round
+}
+
+/// The widest the channel's window can grow: `window_max` on a channel
+/// with a rate, `window` without one.
+fn widest(config: &ChannelConfig) -> usize {
+    if config.rate > 0.0 {
+        config.window_max.max(config.window)
+    } else {
+        config.window
+    }
 }
 
 /// Rounds leased and not yet settled, per channel: enough to keep the
@@ -489,10 +549,13 @@ async fn send(
     request: HttpRequest,
     permit: OwnedSemaphorePermit,
 ) -> std::result::Result<HttpResponse, crate::channel::TransportError> {
-    let started = std::time::Instant::now();
+    // The runtime's clock: what the simulator's latency moves in tests.
+    let started = tokio::time::Instant::now();
     let answer = ch.transport.send(request).await;
     drop(permit);
-    ch.request_duration.observe(started.elapsed().as_secs_f64());
+    let took = started.elapsed();
+    ch.request_duration.observe(took.as_secs_f64());
+    ch.widen(took);
     answer
 }
 

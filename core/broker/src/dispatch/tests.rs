@@ -664,6 +664,60 @@ async fn the_in_flight_window_bounds_concurrent_requests() {
     w.shutdown().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_rated_channel_widens_its_window_to_reach_its_rate_against_a_slow_gateway() {
+    // 100/s against a gateway answering in 100 ms needs 10 in flight; the
+    // window starts at 2 (20/s).
+    let slow = |window_max: usize| {
+        let mut ch = channel(
+            100.0,
+            SandboxConfig {
+                delay_ms: 100,
+                ..SandboxConfig::default()
+            },
+        );
+        ch.window = 2;
+        ch.window_max = window_max;
+        ch
+    };
+    let w = world(
+        [
+            ("sms".to_string(), slow(1024)),
+            ("capped".to_string(), slow(3)),
+        ]
+        .into(),
+    )
+    .await;
+    let wide = w
+        .submit(generated("wide", Lane::Normal, 1000, &["sms"]))
+        .await;
+    let capped = w
+        .submit(generated("capped", Lane::Normal, 1000, &["capped"]))
+        .await;
+    run_for(5_000).await;
+    let wired = |id| w.dispatcher().progress(id).unwrap().wired;
+    // Widened to twice rate × latency (20): the rate, less the first
+    // answers' ramp, in 5 s.
+    assert!(
+        (420..=510).contains(&wired(wide)),
+        "about 100/s: {} in 5 s",
+        wired(wide)
+    );
+    let window = w.dispatcher().channels()["sms"].window_size();
+    assert!(
+        (20..=22).contains(&window),
+        "twice 100/s × 100 ms: {window}"
+    );
+    // Held to window_max: 3 requests of 100 ms at a time.
+    assert!(
+        (130..=160).contains(&wired(capped)),
+        "about 30/s: {} in 5 s",
+        wired(capped)
+    );
+    assert_eq!(w.dispatcher().channels()["capped"].window_size(), 3);
+    w.shutdown().await;
+}
+
 /// Copies a hostile test fixture into a plugin folder, as an operator
 /// installs a plugin.
 fn plugin_dir(name: &str) -> tempfile::TempDir {
