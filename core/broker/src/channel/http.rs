@@ -169,21 +169,14 @@ impl HttpTransport {
         } else {
             None
         };
-        let limit = Duration::from_millis(self.config.request_timeout_ms);
-        let target = request.url.clone();
-        let answer = match tokio::time::timeout(limit, self.exchange(request)).await {
-            Ok(answer) => answer,
-            Err(_) => Err(TransportError::Timeout {
-                target: redact(&target),
-                ms: self.config.request_timeout_ms,
-            }),
-        };
+        let answer = self.exchange(request).await;
         self.warmth
             .last_ms
             .store(self.now_ms(), std::sync::atomic::Ordering::Relaxed);
         answer
     }
 
+    /// The request and its answer within `request_timeout_ms`.
     async fn exchange(&self, request: HttpRequest) -> Result<HttpResponse, TransportError> {
         let HttpRequest {
             method,
@@ -191,8 +184,24 @@ impl HttpTransport {
             headers,
             body,
         } = request;
-        // What errors may show of the URL; worked out only for an error.
-        let url = url.as_str();
+        let limit = Duration::from_millis(self.config.request_timeout_ms);
+        match tokio::time::timeout(limit, self.answer(&url, method, headers, body)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(TransportError::Timeout {
+                target: redact(&url),
+                ms: self.config.request_timeout_ms,
+            }),
+        }
+    }
+
+    async fn answer(
+        &self,
+        url: &str,
+        method: String,
+        headers: Vec<Header>,
+        body: Vec<u8>,
+    ) -> Result<HttpResponse, TransportError> {
+        // What errors may show of the URL is worked out only for an error.
         let network = |message: String| TransportError::Network {
             target: redact(url),
             message,
