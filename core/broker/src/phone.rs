@@ -105,11 +105,14 @@ fn valid(meta: &Metadata, national: &str) -> bool {
         && kinds(meta).any(|kind| kind.is_match(national))
 }
 
-/// The patterns of each kind of number `meta` has (mobile, fixed line,
-/// toll free…), without the general one.
+/// The patterns of each kind of number `meta` has, without the general
+/// one: mobile first, then fixed line, as health workers' numbers mostly
+/// are (any kind makes a number valid; the order only spares regexes).
 fn kinds(meta: &Metadata) -> impl Iterator<Item = &Descriptor> {
     let d = meta.descriptors();
     [
+        d.mobile(),
+        d.fixed_line(),
         d.premium_rate(),
         d.toll_free(),
         d.shared_cost(),
@@ -118,8 +121,6 @@ fn kinds(meta: &Metadata) -> impl Iterator<Item = &Descriptor> {
         d.pager(),
         d.uan(),
         d.voicemail(),
-        d.fixed_line(),
-        d.mobile(),
     ]
     .into_iter()
     .flatten()
