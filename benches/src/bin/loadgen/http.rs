@@ -304,9 +304,16 @@ pub fn run(args: &HttpArgs) -> Result<()> {
         }
         let dispatcher = bench.broker.dispatcher();
         let mut peak_in_flight = 0usize;
+        // Each channel's widest window while it sent (a window narrows
+        // when its gateway answers faster).
+        let mut reached = vec![0usize; names.len()];
         loop {
             let in_flight: usize = dispatcher.channels().values().map(|c| c.in_flight()).sum();
             peak_in_flight = peak_in_flight.max(in_flight);
+            for (seen, name) in reached.iter_mut().zip(&names) {
+                let now = dispatcher.channels().get(name).map_or(window, |c| c.window_size());
+                *seen = (*seen).max(now);
+            }
             if ids.iter().all(|id| dispatcher.progress(*id).is_some_and(|p| p.done)) {
                 break;
             }
@@ -368,10 +375,6 @@ pub fn run(args: &HttpArgs) -> Result<()> {
         let sink_cpu_before = cpu_seconds(&sink_pid);
         // Each channel's limit keeps as many in flight as its window
         // reached.
-        let reached: Vec<usize> = names
-            .iter()
-            .map(|n| dispatcher.channels().get(n).map_or(window, |c| c.window_size()))
-            .collect();
         let widest = reached.iter().copied().max().unwrap_or(window);
         let (limit, limit_sent) =
             transport_limit(dispatcher, &names, per_channel, args.batch, &reached).await?;

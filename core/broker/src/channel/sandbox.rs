@@ -232,6 +232,8 @@ pub struct SandboxGateway {
     hasher: std::hash::RandomState,
     /// Most message ids remembered for idempotency.
     idempotency_window: usize,
+    /// The latency now: `config.delay_ms` until [`SandboxGateway::set_delay_ms`].
+    delay_ms: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Deserialize)]
@@ -290,10 +292,11 @@ impl SandboxGateway {
             accept_log: Vec::new(),
         };
         Self {
-            config,
             state: Mutex::new(state),
             hasher: std::hash::RandomState::new(),
             idempotency_window: IDEMPOTENCY_WINDOW,
+            delay_ms: config.delay_ms.into(),
+            config,
         }
     }
 
@@ -307,7 +310,14 @@ impl SandboxGateway {
 
     /// Latency the caller should wait before using an answer.
     pub fn delay_ms(&self) -> u64 {
-        self.config.delay_ms
+        self.delay_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Answers from now on after `ms`: a gateway that slows down under
+    /// load and recovers.
+    pub fn set_delay_ms(&self, ms: u64) {
+        self.delay_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn hash(&self, s: &str) -> u64 {

@@ -54,9 +54,10 @@ pub struct ChannelConfig {
     /// says of its gateway.
     pub count_segments: Option<bool>,
     /// Most requests in flight at once. On a channel with a rate, where it
-    /// starts: it widens to twice rate × the gateway's latency (smoothed
-    /// over its answers), up to `window_max`, so the rate is reached
-    /// however slowly the gateway answers (Little's law).
+    /// starts and the narrowest it gets: it fits twice rate × the
+    /// gateway's latency (smoothed over its answers), up to `window_max`,
+    /// so the rate is reached however slowly the gateway answers (Little's
+    /// law), and narrows back when the gateway answers faster again.
     pub window: usize,
     /// The widest a rated channel's window grows (never below `window`).
     /// Over HTTP/1.1 each request in flight holds a connection: this is

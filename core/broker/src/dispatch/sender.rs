@@ -4,7 +4,7 @@
 //! task, and each round is parsed and settled on its own task once its
 //! answers are in, so up to `window` requests are in flight whatever the
 //! gateway's latency (in flight = rate × latency). On a channel with a
-//! rate the window widens to what the rate needs at the latency measured.
+//! rate the window fits what the rate needs at the latency measured.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,13 +58,18 @@ pub struct Channel {
     rate: Mutex<ChannelRate>,
     /// Requests in flight.
     window: Arc<Semaphore>,
-    /// The window's size now: `config.window`, widened on a rated channel
-    /// (see [`Channel::widen`]).
+    /// The window's size now (the permits `window` holds, free and
+    /// taken): `config.window`, fitted on a rated channel to what its rate
+    /// needs (see [`Channel::fit_window`]).
     window_now: AtomicUsize,
     /// The gateway's answer time, smoothed (µs; 0: none yet).
     latency_us: AtomicU64,
     /// Leased rounds not yet settled: bounds what a crash can re-send.
     rounds: Arc<Semaphore>,
+    /// The permits `rounds` holds, free and taken.
+    rounds_now: AtomicUsize,
+    /// Held by whoever resizes the window and the rounds.
+    resizing: Mutex<()>,
     paused_until_ms: AtomicU64,
     /// Held by an operator: nothing is leased until released. Deliveries
     /// wait in their queues (their expiry still applies).
@@ -142,6 +147,8 @@ impl Channel {
             window_now: AtomicUsize::new(config.window),
             latency_us: AtomicU64::new(0),
             rounds: Arc::new(Semaphore::new(max_rounds(config.window))),
+            rounds_now: AtomicUsize::new(max_rounds(config.window)),
+            resizing: Mutex::new(()),
             paused_until_ms: AtomicU64::new(0),
             held: AtomicBool::new(false),
             released: tokio::sync::Notify::new(),
@@ -200,12 +207,14 @@ impl Channel {
         self.window_now.load(Ordering::Relaxed)
     }
 
-    /// After an answer that took `took`: on a channel with a rate, widens
+    /// After an answer that took `took`: on a channel with a rate, fits
     /// the window to twice the requests the rate sends in the gateway's
-    /// smoothed answer time, up to `window_max`. It never narrows: a
-    /// gateway that slowed once keeps the room it needed then, and the
-    /// rate still bounds what is sent.
-    fn widen(&self, took: Duration) {
+    /// smoothed answer time, between `window` and `window_max`. It widens
+    /// at once, and narrows once it holds a third more than it needs (a
+    /// gateway that slowed for a while and recovered gets back the
+    /// concurrency it was configured with); a narrower window takes only
+    /// free room, the rest as answers come in.
+    fn fit_window(&self, took: Duration) {
         if self.config.rate <= 0.0 {
             return;
         }
@@ -219,20 +228,35 @@ impl Channel {
         self.latency_us.store(smoothed, Ordering::Relaxed);
         let requests_per_s = self.config.rate / self.batch as f64;
         let needed = (2.0 * requests_per_s * smoothed as f64 / 1e6).ceil() as usize;
-        let target = needed.min(widest(&self.config));
+        let target = needed.clamp(self.config.window, widest(&self.config));
         let now = self.window_now.load(Ordering::Relaxed);
-        if target > now
-            && self
-                .window_now
-                .compare_exchange(now, target, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if target == now || (target < now && target * 4 > now * 3) {
+            return;
+        }
+        // Another answer resizing now does it with much the same latency.
+        let Some(_resizing) = self.resizing.try_lock() else {
+            return;
+        };
+        let now = self.window_now.load(Ordering::Relaxed);
+        let to = if target > now {
             self.window.add_permits(target - now);
-            // Rounds hold the window's requests: as many more as a window
-            // that size is given.
-            self.rounds
-                .add_permits(max_rounds(target) - max_rounds(now));
-            tracing::debug!(channel = %self.name, window = target, latency_ms = smoothed / 1000, "Window widened.");
+            target
+        } else {
+            now - self.window.forget_permits(now.saturating_sub(target))
+        };
+        self.window_now.store(to, Ordering::Relaxed);
+        // Rounds hold the window's requests: as many as a window that
+        // size is given.
+        let (rounds, want) = (self.rounds_now.load(Ordering::Relaxed), max_rounds(to));
+        let rounds_to = if want >= rounds {
+            self.rounds.add_permits(want - rounds);
+            want
+        } else {
+            rounds - self.rounds.forget_permits(rounds - want)
+        };
+        self.rounds_now.store(rounds_to, Ordering::Relaxed);
+        if to != now {
+            tracing::debug!(channel = %self.name, window = to, latency_ms = smoothed / 1000, "Window fitted.");
         }
     }
 
@@ -555,7 +579,7 @@ async fn send(
     drop(permit);
     let took = started.elapsed();
     ch.request_duration.observe(took.as_secs_f64());
-    ch.widen(took);
+    ch.fit_window(took);
     answer
 }
 

@@ -665,7 +665,7 @@ async fn the_in_flight_window_bounds_concurrent_requests() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_rated_channel_widens_its_window_to_reach_its_rate_against_a_slow_gateway() {
+async fn a_rated_channel_fits_its_window_to_its_rate_as_the_gateway_slows_and_recovers() {
     // 100/s against a gateway answering in 100 ms needs 10 in flight; the
     // window starts at 2 (20/s).
     let slow = |window_max: usize| {
@@ -715,6 +715,15 @@ async fn a_rated_channel_widens_its_window_to_reach_its_rate_against_a_slow_gate
         wired(capped)
     );
     assert_eq!(w.dispatcher().channels()["capped"].window_size(), 3);
+    // The gateway recovers (5 ms): the window narrows back, to what
+    // 100/s needs now (1) but never below `window` (2), and the rate holds.
+    let sms = &w.dispatcher().channels()["sms"];
+    sms.sandbox.as_ref().unwrap().set_delay_ms(5);
+    let before = wired(wide);
+    run_for(3_000).await;
+    assert_eq!(sms.window_size(), 2, "back to window");
+    let after = wired(wide) - before;
+    assert!((280..=310).contains(&after), "still 100/s: {after} in 3 s");
     w.shutdown().await;
 }
 
