@@ -55,6 +55,18 @@ impl Broker {
     }
 
     pub async fn open_with(config: Config, options: Options) -> Result<Self> {
+        // Opening reads and writes the store (recovery, the directory's
+        // indexes) and compiles plugins: on a blocking thread, not on a
+        // runtime worker. The tasks it starts run on the runtime, whose
+        // context a blocking thread has.
+        match tokio::task::spawn_blocking(move || Self::open_blocking(config, options)).await {
+            Ok(opened) => opened,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(Error::Internal(format!("opening the broker stopped: {e}"))),
+        }
+    }
+
+    fn open_blocking(config: Config, options: Options) -> Result<Self> {
         config.validate()?;
         let metrics = Arc::new(Metrics::new());
         let clock = options.clock.unwrap_or_default();
@@ -367,4 +379,42 @@ fn syncer(
         Arc::clone(directory),
         mapper,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// On a runtime with one worker, the rest of the process (a server
+    /// answering health checks, a signal handler) keeps running while
+    /// the broker opens its store and compiles its plugins.
+    #[tokio::test(flavor = "current_thread")]
+    async fn opening_leaves_the_runtime_free() {
+        let data = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: data.path().to_path_buf(),
+            ..Config::default()
+        };
+        let opening = Arc::new(AtomicBool::new(true));
+        let ran = Arc::new(AtomicUsize::new(0));
+        let ticker = {
+            let (opening, ran) = (Arc::clone(&opening), Arc::clone(&ran));
+            tokio::spawn(async move {
+                while opening.load(Ordering::Relaxed) {
+                    ran.fetch_add(1, Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let broker = Broker::open(config).await.unwrap();
+        opening.store(false, Ordering::Relaxed);
+        ticker.await.unwrap();
+        assert!(
+            ran.load(Ordering::Relaxed) > 0,
+            "the runtime ran nothing else while the broker opened"
+        );
+        broker.shutdown().await;
+    }
 }
