@@ -43,6 +43,7 @@ pub mod inbound;
 pub mod metrics;
 pub mod phone;
 pub mod plugin;
+pub mod signature;
 mod stop;
 pub mod workflows;
 /// The durable queues: the `mhero-store` crate.

@@ -112,7 +112,7 @@ proptest! {
         signed in any::<bool>(),
     ) {
         let signature = if signed {
-            mhero_broker::channel::sandbox::sign("sandbox-secret", &body)
+            mhero_broker::signature::sign("sandbox-secret", &body)
         } else {
             "sha256=00".into()
         };

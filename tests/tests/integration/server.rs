@@ -157,7 +157,7 @@ pub(crate) fn sandbox_replies(
         .header("content-type", "application/json")
         .header(
             "x-sandbox-signature",
-            mhero_broker::channel::sandbox::sign("sandbox-secret", body.as_bytes()),
+            mhero_broker::signature::sign("sandbox-secret", body.as_bytes()),
         )
         .body(body)
         .send()

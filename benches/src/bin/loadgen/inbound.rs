@@ -169,7 +169,7 @@ async fn bench(args: &InboundArgs) -> Result<()> {
                     })
                     .collect();
                 let body = json!({"receipts": [], "inbound": inbound}).to_string();
-                let signature = mhero_broker::channel::sandbox::sign(&secret, body.as_bytes());
+                let signature = mhero_broker::signature::sign(&secret, body.as_bytes());
                 let t = Instant::now();
                 let r = client
                     .post(format!("{base}/webhooks/sandbox"))

@@ -13,13 +13,11 @@
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, Hasher};
 
-use hmac::{Hmac, Mac};
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::Sha256;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +25,7 @@ use std::time::Duration;
 use super::transport::{BoxFuture, Transport, TransportError};
 use super::webhooks::Webhooks;
 use crate::plugin::bindings::{Header, HttpRequest, HttpResponse};
+use crate::signature::sign;
 use crate::store::Clock;
 
 /// What the simulated gateway does. Shares are percentages (0–100).
@@ -771,21 +770,6 @@ fn respond(status: u16, body: serde_json::Value) -> HttpResponse {
         }],
         body: serde_json::to_vec(&body).unwrap_or_default(),
     }
-}
-
-/// `sha256=<hex HMAC-SHA256(secret, body)>`, as the sandbox connector
-/// verifies it.
-pub fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
-    mac.update(body);
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256={hex}")
 }
 
 #[cfg(test)]

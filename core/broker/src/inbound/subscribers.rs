@@ -164,7 +164,7 @@ impl Subscriber {
             messages: messages.to_vec(),
         })
         .expect("inbound events serialize");
-        let signature = crate::channel::sandbox::sign(&self.config.secret, &body);
+        let signature = crate::signature::sign(&self.config.secret, &body);
         let delivery = format!("{}-{}", self.config.name, messages[0].seq);
         let mut reason = String::new();
         for attempt in 1..=self.config.max_attempts {

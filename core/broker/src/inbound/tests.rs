@@ -484,7 +484,7 @@ async fn endpoint(seen: Arc<parking_lot::Mutex<Seen>>) -> String {
                         .to_string()
                 };
                 let signed = header(subscribers::SIGNATURE_HEADER)
-                    == crate::channel::sandbox::sign("integrator-secret-1", &body);
+                    == crate::signature::sign("integrator-secret-1", &body);
                 let delivery: subscribers::Delivery = serde_json::from_slice(&body).unwrap();
                 let mut seen = seen.lock();
                 let refuse = seen.calls.len() < seen.refuse_first;
