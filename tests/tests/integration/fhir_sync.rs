@@ -570,7 +570,8 @@ fn bearer_and_basic_credentials_reach_the_server() {
 /// Data validation against the real FHIR server: workers synced from it
 /// confirm or correct their facility and phone by SMS; the report counts
 /// them; a correction is written back with `If-Match`, and one whose
-/// Practitioner changed at the server since the sync is a conflict,
+/// Practitioner changed at the server since the sync, or whose
+/// PractitionerRole the registry moved elsewhere since, is a conflict,
 /// reported and not overwritten.
 #[test]
 fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts() {
@@ -590,12 +591,14 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
         place("VD1", "Validation district", None, "district"),
         place("VF1", "Facility One", Some("VD1"), "facility"),
         place("VF2", "Facility Two", Some("VD1"), "facility"),
+        place("VF3", "Facility Three", Some("VD1"), "facility"),
     ];
     for (id, phone) in [
         ("VA", Some("+231770000701")),
         ("VB", Some("+231770000702")),
         ("VC", Some("+231770000703")),
         ("VD", Some("+231770000704")),
+        ("VG", Some("+231770000706")),
         ("VE", None),
     ] {
         let telecom: Vec<Value> = phone
@@ -625,7 +628,7 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
         &peer.base,
         "\n[channels.sms]\nconnector = \"sandbox\"\n",
     );
-    assert_eq!(sync(&config)["import"]["created"], 5);
+    assert_eq!(sync(&config)["import"]["created"], 6);
     let server = Server::start_with(
         &tmp.path().join("data"),
         &["--config", config.to_str().unwrap()],
@@ -647,7 +650,7 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert_eq!(
         (created["asked"].as_u64(), created["no_address"].as_u64()),
-        (Some(4), Some(1))
+        (Some(5), Some(1))
     );
     let survey = format!("/v1/surveys/{}", created["survey"].as_str().unwrap());
     let v = format!("/v1/validations/{}", created["id"].as_str().unwrap());
@@ -659,8 +662,8 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
         }
     };
     let answered = |q: usize, n: u64| get(&survey)["questions"][q]["answered"] == n;
-    // A confirms both; B moved to Facility Two; C has a new number; D
-    // never answers.
+    // A confirms both; B and G moved to Facility Two; C has a new
+    // number; D never answers.
     sandbox_replies(
         &http,
         &server,
@@ -669,9 +672,10 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
             ("a1", "+231770000701", "yes"),
             ("b1", "+231770000702", "no"),
             ("c1", "+231770000703", "yes"),
+            ("g1", "+231770000706", "no"),
         ],
     );
-    wait("the first answers", &|| answered(0, 3));
+    wait("the first answers", &|| answered(0, 4));
     sandbox_replies(
         &http,
         &server,
@@ -680,9 +684,10 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
             ("a2", "+231770000701", "1"),
             ("b2", "+231770000702", "Facility Two"),
             ("c2", "+231770000703", "no"),
+            ("g2", "+231770000706", "Facility Two"),
         ],
     );
-    wait("the second answers", &|| answered(2, 2) && answered(1, 1));
+    wait("the second answers", &|| answered(2, 2) && answered(1, 2));
     sandbox_replies(
         &http,
         &server,
@@ -690,6 +695,7 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
         &[
             ("b3", "+231770000702", "yes"),
             ("c3", "+231770000703", "0886 123 456"),
+            ("g3", "+231770000706", "yes"),
         ],
     );
     wait("every session ended", &|| {
@@ -704,7 +710,7 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
             totals["no_answer"].as_u64(),
             totals["unreachable"].as_u64()
         ),
-        (Some(1), Some(2), Some(1), Some(1)),
+        (Some(1), Some(3), Some(1), Some(1)),
         "{report}"
     );
     let district = report["by_district"]
@@ -713,11 +719,13 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
         .iter()
         .find(|d| d["place"] == "Location/VD1")
         .unwrap_or_else(|| panic!("{report}"));
-    assert_eq!(district["counts"]["corrected"], 2);
+    assert_eq!(district["counts"]["corrected"], 3);
     let corrections = report["corrections"].as_array().unwrap();
     assert_eq!(corrections[0]["source"], "Practitioner/VB");
     assert_eq!(corrections[0]["facility"]["value"], "Location/VF2");
     assert_eq!(corrections[1]["phone"]["value"], "+231886123456");
+    assert_eq!(corrections[2]["source"], "Practitioner/VG");
+    assert_eq!(corrections[2]["facility"]["value"], "Location/VF2");
 
     // Meanwhile C's record changes at the registry.
     let mut c: Value = serde_json::from_slice(
@@ -731,6 +739,13 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
     .unwrap();
     c["name"] = json!([{"text": "Worker VC (renamed at the registry)"}]);
     peer.put(&c);
+    // And the registry moves G to Facility Three.
+    peer.put(
+        &json!({"resourceType": "PractitionerRole", "id": "VG-role", "active": true,
+        "practitioner": {"reference": "Practitioner/VG"},
+        "location": [{"reference": "Location/VF3"}],
+        "code": [{"coding": [{"code": "chw"}]}]}),
+    );
 
     // The export: only B's change, checked against the server's version.
     let bundle = get(&format!("{v}/bundle"));
@@ -760,8 +775,18 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
     assert_eq!(status, StatusCode::OK, "{written}");
     assert_eq!(
         written["totals"],
-        json!({"written": 1, "conflict": 1}),
+        json!({"written": 1, "conflict": 2}),
         "{written}"
+    );
+    let moved = written["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["result"] == "conflict" && r["detail"].as_str().unwrap().contains("VG-role"))
+        .unwrap_or_else(|| panic!("G's role is a conflict: {written}"));
+    assert!(
+        moved["detail"].as_str().unwrap().contains("Location/VF3"),
+        "{moved}"
     );
     let fetch = |path: &str| -> Value {
         serde_json::from_slice(
@@ -782,14 +807,19 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
     let c = fetch("Practitioner/VC");
     assert_eq!(c["telecom"][0]["value"], "+231770000703", "not overwritten");
     assert_eq!(c["name"][0]["text"], "Worker VC (renamed at the registry)");
+    assert_eq!(
+        fetch("PractitionerRole/VG-role")["location"][0]["reference"],
+        "Location/VF3",
+        "the registry's move is not overwritten"
+    );
 
-    // Again: B is not written twice; C is still a conflict.
+    // Again: B is not written twice; C and G are still conflicts.
     let (_, again) = json_of(
         with(http.post(server.url(&format!("{v}/write-back"))), &admin)
             .send()
             .unwrap(),
     );
-    assert_eq!(again["totals"], json!({"conflict": 1}), "{again}");
-    assert_eq!(get(&v)["write_back"], json!({"conflict": 1, "written": 1}));
+    assert_eq!(again["totals"], json!({"conflict": 2}), "{again}");
+    assert_eq!(get(&v)["write_back"], json!({"conflict": 2, "written": 1}));
     assert!(server.stop().success());
 }

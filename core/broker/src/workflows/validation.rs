@@ -4,7 +4,8 @@
 //! unreachable, no answer, by district); corrections go back to the FHIR
 //! server the worker came from (`PUT` with `If-Match` on the version the
 //! directory holds: a record changed there since is reported as a
-//! conflict, not overwritten), or into a transaction Bundle for export.
+//! conflict, not overwritten; a role the registry moved elsewhere since,
+//! too), or into a transaction Bundle for export.
 //!
 //! A reply from the number is itself the proof that the number works:
 //! the phone question asks whether it is the worker's main one.
@@ -398,6 +399,9 @@ impl Validations {
                 .entry(name.clone())
                 .or_insert_with(|| SourceClient::new(source));
             match client.corrections(part, phone, facility).await {
+                Ok(changes) if changes.is_empty() => {
+                    not.push(result("skipped", "already so at the source".into()))
+                }
                 Ok(changes) => {
                     planned.extend(changes.into_iter().map(|(reference, if_match, resource)| {
                         Planned {
@@ -654,8 +658,29 @@ impl<'a> SourceClient<'a> {
                 "PractitionerRole/{}",
                 role["id"].as_str().unwrap_or_default()
             );
-            role["location"] = json!([{ "reference": location }]);
-            out.push((reference, version, role));
+            // The directory holds no version of the role, but it holds
+            // where the role put the worker when it was synced: a role
+            // that puts them elsewhere now was changed at the source since
+            // (the registry moved them), and is not overwritten.
+            let at_source: Vec<String> = role["location"]
+                .as_array()
+                .map(|ls| {
+                    ls.iter()
+                        .filter_map(|l| local_reference(&l["reference"]))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if at_source.contains(&location) {
+                // Already so at the source: nothing to write.
+            } else if let Some(moved) = at_source.iter().find(|l| !part.facilities.contains(l)) {
+                return Err(Failure::Conflict(format!(
+                    "{reference} puts the worker at {moved} at the source; the directory holds {:?}: changed there since, not overwritten",
+                    part.facilities
+                )));
+            } else {
+                role["location"] = json!([{ "reference": location }]);
+                out.push((reference, version, role));
+            }
         }
         Ok(out)
     }
@@ -775,9 +800,39 @@ pub fn by_place(
         .collect())
 }
 
+/// A FHIR reference as `Type/id`, whether written relative, absolute or
+/// versioned (`https://…/Location/7/_history/2`), as the mappers read them.
+fn local_reference(v: &Value) -> Option<String> {
+    let r = v.as_str()?.trim_end_matches('/');
+    let r = r.split("/_history/").next()?;
+    let mut parts = r.rsplit('/');
+    let (id, kind) = (parts.next()?, parts.next()?);
+    (!id.is_empty() && !kind.is_empty()).then(|| format!("{kind}/{id}"))
+}
+
 #[cfg(test)]
 mod unit {
     use super::*;
+
+    #[test]
+    fn references_are_read_as_type_and_id_however_written() {
+        for written in [
+            "Location/VF1",
+            "https://hris.example.org/fhir/Location/VF1",
+            "Location/VF1/_history/3",
+            "https://hris.example.org/fhir/Location/VF1/_history/3",
+            "Location/VF1/",
+        ] {
+            assert_eq!(
+                local_reference(&json!(written)).as_deref(),
+                Some("Location/VF1"),
+                "{written}"
+            );
+        }
+        for not in [json!("VF1"), json!("Location/"), json!(7), Value::Null] {
+            assert_eq!(local_reference(&not), None, "{not}");
+        }
+    }
 
     #[test]
     fn the_questions_parse_and_branch_on_a_no() {
