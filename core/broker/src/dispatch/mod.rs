@@ -447,7 +447,7 @@ impl Dispatcher {
     /// refused, and so is a repeat while the first is still being
     /// accepted (a conflict: retry it).
     pub async fn submit_once(&self, spec: CampaignSpec, once: Once) -> Result<Submitted> {
-        submit_once(&self.shared, spec, once).await
+        submit_once(&self.shared, spec, once, OptOuts::Honour).await
     }
 
     /// The campaign a submission under `scope`'s `key` became, while that
@@ -793,9 +793,15 @@ impl Submitter {
         submit(&self.0, spec, OptOuts::Answering, None).await
     }
 
+    /// [`Submitter::answer`] under an idempotency key, as
+    /// [`Dispatcher::submit_once`] takes one.
+    pub async fn answer_once(&self, spec: CampaignSpec, once: Once) -> Result<Submitted> {
+        submit_once(&self.0, spec, once, OptOuts::Answering).await
+    }
+
     /// [`Dispatcher::submit_once`].
     pub async fn submit_once(&self, spec: CampaignSpec, once: Once) -> Result<Submitted> {
-        submit_once(&self.0, spec, once).await
+        submit_once(&self.0, spec, once, OptOuts::Honour).await
     }
 }
 
@@ -886,7 +892,12 @@ impl Drop for KeyClaim<'_> {
     }
 }
 
-async fn submit_once(shared: &Arc<Shared>, spec: CampaignSpec, once: Once) -> Result<Submitted> {
+async fn submit_once(
+    shared: &Arc<Shared>,
+    spec: CampaignSpec,
+    once: Once,
+    opt_outs: OptOuts,
+) -> Result<Submitted> {
     let claim = KeyClaim::take(shared, &once)?;
     let store = Arc::clone(&shared.store);
     let key = claim.stored.clone();
@@ -894,13 +905,7 @@ async fn submit_once(shared: &Arc<Shared>, spec: CampaignSpec, once: Once) -> Re
         .await
         .map_err(|e| Error::Internal(format!("idempotency key read failed: {e}")))??;
     let Some(bytes) = earlier else {
-        return submit(
-            shared,
-            spec,
-            OptOuts::Honour,
-            Some((&claim.stored, once.request)),
-        )
-        .await;
+        return submit(shared, spec, opt_outs, Some((&claim.stored, once.request))).await;
     };
     let answered = Answered::decode(&bytes, &claim.stored)?;
     let id = CampaignId(answered.campaign);

@@ -18,8 +18,10 @@
 //!    `STOCK`…) or the inbox; answers the sender where an answer is
 //!    configured, as a high-lane campaign on the same channel;
 //! 6. records the result with the pipeline's position in one batch, so a
-//!    message is processed once even across a crash (its side effects,
-//!    an opt-out or an answer, at least once).
+//!    message is processed once even across a crash (its side effects at
+//!    least once: an opt-out is applied again, harmlessly; an answer is
+//!    keyed by the messages it answers, so it is sent again only if the
+//!    page gained messages of the same channel and action meanwhile).
 //!
 //! Subscribers read the processed messages from their own positions: the
 //! QUIC inbound stream, and integrators' webhooks ([`subscribers`]),
@@ -629,6 +631,16 @@ impl Pipeline {
         }
         for ((channel, action), recipients) in answers {
             let (indexes, list): (Vec<usize>, Vec<Recipient>) = recipients.into_iter().unzip();
+            // Keyed by the messages it answers: a page processed again
+            // after a crash (before its results were committed) answers
+            // them once. A page that grew since is a new key: the
+            // messages it added are answered, the earlier ones again.
+            let once = crate::dispatch::Once {
+                scope: "inbound-answer",
+                field: "answer",
+                key: answer_key(&channel, &action, indexes.iter().map(|&i| work[i].seq)),
+                request: [0; 32],
+            };
             let spec = CampaignSpec {
                 name: format!("answer: {action} ({channel})"),
                 lane: Lane::High,
@@ -638,7 +650,7 @@ impl Pipeline {
                 expires_at_ms: Some(now + 24 * 3_600_000),
                 start_at_ms: None,
             };
-            match self.submitter.answer(spec).await {
+            match self.submitter.answer_once(spec, once).await {
                 Ok(s) => {
                     for r in s.rejected {
                         work[indexes[r.index]]
@@ -1012,4 +1024,27 @@ impl InboundEvent {
             }),
         }
     }
+}
+
+/// The idempotency key of an answer on `channel` for `action` to the
+/// messages `seqs` (in page order): the first and last of them, how many,
+/// and a digest of the channel and action (names an operator chose, in
+/// any script; a key is visible ASCII).
+fn answer_key(channel: &str, action: &str, seqs: impl Iterator<Item = u64>) -> String {
+    use sha2::Digest as _;
+    let (mut first, mut last, mut n) = (0, 0, 0u64);
+    for seq in seqs {
+        if n == 0 {
+            first = seq;
+        }
+        last = seq;
+        n += 1;
+    }
+    let digest = sha2::Sha256::new()
+        .chain_update(channel)
+        .chain_update([0])
+        .chain_update(action)
+        .finalize();
+    let tag: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{first}-{last}:{n}:{tag}")
 }

@@ -42,6 +42,26 @@ async fn broker(inbound: InboundConfig) -> Broker {
     Broker::open_with(config, options).await.unwrap()
 }
 
+/// A broker with one sandbox SMS channel on `engine`: opened again on the
+/// same engine, it is the same broker after a restart.
+async fn on(engine: Arc<dyn crate::store::Engine>) -> Broker {
+    let mut config = Config {
+        channels: [("sms".to_string(), ChannelConfig::default())].into(),
+        ..Config::default()
+    };
+    config.store.engine = EngineKind::Memory;
+    config.plugins.cache_dir = None;
+    Broker::open_with(
+        config,
+        crate::broker::Options {
+            clock: Some(TokioClock::at(START_MS)),
+            engine: Some(engine),
+        },
+    )
+    .await
+    .unwrap()
+}
+
 fn worker(id: &str, phone: &str, language: &str) -> IncomingContact {
     IncomingContact {
         resource: format!("Practitioner/{id}"),
@@ -376,24 +396,7 @@ async fn the_duplicate_window_closes_and_old_entries_are_forgotten() {
 #[tokio::test(start_paused = true)]
 async fn processing_resumes_where_it_stopped_after_a_restart() {
     let engine: Arc<dyn crate::store::Engine> = Arc::new(MemoryEngine::new());
-    let open = |engine: Arc<dyn crate::store::Engine>| async move {
-        let mut config = Config {
-            channels: [("sms".to_string(), ChannelConfig::default())].into(),
-            ..Config::default()
-        };
-        config.store.engine = EngineKind::Memory;
-        config.plugins.cache_dir = None;
-        Broker::open_with(
-            config,
-            crate::broker::Options {
-                clock: Some(TokioClock::at(START_MS)),
-                engine: Some(engine),
-            },
-        )
-        .await
-        .unwrap()
-    };
-    let b = open(Arc::clone(&engine)).await;
+    let b = on(Arc::clone(&engine)).await;
     let sms = b.sandbox("sms").unwrap();
     for i in 0..1500 {
         sms.worker_sends(
@@ -406,7 +409,7 @@ async fn processing_resumes_where_it_stopped_after_a_restart() {
     processed(&b, 1500).await;
     b.shutdown().await;
 
-    let b = open(engine).await;
+    let b = on(engine).await;
     assert_eq!(*b.inbound().processed().borrow(), 1500);
     let sms = b.sandbox("sms").unwrap();
     sms.worker_sends("y", "+231770000001", "STOCK AMOX 12", now(&b));
@@ -423,6 +426,87 @@ async fn processing_resumes_where_it_stopped_after_a_restart() {
         "each processed once, in order"
     );
     b.shutdown().await;
+}
+
+/// A crash between answering a page's messages and committing what was
+/// made of them: the page is processed again at the next start, and its
+/// messages are answered once. A message after it is answered as usual.
+#[tokio::test(start_paused = true)]
+async fn a_page_processed_again_after_a_crash_answers_its_messages_once() {
+    let engine: Arc<dyn crate::store::Engine> = Arc::new(MemoryEngine::new());
+    // The answer campaigns stored, by name, with their recipients.
+    let answers = |b: &Broker| -> Vec<(String, u32)> {
+        let mut out: Vec<(String, u32)> = b
+            .store()
+            .campaigns()
+            .unwrap()
+            .into_iter()
+            .map(|(_, bytes)| crate::dispatch::CampaignRecord::decode(&bytes).unwrap())
+            .filter(|r| r.spec.name.starts_with("answer: "))
+            .map(|r| (r.spec.name, r.total))
+            .collect();
+        out.sort();
+        out
+    };
+    let until_processed = |b: &Broker, seq: u64| {
+        let mut processed = b.inbound().processed();
+        async move {
+            processed.wait_for(|&p| p >= seq).await.unwrap();
+        }
+    };
+    let b = on(Arc::clone(&engine)).await;
+    let sms = b.sandbox("sms").unwrap();
+    sms.worker_sends("s1", "+231770000001", "STOP", now(&b));
+    sms.worker_sends("h1", "+231770000002", "HELP", now(&b));
+    until_processed(&b, 2).await;
+    let first = answers(&b);
+    assert_eq!(
+        first,
+        [
+            ("answer: help (sms)".to_string(), 1),
+            ("answer: opt_out (sms)".to_string(), 1)
+        ]
+    );
+    b.shutdown().await;
+
+    // The crash: what the page's messages were made into is lost (the
+    // pipeline's position with it); the answers were accepted.
+    let mut lost = crate::store::Batch::new();
+    lost.delete(
+        crate::store::Cf::Inbound,
+        crate::store::keys::INBOUND_PROCESSED.to_vec(),
+    );
+    engine.write(lost).unwrap();
+    let b = on(engine).await;
+    assert_eq!(*b.inbound().processed().borrow(), 0);
+    until_processed(&b, 2).await;
+    assert_eq!(answers(&b), first, "each message answered once");
+
+    let sms = b.sandbox("sms").unwrap();
+    sms.worker_sends("s2", "+231770000003", "STOP", now(&b));
+    until_processed(&b, 3).await;
+    assert_eq!(
+        answers(&b),
+        [
+            ("answer: help (sms)".to_string(), 1),
+            ("answer: opt_out (sms)".to_string(), 1),
+            ("answer: opt_out (sms)".to_string(), 1)
+        ]
+    );
+    b.shutdown().await;
+}
+
+#[test]
+fn an_answer_key_names_its_messages_in_visible_ascii_whatever_the_names() {
+    let key = answer_key("sms-côte", "arrêt", [3, 5, 9].into_iter());
+    assert!(key.starts_with("3-9:3:"), "{key}");
+    assert!(
+        key.len() <= 255 && key.bytes().all(|b| b.is_ascii_graphic()),
+        "{key}"
+    );
+    assert_ne!(key, answer_key("sms-côte", "help", [3, 5, 9].into_iter()));
+    assert_ne!(key, answer_key("sms", "arrêt", [3, 5, 9].into_iter()));
+    assert_ne!(key, answer_key("sms-côte", "arrêt", [3, 9].into_iter()));
 }
 
 #[test]
