@@ -401,6 +401,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn references_are_read_as_type_and_id_however_written() {
+        for written in [
+            "Location/VF1",
+            "https://hris.example.org/fhir/Location/VF1",
+            "Location/VF1/_history/3",
+            "https://hris.example.org/fhir/Location/VF1/_history/3",
+            "Location/VF1/",
+            "Location/VF1?_format=json",
+        ] {
+            assert_eq!(
+                url_ref(written).as_deref(),
+                Some("Location/VF1"),
+                "{written}"
+            );
+        }
+        for not in ["VF1", "Location/", ""] {
+            assert_eq!(url_ref(not), None, "{not}");
+        }
+    }
+
+    #[test]
     fn instants_compare_as_times() {
         assert!(newer("2024-05-01T10:00:00Z", "2024-05-01T09:59:59.999Z"));
         assert!(!newer("2024-05-01T10:00:00+02:00", "2024-05-01T09:00:00Z"));

@@ -30,6 +30,7 @@ use serde_json::{Value, json};
 use super::questionnaire::Answer;
 use super::survey::{Outgoing, SessionState, SurveyRecord, SurveySpec, Surveys};
 use super::{key, member_key};
+use crate::directory::sync::url_ref;
 use crate::directory::{Auth, Directory, DirectoryConfig, Part, SourceConfig};
 use crate::error::{Error, Result};
 use crate::store::{Batch, Cf, Engine, Versioned, encode};
@@ -666,7 +667,7 @@ impl<'a> SourceClient<'a> {
                 .as_array()
                 .map(|ls| {
                     ls.iter()
-                        .filter_map(|l| local_reference(&l["reference"]))
+                        .filter_map(|l| url_ref(l["reference"].as_str()?))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -800,39 +801,9 @@ pub fn by_place(
         .collect())
 }
 
-/// A FHIR reference as `Type/id`, whether written relative, absolute or
-/// versioned (`https://…/Location/7/_history/2`), as the mappers read them.
-fn local_reference(v: &Value) -> Option<String> {
-    let r = v.as_str()?.trim_end_matches('/');
-    let r = r.split("/_history/").next()?;
-    let mut parts = r.rsplit('/');
-    let (id, kind) = (parts.next()?, parts.next()?);
-    (!id.is_empty() && !kind.is_empty()).then(|| format!("{kind}/{id}"))
-}
-
 #[cfg(test)]
 mod unit {
     use super::*;
-
-    #[test]
-    fn references_are_read_as_type_and_id_however_written() {
-        for written in [
-            "Location/VF1",
-            "https://hris.example.org/fhir/Location/VF1",
-            "Location/VF1/_history/3",
-            "https://hris.example.org/fhir/Location/VF1/_history/3",
-            "Location/VF1/",
-        ] {
-            assert_eq!(
-                local_reference(&json!(written)).as_deref(),
-                Some("Location/VF1"),
-                "{written}"
-            );
-        }
-        for not in [json!("VF1"), json!("Location/"), json!(7), Value::Null] {
-            assert_eq!(local_reference(&not), None, "{not}");
-        }
-    }
 
     #[test]
     fn the_questions_parse_and_branch_on_a_no() {
