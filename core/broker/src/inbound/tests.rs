@@ -477,8 +477,16 @@ async fn a_page_processed_again_after_a_crash_answers_its_messages_once() {
         crate::store::keys::INBOUND_PROCESSED.to_vec(),
     );
     engine.write(lost).unwrap();
+    let position = engine
+        .get(
+            crate::store::Cf::Inbound,
+            crate::store::keys::INBOUND_PROCESSED,
+        )
+        .unwrap();
+    assert_eq!(position, None, "the page's position is lost");
+    // The pipeline starts from the beginning as the broker opens (it may
+    // be done before `on` returns): both messages are processed again.
     let b = on(engine).await;
-    assert_eq!(*b.inbound().processed().borrow(), 0);
     until_processed(&b, 2).await;
     assert_eq!(answers(&b), first, "each message answered once");
 
