@@ -572,7 +572,8 @@ fn bearer_and_basic_credentials_reach_the_server() {
 /// them; a correction is written back with `If-Match`, and one whose
 /// Practitioner changed at the server since the sync, or whose
 /// PractitionerRole the registry moved elsewhere since, is a conflict,
-/// reported and not overwritten.
+/// reported and not overwritten; one the registry already took is
+/// skipped, not written again.
 #[test]
 fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts() {
     use super::server::{JsonBody, Server, json_of, make_token, sandbox_replies, with};
@@ -599,6 +600,7 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
         ("VC", Some("+231770000703")),
         ("VD", Some("+231770000704")),
         ("VG", Some("+231770000706")),
+        ("VH", Some("+231770000707")),
         ("VE", None),
     ] {
         let telecom: Vec<Value> = phone
@@ -628,7 +630,7 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
         &peer.base,
         "\n[channels.sms]\nconnector = \"sandbox\"\n",
     );
-    assert_eq!(sync(&config)["import"]["created"], 6);
+    assert_eq!(sync(&config)["import"]["created"], 7);
     let server = Server::start_with(
         &tmp.path().join("data"),
         &["--config", config.to_str().unwrap()],
@@ -650,7 +652,7 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert_eq!(
         (created["asked"].as_u64(), created["no_address"].as_u64()),
-        (Some(5), Some(1))
+        (Some(6), Some(1))
     );
     let survey = format!("/v1/surveys/{}", created["survey"].as_str().unwrap());
     let v = format!("/v1/validations/{}", created["id"].as_str().unwrap());
@@ -662,8 +664,8 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
         }
     };
     let answered = |q: usize, n: u64| get(&survey)["questions"][q]["answered"] == n;
-    // A confirms both; B and G moved to Facility Two; C has a new
-    // number; D never answers.
+    // A confirms both; B and G moved to Facility Two; C and H have new
+    // numbers; D never answers.
     sandbox_replies(
         &http,
         &server,
@@ -673,9 +675,10 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
             ("b1", "+231770000702", "no"),
             ("c1", "+231770000703", "yes"),
             ("g1", "+231770000706", "no"),
+            ("h1", "+231770000707", "yes"),
         ],
     );
-    wait("the first answers", &|| answered(0, 4));
+    wait("the first answers", &|| answered(0, 5));
     sandbox_replies(
         &http,
         &server,
@@ -685,9 +688,10 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
             ("b2", "+231770000702", "Facility Two"),
             ("c2", "+231770000703", "no"),
             ("g2", "+231770000706", "Facility Two"),
+            ("h2", "+231770000707", "no"),
         ],
     );
-    wait("the second answers", &|| answered(2, 2) && answered(1, 2));
+    wait("the second answers", &|| answered(2, 3) && answered(1, 2));
     sandbox_replies(
         &http,
         &server,
@@ -696,6 +700,7 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
             ("b3", "+231770000702", "yes"),
             ("c3", "+231770000703", "0886 123 456"),
             ("g3", "+231770000706", "yes"),
+            ("h3", "+231770000707", "+231 886 123 457"),
         ],
     );
     wait("every session ended", &|| {
@@ -710,33 +715,39 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
             totals["no_answer"].as_u64(),
             totals["unreachable"].as_u64()
         ),
-        (Some(1), Some(3), Some(1), Some(1)),
+        (Some(1), Some(4), Some(1), Some(1)),
         "{report}"
     );
-    let district = report["by_district"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["place"] == "Location/VD1")
-        .unwrap_or_else(|| panic!("{report}"));
-    assert_eq!(district["counts"]["corrected"], 3);
+    // The first item of the array `v` that `f` takes, or a panic naming `v`.
+    let item = |v: &Value, f: &dyn Fn(&Value) -> bool| -> Value {
+        v.as_array()
+            .and_then(|a| a.iter().find(|x| f(x)))
+            .cloned()
+            .unwrap_or_else(|| panic!("none as expected in {v}"))
+    };
+    let district = item(&report["by_district"], &|d| d["place"] == "Location/VD1");
+    assert_eq!(district["counts"]["corrected"], 4);
     let corrections = report["corrections"].as_array().unwrap();
     assert_eq!(corrections[0]["source"], "Practitioner/VB");
     assert_eq!(corrections[0]["facility"]["value"], "Location/VF2");
     assert_eq!(corrections[1]["phone"]["value"], "+231886123456");
     assert_eq!(corrections[2]["source"], "Practitioner/VG");
     assert_eq!(corrections[2]["facility"]["value"], "Location/VF2");
+    assert_eq!(corrections[3]["phone"]["value"], "+231886123457");
 
+    let fetch = |path: &str| -> Value {
+        serde_json::from_slice(
+            &client()
+                .get(format!("{}/{path}", peer.base))
+                .send()
+                .unwrap()
+                .bytes()
+                .unwrap(),
+        )
+        .unwrap()
+    };
     // Meanwhile C's record changes at the registry.
-    let mut c: Value = serde_json::from_slice(
-        &client()
-            .get(format!("{}/Practitioner/VC", peer.base))
-            .send()
-            .unwrap()
-            .bytes()
-            .unwrap(),
-    )
-    .unwrap();
+    let mut c = fetch("Practitioner/VC");
     c["name"] = json!([{"text": "Worker VC (renamed at the registry)"}]);
     peer.put(&c);
     // And the registry moves G to Facility Three.
@@ -746,6 +757,12 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
         "location": [{"reference": "Location/VF3"}],
         "code": [{"coding": [{"code": "chw"}]}]}),
     );
+
+    // And the registry takes H's new number itself (a new version).
+    let mut h = fetch("Practitioner/VH");
+    h["telecom"] = json!([{"system": "phone", "value": "+231886123457", "use": "mobile"}]);
+    peer.put(&h);
+    let h_version = fetch("Practitioner/VH")["meta"]["versionId"].clone();
 
     // The export: only B's change, checked against the server's version.
     let bundle = get(&format!("{v}/bundle"));
@@ -775,30 +792,18 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
     assert_eq!(status, StatusCode::OK, "{written}");
     assert_eq!(
         written["totals"],
-        json!({"written": 1, "conflict": 2}),
+        json!({"written": 1, "conflict": 2, "skipped": 1}),
         "{written}"
     );
-    let moved = written["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["result"] == "conflict" && r["detail"].as_str().unwrap().contains("VG-role"))
-        .unwrap_or_else(|| panic!("G's role is a conflict: {written}"));
+    let h_result = item(&written["results"], &|r| r["result"] == "skipped");
+    assert_eq!(h_result["detail"], "already so at the source", "{h_result}");
+    let moved = item(&written["results"], &|r| {
+        r["result"] == "conflict" && r["detail"].as_str().unwrap().contains("VG-role")
+    });
     assert!(
         moved["detail"].as_str().unwrap().contains("Location/VF3"),
         "{moved}"
     );
-    let fetch = |path: &str| -> Value {
-        serde_json::from_slice(
-            &client()
-                .get(format!("{}/{path}", peer.base))
-                .send()
-                .unwrap()
-                .bytes()
-                .unwrap(),
-        )
-        .unwrap()
-    };
     assert_eq!(
         fetch("PractitionerRole/VB-role")["location"][0]["reference"],
         "Location/VF2",
@@ -812,6 +817,11 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
         "Location/VF3",
         "the registry's move is not overwritten"
     );
+    assert_eq!(
+        fetch("Practitioner/VH")["meta"]["versionId"],
+        h_version,
+        "H's number, already at the registry, is not written again"
+    );
 
     // Again: B is not written twice; C and G are still conflicts.
     let (_, again) = json_of(
@@ -819,7 +829,14 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
             .send()
             .unwrap(),
     );
-    assert_eq!(again["totals"], json!({"conflict": 2}), "{again}");
-    assert_eq!(get(&v)["write_back"], json!({"conflict": 2, "written": 1}));
+    assert_eq!(
+        again["totals"],
+        json!({"conflict": 2, "skipped": 1}),
+        "{again}"
+    );
+    assert_eq!(
+        get(&v)["write_back"],
+        json!({"conflict": 2, "skipped": 1, "written": 1})
+    );
     assert!(server.stop().success());
 }

@@ -5,7 +5,8 @@
 //! server the worker came from (`PUT` with `If-Match` on the version the
 //! directory holds: a record changed there since is reported as a
 //! conflict, not overwritten; a role the registry moved elsewhere since,
-//! too), or into a transaction Bundle for export.
+//! too; what the source already says is not written again), or into a
+//! transaction Bundle for export.
 //!
 //! A reply from the number is itself the proof that the number works:
 //! the phone question asks whether it is the worker's main one.
@@ -489,6 +490,13 @@ impl Validations {
     }
 }
 
+/// Whether a number as a source holds it (E.164, or international with
+/// spaces or dashes) is `e164`. A national form cannot be read without
+/// the country, and is taken as different (rewritten in E.164).
+fn same_number(held: &str, e164: &str) -> bool {
+    held == e164 || crate::phone::e164(held, None).is_ok_and(|n| n == e164)
+}
+
 /// A number as a worker wrote it, in E.164.
 fn read_phone(given: &str, region: Option<phonenumber::country::Id>) -> Correction {
     let t = given.trim();
@@ -598,6 +606,7 @@ impl<'a> SourceClient<'a> {
 
     /// The worker's Practitioner (phone) and PractitionerRole (facility)
     /// as they will be: `(reference, version it must have, resource)`.
+    /// What the source already says needs no write.
     async fn corrections(
         &self,
         part: &Part,
@@ -606,84 +615,113 @@ impl<'a> SourceClient<'a> {
     ) -> std::result::Result<Vec<(String, String, Value)>, Failure> {
         let mut out = Vec::new();
         if let Some(phone) = phone {
-            let mut p = self.get(&part.resource).await?;
-            let now = p["meta"]["versionId"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            let held = part.version_id.clone().unwrap_or_default();
-            if now != held {
-                return Err(Failure::Conflict(format!(
-                    "{} is at version {now:?} at the source; the directory holds {held:?}: changed there since, not overwritten",
-                    part.resource
-                )));
-            }
-            let telecom = p["telecom"].as_array().cloned().unwrap_or_default();
-            let mut telecom: Vec<Value> = telecom;
-            match telecom.iter_mut().find(|t| t["system"] == "phone") {
-                Some(t) => t["value"] = json!(phone),
-                None => telecom.insert(
-                    0,
-                    json!({"system": "phone", "value": phone, "use": "mobile"}),
-                ),
-            }
-            p["telecom"] = json!(telecom);
-            out.push((part.resource.clone(), now, p));
+            out.extend(self.phone_correction(part, &phone).await?);
         }
         if let Some(location) = facility {
-            let search = self
-                .get(&format!(
-                    "PractitionerRole?practitioner={}&_count=10",
-                    part.resource
-                ))
-                .await?;
-            let role = search["entry"]
-                .as_array()
-                .and_then(|e| {
-                    e.iter()
-                        .map(|x| &x["resource"])
-                        .find(|r| r["active"] != false)
-                })
-                .cloned();
-            let Some(mut role) = role else {
-                return Err(Failure::Failed(format!(
-                    "{} has no PractitionerRole at the source to move",
-                    part.resource
-                )));
-            };
-            let version = role["meta"]["versionId"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            let reference = format!(
-                "PractitionerRole/{}",
-                role["id"].as_str().unwrap_or_default()
-            );
-            // The directory holds no version of the role, but it holds
-            // where the role put the worker when it was synced: a role
-            // that puts them elsewhere now was changed at the source since
-            // (the registry moved them), and is not overwritten.
-            let at_source: Vec<String> = role["location"]
-                .as_array()
-                .map(|ls| {
-                    ls.iter()
-                        .filter_map(|l| url_ref(l["reference"].as_str()?))
-                        .collect()
-                })
-                .unwrap_or_default();
-            if at_source.contains(&location) {
-                // Already so at the source: nothing to write.
-            } else if let Some(moved) = at_source.iter().find(|l| !part.facilities.contains(l)) {
-                return Err(Failure::Conflict(format!(
-                    "{reference} puts the worker at {moved} at the source; the directory holds {:?}: changed there since, not overwritten",
-                    part.facilities
-                )));
-            } else {
-                role["location"] = json!([{ "reference": location }]);
-                out.push((reference, version, role));
-            }
+            out.extend(self.facility_correction(part, location).await?);
         }
         Ok(out)
+    }
+
+    /// The Practitioner with `phone` as its number, unless the source has
+    /// that number already (the registry took the same correction since,
+    /// whatever version it is at now). A Practitioner changed at the
+    /// source since the directory read it is a conflict.
+    async fn phone_correction(
+        &self,
+        part: &Part,
+        phone: &str,
+    ) -> std::result::Result<Option<(String, String, Value)>, Failure> {
+        let mut p = self.get(&part.resource).await?;
+        let mut telecom = p["telecom"].as_array().cloned().unwrap_or_default();
+        let at_source = telecom
+            .iter()
+            .find(|t| t["system"] == "phone")
+            .and_then(|t| t["value"].as_str());
+        if at_source.is_some_and(|n| same_number(n, phone)) {
+            return Ok(None);
+        }
+        let now = p["meta"]["versionId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let held = part.version_id.clone().unwrap_or_default();
+        if now != held {
+            return Err(Failure::Conflict(format!(
+                "{} is at version {now:?} at the source; the directory holds {held:?}: changed there since, not overwritten",
+                part.resource
+            )));
+        }
+        match telecom.iter_mut().find(|t| t["system"] == "phone") {
+            Some(t) => t["value"] = json!(phone),
+            None => telecom.insert(
+                0,
+                json!({"system": "phone", "value": phone, "use": "mobile"}),
+            ),
+        }
+        p["telecom"] = json!(telecom);
+        Ok(Some((part.resource.clone(), now, p)))
+    }
+
+    /// The worker's active PractitionerRole at `location`, unless it is
+    /// there already. A role that puts the worker somewhere the directory
+    /// did not have them is a conflict.
+    async fn facility_correction(
+        &self,
+        part: &Part,
+        location: String,
+    ) -> std::result::Result<Option<(String, String, Value)>, Failure> {
+        let search = self
+            .get(&format!(
+                "PractitionerRole?practitioner={}&_count=10",
+                part.resource
+            ))
+            .await?;
+        let role = search["entry"]
+            .as_array()
+            .and_then(|e| {
+                e.iter()
+                    .map(|x| &x["resource"])
+                    .find(|r| r["active"] != false)
+            })
+            .cloned();
+        let Some(mut role) = role else {
+            return Err(Failure::Failed(format!(
+                "{} has no PractitionerRole at the source to move",
+                part.resource
+            )));
+        };
+        let version = role["meta"]["versionId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let reference = format!(
+            "PractitionerRole/{}",
+            role["id"].as_str().unwrap_or_default()
+        );
+        // The directory holds no version of the role, but it holds where
+        // the role put the worker when it was synced: a role that puts
+        // them elsewhere now was changed at the source since (the
+        // registry moved them), and is not overwritten.
+        let at_source: Vec<String> = role["location"]
+            .as_array()
+            .map(|ls| {
+                ls.iter()
+                    .filter_map(|l| url_ref(l["reference"].as_str()?))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if at_source.contains(&location) {
+            return Ok(None);
+        }
+        if let Some(moved) = at_source.iter().find(|l| !part.facilities.contains(l)) {
+            return Err(Failure::Conflict(format!(
+                "{reference} puts the worker at {moved} at the source; the directory holds {:?}: changed there since, not overwritten",
+                part.facilities
+            )));
+        }
+        role["location"] = json!([{ "reference": location }]);
+        Ok(Some((reference, version, role)))
     }
 
     /// PUT with `If-Match`; the new version.
@@ -835,5 +873,15 @@ mod unit {
         );
         let bad = read_phone("call me", region);
         assert!(bad.value.is_none() && bad.problem.is_some());
+    }
+
+    #[test]
+    fn a_source_holds_the_same_number_in_e164_or_international_form() {
+        assert!(same_number("+231886123456", "+231886123456"));
+        assert!(same_number("+231 88 612 3456", "+231886123456"));
+        assert!(same_number("+231-886-123-456", "+231886123456"));
+        assert!(!same_number("+231886123457", "+231886123456"));
+        // National: the country is not known here, so it is rewritten.
+        assert!(!same_number("0886 123 456", "+231886123456"));
     }
 }
