@@ -573,7 +573,8 @@ fn bearer_and_basic_credentials_reach_the_server() {
 /// Practitioner changed at the server since the sync, or whose
 /// PractitionerRole the registry moved elsewhere since, is a conflict,
 /// reported and not overwritten; one the registry already took is
-/// skipped, not written again.
+/// skipped, not written again. A preview says so before anything is
+/// written.
 #[test]
 fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts() {
     use super::server::{JsonBody, Server, json_of, make_token, sandbox_replies, with};
@@ -777,6 +778,27 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
             .starts_with("W/\"")
     );
 
+    // The preview says what a write-back would do, writing nothing.
+    let preview = get(&format!("{v}/write-back"));
+    assert_eq!(
+        preview["totals"],
+        json!({"planned": 1, "conflict": 2, "skipped": 1}),
+        "{preview}"
+    );
+    let b = item(&preview["results"], &|r| r["result"] == "planned");
+    assert!(
+        b["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("PUT PractitionerRole/VB-role (If-Match W/\""),
+        "{b}"
+    );
+    assert_eq!(
+        fetch("PractitionerRole/VB-role")["location"][0]["reference"],
+        "Location/VF1",
+        "a preview writes nothing"
+    );
+
     // A sender may not write back; an admin does.
     let (status, _) = json_of(
         with(http.post(server.url(&format!("{v}/write-back"))), &sender)
@@ -833,6 +855,11 @@ fn data_validation_writes_corrections_back_with_if_match_and_reports_conflicts()
         again["totals"],
         json!({"conflict": 2, "skipped": 1}),
         "{again}"
+    );
+    assert_eq!(
+        get(&format!("{v}/write-back"))["totals"],
+        json!({"conflict": 2, "skipped": 1}),
+        "B, written, is left out of the preview"
     );
     assert_eq!(
         get(&v)["write_back"],

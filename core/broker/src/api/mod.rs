@@ -248,6 +248,10 @@ pub fn router(api: Arc<Api>) -> Router {
             "/v1/validations/{id}/bundle",
             get(validations::validation_bundle),
         )
+        .route(
+            "/v1/validations/{id}/write-back",
+            get(validations::preview_write_back),
+        )
         .route("/v1/courses/{id}", get(courses::get_course))
         .route("/v1/courses/{id}/progress", get(courses::course_progress))
         .route("/fhir/r4/Observation", get(reports::search_observations))

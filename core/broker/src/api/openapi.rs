@@ -47,6 +47,7 @@ use super::{auth, courses, error, fhir, lab, reports, surveys, v1, validations};
         validations::list_validations,
         validations::get_validation,
         validations::validation_bundle,
+        validations::preview_write_back,
         validations::write_back,
         reports::search_observations,
         v1::replay_dead_letters,

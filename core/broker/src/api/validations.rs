@@ -16,7 +16,7 @@ use super::Api;
 use super::error::{ApiError, ApiJson};
 use super::fhir::Fhir;
 use crate::workflows::validation::{
-    self, Outcome, Status, ValidationRecord, ValidationSpec, WriteBack,
+    self, Outcome, Planned, Status, ValidationRecord, ValidationSpec, WriteBack,
 };
 
 /// A validation, started.
@@ -262,8 +262,9 @@ pub async fn get_validation(
 
 /// The corrections as a FHIR transaction Bundle (each a `PUT` with
 /// `ifMatch`), read from and checked against the sources now, for a
-/// registry to apply itself. Workers in conflict or with no source are
-/// left out (`POST …/write-back` reports them).
+/// registry to apply itself. Workers in conflict, with nothing to
+/// write or with no source are left out: `GET …/write-back` lists them
+/// with the reason.
 #[utoipa::path(get, path = "/v1/validations/{id}/bundle", tag = "validations", security(("token" = [])),
     params(("id" = String, Path, description = "`v2`")),
     responses(
@@ -273,25 +274,65 @@ pub async fn get_validation(
 pub async fn validation_bundle(State(api): State<Arc<Api>>, Path(id): Path<String>) -> Fhir {
     async {
         let v = found(&api, &id)?;
-        let reader = Arc::clone(&api);
-        let all = tokio::task::spawn_blocking(move || outcomes(&reader, &v)).await??;
-        let now = api.broker.dispatcher().now_ms();
-        let (planned, _) = api
-            .broker
-            .validations()
-            .plan(&all, &api.broker.config().directory, now)
-            .await;
+        let (planned, _, _) = planned(&api, &v).await?;
         Ok((StatusCode::OK, validation::bundle(&planned), None))
     }
     .await
     .into()
 }
 
-/// What writing back did for each corrected worker.
+/// What writing back did (or, previewed, would do) for each corrected
+/// worker.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WriteBackReport {
     pub results: Vec<WriteBack>,
     pub totals: BTreeMap<String, u64>,
+}
+
+impl WriteBackReport {
+    fn of(results: Vec<WriteBack>) -> Self {
+        let mut totals = BTreeMap::new();
+        for r in &results {
+            *totals.entry(r.result.clone()).or_default() += 1;
+        }
+        WriteBackReport { results, totals }
+    }
+}
+
+/// The validation's outcomes, planned against the sources now: the
+/// changes, the workers with none (and why), and the time.
+async fn planned(
+    api: &Arc<Api>,
+    v: &Arc<ValidationRecord>,
+) -> Result<(Vec<Planned>, Vec<WriteBack>, u64), ApiError> {
+    let reader = Arc::clone(api);
+    let record = Arc::clone(v);
+    let all = tokio::task::spawn_blocking(move || outcomes(&reader, &record)).await??;
+    let now = api.broker.dispatcher().now_ms();
+    let (planned, not) = api
+        .broker
+        .validations()
+        .plan(&all, &api.broker.config().directory, now)
+        .await;
+    Ok((planned, not, now))
+}
+
+/// What a write-back would do now, writing nothing: each corrected
+/// worker's changes read from and checked against the sources, as
+/// `planned` (the `PUT`s and the versions they must match), `conflict`,
+/// `skipped` or `failed` with the reason. Workers already written are
+/// left out. The same checks as the write-back and the Bundle export.
+#[utoipa::path(get, path = "/v1/validations/{id}/write-back", tag = "validations", security(("token" = [])),
+    params(("id" = String, Path, description = "`v2`")),
+    responses((status = 200, body = WriteBackReport), (status = 404, body = super::error::ErrorBody)))]
+pub async fn preview_write_back(
+    State(api): State<Arc<Api>>,
+    Path(id): Path<String>,
+) -> Result<Json<WriteBackReport>, ApiError> {
+    let v = found(&api, &id)?;
+    let (planned, not, now) = planned(&api, &v).await?;
+    let results = api.broker.validations().preview(v.id, planned, not, now)?;
+    Ok(Json(WriteBackReport::of(results)))
 }
 
 /// Write the corrections back to the FHIR sources: `PUT` each worker's
@@ -307,19 +348,11 @@ pub async fn write_back(
     Path(id): Path<String>,
 ) -> Result<Json<WriteBackReport>, ApiError> {
     let v = found(&api, &id)?;
-    let reader = Arc::clone(&api);
-    let record = Arc::clone(&v);
-    let all = tokio::task::spawn_blocking(move || outcomes(&reader, &record)).await??;
-    let now = api.broker.dispatcher().now_ms();
-    let sources = &api.broker.config().directory;
-    let validations = api.broker.validations();
-    let (planned, not) = validations.plan(&all, sources, now).await;
-    let results = validations
-        .write_back(v.id, planned, not, sources, now)
+    let (planned, not, now) = planned(&api, &v).await?;
+    let results = api
+        .broker
+        .validations()
+        .write_back(v.id, planned, not, &api.broker.config().directory, now)
         .await?;
-    let mut totals = BTreeMap::new();
-    for r in &results {
-        *totals.entry(r.result.clone()).or_default() += 1;
-    }
-    Ok(Json(WriteBackReport { results, totals }))
+    Ok(Json(WriteBackReport::of(results)))
 }

@@ -123,7 +123,8 @@ pub struct Outcome {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WriteBack {
     pub contact: u32,
-    /// `written`, `conflict`, `failed`, `skipped`.
+    /// `written`, `conflict`, `failed`, `skipped`; in a preview,
+    /// `planned` for what would be written.
     pub result: String,
     /// The resources written, with their new versions.
     pub written: Vec<String>,
@@ -134,6 +135,9 @@ pub struct WriteBack {
 impl Versioned for WriteBack {
     const VERSION: u8 = 1;
 }
+
+/// Planned changes by worker (contact).
+type ByWorker = BTreeMap<u32, Vec<Planned>>;
 
 /// A change to send to a source: the resource as it will be, and the
 /// version it must still have.
@@ -422,6 +426,58 @@ impl Validations {
         (planned, not)
     }
 
+    /// What [`Self::write_back`] would do now, writing nothing: each
+    /// worker with changes is `planned` (the detail names each `PUT` and
+    /// the version it must match), the others as [`Self::plan`] found
+    /// them. Workers already written are left out, as the write-back
+    /// leaves them alone.
+    pub fn preview(
+        &self,
+        v: u64,
+        planned: Vec<Planned>,
+        results: Vec<WriteBack>,
+        now: u64,
+    ) -> Result<Vec<WriteBack>> {
+        let (by_contact, mut results) = self.pending(v, planned, results)?;
+        for (contact, changes) in by_contact {
+            let puts: Vec<String> = changes
+                .iter()
+                .map(|p| format!("PUT {} (If-Match W/\"{}\")", p.reference, p.if_match))
+                .collect();
+            results.push(WriteBack {
+                contact,
+                result: "planned".into(),
+                written: Vec::new(),
+                detail: Some(puts.join("; ")),
+                at_ms: now,
+            });
+        }
+        results.sort_by_key(|r| r.contact);
+        Ok(results)
+    }
+
+    /// The planned changes by worker and the other results, without the
+    /// workers already written.
+    fn pending(
+        &self,
+        v: u64,
+        planned: Vec<Planned>,
+        mut results: Vec<WriteBack>,
+    ) -> Result<(ByWorker, Vec<WriteBack>)> {
+        let done: std::collections::HashSet<u32> = self
+            .written(v)?
+            .into_iter()
+            .filter(|w| w.result == "written")
+            .map(|w| w.contact)
+            .collect();
+        results.retain(|r| !done.contains(&r.contact));
+        let mut by_contact = ByWorker::new();
+        for p in planned.into_iter().filter(|p| !done.contains(&p.contact)) {
+            by_contact.entry(p.contact).or_default().push(p);
+        }
+        Ok((by_contact, results))
+    }
+
     /// Writes the planned changes to their sources (a worker's
     /// Practitioner, then their PractitionerRole), each with `If-Match`:
     /// a 412 is a conflict, reported, not retried. Keeps and returns
@@ -431,21 +487,11 @@ impl Validations {
         &self,
         v: u64,
         planned: Vec<Planned>,
-        mut results: Vec<WriteBack>,
+        results: Vec<WriteBack>,
         sources: &DirectoryConfig,
         now: u64,
     ) -> Result<Vec<WriteBack>> {
-        let done: std::collections::HashSet<u32> = self
-            .written(v)?
-            .into_iter()
-            .filter(|w| w.result == "written")
-            .map(|w| w.contact)
-            .collect();
-        results.retain(|r| !done.contains(&r.contact));
-        let mut by_contact: BTreeMap<u32, Vec<Planned>> = BTreeMap::new();
-        for p in planned.into_iter().filter(|p| !done.contains(&p.contact)) {
-            by_contact.entry(p.contact).or_default().push(p);
-        }
+        let (by_contact, mut results) = self.pending(v, planned, results)?;
         let mut clients: BTreeMap<String, SourceClient<'_>> = BTreeMap::new();
         for (contact, changes) in by_contact {
             let mut w = WriteBack {
