@@ -125,6 +125,150 @@ pub(crate) fn mock_now_ms() -> Option<u64> {
     MOCK.with(|m| m.borrow().as_ref().and_then(|s| s.now_ms))
 }
 
+/// Runs a classifier's golden fixtures natively with `cargo test`, the way
+/// `mhero plugin test` runs them on the built component: the settings are
+/// the manifest's `[config]` overridden by the fixture's `config` (strings
+/// as they are, lists and tables as JSON, as the broker passes them).
+///
+/// Each `*.json` file in `dir` holds `input.text`, `input.context`
+/// (`expected`: `YesNo`, `Number`, `Choice` or `FreeText`; `choices`;
+/// `language_hint`) and either `expect` (a classification: every field it
+/// names must be equal, numbers to 1e-4) or `expect_error` (for example
+/// `{"InvalidInput": "…"}`). Panics naming the file on the first
+/// mismatch; returns how many fixtures ran.
+///
+/// ```ignore
+/// #[test]
+/// fn golden_fixtures_pass_natively() {
+///     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+///     let ran = mhero_sdk::testing::classifier_fixtures::<MyClassifier>(
+///         include_str!("../plugin.toml"),
+///         &dir,
+///     );
+///     assert!(ran >= 6);
+/// }
+/// ```
+#[cfg(all(feature = "classifier", feature = "fixtures"))]
+pub fn classifier_fixtures<C: crate::classifier::Classifier>(
+    manifest: &str,
+    dir: &std::path::Path,
+) -> usize {
+    use serde_json::{Value, json};
+
+    let manifest: toml::Table =
+        toml::from_str(manifest).unwrap_or_else(|e| panic!("plugin.toml: {e}"));
+    let defaults: serde_json::Map<String, Value> = manifest
+        .get("config")
+        .map(|c| serde_json::to_value(c).expect("[config] as JSON"))
+        .and_then(|c| c.as_object().cloned())
+        .unwrap_or_default();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("a fixture file").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    for file in &files {
+        let text =
+            std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let fx: Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let mut settings = defaults.clone();
+        if let Some(config) = fx.get("config").and_then(Value::as_object) {
+            settings.extend(config.clone());
+        }
+        let host = settings
+            .iter()
+            .fold(MockHost::new(), |host, (k, v)| match v {
+                Value::String(s) => host.config(k, s),
+                other => host.config(k, &other.to_string()),
+            });
+        let _host = host.install();
+        let input = &fx["input"];
+        let got = C::classify(
+            input["text"].as_str().unwrap_or_default().into(),
+            classify_context(&input["context"]),
+        );
+        match (fx.get("expect"), got) {
+            (Some(want), Ok(c)) => {
+                let got = json!({
+                    "label": c.label,
+                    "confidence": c.confidence,
+                    "fields": c.fields.iter().map(|f| json!({"name": f.name, "value": f.value})).collect::<Vec<_>>(),
+                    "language": c.language,
+                });
+                assert!(
+                    fixture_matches(want, &got),
+                    "{}: expected {want}\n got {got}",
+                    file.display()
+                );
+            }
+            (None, Err(e)) => {
+                use crate::classifier::PluginError;
+                let got = match e {
+                    PluginError::InvalidInput(m) => json!({ "InvalidInput": m }),
+                    PluginError::Permanent(m) => json!({ "Permanent": m }),
+                    PluginError::Unauthorized(m) => json!({ "Unauthorized": m }),
+                    PluginError::Transient(t) => json!({ "Transient": {
+                        "message": t.message,
+                        "retry_after_ms": t.retry_after_ms,
+                    } }),
+                };
+                assert!(
+                    fixture_matches(&fx["expect_error"], &got),
+                    "{}: expected error {}\n got error {got}",
+                    file.display(),
+                    fx["expect_error"]
+                );
+            }
+            (_, got) => panic!("{}: got {got:?}", file.display()),
+        }
+    }
+    files.len()
+}
+
+#[cfg(all(feature = "classifier", feature = "fixtures"))]
+fn classify_context(c: &serde_json::Value) -> crate::classifier::ClassifyContext {
+    use crate::classifier::{AnswerType, ClassifyContext};
+    ClassifyContext {
+        expected: match c["expected"].as_str() {
+            Some("YesNo") => AnswerType::YesNo,
+            Some("Number") => AnswerType::Number,
+            Some("Choice") => AnswerType::Choice,
+            _ => AnswerType::FreeText,
+        },
+        choices: c["choices"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        language_hint: c["language_hint"].as_str().map(str::to_string),
+    }
+}
+
+/// As the broker's fixture check: every field `want` names is equal in
+/// `got`; numbers to 1e-4.
+#[cfg(all(feature = "classifier", feature = "fixtures"))]
+fn fixture_matches(want: &serde_json::Value, got: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (want, got) {
+        (Value::Object(w), Value::Object(g)) => w
+            .iter()
+            .all(|(k, v)| g.get(k).is_some_and(|gv| fixture_matches(v, gv))),
+        (Value::Array(w), Value::Array(g)) => {
+            w.len() == g.len() && w.iter().zip(g).all(|(a, b)| fixture_matches(a, b))
+        }
+        (Value::Number(a), Value::Number(b)) => match (a.as_f64(), b.as_f64()) {
+            (Some(x), Some(y)) => (x - y).abs() < 1e-4,
+            _ => a == b,
+        },
+        _ => want == got,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,11 +6,11 @@ use std::process::Command;
 
 use super::mhero;
 
-/// Runs a folder's `build.sh` as an author would: a shell, nothing of this
+/// A command run in a plugin folder as its author would: nothing of this
 /// test's cargo environment (its target folder lock, its flags).
-fn build(folder: &Path) {
-    let mut cmd = Command::new("sh");
-    cmd.arg(folder.join("build.sh"));
+fn as_author(program: &str, folder: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.current_dir(folder);
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy().into_owned();
         if (key.starts_with("CARGO") && key != "CARGO_HOME")
@@ -19,18 +19,31 @@ fn build(folder: &Path) {
             cmd.env_remove(&key);
         }
     }
-    // Shared by the runs on one machine, so the SDK's dependencies build once.
-    cmd.env(
-        "MHERO_PLUGIN_TARGET_DIR",
-        std::env::temp_dir().join("mhero-plugin-new-target"),
-    );
-    let out = cmd.output().expect("run sh");
+    cmd
+}
+
+/// Where the runs on one machine build, so the SDK's dependencies build once.
+fn shared_target() -> std::path::PathBuf {
+    std::env::temp_dir().join("mhero-plugin-new-target")
+}
+
+fn run(mut cmd: Command, what: &str) -> String {
+    let out = cmd.output().expect("run");
     assert!(
         out.status.success(),
-        "{} failed: {}",
-        folder.join("build.sh").display(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a folder's `build.sh`.
+fn build(folder: &Path) {
+    let mut cmd = as_author("sh", folder);
+    cmd.arg("build.sh")
+        .env("MHERO_PLUGIN_TARGET_DIR", shared_target());
+    run(cmd, &folder.join("build.sh").display().to_string());
 }
 
 #[test]
@@ -63,6 +76,16 @@ fn a_new_rust_plugin_of_each_kind_builds_and_passes_its_fixture() {
             "{kind}: {text}{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if kind == "classifier" {
+            // The README's `cargo test`: the same fixtures, natively.
+            let mut cmd = as_author("cargo", &folder);
+            cmd.args(["test", "--target-dir"]).arg(shared_target());
+            let out = run(cmd, "cargo test");
+            assert!(
+                out.contains("golden_fixtures_pass_natively ... ok") && out.contains("1 passed"),
+                "{out}"
+            );
+        }
     }
     // A name that is not one, or a folder that exists, is refused.
     let out = mhero()

@@ -136,3 +136,13 @@ fn the_language_hint_is_kept_when_the_text_does_not_tell() {
         ("yes", Some("sw"))
     );
 }
+
+/// The golden fixtures, run natively the way the broker runs them on the
+/// component: the manifest's settings overridden by the fixture's.
+#[test]
+fn golden_fixtures_pass_natively() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let ran =
+        mhero_sdk::testing::classifier_fixtures::<Keywords>(include_str!("../plugin.toml"), &dir);
+    assert_eq!(ran, 8);
+}

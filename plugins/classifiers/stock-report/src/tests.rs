@@ -381,100 +381,11 @@ fn the_manifest_defaults_are_the_built_in_ones() {
 #[test]
 fn golden_fixtures_pass_natively() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(files.len() >= 6, "{files:?}");
-    for file in files {
-        let fx: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-        let _host = fixture_host(&fx).install();
-        let input = &fx["input"];
-        let got = StockReport::classify(input["text"].as_str().unwrap().into(), context(input));
-        check_fixture(&file, &fx, got);
-    }
-}
-
-/// The plugin's settings for a fixture, rendered as the broker renders
-/// them (strings as they are, lists and tables as JSON).
-fn fixture_host(fx: &serde_json::Value) -> MockHost {
-    let manifest: toml::Table = toml::from_str(include_str!("../plugin.toml")).unwrap();
-    let mut settings: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_value(serde_json::to_value(&manifest["config"]).unwrap()).unwrap();
-    if let Some(config) = fx.get("config").and_then(|c| c.as_object()) {
-        settings.extend(config.clone());
-    }
-    settings
-        .iter()
-        .fold(MockHost::new(), |host, (k, v)| match v {
-            serde_json::Value::String(s) => host.config(k, s),
-            other => host.config(k, &other.to_string()),
-        })
-}
-
-fn context(input: &serde_json::Value) -> ClassifyContext {
-    let c = &input["context"];
-    ClassifyContext {
-        expected: match c["expected"].as_str().unwrap() {
-            "YesNo" => AnswerType::YesNo,
-            "Number" => AnswerType::Number,
-            "Choice" => AnswerType::Choice,
-            _ => AnswerType::FreeText,
-        },
-        choices: c["choices"]
-            .as_array()
-            .map(|a| a.iter().map(|v| v.as_str().unwrap().into()).collect())
-            .unwrap_or_default(),
-        language_hint: c["language_hint"].as_str().map(str::to_string),
-    }
-}
-
-fn check_fixture(
-    file: &std::path::Path,
-    fx: &serde_json::Value,
-    got: Result<Classification, PluginError>,
-) {
-    match (fx.get("expect"), got) {
-        (Some(want), Ok(c)) => {
-            let got = serde_json::json!({
-                "label": c.label,
-                "confidence": c.confidence,
-                "fields": c.fields.iter().map(|f| serde_json::json!({"name": f.name, "value": f.value})).collect::<Vec<_>>(),
-                "language": c.language,
-            });
-            assert!(
-                matches(want, &got),
-                "{}: expected {want}\n got {got}",
-                file.display()
-            );
-        }
-        (None, Err(PluginError::InvalidInput(m))) => {
-            let want = &fx["expect_error"]["InvalidInput"];
-            assert_eq!(want.as_str(), Some(m.as_str()), "{}", file.display());
-        }
-        (_, got) => panic!("{}: got {got:?}", file.display()),
-    }
-}
-
-/// As the broker's fixture check: every field `want` names is equal in
-/// `got`; floats to 1e-4.
-fn matches(want: &serde_json::Value, got: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    match (want, got) {
-        (Value::Object(w), Value::Object(g)) => w
-            .iter()
-            .all(|(k, v)| g.get(k).is_some_and(|gv| matches(v, gv))),
-        (Value::Array(w), Value::Array(g)) => {
-            w.len() == g.len() && w.iter().zip(g).all(|(a, b)| matches(a, b))
-        }
-        (Value::Number(a), Value::Number(b)) => match (a.as_f64(), b.as_f64()) {
-            (Some(x), Some(y)) => (x - y).abs() < 1e-4,
-            _ => a == b,
-        },
-        _ => want == got,
-    }
+    let ran = mhero_sdk::testing::classifier_fixtures::<StockReport>(
+        include_str!("../plugin.toml"),
+        &dir,
+    );
+    assert_eq!(ran, 8);
 }
 
 #[test]
