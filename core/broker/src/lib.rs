@@ -45,6 +45,8 @@ pub mod phone;
 pub mod plugin;
 pub mod signature;
 mod stop;
+#[cfg(test)]
+mod testkit;
 pub mod workflows;
 /// The durable queues: the `mhero-store` crate.
 pub use mhero_store as store;

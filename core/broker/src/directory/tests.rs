@@ -16,18 +16,9 @@ fn dir() -> Directory {
 
 fn worker(id: &str, phone: &str, role: &str, facility: &str) -> IncomingContact {
     IncomingContact {
-        resource: format!("Practitioner/{id}"),
-        name: format!("Worker {id}"),
-        telecoms: vec![Telecom {
-            system: "phone".into(),
-            value: phone.into(),
-            use_: Some("mobile".into()),
-            rank: None,
-        }],
         roles: vec![role.into()],
         facilities: vec![format!("Location/{facility}")],
-        active: true,
-        ..Default::default()
+        ..crate::testkit::phone_worker(id, phone)
     }
 }
 

@@ -8,75 +8,33 @@ use std::time::Duration;
 
 use super::*;
 use crate::Broker;
-use crate::channel::SandboxConfig;
 use crate::config::{ChannelConfig, Config, EngineKind};
 use crate::directory::{Incoming, IncomingContact, Telecom};
-use crate::dispatch::TokioClock;
 use crate::store::MemoryEngine;
+use crate::testkit::{broker_on, phone_worker};
 
 const START_MS: u64 = 1_800_000_000_000;
 
 async fn broker(inbound: InboundConfig) -> Broker {
-    let channel = ChannelConfig {
-        sandbox: SandboxConfig {
-            receipt_delay_ms: 50,
-            ..SandboxConfig::default()
-        },
-        ..ChannelConfig::default()
-    };
-    let mut config = Config {
-        channels: [
-            ("sms".to_string(), channel.clone()),
-            ("telegram".to_string(), channel),
-        ]
-        .into(),
-        inbound,
-        ..Config::default()
-    };
-    config.store.engine = EngineKind::Memory;
-    config.plugins.cache_dir = None;
-    let options = crate::broker::Options {
-        clock: Some(TokioClock::at(START_MS)),
-        engine: Some(Arc::new(MemoryEngine::new())),
-    };
-    Broker::open_with(config, options).await.unwrap()
+    let engine = Arc::new(MemoryEngine::new());
+    broker_on(engine, START_MS, &["sms", "telegram"], |c| {
+        c.inbound = inbound
+    })
+    .await
 }
 
 /// A broker with one sandbox SMS channel on `engine`: opened again on the
 /// same engine, it is the same broker after a restart.
 async fn on(engine: Arc<dyn crate::store::Engine>) -> Broker {
-    let mut config = Config {
-        channels: [("sms".to_string(), ChannelConfig::default())].into(),
-        ..Config::default()
-    };
-    config.store.engine = EngineKind::Memory;
-    config.plugins.cache_dir = None;
-    Broker::open_with(
-        config,
-        crate::broker::Options {
-            clock: Some(TokioClock::at(START_MS)),
-            engine: Some(engine),
-        },
-    )
-    .await
-    .unwrap()
+    broker_on(engine, START_MS, &["sms"], |_| {}).await
 }
 
 fn worker(id: &str, phone: &str, language: &str) -> IncomingContact {
     IncomingContact {
-        resource: format!("Practitioner/{id}"),
-        name: format!("Worker {id}"),
-        telecoms: vec![Telecom {
-            system: "phone".into(),
-            value: phone.into(),
-            use_: Some("mobile".into()),
-            rank: None,
-        }],
         languages: vec![language.into()],
         roles: vec!["nurse".into()],
         facilities: vec!["Location/phebe".into()],
-        active: true,
-        ..Default::default()
+        ..phone_worker(id, phone)
     }
 }
 

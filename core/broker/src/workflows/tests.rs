@@ -10,11 +10,11 @@ use serde_json::{Value, json};
 use super::questionnaire::{self, Answer, Kind};
 use super::survey::{self, SessionState, SurveySpec, Unanswered};
 use crate::Broker;
-use crate::channel::SandboxConfig;
-use crate::config::{ChannelConfig, Config, EngineKind};
-use crate::directory::{Incoming, IncomingContact, IncomingPlace, Telecom};
-use crate::dispatch::{Body, TokioClock};
+use crate::config::Config;
+use crate::directory::{Incoming, IncomingContact, IncomingPlace};
+use crate::dispatch::Body;
 use crate::store::{Engine, MemoryEngine};
+use crate::testkit::{broker_on, phone_worker};
 
 const START_MS: u64 = 1_800_000_000_000;
 
@@ -45,18 +45,9 @@ fn stock_check() -> Value {
 
 fn worker(id: &str, phone: &str, language: &str) -> IncomingContact {
     IncomingContact {
-        resource: format!("Practitioner/{id}"),
-        name: format!("Worker {id}"),
-        telecoms: vec![Telecom {
-            system: "phone".into(),
-            value: phone.into(),
-            use_: Some("mobile".into()),
-            rank: None,
-        }],
         languages: vec![language.into()],
         roles: vec!["nurse".into()],
-        active: true,
-        ..Default::default()
+        ..phone_worker(id, phone)
     }
 }
 
@@ -69,29 +60,7 @@ async fn open_with(
     at_ms: u64,
     change: impl FnOnce(&mut Config),
 ) -> Broker {
-    let channel = ChannelConfig {
-        sandbox: SandboxConfig {
-            receipt_delay_ms: 50,
-            ..SandboxConfig::default()
-        },
-        ..ChannelConfig::default()
-    };
-    let mut config = Config {
-        channels: [("sms".to_string(), channel)].into(),
-        ..Config::default()
-    };
-    config.store.engine = EngineKind::Memory;
-    config.plugins.cache_dir = None;
-    change(&mut config);
-    Broker::open_with(
-        config,
-        crate::broker::Options {
-            clock: Some(TokioClock::at(at_ms)),
-            engine: Some(engine),
-        },
-    )
-    .await
-    .unwrap()
+    broker_on(engine, at_ms, &["sms"], change).await
 }
 
 /// Waits until `f` holds (the test fails after 60 s of test time).
