@@ -783,6 +783,22 @@ pub(crate) fn page_url(base: &str, resource: &str, pairs: &[(&str, String)]) -> 
     }
 }
 
+/// A searchset Bundle: its `self` link, a `next` link while more remain,
+/// and its entries (see [`search_entry`]).
+pub fn searchset(self_url: String, next_url: Option<String>, entry: Vec<Value>) -> Value {
+    let mut link = vec![json!({"relation": "self", "url": self_url})];
+    if let Some(next) = next_url {
+        link.push(json!({"relation": "next", "url": next}));
+    }
+    json!({"resourceType": "Bundle", "type": "searchset", "link": link, "entry": entry})
+}
+
+/// One entry of a searchset: the resource, where it is read, and whether
+/// it matched the search (`match`) or came with a match (`include`).
+pub fn search_entry(full_url: String, resource: Value, mode: &str) -> Value {
+    json!({"fullUrl": full_url, "resource": resource, "search": {"mode": mode}})
+}
+
 /// `GET /fhir/r4/Communication?based-on=CommunicationRequest/{id}`
 #[utoipa::path(get, path = "/fhir/r4/Communication", tag = "fhir", security(("token" = [])),
     params(
@@ -829,19 +845,16 @@ pub async fn search_communications(
         let page = |from: u32| {
             format!("{base}/Communication?based-on=CommunicationRequest/{campaign}&_count={count}&_offset={from}")
         };
-        let mut link = vec![json!({"relation": "self", "url": page(offset)})];
-        if end < total {
-            link.push(json!({"relation": "next", "url": page(end)}));
-        }
+        let next = (end < total).then(|| page(end));
         let mut entry: Vec<Value> = views
             .into_iter()
             .map(|d| {
                 let id = mhero_proto::DeliveryId::new(campaign, d.index);
-                json!({
-                    "fullUrl": format!("{base}/Communication/{id}"),
-                    "resource": communication(campaign, d),
-                    "search": {"mode": "match"},
-                })
+                search_entry(
+                    format!("{base}/Communication/{id}"),
+                    communication(campaign, d),
+                    "match",
+                )
             })
             .collect();
         // A lab result's acknowledgement: the clinician's reply, on the
@@ -864,17 +877,15 @@ pub async fn search_communications(
             if let Some(r) = &record.requester {
                 c["sender"] = json!({"reference": r});
             }
-            entry.push(json!({
-                "fullUrl": format!("{base}/Communication/{campaign}-ack"),
-                "resource": c,
-                "search": {"mode": "include"},
-            }));
+            entry.push(search_entry(
+                format!("{base}/Communication/{campaign}-ack"),
+                c,
+                "include",
+            ));
         }
-        Ok((
-            StatusCode::OK,
-            json!({"resourceType": "Bundle", "type": "searchset", "total": total, "link": link, "entry": entry}),
-            None,
-        ))
+        let mut bundle = searchset(page(offset), next, entry);
+        bundle["total"] = json!(total);
+        Ok((StatusCode::OK, bundle, None))
     }
     .await
     .into()

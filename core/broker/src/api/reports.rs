@@ -14,7 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::Api;
 use super::error::ApiError;
-use super::fhir::{Fhir, base_url, page_url};
+use super::fhir::{Fhir, base_url, page_url, search_entry, searchset};
 use crate::workflows::reports::{Report, Row, Tally};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -132,7 +132,10 @@ pub async fn search_observations(
                         continue;
                     }
                     for (item, n) in &r.items {
-                        if filter_code.as_ref().is_some_and(|c| !c.eq_ignore_ascii_case(item)) {
+                        if filter_code
+                            .as_ref()
+                            .is_some_and(|c| !c.eq_ignore_ascii_case(item))
+                        {
                             continue;
                         }
                         out.push((r.clone(), item.clone(), *n));
@@ -150,35 +153,32 @@ pub async fn search_observations(
         .map_err(|e| crate::Error::Internal(e.to_string()))??;
         let base = base_url(&headers);
         let page = |after: Option<u64>| {
-            let mut pairs: Vec<(&str, String)> = [("code", &q.code), ("category", &q.category), ("subject", &q.subject)]
-                .into_iter()
-                .filter_map(|(k, v)| Some((k, v.clone()?)))
-                .collect();
+            let mut pairs: Vec<(&str, String)> = [
+                ("code", &q.code),
+                ("category", &q.category),
+                ("subject", &q.subject),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v.clone()?)))
+            .collect();
             pairs.push(("_count", count.to_string()));
             pairs.extend(after.map(|a| ("_after", a.to_string())));
             page_url(&base, "Observation", &pairs)
         };
-        let mut link = vec![json!({"relation": "self", "url": page(q.after)})];
-        if let Some(last) = last {
-            link.push(json!({"relation": "next", "url": page(Some(last))}));
-        }
+        let next = last.map(|last| page(Some(last)));
         let tallies = &api.broker.reports().config().kinds;
         let entry: Vec<Value> = observations
             .iter()
             .map(|(r, item, n)| {
                 let o = observation(r, item, *n, tallies.get(&r.kind).copied());
-                json!({
-                    "fullUrl": format!("{base}/Observation/{}", o["id"].as_str().unwrap_or_default()),
-                    "resource": o,
-                    "search": {"mode": "match"},
-                })
+                let url = format!(
+                    "{base}/Observation/{}",
+                    o["id"].as_str().unwrap_or_default()
+                );
+                search_entry(url, o, "match")
             })
             .collect();
-        Ok((
-            StatusCode::OK,
-            json!({"resourceType": "Bundle", "type": "searchset", "link": link, "entry": entry}),
-            None,
-        ))
+        Ok((StatusCode::OK, searchset(page(q.after), next, entry), None))
     }
     .await
     .into()

@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::Api;
 use super::error::{ApiError, ApiJson};
-use super::fhir::{Fhir, base_url, page_url};
+use super::fhir::{Fhir, base_url, page_url, search_entry, searchset};
 use crate::workflows::questionnaire::{Answer, Kind};
 use crate::workflows::survey::{Session, SessionState, SurveyRecord, Unanswered};
 use crate::workflows::{SurveySpec, send};
@@ -417,27 +417,25 @@ pub async fn search_responses(
             pairs.extend(after.map(|a| ("_after", a.to_string())));
             page_url(&base, "QuestionnaireResponse", &pairs)
         };
-        let mut link = vec![json!({"relation": "self", "url": page(query.after)})];
-        if sessions.len() == count
-            && let Some(last) = sessions.last()
-        {
-            link.push(json!({"relation": "next", "url": page(Some(last.contact))}));
-        }
+        let next = sessions
+            .last()
+            .filter(|_| sessions.len() == count)
+            .map(|last| page(Some(last.contact)));
         let entry: Vec<Value> = sessions
             .iter()
             .zip(sources)
             .map(|(x, source)| {
                 let id = format!("s{}-{}", survey.id, x.contact);
-                json!({
-                    "fullUrl": format!("{base}/QuestionnaireResponse/{id}"),
-                    "resource": response(&survey, x, source, now, &id),
-                    "search": {"mode": "match"},
-                })
+                search_entry(
+                    format!("{base}/QuestionnaireResponse/{id}"),
+                    response(&survey, x, source, now, &id),
+                    "match",
+                )
             })
             .collect();
         Ok((
             StatusCode::OK,
-            json!({"resourceType": "Bundle", "type": "searchset", "link": link, "entry": entry}),
+            searchset(page(query.after), next, entry),
             None,
         ))
     }
