@@ -43,6 +43,7 @@ conformance!(
     an_unreadable_delayed_record_is_quarantined_and_promotion_goes_on,
     purging_an_ended_campaign_removes_all_it_left_and_nothing_else,
     a_history_replayed_many_times_stays_bounded,
+    audience_pages_read_the_same_by_key_or_by_scan,
 );
 
 const CH: ChannelId = ChannelId(1);
@@ -1125,4 +1126,35 @@ fn a_history_replayed_many_times_stays_bounded(h: &mut dyn Harness) {
         "the latest are kept"
     );
     assert_eq!(dead[0].reason, "r30");
+}
+
+/// Small pages are read by key, larger ones by scan: the same entries
+/// either way, gaps stepped over, another campaign's never included.
+fn audience_pages_read_the_same_by_key_or_by_scan(h: &mut dyn Harness) {
+    let f = fixture(h);
+    let (c, next) = (CampaignId(7), CampaignId(8));
+    let r = |b: u8| vec![b; 3];
+    f.store.put_audience(c, 0, vec![r(0), r(1)]).wait().unwrap();
+    f.store.put_audience(c, 5, vec![r(5)]).wait().unwrap();
+    f.store.put_audience(next, 0, vec![r(80)]).wait().unwrap();
+    let page = |from: u32, max: u32| -> Vec<u32> {
+        let got = f.store.audience(c, from, max).unwrap();
+        for (i, v) in &got {
+            assert_eq!(v, &r(*i as u8), "entry {i}");
+        }
+        got.into_iter().map(|(i, _)| i).collect()
+    };
+    // Dense: by key.
+    assert_eq!(page(0, 1), vec![0]);
+    assert_eq!(page(0, 2), vec![0, 1]);
+    // A gap: by scan, which steps over it, up to `max` entries.
+    assert_eq!(page(1, 2), vec![1, 5]);
+    assert_eq!(page(0, 3), vec![0, 1, 5]);
+    assert_eq!(page(2, 1), vec![5]);
+    // Past the end, and never into the next campaign.
+    assert_eq!(page(5, 8), vec![5]);
+    assert!(page(6, 1).is_empty());
+    assert!(page(u32::MAX, 1).is_empty());
+    // Large pages: by scan.
+    assert_eq!(page(0, 100), vec![0, 1, 5]);
 }
