@@ -135,6 +135,20 @@ fn quic_reports_what_it_submitted_and_read() {
     assert!(report["filesystem"].is_string(), "{report}");
 }
 
+/// `loadgen api` answers every request it sent and says what each cost.
+#[test]
+fn api_reports_its_requests_and_their_cost() {
+    let report = scenario(&["api", "--n", "300", "--concurrency", "4"]);
+    assert_eq!(report["scenario"], "api");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(report["requests_per_s"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(
+        report["cpu_us_per_request"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(report["filesystem"].is_string(), "{report}");
+}
+
 /// `loadgen http` sends every delivery through real HTTP to the sink, and
 /// its limit sends as many messages in the same form (here the batch form).
 /// (`cargo test --workspace` builds `gateway-sink` beside it.)

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
-use mhero_benches::{fs_type, peak_rss_mb, round};
+use mhero_benches::{cpu_seconds, fs_type, peak_rss_mb, round};
 use mhero_broker::Broker;
 use mhero_broker::api::{self, Api, Role, Tokens};
 use mhero_broker::config::ChannelConfig;
@@ -118,6 +118,7 @@ async fn bench(args: &ApiArgs) -> Result<()> {
         .build()?;
     let url = reqwest::Url::parse(&format!("{base}/fhir/r4/CommunicationRequest"))?;
     let next = Arc::new(AtomicU64::new(0));
+    let cpu_before = cpu_seconds("self");
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
@@ -180,6 +181,7 @@ async fn bench(args: &ApiArgs) -> Result<()> {
         errors += e;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds("self") - cpu_before;
     let rss = peak_rss_mb();
     served.stop().await?;
     let Some(broker) = api::release(broker, std::time::Duration::from_secs(10)).await else {
@@ -197,6 +199,8 @@ async fn bench(args: &ApiArgs) -> Result<()> {
             "p50_ms": ms(0.5),
             "p99_ms": ms(0.99),
             "max_ms": round(latencies.max() as f64 / 1000.0, 2),
+            "cpu_us_per_request": round(cpu * 1e6 / latencies.len().max(1) as f64, 1),
+            "cpu_means": format!("user + system CPU of the whole process while the requests ran, per request answered: the server, the broker sending each message, and the {} clients", args.concurrency),
             "errors": errors,
             "seconds": round(elapsed, 2),
             "peak_rss_mb": round(rss, 1),

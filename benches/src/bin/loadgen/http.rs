@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use mhero_benches::{
-    fs_type, histogram_buckets, histogram_delta, histogram_quantile, peak_rss_mb, round,
+    cpu_seconds, fs_type, histogram_buckets, histogram_delta, histogram_quantile, peak_rss_mb,
+    round,
 };
 use mhero_broker::channel::HttpConfig;
 use mhero_broker::config::ChannelConfig;
@@ -211,22 +212,6 @@ async fn sink_stats(
         })
         .await?;
     serde_json::from_slice(&response.body).context("the sink's stats")
-}
-
-/// User + system CPU seconds of a process, from /proc (Linux).
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses.
-    let rest = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 pub fn run(args: &HttpArgs) -> Result<()> {
