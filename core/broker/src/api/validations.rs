@@ -331,7 +331,11 @@ pub async fn preview_write_back(
 ) -> Result<Json<WriteBackReport>, ApiError> {
     let v = found(&api, &id)?;
     let (planned, not, now) = planned(&api, &v).await?;
-    let results = api.broker.validations().preview(v.id, planned, not, now)?;
+    let results = api
+        .broker
+        .validations()
+        .preview(v.id, planned, not, now)
+        .await?;
     Ok(Json(WriteBackReport::of(results)))
 }
 

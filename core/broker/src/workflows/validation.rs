@@ -32,7 +32,7 @@ use super::questionnaire::Answer;
 use super::survey::{Outgoing, SessionState, SurveyRecord, SurveySpec, Surveys};
 use super::{key, member_key};
 use crate::directory::sync::url_ref;
-use crate::directory::{Auth, Directory, DirectoryConfig, Part, SourceConfig};
+use crate::directory::{Auth, Contact, Directory, DirectoryConfig, Part, SourceConfig};
 use crate::error::{Error, Result};
 use crate::store::{Batch, Cf, Engine, Versioned, encode};
 
@@ -340,9 +340,9 @@ impl Validations {
         }
     }
 
-    /// What writing back did for each worker so far.
+    /// What writing back did for each worker so far. Blocking.
     pub fn written(&self, v: u64) -> Result<Vec<WriteBack>> {
-        super::members(&*self.engine, WRITTEN, v, None, usize::MAX)
+        written(&*self.engine, v)
     }
 
     /// The changes the corrections make to the sources: each worker's
@@ -359,9 +359,30 @@ impl Validations {
     ) -> (Vec<Planned>, Vec<WriteBack>) {
         let mut planned = Vec::new();
         let mut not = Vec::new();
+        let corrected: Vec<&Outcome> = outcomes
+            .iter()
+            .filter(|o| o.status == Status::Corrected)
+            .collect();
+        // The workers' directory records, read on a blocking thread.
+        let numbers: Vec<u32> = corrected.iter().map(|o| o.contact).collect();
+        let directory = Arc::clone(&self.directory);
+        let contacts: Vec<Result<Option<Contact>>> = tokio::task::spawn_blocking(move || {
+            numbers.into_iter().map(|n| directory.contact(n)).collect()
+        })
+        .await
+        .unwrap_or_else(|e| {
+            corrected
+                .iter()
+                .map(|_| {
+                    Err(Error::Internal(format!(
+                        "reading the directory failed: {e}"
+                    )))
+                })
+                .collect()
+        });
         // One client (and connection pool) per source for the whole run.
         let mut clients: BTreeMap<String, SourceClient<'_>> = BTreeMap::new();
-        for o in outcomes.iter().filter(|o| o.status == Status::Corrected) {
+        for (o, contact) in corrected.into_iter().zip(contacts) {
             let result = |result: &str, detail: String| WriteBack {
                 contact: o.contact,
                 result: result.into(),
@@ -378,7 +399,7 @@ impl Validations {
                 ));
                 continue;
             }
-            let contact = match self.directory.contact(o.contact) {
+            let contact = match contact {
                 Ok(Some(c)) => c,
                 Ok(None) => {
                     not.push(result("skipped", "no longer in the directory".into()));
@@ -431,14 +452,14 @@ impl Validations {
     /// the version it must match), the others as [`Self::plan`] found
     /// them. Workers already written are left out, as the write-back
     /// leaves them alone.
-    pub fn preview(
+    pub async fn preview(
         &self,
         v: u64,
         planned: Vec<Planned>,
         results: Vec<WriteBack>,
         now: u64,
     ) -> Result<Vec<WriteBack>> {
-        let (by_contact, mut results) = self.pending(v, planned, results)?;
+        let (by_contact, mut results) = self.pending(v, planned, results).await?;
         for (contact, changes) in by_contact {
             let puts: Vec<String> = changes
                 .iter()
@@ -457,15 +478,18 @@ impl Validations {
     }
 
     /// The planned changes by worker and the other results, without the
-    /// workers already written.
-    fn pending(
+    /// workers already written (read on a blocking thread).
+    async fn pending(
         &self,
         v: u64,
         planned: Vec<Planned>,
         mut results: Vec<WriteBack>,
     ) -> Result<(ByWorker, Vec<WriteBack>)> {
-        let done: std::collections::HashSet<u32> = self
-            .written(v)?
+        let engine = Arc::clone(&self.engine);
+        let written = tokio::task::spawn_blocking(move || written(&*engine, v))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+        let done: std::collections::HashSet<u32> = written
             .into_iter()
             .filter(|w| w.result == "written")
             .map(|w| w.contact)
@@ -491,7 +515,7 @@ impl Validations {
         sources: &DirectoryConfig,
         now: u64,
     ) -> Result<Vec<WriteBack>> {
-        let (by_contact, mut results) = self.pending(v, planned, results)?;
+        let (by_contact, mut results) = self.pending(v, planned, results).await?;
         let mut clients: BTreeMap<String, SourceClient<'_>> = BTreeMap::new();
         for (contact, changes) in by_contact {
             let mut w = WriteBack {
@@ -534,6 +558,11 @@ impl Validations {
         results.sort_by_key(|r| r.contact);
         Ok(results)
     }
+}
+
+/// What writing back did for each worker of validation `v`. Blocking.
+fn written(engine: &dyn Engine, v: u64) -> Result<Vec<WriteBack>> {
+    super::members(engine, WRITTEN, v, None, usize::MAX)
 }
 
 /// Whether a number as a source holds it (E.164, or international with
