@@ -1045,6 +1045,6 @@ fn answer_key(channel: &str, action: &str, seqs: impl Iterator<Item = u64>) -> S
         .chain_update([0])
         .chain_update(action)
         .finalize();
-    let tag: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let tag = crate::store::hex(&digest[..8]);
     format!("{first}-{last}:{n}:{tag}")
 }
