@@ -462,7 +462,7 @@ async fn produce(shared: Arc<Shared>, ch: Arc<Channel>, tx: tokio::sync::mpsc::S
             break;
         };
         let budget = ch.round_budget(shared.config.lease_max);
-        let leased = match lease(&shared, ch.id, budget).await {
+        let (leased, committed) = match lease(&shared, ch.id, budget).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(channel = %ch.name, error = %e, "Lease failed; retrying shortly.");
@@ -491,8 +491,19 @@ async fn produce(shared: Arc<Shared>, ch: Arc<Channel>, tx: tokio::sync::mpsc::S
             }
         }
         shared.revive(campaigns).await;
-        let (stopped, ready) = prepare(&shared, &ch, leased);
+        // The round is prepared and built while its lease commits; it goes
+        // to the wire only once the lease is durable, so a crash before
+        // then leaves it uncounted and unsent, and one after counts it as
+        // redelivered.
+        let (stopped, ready, counts) = prepare(&shared, &ch, leased);
         let requests = build(&ch, ready).await;
+        if let Err(e) = committed.await {
+            tracing::error!(channel = %ch.name, error = %e, "Lease failed; retrying shortly.");
+            drop((round, slot));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        counts.record(&shared, &ch);
         let cost: u64 = requests
             .iter()
             .flat_map(|(chunk, _)| chunk.iter().map(|r| u64::from(r.cost)))
@@ -549,13 +560,19 @@ impl PacedAhead {
     }
 }
 
-/// Leases on a blocking thread: the lease reads the queues from the store.
-async fn lease(shared: &Shared, channel: ChannelId, max: usize) -> Result<Vec<Leased>> {
+/// Leases on a blocking thread (the lease reads the queues from the
+/// store): the leased deliveries, and the lease's commit, which must
+/// succeed before any of them is sent.
+async fn lease(
+    shared: &Shared,
+    channel: ChannelId,
+    max: usize,
+) -> Result<(Vec<Leased>, crate::store::Ticket)> {
     let store = Arc::clone(&shared.store);
     let pending = tokio::task::spawn_blocking(move || store.lease(channel, max))
         .await
         .map_err(|e| crate::Error::Internal(format!("lease task failed: {e}")))??;
-    Ok(pending.await?)
+    Ok(pending.split())
 }
 
 /// Where one request of a round stands.
@@ -583,14 +600,38 @@ async fn send(
     answer
 }
 
+/// What a prepared round counts in the metrics once its lease commits.
+struct RoundCounts {
+    redelivered: u64,
+    stopped: HashMap<(Lane, &'static str), u64>,
+}
+
+impl RoundCounts {
+    fn record(self, shared: &Shared, ch: &Channel) {
+        if self.redelivered > 0 {
+            shared
+                .metrics
+                .redelivered
+                .get_or_create(&super::metrics::ChannelLabel {
+                    channel: ch.name.clone(),
+                })
+                .inc_by(self.redelivered);
+        }
+        for ((lane, label), n) in self.stopped {
+            shared.metrics.delivery(&ch.name, lane, label, n);
+        }
+    }
+}
+
 /// Stop reasons, message texts and per-recipient pacing of a leased round:
-/// what settles at once, and what goes to the gateway. Its campaigns are
-/// in memory ([`Shared::revive`] before it).
+/// what settles at once, what goes to the gateway, and what the metrics
+/// count once the lease commits. Its campaigns are in memory
+/// ([`Shared::revive`] before it).
 fn prepare(
     shared: &Shared,
     ch: &Channel,
     leased: Vec<Leased>,
-) -> (Vec<(Leased, Outcome)>, Vec<Ready>) {
+) -> (Vec<(Leased, Outcome)>, Vec<Ready>, RoundCounts) {
     let now = shared.clock.now_ms();
     let mut settled = Vec::new();
     let mut ready = Vec::with_capacity(leased.len());
@@ -655,18 +696,6 @@ fn prepare(
             cost,
         });
     }
-    if redelivered > 0 {
-        shared
-            .metrics
-            .redelivered
-            .get_or_create(&super::metrics::ChannelLabel {
-                channel: ch.name.clone(),
-            })
-            .inc_by(redelivered);
-    }
-    for ((lane, label), n) in stopped {
-        shared.metrics.delivery(&ch.name, lane, label, n);
-    }
 
     // Per-recipient pacing: who cannot receive again yet waits its turn.
     if ch.config.recipient_interval_ms > 0 {
@@ -690,7 +719,11 @@ fn prepare(
             last.retain(|_, t| *t > horizon);
         }
     }
-    (settled, ready)
+    let counts = RoundCounts {
+        redelivered,
+        stopped,
+    };
+    (settled, ready, counts)
 }
 
 /// Cuts a round into requests of at most `size` messages. A batch carries

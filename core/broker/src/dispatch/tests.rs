@@ -40,7 +40,15 @@ async fn world(channels: BTreeMap<String, ChannelConfig>) -> World {
     world_with(channels, crate::Config::default()).await
 }
 
-async fn world_with(channels: BTreeMap<String, ChannelConfig>, mut config: crate::Config) -> World {
+async fn world_with(channels: BTreeMap<String, ChannelConfig>, config: crate::Config) -> World {
+    world_on(Arc::new(MemoryEngine::new()), channels, config).await
+}
+
+async fn world_on(
+    engine: Arc<dyn crate::store::Engine>,
+    channels: BTreeMap<String, ChannelConfig>,
+    mut config: crate::Config,
+) -> World {
     config.channels = channels;
     config.store.engine = crate::config::EngineKind::Memory;
     config.plugins.cache_dir = None;
@@ -51,7 +59,7 @@ async fn world_with(channels: BTreeMap<String, ChannelConfig>, mut config: crate
     };
     let options = crate::broker::Options {
         clock: Some(TokioClock::at(1_800_000_000_000)),
-        engine: Some(Arc::new(MemoryEngine::new())),
+        engine: Some(engine),
     };
     World {
         broker: Broker::open_with(config, options).await.unwrap(),
@@ -661,6 +669,99 @@ async fn the_in_flight_window_bounds_concurrent_requests() {
         "two requests of 100 ms at a time: {wired} in 450 ms"
     );
     w.finish(id, 2).await;
+    w.shutdown().await;
+}
+
+/// The in-memory engine whose commits can be held: while held, batches
+/// are applied but their tickets wait, as a write waits for its fsync.
+struct HeldCommits {
+    inner: MemoryEngine,
+    /// While held: each batch's own ticket, and the sender of the one
+    /// handed out for it.
+    held: parking_lot::Mutex<Option<Vec<HeldTicket>>>,
+}
+
+type HeldTicket = (
+    crate::store::Ticket,
+    tokio::sync::oneshot::Sender<crate::store::Result<()>>,
+);
+
+impl HeldCommits {
+    fn hold(&self) {
+        *self.held.lock() = Some(Vec::new());
+    }
+
+    /// Commits what was held, in order, and stops holding.
+    fn release(&self) {
+        for (ticket, done) in self.held.lock().take().unwrap_or_default() {
+            let _ = done.send(ticket.wait());
+        }
+    }
+}
+
+impl crate::store::Engine for HeldCommits {
+    fn get(&self, cf: crate::store::Cf, key: &[u8]) -> crate::store::Result<Option<Vec<u8>>> {
+        self.inner.get(cf, key)
+    }
+
+    fn scan(
+        &self,
+        cf: crate::store::Cf,
+        lower: &[u8],
+        upper: &[u8],
+        visit: &mut crate::store::engine::Visit<'_>,
+    ) -> crate::store::Result<()> {
+        self.inner.scan(cf, lower, upper, visit)
+    }
+
+    fn submit(&self, batch: crate::store::Batch) -> crate::store::Ticket {
+        let ticket = self.inner.submit(batch);
+        match self.held.lock().as_mut() {
+            Some(held) => {
+                let (done, committed) = tokio::sync::oneshot::channel();
+                held.push((ticket, done));
+                crate::store::Ticket::pending(committed)
+            }
+            None => ticket,
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_leased_goes_to_the_gateway_before_its_lease_commits() {
+    let engine = Arc::new(HeldCommits {
+        inner: MemoryEngine::new(),
+        held: parking_lot::Mutex::new(None),
+    });
+    let w = world_on(engine.clone(), sms(0.0), crate::Config::default()).await;
+    w.dispatcher().hold_channel("sms", true).await.unwrap();
+    let id = w.submit(generated("x", Lane::Normal, 30, &["sms"])).await;
+    run_for(1_000).await;
+    assert_eq!(
+        w.dispatcher().progress(id).unwrap().queued,
+        30,
+        "fanned out"
+    );
+    // Resumed, then every commit held before the channel's worker runs:
+    // it leases, prepares and builds a round, but sends none of it.
+    w.dispatcher().hold_channel("sms", false).await.unwrap();
+    engine.hold();
+    run_for(2_000).await;
+    let gateway = w.dispatcher().sandbox("sms").unwrap();
+    assert_eq!(
+        gateway.stats().requests,
+        0,
+        "sent before the lease committed"
+    );
+    assert_eq!(
+        w.store().campaign_depth(id),
+        (0, 30),
+        "leased, waiting for the commit"
+    );
+    engine.release();
+    let progress = w.finish(id, 10).await;
+    assert_eq!(progress.wired, 30, "{progress:?}");
+    assert_eq!(gateway.stats().accepted, 30);
     w.shutdown().await;
 }
 
