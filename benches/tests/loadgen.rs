@@ -135,6 +135,27 @@ fn quic_reports_what_it_submitted_and_read() {
     assert!(report["filesystem"].is_string(), "{report}");
 }
 
+/// `loadgen store` settles every delivery it enqueued (it checks the
+/// store's counters itself) and sets its figure beside a limit that
+/// committed the same number of deliveries in groups of the same size.
+#[test]
+fn store_reports_its_figure_beside_the_raw_limit() {
+    let report = scenario(&["store", "--json", "--n", "6000", "--batch", "500"]);
+    assert_eq!(report["scenario"], "store");
+    assert_eq!(report["n"], 6000, "{report}");
+    assert_eq!(report["leases_ahead"], 2, "{report}");
+    assert!(report["commit_groups"].as_f64().unwrap() >= 1.0, "{report}");
+    assert!(report["mean_group_ops"].as_u64().unwrap() >= 1, "{report}");
+    let (figure, limit) = (
+        report["msgs_per_s"].as_f64().unwrap(),
+        report["limit_msgs_per_s"].as_f64().unwrap(),
+    );
+    assert!(figure > 0.0 && limit > 0.0, "{report}");
+    let ratio = report["ratio_to_limit"].as_f64().unwrap();
+    assert!((ratio - figure / limit).abs() < 0.01, "{report}");
+    assert!(report["filesystem"].is_string(), "{report}");
+}
+
 /// `loadgen api` answers every request it sent and says what each cost.
 #[test]
 fn api_reports_its_requests_and_their_cost() {

@@ -45,6 +45,11 @@ pub struct StoreArgs {
 /// pipeline keeps the writer busy without unbounded memory.
 const WINDOW: usize = 8;
 
+/// Leases asked for before the oldest one's commit is waited on, as the
+/// dispatcher prepares a leased round while its lease commits: nothing is
+/// settled (sent) before its lease is durable.
+const LEASES_AHEAD: usize = 2;
+
 pub fn run(args: &StoreArgs) -> Result<()> {
     let durability = match args.durability.as_str() {
         "sync" => Durability::Sync,
@@ -123,9 +128,13 @@ pub fn run(args: &StoreArgs) -> Result<()> {
         external_id: None,
         reason: None,
     };
+    let mut leases = VecDeque::new();
     while settled < n {
-        let submitted = Instant::now();
-        let leased = store.lease(channel, args.batch)?.wait()?;
+        while leases.len() < LEASES_AHEAD {
+            leases.push_back((Instant::now(), store.lease(channel, args.batch)?));
+        }
+        let (submitted, pending) = leases.pop_front().expect("a lease was just asked for");
+        let leased = pending.wait()?;
         record(&mut latency, submitted);
         if leased.is_empty() {
             std::thread::sleep(Duration::from_micros(100));
@@ -214,6 +223,8 @@ pub fn run(args: &StoreArgs) -> Result<()> {
         "n": n,
         "durability": args.durability,
         "batch": args.batch,
+        "leases_ahead": LEASES_AHEAD,
+        "leases_ahead_means": "the consumer asks for its next lease before waiting for the last one's commit, as the dispatcher builds a leased round while its lease commits; it settles a round only after its lease committed",
         "campaigns": campaigns.len(),
         "elapsed_s": round(elapsed, 3),
         "msgs_per_s": round(msgs_per_s, 0),
