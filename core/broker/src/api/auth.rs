@@ -75,7 +75,7 @@ fn hash(secret: &str) -> [u8; 32] {
 }
 
 fn id_of(hash: &[u8; 32]) -> String {
-    hash[..6].iter().map(|b| format!("{b:02x}")).collect()
+    crate::store::hex(&hash[..6])
 }
 
 /// The broker's tokens, read from the store when it opens and written
@@ -117,9 +117,7 @@ impl Tokens {
         }
         let mut raw = [0u8; 32];
         rand::rng().fill_bytes(&mut raw);
-        let secret: String = std::iter::once(SECRET_PREFIX.to_string())
-            .chain(raw.iter().map(|b| format!("{b:02x}")))
-            .collect();
+        let secret = format!("{SECRET_PREFIX}{}", crate::store::hex(&raw));
         let info = self.insert(hash(&secret), role, name, now_ms)?;
         Ok((secret, info))
     }

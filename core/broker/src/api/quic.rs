@@ -87,8 +87,7 @@ impl Certificate {
     /// `sha256:<hex>`: what clients pin.
     pub fn fingerprint(&self) -> String {
         let digest = Sha256::digest(self.cert.as_ref());
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        format!("sha256:{hex}")
+        format!("sha256:{}", crate::store::hex(&digest))
     }
 }
 

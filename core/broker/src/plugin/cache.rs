@@ -211,7 +211,7 @@ fn store(cache: &ComponentCache, path: &Path, component: &Component) -> std::io:
     let mut suffix = [0u8; 12];
     rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut suffix)
         .map_err(std::io::Error::other)?;
-    let unpredictable: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    let unpredictable = crate::store::hex(&suffix);
     let tmp = cache.dir.join(format!(".{name}.{unpredictable}.tmp"));
     let mut options = std::fs::OpenOptions::new();
     // A new file only: never an existing one, never through a symlink.
