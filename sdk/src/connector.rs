@@ -18,6 +18,13 @@
 /// what a connector can do from its exports.
 macro_rules! connector_world {
     ($world:literal) => {
+        #[cfg(not(feature = "fixtures"))]
+        connector_world!(@bindings $world, PartialEq);
+        // The fixture runner reads and writes the types as JSON.
+        #[cfg(feature = "fixtures")]
+        connector_world!(@bindings $world, PartialEq, serde::Serialize, serde::Deserialize);
+    };
+    (@bindings $world:literal, $($derive:tt)*) => {
         #[doc(hidden)]
         #[allow(clippy::too_many_arguments, reason = "generated code")]
         pub mod bindings {
@@ -28,7 +35,7 @@ macro_rules! connector_world {
                 export_macro_name: "__export_connector_world",
                 default_bindings_module: "mhero_sdk::connector::bindings",
                 runtime_path: "mhero_sdk::__private::wit_bindgen::rt",
-                additional_derives: [PartialEq],
+                additional_derives: [$($derive)*],
                 generate_unused_types: true,
             });
         }

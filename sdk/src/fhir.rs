@@ -4,20 +4,30 @@
 //! returns the contacts, locations and groups in it. Bad entries become
 //! per-entry [`EntryError`]s; the rest are still mapped.
 
-#[doc(hidden)]
-#[allow(clippy::too_many_arguments, reason = "generated code")]
-pub mod bindings {
-    wit_bindgen::generate!({
-        world: "fhir-mapper",
-        path: "wit",
-        pub_export_macro: true,
-        export_macro_name: "__export_fhir_mapper_world",
-        default_bindings_module: "mhero_sdk::fhir::bindings",
-        runtime_path: "mhero_sdk::__private::wit_bindgen::rt",
-        additional_derives: [PartialEq],
-        generate_unused_types: true,
-    });
+macro_rules! fhir_world {
+    ($($derive:tt)*) => {
+        #[doc(hidden)]
+        #[allow(clippy::too_many_arguments, reason = "generated code")]
+        pub mod bindings {
+            wit_bindgen::generate!({
+                world: "fhir-mapper",
+                path: "wit",
+                pub_export_macro: true,
+                export_macro_name: "__export_fhir_mapper_world",
+                default_bindings_module: "mhero_sdk::fhir::bindings",
+                runtime_path: "mhero_sdk::__private::wit_bindgen::rt",
+                additional_derives: [$($derive)*],
+                generate_unused_types: true,
+            });
+        }
+    };
 }
+
+#[cfg(not(feature = "fixtures"))]
+fhir_world!(PartialEq);
+// The fixture runner writes the types as JSON.
+#[cfg(feature = "fixtures")]
+fhir_world!(PartialEq, serde::Serialize, serde::Deserialize);
 
 pub use bindings::mhero::plugin::fhir_types::{
     Contact, EntryError, Group, Location, Mapped, MapperInfo, Telecom,

@@ -153,59 +153,24 @@ pub fn classifier_fixtures<C: crate::classifier::Classifier>(
     manifest: &str,
     dir: &std::path::Path,
 ) -> usize {
-    use serde_json::{Value, json};
+    use serde_json::json;
 
-    let manifest: toml::Table =
-        toml::from_str(manifest).unwrap_or_else(|e| panic!("plugin.toml: {e}"));
-    let defaults: serde_json::Map<String, Value> = manifest
-        .get("config")
-        .map(|c| serde_json::to_value(c).expect("[config] as JSON"))
-        .and_then(|c| c.as_object().cloned())
-        .unwrap_or_default();
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.expect("a fixture file").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    for file in &files {
-        let text =
-            std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let fx: Value =
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-        let mut settings = defaults.clone();
-        if let Some(config) = fx.get("config").and_then(Value::as_object) {
-            settings.extend(config.clone());
-        }
-        let host = settings
-            .iter()
-            .fold(MockHost::new(), |host, (k, v)| match v {
-                Value::String(s) => host.config(k, s),
-                other => host.config(k, &other.to_string()),
-            });
-        let _host = host.install();
+    fixtures::run(manifest, dir, |_, fx| {
         let input = &fx["input"];
         let got = C::classify(
             input["text"].as_str().unwrap_or_default().into(),
             classify_context(&input["context"]),
         );
-        match (fx.get("expect"), got) {
-            (Some(want), Ok(c)) => {
-                let got = json!({
-                    "label": c.label,
-                    "confidence": c.confidence,
-                    "fields": c.fields.iter().map(|f| json!({"name": f.name, "value": f.value})).collect::<Vec<_>>(),
-                    "language": c.language,
-                });
-                assert!(
-                    fixture_matches(want, &got),
-                    "{}: expected {want}\n got {got}",
-                    file.display()
-                );
-            }
-            (None, Err(e)) => {
+        match got {
+            Ok(c) => Ok(json!({
+                "label": c.label,
+                "confidence": c.confidence,
+                "fields": c.fields.iter().map(|f| json!({"name": f.name, "value": f.value})).collect::<Vec<_>>(),
+                "language": c.language,
+            })),
+            Err(e) => {
                 use crate::classifier::PluginError;
-                let got = match e {
+                Err(match e {
                     PluginError::InvalidInput(m) => json!({ "InvalidInput": m }),
                     PluginError::Permanent(m) => json!({ "Permanent": m }),
                     PluginError::Unauthorized(m) => json!({ "Unauthorized": m }),
@@ -213,18 +178,268 @@ pub fn classifier_fixtures<C: crate::classifier::Classifier>(
                         "message": t.message,
                         "retry_after_ms": t.retry_after_ms,
                     } }),
-                };
-                assert!(
-                    fixture_matches(&fx["expect_error"], &got),
-                    "{}: expected error {}\n got error {got}",
-                    file.display(),
-                    fx["expect_error"]
-                );
+                })
             }
-            (_, got) => panic!("{}: got {got:?}", file.display()),
+        }
+    })
+}
+
+/// Runs a connector's golden fixtures natively with `cargo test`, the way
+/// `mhero plugin test` runs them on the built component, with the settings
+/// as [`classifier_fixtures`] passes them.
+///
+/// Each `*.json` file in `dir` names its `call` (`describe`, `build-send`,
+/// `build-send-batch`, `parse-send-response`, `parse-batch-response`,
+/// `handle-webhook`, `build-send-media`, `build-status-query`,
+/// `parse-status-answer`), its `input` (the call's arguments by name:
+/// `message`, `messages`, `response`, `request`, `attachments`,
+/// `external_ids`; HTTP bodies as text) and `expect` (every field it names
+/// must be equal; bodies compare as text) or `expect_error` (for example
+/// `{"Unauthorized": "…"}`). A fixture expecting what the host decides
+/// (`"not_exported"`, `"timeout"`, `"panic"`…) is about the built
+/// component and is left to `mhero plugin test`. Panics naming the file on
+/// the first mismatch; returns how many fixtures ran.
+///
+/// ```ignore
+/// #[test]
+/// fn golden_fixtures_pass_natively() {
+///     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+///     let ran = mhero_sdk::testing::connector_fixtures::<MyGateway>(
+///         include_str!("../plugin.toml"),
+///         &dir,
+///     );
+///     assert!(ran >= 3);
+/// }
+/// ```
+#[cfg(all(feature = "connector", feature = "fixtures"))]
+pub fn connector_fixtures<C: crate::connector::Connector>(
+    manifest: &str,
+    dir: &std::path::Path,
+) -> usize {
+    use serde_json::Value;
+
+    fn out<T: serde::Serialize, E: serde::Serialize>(r: Result<T, E>) -> Result<Value, Value> {
+        let json = |v: serde_json::Result<Value>| {
+            fixtures::bodies_to_text(v.expect("plugin types serialize to JSON"))
+        };
+        match r {
+            Ok(v) => Ok(json(serde_json::to_value(v))),
+            Err(e) => Err(json(serde_json::to_value(e))),
         }
     }
-    files.len()
+    fixtures::run(manifest, dir, |file, fx| {
+        let input = fixtures::bodies_to_bytes(fx["input"].clone());
+        macro_rules! arg {
+            ($key:literal) => {
+                fixtures::arg(file, &input, $key)
+            };
+        }
+        let call = fx["call"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: the fixture names no `call`", file.display()));
+        match call {
+            "describe" => out(Ok::<_, ()>(C::describe())),
+            "build-send" => out(C::build_send(arg!("message"))),
+            "build-send-batch" => out(C::build_send_batch(arg!("messages"))),
+            "parse-send-response" => out(C::parse_send_response(arg!("response"))),
+            "parse-batch-response" => {
+                out(C::parse_batch_response(arg!("messages"), arg!("response")))
+            }
+            "handle-webhook" => out(C::handle_webhook(arg!("request"))),
+            "build-send-media" => out(C::build_send_media(arg!("message"), arg!("attachments"))),
+            "build-status-query" => out(C::build_status_query(arg!("external_ids"))),
+            "parse-status-answer" => out(C::parse_status_answer(
+                arg!("external_ids"),
+                arg!("response"),
+            )),
+            other => panic!("{}: `{other}` is not a connector call", file.display()),
+        }
+    })
+}
+
+/// Runs a FHIR mapper's golden fixtures natively with `cargo test`, as
+/// [`connector_fixtures`] does for a connector: each fixture's `call` is
+/// `describe` or `map-resources` with `input.json` (the resource or Bundle,
+/// as JSON or as a string), and `expect` names what the mapping must hold
+/// (`contacts`, `groups`, `locations`, `errors`) or `expect_error` the
+/// error. Returns how many fixtures ran.
+#[cfg(all(feature = "fhir-mapper", feature = "fixtures"))]
+pub fn fhir_mapper_fixtures<M: crate::fhir::FhirMapper>(
+    manifest: &str,
+    dir: &std::path::Path,
+) -> usize {
+    use serde_json::Value;
+
+    let json = |v: serde_json::Result<Value>| v.expect("plugin types serialize to JSON");
+    fixtures::run(manifest, dir, |file, fx| match fx["call"].as_str() {
+        Some("describe") => Ok(json(serde_json::to_value(M::describe()))),
+        Some("map-resources") => {
+            let text = match &fx["input"]["json"] {
+                Value::String(s) => s.clone(),
+                Value::Null => panic!("{}: input.json is missing", file.display()),
+                other => other.to_string(),
+            };
+            M::map_resources(text)
+                .map(|m| json(serde_json::to_value(m)))
+                .map_err(|e| json(serde_json::to_value(e)))
+        }
+        other => panic!("{}: {other:?} is not a FHIR mapper call", file.display()),
+    })
+}
+
+/// What the fixture runners share: the files, the settings, the check.
+#[cfg(feature = "fixtures")]
+mod fixtures {
+    use std::path::{Path, PathBuf};
+
+    use serde_json::{Map, Value};
+
+    use super::MockHost;
+
+    /// Runs `call` on every fixture in `dir` (given the file and the
+    /// fixture) with its settings installed: `call` answers the result,
+    /// `Err` in the JSON form of the error.
+    pub fn run(
+        manifest: &str,
+        dir: &Path,
+        mut call: impl FnMut(&Path, &Value) -> Result<Value, Value>,
+    ) -> usize {
+        let manifest: toml::Table =
+            toml::from_str(manifest).unwrap_or_else(|e| panic!("plugin.toml: {e}"));
+        let defaults: Map<String, Value> = manifest
+            .get("config")
+            .map(|c| serde_json::to_value(c).expect("[config] as JSON"))
+            .and_then(|c| c.as_object().cloned())
+            .unwrap_or_default();
+        let mut ran = 0;
+        for file in files(dir) {
+            let text = std::fs::read_to_string(&file)
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            let fx: Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            // What the host decides (a trap, an export the component
+            // lacks) shows only on the built component.
+            if fx.get("expect_error").is_some_and(Value::is_string) {
+                continue;
+            }
+            let mut settings = defaults.clone();
+            if let Some(config) = fx.get("config").and_then(Value::as_object) {
+                settings.extend(config.clone());
+            }
+            let host = settings
+                .iter()
+                .fold(MockHost::new(), |host, (k, v)| match v {
+                    Value::String(s) => host.config(k, s),
+                    other => host.config(k, &other.to_string()),
+                });
+            let _host = host.install();
+            let got = call(&file, &fx);
+            ran += 1;
+            match (fx.get("expect"), fx.get("expect_error"), got) {
+                (Some(want), _, Ok(got)) => assert!(
+                    matches(want, &got),
+                    "{}: expected {want}\n got {got}",
+                    file.display()
+                ),
+                (None, Some(want), Err(got)) => assert!(
+                    matches(want, &got),
+                    "{}: expected error {want}\n got error {got}",
+                    file.display()
+                ),
+                (None, None, _) => panic!(
+                    "{}: the fixture has neither `expect` nor `expect_error`",
+                    file.display()
+                ),
+                (_, _, got) => panic!("{}: got {got:?}", file.display()),
+            }
+        }
+        ran
+    }
+
+    /// The argument `key` of the fixture's input, as the call takes it.
+    #[cfg_attr(not(feature = "connector"), allow(dead_code))]
+    pub fn arg<T: serde::de::DeserializeOwned>(file: &Path, input: &Value, key: &str) -> T {
+        let value = input
+            .get(key)
+            .unwrap_or_else(|| panic!("{}: input.{key} is missing", file.display()));
+        serde_json::from_value(value.clone())
+            .unwrap_or_else(|e| panic!("{}: input.{key}: {e}", file.display()))
+    }
+
+    fn files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.expect("a fixture file").path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// As the broker's fixture check: every field `want` names is equal
+    /// in `got`; numbers to 1e-4.
+    pub fn matches(want: &Value, got: &Value) -> bool {
+        match (want, got) {
+            (Value::Object(w), Value::Object(g)) => w
+                .iter()
+                .all(|(k, v)| g.get(k).is_some_and(|gv| matches(v, gv))),
+            (Value::Array(w), Value::Array(g)) => {
+                w.len() == g.len() && w.iter().zip(g).all(|(a, b)| matches(a, b))
+            }
+            (Value::Number(a), Value::Number(b)) => match (a.as_f64(), b.as_f64()) {
+                (Some(x), Some(y)) => (x - y).abs() < 1e-4,
+                _ => a == b,
+            },
+            _ => want == got,
+        }
+    }
+
+    /// Fixture text bodies → the byte lists the generated types hold.
+    #[cfg_attr(not(feature = "connector"), allow(dead_code))]
+    pub fn bodies_to_bytes(v: Value) -> Value {
+        match v {
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(k, v)| match (k.as_str(), v) {
+                        ("body", Value::String(s)) => (
+                            k,
+                            Value::Array(s.into_bytes().into_iter().map(Value::from).collect()),
+                        ),
+                        (_, v) => (k, bodies_to_bytes(v)),
+                    })
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(items.into_iter().map(bodies_to_bytes).collect()),
+            other => other,
+        }
+    }
+
+    /// Byte-list bodies → text, when they are UTF-8.
+    #[cfg_attr(not(feature = "connector"), allow(dead_code))]
+    pub fn bodies_to_text(v: Value) -> Value {
+        match v {
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(k, v)| {
+                        if k == "body"
+                            && let Value::Array(items) = &v
+                        {
+                            let bytes: Option<Vec<u8>> = items
+                                .iter()
+                                .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                                .collect();
+                            if let Some(text) = bytes.and_then(|b| String::from_utf8(b).ok()) {
+                                return (k, Value::String(text));
+                            }
+                        }
+                        (k, bodies_to_text(v))
+                    })
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(items.into_iter().map(bodies_to_text).collect()),
+            other => other,
+        }
+    }
 }
 
 #[cfg(all(feature = "classifier", feature = "fixtures"))]
@@ -246,26 +461,6 @@ fn classify_context(c: &serde_json::Value) -> crate::classifier::ClassifyContext
             })
             .unwrap_or_default(),
         language_hint: c["language_hint"].as_str().map(str::to_string),
-    }
-}
-
-/// As the broker's fixture check: every field `want` names is equal in
-/// `got`; numbers to 1e-4.
-#[cfg(all(feature = "classifier", feature = "fixtures"))]
-fn fixture_matches(want: &serde_json::Value, got: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    match (want, got) {
-        (Value::Object(w), Value::Object(g)) => w
-            .iter()
-            .all(|(k, v)| g.get(k).is_some_and(|gv| fixture_matches(v, gv))),
-        (Value::Array(w), Value::Array(g)) => {
-            w.len() == g.len() && w.iter().zip(g).all(|(a, b)| fixture_matches(a, b))
-        }
-        (Value::Number(a), Value::Number(b)) => match (a.as_f64(), b.as_f64()) {
-            (Some(x), Some(y)) => (x - y).abs() < 1e-4,
-            _ => a == b,
-        },
-        _ => want == got,
     }
 }
 

@@ -193,12 +193,16 @@ fn rust(root: &Path, kind: Kind, name: &str) -> Result<()> {
     let summary = format!("{name} ({}, Rust)", kind.as_str());
     let crate_name = name.replace('-', "_");
     let extra_deps = match kind {
-        Kind::FhirMapper => "serde_json = \"1\"\n",
-        // Its golden fixtures also run natively with `cargo test`.
+        Kind::FhirMapper => {
+            "serde_json = \"1\"\n\n[dev-dependencies]\nmhero-sdk = { path = \"mhero-sdk\", features = [\"fhir-mapper\", \"fixtures\"] }\n"
+        }
+        // Their golden fixtures also run natively with `cargo test`.
         Kind::Classifier => {
             "\n[dev-dependencies]\nmhero-sdk = { path = \"mhero-sdk\", features = [\"classifier\", \"fixtures\"] }\n"
         }
-        Kind::Connector => "",
+        Kind::Connector => {
+            "\n[dev-dependencies]\nmhero-sdk = { path = \"mhero-sdk\", features = [\"connector\", \"fixtures\"] }\n"
+        }
     };
     write(
         root,
@@ -233,7 +237,7 @@ fn rust(root: &Path, kind: Kind, name: &str) -> Result<()> {
     )?;
     write(root, ".gitignore", "target/\n*.wasm\n")?;
     let sdk_manifest = format!(
-        "[package]\nname = \"mhero-sdk\"\nversion = \"{}\"\nedition = \"2024\"\ndescription = \"The mHero plugin SDK, as the broker that made this folder was built with it.\"\npublish = false\n\n[features]\nconnector = [\"dep:hmac\", \"dep:sha2\"]\nfhir-mapper = [\"dep:serde_json\"]\nclassifier = []\nfixtures = [\"dep:serde_json\", \"dep:toml\"]\n\n[dependencies]\nwit-bindgen = {{ version = \"0.63\", default-features = false, features = [\"macros\", \"realloc\", \"std\"] }}\nserde_json = {{ version = \"1\", optional = true }}\ntoml = {{ version = \"1\", optional = true }}\nhmac = {{ version = \"0.12\", optional = true }}\nsha2 = {{ version = \"0.10\", default-features = false, optional = true }}\n",
+        "[package]\nname = \"mhero-sdk\"\nversion = \"{}\"\nedition = \"2024\"\ndescription = \"The mHero plugin SDK, as the broker that made this folder was built with it.\"\npublish = false\n\n[features]\nconnector = [\"dep:hmac\", \"dep:sha2\"]\nfhir-mapper = [\"dep:serde_json\"]\nclassifier = []\nfixtures = [\"dep:serde\", \"dep:serde_json\", \"dep:toml\"]\n\n[dependencies]\nwit-bindgen = {{ version = \"0.63\", default-features = false, features = [\"macros\", \"realloc\", \"std\"] }}\nserde = {{ version = \"1\", features = [\"derive\"], optional = true }}\nserde_json = {{ version = \"1\", optional = true }}\ntoml = {{ version = \"1\", optional = true }}\nhmac = {{ version = \"0.12\", optional = true }}\nsha2 = {{ version = \"0.10\", default-features = false, optional = true }}\n",
         env!("CARGO_PKG_VERSION")
     );
     write(root, "mhero-sdk/Cargo.toml", &sdk_manifest)?;

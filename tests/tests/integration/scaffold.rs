@@ -76,16 +76,14 @@ fn a_new_rust_plugin_of_each_kind_builds_and_passes_its_fixture() {
             "{kind}: {text}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        if kind == "classifier" {
-            // The README's `cargo test`: the same fixtures, natively.
-            let mut cmd = as_author("cargo", &folder);
-            cmd.args(["test", "--target-dir"]).arg(shared_target());
-            let out = run(cmd, "cargo test");
-            assert!(
-                out.contains("golden_fixtures_pass_natively ... ok") && out.contains("1 passed"),
-                "{out}"
-            );
-        }
+        // The README's `cargo test`: the same fixtures, natively.
+        let mut cmd = as_author("cargo", &folder);
+        cmd.args(["test", "--target-dir"]).arg(shared_target());
+        let out = run(cmd, "cargo test");
+        assert!(
+            out.contains("golden_fixtures_pass_natively ... ok") && out.contains("1 passed"),
+            "{kind}: {out}"
+        );
     }
     // A name that is not one, or a folder that exists, is refused.
     let out = mhero()

@@ -121,3 +121,18 @@ impl Connector for Plugin {
 }
 
 mhero_sdk::export_connector!(Plugin);
+
+#[cfg(test)]
+mod tests {
+    /// `tests/fixtures/*.json`, run natively as `mhero plugin test` runs
+    /// them on the built component.
+    #[test]
+    fn golden_fixtures_pass_natively() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let ran = mhero_sdk::testing::connector_fixtures::<super::Plugin>(
+            include_str!("../plugin.toml"),
+            &dir,
+        );
+        assert!(ran > 0, "no fixtures in {}", dir.display());
+    }
+}

@@ -134,3 +134,13 @@ fn replies_postbacks_and_deliveries() {
         Err(PluginError::InvalidInput(_))
     ));
 }
+
+/// The golden fixtures, run natively the way the broker runs them on the
+/// component (those expecting what only the host decides are left to it).
+#[test]
+fn golden_fixtures_pass_natively() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let ran =
+        mhero_sdk::testing::connector_fixtures::<Messenger>(include_str!("../plugin.toml"), &dir);
+    assert_eq!(ran, 4);
+}

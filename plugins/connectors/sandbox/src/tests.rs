@@ -201,3 +201,13 @@ fn describe_declares_batch_segments_and_idempotency() {
     assert_eq!(info.max_batch, 100);
     assert!(info.counts_segments && info.idempotent);
 }
+
+/// The golden fixtures, run natively the way the broker runs them on the
+/// component (those expecting what only the host decides are left to it).
+#[test]
+fn golden_fixtures_pass_natively() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let ran =
+        mhero_sdk::testing::connector_fixtures::<Sandbox>(include_str!("../plugin.toml"), &dir);
+    assert_eq!(ran, 8);
+}

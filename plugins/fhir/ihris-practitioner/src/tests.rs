@@ -221,3 +221,15 @@ fn fhir_groups_keep_their_current_members() {
         mapped.errors
     );
 }
+
+/// The golden fixtures, run natively the way the broker runs them on the
+/// component.
+#[test]
+fn golden_fixtures_pass_natively() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let ran = mhero_sdk::testing::fhir_mapper_fixtures::<IhrisPractitioner>(
+        include_str!("../plugin.toml"),
+        &dir,
+    );
+    assert_eq!(ran, 3);
+}

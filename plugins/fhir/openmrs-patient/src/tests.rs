@@ -81,3 +81,15 @@ fn the_deceased_are_never_messaged_and_bad_entries_are_reported() {
     );
     assert!(OpenmrsPatient::map_resources("{\"x\":1}".into()).is_err());
 }
+
+/// The golden fixtures, run natively the way the broker runs them on the
+/// component.
+#[test]
+fn golden_fixtures_pass_natively() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let ran = mhero_sdk::testing::fhir_mapper_fixtures::<OpenmrsPatient>(
+        include_str!("../plugin.toml"),
+        &dir,
+    );
+    assert_eq!(ran, 2);
+}
