@@ -5,6 +5,7 @@ use anyhow::{Context, Result, bail};
 use mhero_broker::Config;
 use mhero_broker::dispatch::probe::{Probe, probe};
 use mhero_broker::plugin::PluginHost;
+use mhero_broker::plugin::manifest::SettingType;
 
 #[derive(clap::Subcommand)]
 pub enum ChannelCommand {
@@ -117,6 +118,49 @@ pub fn add(path: &std::path::Path, args: &AddArgs) -> Result<()> {
             args.channel
         );
     }
+    // The connector, and its settings typed and checked against its
+    // schema, with the plugins the file has now.
+    let current = if old.trim().is_empty() {
+        Config::default()
+    } else {
+        Config::from_toml(&old, path)?
+    };
+    let host = host(&current)?;
+    let plugin = host.require(&args.connector, mhero_broker::plugin::Kind::Connector)?;
+    let manifest = plugin.manifest();
+    let mut settings = toml::Table::new();
+    for pair in &args.settings {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--set {pair:?}: write key=value"))?;
+        let key = key.trim();
+        if !bare_key(key) {
+            bail!("--set {pair:?}: {key:?} is not a setting name");
+        }
+        let kind = manifest.config_schema.get(key).map(|s| s.kind);
+        let value = typed(kind, value).map_err(|e| anyhow::anyhow!("--set {pair:?}: {e}"))?;
+        settings.insert(key.to_string(), value);
+    }
+    // The first channel on a connector gives the connector its settings; a
+    // later one keeps its own beside them (another route, account or
+    // webhook address on the same kind of gateway).
+    let shared = current.plugins.config.get(&args.connector);
+    let (table, mut merged) = match shared {
+        Some(shared) => (
+            format!("channels.{}.settings", args.channel),
+            shared.clone(),
+        ),
+        None => (
+            format!("plugins.config.{}", args.connector),
+            toml::Table::new(),
+        ),
+    };
+    if !settings.is_empty() {
+        merged.extend(settings.clone());
+        manifest
+            .settings(Some(&merged))
+            .map_err(|e| anyhow::anyhow!("{table}: {e}"))?;
+    }
     let mut text = old.clone();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
@@ -127,38 +171,15 @@ pub fn add(path: &std::path::Path, args: &AddArgs) -> Result<()> {
         toml::Value::String(args.connector.clone()),
         toml::Value::Float(args.rate)
     ));
-    if !args.settings.is_empty() {
-        if has(&["plugins", "config", &args.connector]) {
-            bail!(
-                "{} already has [plugins.config.{}]: set those there (settings are the connector's, shared by its channels)",
-                path.display(),
-                args.connector
-            );
-        }
-        text.push_str(&format!("\n[plugins.config.{}]\n", args.connector));
-        for pair in &args.settings {
-            let (key, value) = pair
-                .split_once('=')
-                .with_context(|| format!("--set {pair:?}: write key=value"))?;
-            let key = key.trim();
-            if !bare_key(key) {
-                bail!("--set {pair:?}: {key:?} is not a setting name");
-            }
-            let value = match value.trim().parse::<toml::Value>() {
-                Ok(
-                    v @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_)),
-                ) => v,
-                _ => toml::Value::String(value.to_string()),
-            };
+    if !settings.is_empty() {
+        text.push_str(&format!("\n[{table}]\n"));
+        for (key, value) in &settings {
             text.push_str(&format!("{key} = {value}\n"));
         }
     }
-    // The whole file as the broker will read it, and the connector with
-    // these settings, before anything is written.
-    let config = Config::from_toml(&text, path)?;
-    config.validate()?;
-    let host = host(&config)?;
-    host.require(&args.connector, mhero_broker::plugin::Kind::Connector)?;
+    // The whole file as the broker will read it, before anything is
+    // written.
+    Config::from_toml(&text, path)?.validate()?;
     let tmp = path.with_extension("toml.tmp");
     std::fs::write(&tmp, &text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
@@ -173,6 +194,47 @@ pub fn add(path: &std::path::Path, args: &AddArgs) -> Result<()> {
     Ok(())
 }
 
+/// A `--set` value as its setting's type says (a sender id `4455` stays
+/// text); a setting the schema does not type is a number or a boolean
+/// when it reads as one, else text.
+fn typed(kind: Option<SettingType>, raw: &str) -> Result<toml::Value, String> {
+    let parsed = raw.trim().parse::<toml::Value>();
+    match kind {
+        Some(SettingType::String) => Ok(toml::Value::String(raw.to_string())),
+        Some(SettingType::Int) => raw
+            .trim()
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| format!("{raw:?} is not an integer")),
+        Some(SettingType::Float) => raw
+            .trim()
+            .parse::<f64>()
+            .map(toml::Value::Float)
+            .map_err(|_| format!("{raw:?} is not a number")),
+        Some(SettingType::Bool) => raw
+            .trim()
+            .parse::<bool>()
+            .map(toml::Value::Boolean)
+            .map_err(|_| format!("{raw:?} is not true or false")),
+        Some(SettingType::Array) => match parsed {
+            Ok(v @ toml::Value::Array(_)) => Ok(v),
+            _ => Err(format!("{raw:?} is not a TOML array like [\"a\", \"b\"]")),
+        },
+        Some(SettingType::Table) => match parsed {
+            Ok(v @ toml::Value::Table(_)) => Ok(v),
+            _ => Err(format!(
+                "{raw:?} is not a TOML inline table like {{ a = 1 }}"
+            )),
+        },
+        None => match parsed {
+            Ok(v @ (toml::Value::Integer(_) | toml::Value::Float(_) | toml::Value::Boolean(_))) => {
+                Ok(v)
+            }
+            _ => Ok(toml::Value::String(raw.to_string())),
+        },
+    }
+}
+
 fn host(config: &Config) -> Result<PluginHost> {
     Ok(crate::plugin::loaded_host(config)?.0)
 }
@@ -185,7 +247,8 @@ fn list(config: &Config) -> Result<()> {
     let host = host(config)?;
     for (name, ch) in &config.channels {
         let target = host
-            .get(&ch.connector)
+            .for_channel(&ch.connector, name, &ch.settings)
+            .ok()
             .and_then(|p| p.setting("base_url"))
             .unwrap_or_default();
         let rate = if ch.rate > 0.0 {

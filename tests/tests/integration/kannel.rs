@@ -373,10 +373,42 @@ fn channel_add_writes_a_checked_config() {
         listed.contains("wa") && listed.contains("sandbox"),
         "{listed}"
     );
+    // A second channel on kannel (another SMSC route): its settings are
+    // its own, over the connector's.
+    let out = run(&[
+        "add",
+        "sms2",
+        "--connector",
+        "kannel",
+        "--set",
+        "from=4455",
+        "--set",
+        "base_url=http://127.0.0.1:13113",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table: toml::Table = toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    assert_eq!(
+        table["channels"]["sms2"]["settings"]["from"].as_str(),
+        Some("4455")
+    );
+    assert!(
+        table["plugins"]["config"]["kannel"].get("from").is_none(),
+        "{table}"
+    );
+    let listed = String::from_utf8_lossy(&run(&["list"]).stdout).to_string();
+    let line = |name: &str| {
+        listed
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(line("sms").contains("127.0.0.1:13013"), "{listed}");
+    assert!(line("sms2").contains("127.0.0.1:13113"), "{listed}");
     let before = std::fs::read_to_string(&config).unwrap();
     // Refused, and the file left as it was: a name taken, an unknown
-    // connector, a setting the connector does not know, settings for a
-    // connector that already has its table, a bad name.
+    // connector, a setting the connector does not know (for a new
+    // connector, or a channel's own), a bad name.
     for (args, says) in [
         (
             vec!["add", "sms", "--connector", "sandbox"],
@@ -391,8 +423,12 @@ fn channel_add_writes_a_checked_config() {
             "unknown setting \"bot_tokn\"",
         ),
         (
-            vec!["add", "k2", "--connector", "kannel", "--set", "from=4455"],
-            "already has [plugins.config.kannel]",
+            vec!["add", "k2", "--connector", "kannel", "--set", "frm=4455"],
+            "channels.k2.settings: unknown setting \"frm\"",
+        ),
+        (
+            vec!["add", "k3", "--connector", "kannel", "--set", "dlr_mask=often"],
+            "\"often\" is not an integer",
         ),
         (
             vec!["add", "SMS 2", "--connector", "kannel"],

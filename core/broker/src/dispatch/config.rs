@@ -45,6 +45,12 @@ impl Default for DispatchConfig {
 pub struct ChannelConfig {
     /// The connector plugin that talks to the gateway.
     pub connector: String,
+    /// This channel's own connector settings, over the connector's
+    /// `[plugins.config.<connector>]`: two channels on one connector (two
+    /// Kannel SMSC routes, two operators' accounts) each with their own
+    /// credentials, sender and webhook address.
+    #[serde(skip_serializing_if = "toml::Table::is_empty")]
+    pub settings: toml::Table,
     /// Messages (or SMS segments, see `count_segments`) per second; 0: no
     /// limit.
     pub rate: f64,
@@ -96,6 +102,7 @@ impl Default for ChannelConfig {
     fn default() -> Self {
         Self {
             connector: "sandbox".into(),
+            settings: toml::Table::new(),
             rate: 0.0,
             burst: 10,
             count_segments: None,

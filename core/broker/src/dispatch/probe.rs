@@ -15,7 +15,7 @@ use crate::config::ChannelConfig;
 use crate::error::Result;
 use crate::plugin::bindings::PluginError;
 use crate::plugin::bindings::connector_types::{Lane, OutboundMessage, SendOutcome};
-use crate::plugin::{CallError, Kind, PluginHost};
+use crate::plugin::{CallError, PluginHost};
 
 /// Most of the gateway's answer shown.
 const MAX_BODY_CHARS: usize = 2_000;
@@ -60,7 +60,7 @@ pub async fn probe(
     text: &str,
     now_ms: u64,
 ) -> Result<Probe> {
-    let plugin = plugins.require(&config.connector, Kind::Connector)?;
+    let plugin = plugins.for_channel(&config.connector, name, &config.settings)?;
     let (transport, _sandbox) = channel_transport(name, config, &plugin, TokioClock::default())?;
     let message = OutboundMessage {
         id: format!("test-{now_ms}"),

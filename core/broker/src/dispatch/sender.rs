@@ -29,7 +29,7 @@ use crate::plugin::bindings::connector_types::{
     self as ct, ConnectorInfo, OutboundMessage, SendOutcome,
 };
 use crate::plugin::bindings::{HttpRequest, HttpResponse, PluginError};
-use crate::plugin::{CallError, Kind, Plugin, PluginHost};
+use crate::plugin::{CallError, Plugin, PluginHost};
 use crate::store::{Clock, Leased, Outcome};
 
 /// How long a lease round may take at the channel's rate: bounds how long
@@ -120,7 +120,7 @@ impl Channel {
         clock: TokioClock,
         metrics: &super::DispatchMetrics,
     ) -> Result<Self> {
-        let plugin = plugins.require(&config.connector, Kind::Connector)?;
+        let plugin = plugins.for_channel(&config.connector, name, &config.settings)?;
         let info = plugin
             .connector_info()
             .map_err(|e| crate::Error::PluginLoad {

@@ -1108,6 +1108,75 @@ fn over_http(url: &str) -> crate::Config {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_channels_on_one_connector_each_use_their_own_settings() {
+    use std::sync::atomic::Ordering;
+    let (a, b) = (
+        http_gateway(Duration::ZERO, 0).await,
+        http_gateway(Duration::ZERO, 0).await,
+    );
+    let on = |settings: &[(&str, &str)]| ChannelConfig {
+        settings: settings
+            .iter()
+            .map(|(k, v)| (k.to_string(), toml::Value::from(*v)))
+            .collect(),
+        count_segments: Some(false),
+        ..ChannelConfig::default()
+    };
+    // The connector's own setting points where nothing listens: only each
+    // channel's own address reaches a gateway.
+    let shared = over_http("http://127.0.0.1:9");
+    let w = world_with(
+        [
+            ("orange".to_string(), on(&[("base_url", &a.url)])),
+            ("lonestar".to_string(), on(&[("base_url", &b.url)])),
+        ]
+        .into(),
+        shared.clone(),
+    )
+    .await;
+    let x = w
+        .submit(generated("x", Lane::Normal, 30, &["orange"]))
+        .await;
+    let y = w
+        .submit(generated("y", Lane::Normal, 20, &["lonestar"]))
+        .await;
+    assert_eq!(w.finish(x, 30).await.wired, 30);
+    assert_eq!(w.finish(y, 30).await.wired, 20);
+    assert_eq!(a.accepted.load(Ordering::SeqCst), 30);
+    assert_eq!(b.accepted.load(Ordering::SeqCst), 20);
+    w.shutdown().await;
+
+    // A setting its connector does not have, or of the wrong type, is
+    // refused when the broker opens, naming the channel.
+    for (settings, says) in [
+        (on(&[("base_ulr", &a.url)]), "unknown setting \"base_ulr\""),
+        (
+            ChannelConfig {
+                settings: [("base_url".to_string(), toml::Value::from(5))]
+                    .into_iter()
+                    .collect(),
+                ..ChannelConfig::default()
+            },
+            "setting \"base_url\" must be of type string",
+        ),
+    ] {
+        let mut config = shared.clone();
+        config.channels = [("orange".to_string(), settings)].into();
+        config.store.engine = crate::config::EngineKind::Memory;
+        config.plugins.cache_dir = None;
+        let err = Broker::open_with(config, crate::broker::Options::default())
+            .await
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("channels.orange.settings: ") && err.contains(says),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_gateway_gets_the_window_in_flight_and_the_campaign_completes() {
     use std::sync::atomic::Ordering;
     let gw = http_gateway(Duration::from_millis(50), 0).await;

@@ -377,6 +377,29 @@ impl PluginHost {
         }
     }
 
+    /// The connector `name` as the channel `channel` uses it: its
+    /// `[channels.<channel>.settings]` over `[plugins.config.<name>]` over
+    /// the manifest's defaults, checked against the manifest's schema. The
+    /// shared plugin when the channel sets nothing of its own.
+    pub fn for_channel(
+        &self,
+        name: &str,
+        channel: &str,
+        settings: &toml::Table,
+    ) -> Result<Arc<Plugin>> {
+        let plugin = self.require(name, Kind::Connector)?;
+        if settings.is_empty() {
+            return Ok(plugin);
+        }
+        let mut merged = self.options.settings.get(name).cloned().unwrap_or_default();
+        merged.extend(settings.clone());
+        let settings = plugin
+            .manifest()
+            .settings(Some(&merged))
+            .map_err(|e| crate::Error::Config(format!("channels.{channel}.settings: {e}")))?;
+        Ok(Arc::new(plugin.with_settings(settings)))
+    }
+
     pub fn list(&self) -> Vec<Arc<Plugin>> {
         self.plugins.read().values().cloned().collect()
     }

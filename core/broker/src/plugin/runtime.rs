@@ -359,6 +359,7 @@ const fn mhero_panic_prefix() -> &'static str {
 }
 
 /// A pre-instantiated component of one of the three worlds.
+#[derive(Clone)]
 pub(crate) enum WorldPre {
     Connector(
         wasmtime::component::InstancePre<PluginState>,
@@ -738,6 +739,27 @@ impl Plugin {
             breaker: Breaker::new(clock),
             metrics,
             permits: Arc::clone(&runtime.permits),
+        }
+    }
+
+    /// This plugin with other settings (a channel's own over its
+    /// connector's): its own instances, secrets to redact and circuit
+    /// breaker; the same compiled component, limits, metrics and permits.
+    pub(crate) fn with_settings(&self, settings: HashMap<String, String>) -> Self {
+        Self {
+            uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
+            manifest: self.manifest.clone(),
+            limits: self.limits.clone(),
+            name: Arc::clone(&self.name),
+            redactor: Arc::new(Redactor::from_settings(&settings)),
+            settings: Arc::new(settings),
+            gate: Arc::clone(&self.gate),
+            pre: self.pre.clone(),
+            engine: self.engine.clone(),
+            fuel: self.fuel,
+            breaker: Breaker::new(self.breaker.clock.clone()),
+            metrics: self.metrics.clone(),
+            permits: Arc::clone(&self.permits),
         }
     }
 
