@@ -427,7 +427,14 @@ fn channel_add_writes_a_checked_config() {
             "channels.k2.settings: unknown setting \"frm\"",
         ),
         (
-            vec!["add", "k3", "--connector", "kannel", "--set", "dlr_mask=often"],
+            vec![
+                "add",
+                "k3",
+                "--connector",
+                "kannel",
+                "--set",
+                "dlr_mask=often",
+            ],
             "\"often\" is not an integer",
         ),
         (
