@@ -246,11 +246,10 @@ fn list(config: &Config) -> Result<()> {
     }
     let host = host(config)?;
     for (name, ch) in &config.channels {
-        let target = host
-            .for_channel(&ch.connector, name, &ch.settings)
-            .ok()
-            .and_then(|p| p.setting("base_url"))
-            .unwrap_or_default();
+        let target = match host.for_channel(&ch.connector, name, &ch.settings) {
+            Ok(p) => p.setting("base_url").unwrap_or_default(),
+            Err(e) => format!("not usable: {e}"),
+        };
         let rate = if ch.rate > 0.0 {
             format!("{}/s", ch.rate)
         } else {

@@ -462,4 +462,20 @@ fn channel_add_writes_a_checked_config() {
         "{}",
         stderr(&out)
     );
+    // A channel whose own settings were edited wrong by hand: the list
+    // says why it is not usable (the broker refuses to start with it).
+    std::fs::write(
+        &config,
+        format!("{before}\n[channels.bad]\nconnector = \"kannel\"\n[channels.bad.settings]\nfrm = \"x\"\n"),
+    )
+    .unwrap();
+    let listed = String::from_utf8_lossy(&run(&["list"]).stdout).to_string();
+    let bad = listed
+        .lines()
+        .find(|l| l.starts_with("bad "))
+        .unwrap_or_default();
+    assert!(
+        bad.contains("not usable") && bad.contains("unknown setting \"frm\""),
+        "{listed}"
+    );
 }
