@@ -1,8 +1,8 @@
-//! The real HTTP transport: one client per channel (its own keep-alive
-//! pool; hyper-util's, without reqwest's layers), rustls with the system's
-//! roots (and a channel's own `ca_file`), HTTP/2 where the server offers it
-//! through ALPN, no redirects (a redirect could lead outside the allowed
-//! hosts), connect and request timeouts, and a cap on the response size.
+//! The real HTTP transport: one keep-alive pool per channel (see
+//! [`super::pool`]), rustls with the system's roots (and a channel's own
+//! `ca_file`), HTTP/2 where the server offers it through ALPN, no
+//! redirects (a redirect could lead outside the allowed hosts), connect
+//! and request timeouts, and a cap on the response size.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -14,11 +14,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Uri;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::{Deserialize, Serialize};
 
+use super::pool::{Pool, SendError};
 use super::transport::{BoxFuture, Transport, TransportError, redact};
 use crate::plugin::bindings::{Header, HttpRequest, HttpResponse};
 
@@ -70,9 +69,11 @@ impl HttpConfig {
     }
 }
 
+type Connector = Bounded<hyper_rustls::HttpsConnector<HttpConnector>>;
+
 #[derive(Clone)]
 pub struct HttpTransport {
-    client: Client<Bounded<hyper_rustls::HttpsConnector<HttpConnector>>, Full<Bytes>>,
+    pool: Arc<Pool<Connector>>,
     config: HttpConfig,
     warmth: Arc<Warmth>,
 }
@@ -128,14 +129,12 @@ impl HttpTransport {
                 .wrap_connector(tcp),
             timeout: Duration::from_millis(config.connect_timeout_ms),
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_millis(config.idle_timeout_ms))
-            .pool_max_idle_per_host(pool)
-            .build(connector);
         Ok(Self {
-            client,
+            pool: Pool::new(
+                connector,
+                pool,
+                Duration::from_millis(config.idle_timeout_ms),
+            ),
             config: config.clone(),
             warmth: Arc::new(Warmth {
                 origin: std::time::Instant::now(),
@@ -232,13 +231,10 @@ impl HttpTransport {
         let request = builder
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| network(format!("cannot build the request: {e}")))?;
-        let response = self.client.request(request).await.map_err(|e| {
-            let kind = if e.is_connect() {
-                "cannot connect"
-            } else {
-                "request failed"
-            };
-            network(describe(kind, &e))
+        let uri = request.uri().clone();
+        let (response, connection) = self.pool.send(request).await.map_err(|e| match e {
+            SendError::Connect(e) => network(describe("cannot connect", &*e)),
+            SendError::Request(e) => network(describe("request failed", &e)),
         })?;
         let (parts, mut incoming) = response.into_parts();
         let limit = self.config.max_response_bytes;
@@ -271,6 +267,8 @@ impl HttpTransport {
                 body.extend_from_slice(&chunk);
             }
         }
+        // Read to the end: the connection may serve the next request.
+        self.pool.put(&uri, connection);
         Ok(HttpResponse {
             status: parts.status.as_u16(),
             headers,
@@ -358,21 +356,19 @@ fn read_certificates(
     Ok(certificates)
 }
 
-/// `kind`, then the error's causes in one line. The client's own message
-/// ("client error (Connect)") says less than its causes, which never hold
-/// the URL.
+/// `kind`, then the error and its causes in one line, each cause only if
+/// it adds to the one before. None of them holds the URL.
 fn describe(kind: &str, e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = Vec::new();
+    let mut parts: Vec<String> = vec![e.to_string()];
     let mut source = e.source();
     while let Some(s) = source {
-        parts.push(s.to_string());
+        let text = s.to_string();
+        if !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
         source = s.source();
     }
-    if parts.is_empty() {
-        format!("{kind}: {e}")
-    } else {
-        format!("{kind}: {}", parts.join(": "))
-    }
+    format!("{kind}: {}", parts.join(": "))
 }
 
 impl Transport for HttpTransport {

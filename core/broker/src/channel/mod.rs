@@ -6,8 +6,8 @@
 //! - [`transport`]: the async [`Transport`] trait, the hosts a connector
 //!   may reach, and [`ChannelTransport`], which routes a request to the
 //!   simulator or to real HTTP.
-//! - [`http`]: the HTTP transport (keep-alive pools, HTTP/2, rustls,
-//!   timeouts, response cap).
+//! - [`http`]: the HTTP transport (rustls, timeouts, response cap) and
+//!   `pool`, its keep-alive connections (HTTP/1.1, HTTP/2 where offered).
 //! - [`sandbox`]: the sandbox gateway, a simulated SMS gateway inside the
 //!   broker (nothing reaches a phone), its transport, and the task that
 //!   pushes its receipts and replies to the webhook entry point.
@@ -21,6 +21,7 @@
 //! → connector `handle-webhook` → [`EventSink`].
 
 pub mod http;
+mod pool;
 pub mod sandbox;
 pub mod transport;
 pub mod webhooks;
