@@ -267,7 +267,10 @@ impl Pipeline {
         let courses = Arc::clone(&self.courses);
         let engine = Arc::clone(self.store.engine());
         let (mut out, lessons) = blocking(move || {
-            let (batch, out) = surveys.due(now)?;
+            let (mut batch, out, ended) = surveys.due(now)?;
+            // A course's quiz whose last question timed out: scored now,
+            // not at the course's next look.
+            batch.append(courses.nudge(&ended, now)?);
             if !batch.is_empty() {
                 engine.write(batch)?;
             }
@@ -853,12 +856,14 @@ impl Pipeline {
         let courses = Arc::clone(&self.courses);
         let (batch, out, taken) = blocking(move || {
             let (mut batch, out, taken) = surveys.answer(input, now)?;
-            batch.append(surveys.stop(&stopped, now)?);
-            // A course's quiz answered: the course looks at once.
+            let (stop, stopped) = surveys.stop(&stopped, now)?;
+            batch.append(stop);
+            // A course's quiz answered or stopped: the course looks at once.
             let answered: Vec<(u64, u32)> = taken
                 .iter()
                 .zip(&contacts)
                 .filter_map(|(t, &c)| Some((t.as_ref()?.survey, c)))
+                .chain(stopped)
                 .collect();
             batch.append(courses.nudge(&answered, now)?);
             Ok((batch, out, taken))

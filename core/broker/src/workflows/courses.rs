@@ -14,10 +14,11 @@
 //! d | due ms | course | contact    when that worker's next step is due
 //! ```
 //!
-//! A worker in a quiz is looked at at once after each answer they give
-//! ([`Courses::nudge`]), and every [`QUIZ_CHECK_MS`] otherwise: once the
-//! quiz session ended (answered, timed out, stopped, or taken over by a
-//! newer survey) its score is kept and the course goes on. Only the
+//! A worker in a quiz is looked at at once after each answer they give,
+//! when they stop it and when its last question times out
+//! ([`Courses::nudge`]), and every [`QUIZ_CHECK_MS`] otherwise (a newer
+//! survey may take the worker over): once the quiz session ended its score
+//! is kept and the course goes on. Only the
 //! inbound pipeline's task moves progress on after enrolment, so its
 //! read-modify-write needs no lock.
 
@@ -399,9 +400,9 @@ impl Courses {
         Ok(record)
     }
 
-    /// Workers who answered a course's quiz: their progress is looked at
-    /// at the next check (the quiz may have ended). Returns the writes.
-    /// Blocking.
+    /// Workers who answered, stopped or timed out of a course's quiz:
+    /// their progress is looked at at the next check (the quiz may have
+    /// ended). Returns the writes. Blocking.
     pub fn nudge(&self, answered: &[(u64, u32)], now: u64) -> Result<Batch> {
         let mut batch = Batch::new();
         for &(survey, contact) in answered {

@@ -544,13 +544,14 @@ impl Surveys {
                 .sessions
                 .insert((contact, survey.id), (survey, session));
         }
-        let (batch, mut out) = state.into_writes();
+        let (batch, mut out, _) = state.into_writes();
         self.personalise(&mut out)?;
         Ok((batch, out, taken))
     }
 
-    /// Ends the open session of each contact who opted out.
-    pub fn stop(&self, contacts: &[u32], now: u64) -> Result<Batch> {
+    /// Ends the open session of each contact who opted out. Returns the
+    /// writes and the sessions ended (survey, contact).
+    pub fn stop(&self, contacts: &[u32], now: u64) -> Result<(Batch, Vec<(u64, u32)>)> {
         let mut state = Changes::default();
         for &contact in contacts {
             if let Some((survey, mut session)) = self.current(&mut state, contact, now)? {
@@ -567,12 +568,15 @@ impl Surveys {
                     .insert((contact, survey.id), (survey, session));
             }
         }
-        Ok(state.into_writes().0)
+        let (batch, _, ended) = state.into_writes();
+        Ok((batch, ended))
     }
 
     /// Questions whose time ran out by `now`: each left unanswered and the
-    /// next asked. Returns the writes and the messages. Blocking.
-    pub fn due(&self, now: u64) -> Result<(Batch, Vec<Outgoing>)> {
+    /// next asked. Returns the writes, the messages and the sessions that
+    /// ended (survey, contact): their last question timed out. Blocking.
+    #[allow(clippy::type_complexity)]
+    pub fn due(&self, now: u64) -> Result<(Batch, Vec<Outgoing>, Vec<(u64, u32)>)> {
         let expired = super::due_by(&*self.engine, TIMEOUT, now, TIMEOUTS_PER_CHECK)?;
         let mut state = Changes::default();
         for (due, id, contact) in expired {
@@ -609,9 +613,9 @@ impl Surveys {
             session.updated_ms = now;
             state.sessions.insert((contact, id), (survey, session));
         }
-        let (batch, mut out) = state.into_writes();
+        let (batch, mut out, ended) = state.into_writes();
         self.personalise(&mut out)?;
-        Ok((batch, out))
+        Ok((batch, out, ended))
     }
 
     /// The session of `contact` as changed so far in this call, else as
@@ -737,7 +741,10 @@ struct Changes {
 }
 
 impl Changes {
-    fn into_writes(mut self) -> (Batch, Vec<Outgoing>) {
+    /// The writes, the messages, and the sessions that ended (survey,
+    /// contact).
+    #[allow(clippy::type_complexity)]
+    fn into_writes(mut self) -> (Batch, Vec<Outgoing>, Vec<(u64, u32)>) {
         for ((contact, id), (_, s)) in &self.sessions {
             self.batch
                 .put(Cf::Workflows, session_key(*id, *contact), encode(s));
@@ -753,7 +760,8 @@ impl Changes {
             self.batch
                 .put(Cf::Workflows, key(AGGREGATE, *id), encode(a));
         }
-        (self.batch, self.out)
+        let ended = self.ended.iter().map(|&(id, c, _)| (id, c)).collect();
+        (self.batch, self.out, ended)
     }
 }
 

@@ -709,6 +709,16 @@ fn course_campaigns(b: &Broker) -> BTreeMap<String, u64> {
     out
 }
 
+/// One worker's progress in a course.
+fn course_progress(b: &Broker, course: u64, contact: u32) -> super::courses::Progress {
+    b.courses()
+        .progress(course, contact.checked_sub(1), 1)
+        .unwrap()
+        .into_iter()
+        .find(|p| p.contact == contact)
+        .unwrap()
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_course_sends_lessons_on_schedule_scores_its_quiz_and_survives_a_restart() {
     use super::courses::ProgressState;
@@ -736,14 +746,7 @@ async fn a_course_sends_lessons_on_schedule_scores_its_quiz_and_survives_a_resta
         .unwrap();
     assert_eq!(course.enrolled, 3);
     let id = course.id;
-    let progress = |b: &Broker, contact: u32| {
-        b.courses()
-            .progress(id, contact.checked_sub(1), 1)
-            .unwrap()
-            .into_iter()
-            .find(|p| p.contact == contact)
-            .unwrap()
-    };
+    let progress = |b: &Broker, contact: u32| course_progress(b, id, contact);
     // The first lesson at once, in each worker's language.
     until("lesson 1 sent", || {
         course_campaigns(&b)
@@ -823,5 +826,60 @@ async fn a_course_sends_lessons_on_schedule_scores_its_quiz_and_survives_a_resta
         Some(&2),
         "{sent:?}"
     );
+    b.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quiz_ended_by_its_timeout_or_a_stop_moves_the_course_on_at_once() {
+    use super::courses::ProgressState;
+    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+    let b = open(Arc::clone(&engine), START_MS).await;
+    let (one, two, _) = three_nurses(&b);
+    // Questions time out after 250 s: the quiz ends between two of the
+    // course's periodic looks (every 60 s from the quiz's start).
+    let mut spec = course_spec();
+    spec.question_timeout_s = Some(250);
+    let course = b
+        .courses()
+        .create(spec, vec!["sms".into()], b.dispatcher().now_ms())
+        .unwrap();
+    let id = course.id;
+    let Some(super::courses::Step::Quiz { survey, .. }) = course.steps.get(1).cloned() else {
+        panic!("step 2 is the quiz");
+    };
+    let progress = |contact: u32| course_progress(&b, id, contact);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    until("the quiz begun", || {
+        progress(one).state == ProgressState::InQuiz && progress(two).state == ProgressState::InQuiz
+    })
+    .await;
+
+    // Nurse 2 stops: the course stops with it, not at its next look.
+    let sms = b.sandbox("sms").unwrap();
+    tokio::time::sleep(Duration::from_secs(17)).await;
+    sms.worker_sends("s1", "+231770000002", "STOP", b.dispatcher().now_ms());
+    until("the quiz stopped", || {
+        session(&b, survey, two).state == SessionState::Stopped
+    })
+    .await;
+    until("the course stopped", || {
+        progress(two).state == ProgressState::Stopped
+    })
+    .await;
+    let lag = progress(two).updated_ms - session(&b, survey, two).updated_ms;
+    assert!(lag <= 5_000, "the course stopped {lag} ms after the quiz");
+
+    // Nurse 1 answers nothing: both questions time out, the quiz is
+    // scored (0 of 2) as it ends, and the course waits for its next step.
+    tokio::time::sleep(Duration::from_secs(470)).await;
+    until("the quiz timed out", || {
+        session(&b, survey, one).state == SessionState::Completed
+    })
+    .await;
+    until("the quiz scored", || progress(one).scores.len() == 1).await;
+    assert_eq!(progress(one).scores, [(1, 0, 2)]);
+    assert_eq!(progress(one).state, ProgressState::Waiting);
+    let lag = progress(one).updated_ms - session(&b, survey, one).updated_ms;
+    assert!(lag <= 5_000, "scored {lag} ms after the quiz ended");
     b.shutdown().await;
 }
