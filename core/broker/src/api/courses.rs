@@ -159,42 +159,9 @@ pub async fn get_course(
     ))
 }
 
-/// Counts every worker's progress (a scan of the course's workers).
+/// A course and its tally.
 fn view(api: &Api, c: &CourseRecord) -> crate::Result<CourseView> {
-    let n = c.steps.len();
-    let mut done = vec![0u64; n];
-    let mut scores = vec![(0.0f64, 0u64); n];
-    let (mut completed, mut stopped) = (0, 0);
-    let mut after = None;
-    loop {
-        let page = api.broker.courses().progress(c.id, after, 1000)?;
-        let Some(last) = page.last().map(|p| p.contact) else {
-            break;
-        };
-        for p in &page {
-            let past = match p.state {
-                ProgressState::Completed => n,
-                _ => p.step as usize,
-            };
-            for d in &mut done[..past.min(n)] {
-                *d += 1;
-            }
-            for (step, right, questions) in &p.scores {
-                if let Some(s) = scores.get_mut(*step as usize)
-                    && *questions > 0
-                {
-                    s.0 += f64::from(*right) / f64::from(*questions);
-                    s.1 += 1;
-                }
-            }
-            match p.state {
-                ProgressState::Completed => completed += 1,
-                ProgressState::Stopped => stopped += 1,
-                _ => {}
-            }
-        }
-        after = Some(last);
-    }
+    let tally = api.broker.courses().tally(c.id)?;
     let steps = c
         .steps
         .iter()
@@ -210,8 +177,8 @@ fn view(api: &Api, c: &CourseRecord) -> crate::Result<CourseView> {
                 kind,
                 delay_s: delay_ms / 1000,
                 survey,
-                done: done[i],
-                mean_score: (scores[i].1 > 0).then(|| scores[i].0 / scores[i].1 as f64),
+                done: tally.done.get(i).copied().unwrap_or(0),
+                mean_score: tally.mean_score(i),
             }
         })
         .collect();
@@ -223,8 +190,8 @@ fn view(api: &Api, c: &CourseRecord) -> crate::Result<CourseView> {
         created_ms: c.created_ms,
         start_ms: c.start_ms,
         enrolled: c.enrolled,
-        completed,
-        stopped,
+        completed: tally.completed,
+        stopped: tally.stopped,
         steps,
     })
 }

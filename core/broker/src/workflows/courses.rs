@@ -12,7 +12,12 @@
 //! C | course                       the course (steps, audience, timing)
 //! c | course | contact             one worker's progress
 //! d | due ms | course | contact    when that worker's next step is due
+//! t | course                       how far its workers are (a [`Tally`])
 //! ```
+//!
+//! The tally changes in the same write as the progress it counts, so a
+//! course's view reads one record, not every worker's; a course kept
+//! before tallies gets its own from a scan when the broker opens.
 //!
 //! A worker in a quiz is looked at at once after each answer they give,
 //! when they stop it and when its last question times out
@@ -42,6 +47,7 @@ const NEXT: &[u8] = b"NC";
 const COURSE: u8 = b'C';
 const PROGRESS: u8 = b'c';
 const DUE: u8 = b'd';
+const TALLY: u8 = b't';
 
 /// How often a worker in a quiz is looked at.
 pub const QUIZ_CHECK_MS: u64 = 60_000;
@@ -168,6 +174,78 @@ impl Versioned for Progress {
     const VERSION: u8 = 1;
 }
 
+/// How far a course's workers are: what its view shows, counted as their
+/// progress changes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tally {
+    /// Workers past each step.
+    pub done: Vec<u64>,
+    /// Per step: quizzes scored, and the sum of their scores (each the
+    /// share of its questions answered right).
+    pub scores: Vec<(u64, f64)>,
+    pub completed: u64,
+    pub stopped: u64,
+}
+
+impl Versioned for Tally {
+    const VERSION: u8 = 1;
+}
+
+impl Tally {
+    fn new(steps: usize) -> Self {
+        Self {
+            done: vec![0; steps],
+            scores: vec![(0, 0.0); steps],
+            completed: 0,
+            stopped: 0,
+        }
+    }
+
+    /// Counts a worker whose progress was `before` (None: new) and is now
+    /// `after`. Scores are only ever added to a worker's, so the new ones
+    /// are the ones after `before`'s.
+    fn moved(&mut self, before: Option<&Progress>, after: &Progress) {
+        if let Some(b) = before {
+            self.places(b, false);
+        }
+        self.places(after, true);
+        let old = before.map_or(0, |b| b.scores.len());
+        for &(step, right, questions) in after.scores.get(old..).unwrap_or_default() {
+            if let Some(s) = self.scores.get_mut(step as usize)
+                && questions > 0
+            {
+                s.0 += 1;
+                s.1 += f64::from(right) / f64::from(questions);
+            }
+        }
+    }
+
+    /// Adds (or takes away) where `p` is: the steps it is past, and
+    /// whether it completed or stopped.
+    fn places(&mut self, p: &Progress, add: bool) {
+        let bump = |v: &mut u64| {
+            *v = if add { *v + 1 } else { v.saturating_sub(1) };
+        };
+        let n = self.done.len();
+        let past = match p.state {
+            ProgressState::Completed => n,
+            _ => (p.step as usize).min(n),
+        };
+        self.done[..past].iter_mut().for_each(bump);
+        match p.state {
+            ProgressState::Completed => bump(&mut self.completed),
+            ProgressState::Stopped => bump(&mut self.stopped),
+            ProgressState::Waiting | ProgressState::InQuiz => {}
+        }
+    }
+
+    /// The mean score of step `i`'s quiz, once anyone was scored.
+    pub fn mean_score(&self, i: usize) -> Option<f64> {
+        let (n, sum) = *self.scores.get(i)?;
+        (n > 0).then(|| sum / n as f64)
+    }
+}
+
 /// A lesson (or completion message) to send: grouped by course, step and
 /// text into one campaign.
 #[derive(Clone, Debug, PartialEq)]
@@ -209,6 +287,14 @@ impl Courses {
         surveys: Arc<Surveys>,
     ) -> Result<Self> {
         let courses = super::load_all(&*engine, COURSE, |c: &CourseRecord| c.id)?;
+        for c in courses.values() {
+            if engine.get(Cf::Workflows, &tally_key(c.id))?.is_none() {
+                let tally = tally_by_scan(&*engine, c)?;
+                let mut batch = Batch::new();
+                batch.put(Cf::Workflows, tally_key(c.id), encode(&tally));
+                engine.write(batch)?;
+            }
+        }
         let next = super::next_id(&*engine, NEXT)?;
         let quizzes = courses.values().flat_map(|c| quizzes_of(c)).collect();
         Ok(Self {
@@ -223,6 +309,21 @@ impl Courses {
 
     pub fn get(&self, id: u64) -> Option<Arc<CourseRecord>> {
         self.courses.read().get(&id).cloned()
+    }
+
+    /// How far course `id`'s workers are. Blocking.
+    pub fn tally(&self, id: u64) -> Result<Tally> {
+        let k = tally_key(id);
+        match self.engine.get(Cf::Workflows, &k)? {
+            Some(v) => decode_value(&v).map_err(|m| bad(&k, m)),
+            None => {
+                let course = self.get(id).ok_or_else(|| Error::NotFound {
+                    what: "course",
+                    id: format!("c{id}"),
+                })?;
+                tally_by_scan(&*self.engine, &course)
+            }
+        }
     }
 
     /// Newest first.
@@ -359,6 +460,7 @@ impl Courses {
         };
         let due = start + record.steps[0].delay_ms();
         let mut batch = Batch::new();
+        let mut tally = Tally::new(record.steps.len());
         for number in &selected {
             let Some(contact) = self.directory.contact(number)? else {
                 continue;
@@ -380,6 +482,7 @@ impl Courses {
             };
             batch.put(Cf::Workflows, progress_key(id, number), encode(&progress));
             batch.put(Cf::Workflows, due_key(due, id, number), Vec::new());
+            tally.moved(None, &progress);
             record.enrolled += 1;
             if batch.len() >= 30_000 {
                 self.engine.write(std::mem::take(&mut batch))?;
@@ -391,6 +494,7 @@ impl Courses {
                 "none of the contacts it selects has an address",
             ));
         }
+        batch.put(Cf::Workflows, tally_key(id), encode(&tally));
         batch.put(Cf::Workflows, key(COURSE, id), encode(&record));
         batch.put(Cf::Workflows, NEXT.to_vec(), encode(&(id + 1)));
         self.engine.write(batch)?;
@@ -439,6 +543,7 @@ impl Courses {
         let mut batch = Batch::new();
         let mut out = Due::default();
         let mut begins: BTreeMap<u64, Vec<(u32, Recipient)>> = BTreeMap::new();
+        let mut tallies: BTreeMap<u64, Tally> = BTreeMap::new();
         for (at, id, contact) in due {
             batch.delete(Cf::Workflows, due_key(at, id, contact));
             let Some(course) = self.get(id) else { continue };
@@ -452,6 +557,7 @@ impl Courses {
             {
                 continue;
             }
+            let before = p.clone();
             p.updated_ms = now;
             let recipient = match self.directory.contact(contact)? {
                 Some(c) if c.selectable() => Some(c.recipient()),
@@ -511,6 +617,14 @@ impl Courses {
                 batch.put(Cf::Workflows, due_key(p.due_ms, id, contact), Vec::new());
             }
             batch.put(Cf::Workflows, k, encode(&p));
+            let tally = match tallies.entry(id) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(self.tally(id)?),
+            };
+            tally.moved(Some(&before), &p);
+        }
+        for (id, tally) in &tallies {
+            batch.put(Cf::Workflows, tally_key(*id), encode(tally));
         }
         for (survey, workers) in begins {
             let (b, questions) = self.surveys.begin(survey, workers, now)?;
@@ -573,6 +687,26 @@ fn normalise(q: &super::questionnaire::Question, right: &str) -> Option<String> 
         Kind::Date => Answer::Date(super::survey::date(t)?),
     };
     Some(show(q, &answer))
+}
+
+/// A course's tally from every worker's progress.
+pub(super) fn tally_by_scan(engine: &dyn Engine, course: &CourseRecord) -> Result<Tally> {
+    let mut tally = Tally::new(course.steps.len());
+    let mut after = None;
+    loop {
+        let page: Vec<Progress> = super::members(engine, PROGRESS, course.id, after, 1000)?;
+        let Some(last) = page.last().map(|p| p.contact) else {
+            return Ok(tally);
+        };
+        for p in &page {
+            tally.moved(None, p);
+        }
+        after = Some(last);
+    }
+}
+
+pub(super) fn tally_key(course: u64) -> Vec<u8> {
+    key(TALLY, course)
 }
 
 fn progress_key(course: u64, contact: u32) -> Vec<u8> {

@@ -747,6 +747,16 @@ async fn a_course_sends_lessons_on_schedule_scores_its_quiz_and_survives_a_resta
     assert_eq!(course.enrolled, 3);
     let id = course.id;
     let progress = |b: &Broker, contact: u32| course_progress(b, id, contact);
+    // The tally the course's view reads, kept as progress changes: always
+    // what a scan of every worker's progress counts.
+    let tallied = |b: &Broker| {
+        let kept = b.courses().tally(id).unwrap();
+        let scanned =
+            super::courses::tally_by_scan(&*engine, &b.courses().get(id).unwrap()).unwrap();
+        assert_eq!(kept, scanned);
+        kept
+    };
+    assert_eq!(tallied(&b).done, [0, 0, 0]);
     // The first lesson at once, in each worker's language.
     until("lesson 1 sent", || {
         course_campaigns(&b)
@@ -759,6 +769,7 @@ async fn a_course_sends_lessons_on_schedule_scores_its_quiz_and_survives_a_resta
     .await;
     assert_eq!(progress(&b, one).lessons_sent, 1);
     assert_eq!(progress(&b, one).step, 1);
+    assert_eq!(tallied(&b).done, [3, 0, 0]);
 
     // Ten minutes later, the quiz, through the survey engine.
     tokio::time::sleep(Duration::from_secs(600)).await;
@@ -806,6 +817,9 @@ async fn a_course_sends_lessons_on_schedule_scores_its_quiz_and_survives_a_resta
         "STOP ends the course"
     );
     assert_eq!(progress(&b, one).state, ProgressState::Waiting);
+    let t = tallied(&b);
+    assert_eq!((&t.done, t.stopped), (&vec![3, 2, 0], 1));
+    assert_eq!(t.mean_score(1), Some(0.75), "2 of 2 and 1 of 2");
     tokio::time::sleep(Duration::from_secs(1200)).await;
     until("completed", || {
         progress(&b, one).state == ProgressState::Completed
@@ -815,6 +829,8 @@ async fn a_course_sends_lessons_on_schedule_scores_its_quiz_and_survives_a_resta
     let p = progress(&b, one);
     assert_eq!(p.lessons_sent, 2);
     assert!(p.completed_ms.is_some());
+    let t = tallied(&b);
+    assert_eq!((&t.done, t.completed, t.stopped), (&vec![3, 2, 2], 2, 1));
     let sent = course_campaigns(&b);
     assert_eq!(
         sent.get(&format!("course c{id} step 3: Hand hygiene")),
@@ -826,6 +842,21 @@ async fn a_course_sends_lessons_on_schedule_scores_its_quiz_and_survives_a_resta
         Some(&2),
         "{sent:?}"
     );
+    b.shutdown().await;
+
+    // A course kept without a tally (as before tallies) gets one from a
+    // scan when the broker opens.
+    let mut batch = crate::store::Batch::new();
+    batch.delete(crate::store::Cf::Workflows, super::courses::tally_key(id));
+    engine.write(batch).unwrap();
+    let b = open(Arc::clone(&engine), START_MS + 2_000_000).await;
+    assert!(
+        engine
+            .get(crate::store::Cf::Workflows, &super::courses::tally_key(id))
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(tallied(&b), t);
     b.shutdown().await;
 }
 
