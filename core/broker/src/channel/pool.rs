@@ -90,6 +90,25 @@ struct State {
     reaping: bool,
 }
 
+impl State {
+    /// `uri`'s origin, added if new (None: the URI names no origin).
+    fn origin(&mut self, uri: &Uri) -> Option<&mut Origin> {
+        let i = match self.origins.iter().position(|o| o.is(uri)) {
+            Some(i) => i,
+            None => {
+                self.origins.push(Origin {
+                    scheme: uri.scheme()?.clone(),
+                    authority: uri.authority()?.clone(),
+                    idle: Vec::new(),
+                    shared: None,
+                });
+                self.origins.len() - 1
+            }
+        };
+        Some(&mut self.origins[i])
+    }
+}
+
 pub(super) struct Pool<C> {
     connector: C,
     /// HTTP/1.1 connections kept idle per origin at most.
@@ -188,21 +207,11 @@ where
             return;
         }
         let mut state = self.state.lock();
-        let now = Instant::now();
-        match state.origins.iter_mut().find(|o| o.is(uri)) {
-            Some(origin) if origin.idle.len() < self.max_idle => origin.idle.push((conn, now)),
-            Some(_) => return,
-            None => {
-                let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-                    return;
-                };
-                state.origins.push(Origin {
-                    scheme: scheme.clone(),
-                    authority: authority.clone(),
-                    idle: vec![(conn, now)],
-                    shared: None,
-                });
+        match state.origin(uri) {
+            Some(origin) if origin.idle.len() < self.max_idle => {
+                origin.idle.push((conn, Instant::now()));
             }
+            _ => return,
         }
         self.reap(&mut state);
     }
@@ -219,22 +228,10 @@ where
                 let _ = connection.await;
             });
             let mut state = self.state.lock();
-            let now = Instant::now();
-            match state.origins.iter_mut().find(|o| o.is(uri)) {
-                Some(origin) => origin.shared = Some((send.clone(), now)),
-                None => {
-                    let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
-                        return Ok(Conn::Shared(send));
-                    };
-                    state.origins.push(Origin {
-                        scheme: scheme.clone(),
-                        authority: authority.clone(),
-                        idle: Vec::new(),
-                        shared: Some((send.clone(), now)),
-                    });
-                }
+            if let Some(origin) = state.origin(uri) {
+                origin.shared = Some((send.clone(), Instant::now()));
+                self.reap(&mut state);
             }
-            self.reap(&mut state);
             Ok(Conn::Shared(send))
         } else {
             let (send, connection) = http1::handshake(io).await?;

@@ -176,7 +176,7 @@ impl Versioned for Progress {
 
 /// How far a course's workers are: what its view shows, counted as their
 /// progress changes.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Tally {
     /// Workers past each step.
     pub done: Vec<u64>,
