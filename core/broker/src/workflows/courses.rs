@@ -12,7 +12,7 @@
 //! C | course                       the course (steps, audience, timing)
 //! c | course | contact             one worker's progress
 //! d | due ms | course | contact    when that worker's next step is due
-//! t | course                       how far its workers are (a [`Tally`])
+//! T | course                       how far its workers are (a [`Tally`])
 //! ```
 //!
 //! The tally changes in the same write as the progress it counts, so a
@@ -47,7 +47,7 @@ const NEXT: &[u8] = b"NC";
 const COURSE: u8 = b'C';
 const PROGRESS: u8 = b'c';
 const DUE: u8 = b'd';
-const TALLY: u8 = b't';
+const TALLY: u8 = b'T';
 
 /// How often a worker in a quiz is looked at.
 pub const QUIZ_CHECK_MS: u64 = 60_000;
@@ -407,6 +407,23 @@ impl Courses {
                 }
             }
         }
+        // Who is enrolled, before anything is kept.
+        let mut enrolled = Vec::new();
+        for number in &selected {
+            let Some(contact) = self.directory.contact(number)? else {
+                continue;
+            };
+            let r = contact.recipient();
+            if r.phone.is_some() || !r.addresses.is_empty() {
+                enrolled.push(number);
+            }
+        }
+        if enrolled.is_empty() {
+            return Err(Error::field_invalid(
+                "selector",
+                "none of the contacts it selects has an address",
+            ));
+        }
         // A quiz takes answers until well after the last step could end.
         let deadline = start + total_delay + 30 * 86_400_000;
         let mut steps = Vec::with_capacity(spec.steps.len());
@@ -446,7 +463,7 @@ impl Courses {
             *next += 1;
             id
         };
-        let mut record = CourseRecord {
+        let record = CourseRecord {
             id,
             name: spec.name,
             selector: spec.selector,
@@ -456,19 +473,15 @@ impl Courses {
             completion: spec.completion,
             created_ms: now,
             start_ms: start,
-            enrolled: 0,
+            enrolled: enrolled.len() as u32,
         };
         let due = start + record.steps[0].delay_ms();
+        // The id is claimed with the first batch: an enrolment cut short
+        // by a crash leaves records under an id no later course takes.
         let mut batch = Batch::new();
+        batch.put(Cf::Workflows, NEXT.to_vec(), encode(&(id + 1)));
         let mut tally = Tally::new(record.steps.len());
-        for number in &selected {
-            let Some(contact) = self.directory.contact(number)? else {
-                continue;
-            };
-            let r = contact.recipient();
-            if r.phone.is_none() && r.addresses.is_empty() {
-                continue;
-            }
+        for &number in &enrolled {
             let progress = Progress {
                 contact: number,
                 step: 0,
@@ -481,27 +494,41 @@ impl Courses {
                 completed_ms: None,
             };
             batch.put(Cf::Workflows, progress_key(id, number), encode(&progress));
-            batch.put(Cf::Workflows, due_key(due, id, number), Vec::new());
             tally.moved(None, &progress);
-            record.enrolled += 1;
-            if batch.len() >= 30_000 {
+            if batch.len() >= super::ENROL_BATCH {
                 self.engine.write(std::mem::take(&mut batch))?;
             }
         }
-        if record.enrolled == 0 {
-            return Err(Error::field_invalid(
-                "selector",
-                "none of the contacts it selects has an address",
-            ));
+        // The first steps fall due with the course itself.
+        for number in enrolled {
+            batch.put(Cf::Workflows, due_key(due, id, number), Vec::new());
         }
         batch.put(Cf::Workflows, tally_key(id), encode(&tally));
         batch.put(Cf::Workflows, key(COURSE, id), encode(&record));
-        batch.put(Cf::Workflows, NEXT.to_vec(), encode(&(id + 1)));
         self.engine.write(batch)?;
         let record = Arc::new(record);
-        self.quizzes.write().extend(quizzes_of(&record));
-        self.courses.write().insert(id, Arc::clone(&record));
+        self.remember(&record);
         Ok(record)
+    }
+
+    fn remember(&self, record: &Arc<CourseRecord>) {
+        self.quizzes.write().extend(quizzes_of(record));
+        self.courses.write().insert(record.id, Arc::clone(record));
+    }
+
+    /// Course `id`: as known, else as just committed by a
+    /// [`Courses::create`] that has not yet made it known.
+    fn course(&self, id: u64) -> Result<Option<Arc<CourseRecord>>> {
+        if let Some(c) = self.get(id) {
+            return Ok(Some(c));
+        }
+        let k = key(COURSE, id);
+        let Some(v) = self.engine.get(Cf::Workflows, &k)? else {
+            return Ok(None);
+        };
+        let record = Arc::new(decode_value::<CourseRecord>(&v).map_err(|m| bad(&k, m))?);
+        self.remember(&record);
+        Ok(Some(record))
     }
 
     /// Workers who answered, stopped or timed out of a course's quiz:
@@ -546,7 +573,9 @@ impl Courses {
         let mut tallies: BTreeMap<u64, Tally> = BTreeMap::new();
         for (at, id, contact) in due {
             batch.delete(Cf::Workflows, due_key(at, id, contact));
-            let Some(course) = self.get(id) else { continue };
+            let Some(course) = self.course(id)? else {
+                continue;
+            };
             let k = progress_key(id, contact);
             let Some(v) = self.engine.get(Cf::Workflows, &k)? else {
                 continue;

@@ -48,6 +48,15 @@ pub struct Workflows {
     pub courses: Arc<Courses>,
 }
 
+/// Enrolling a whole audience writes its workers' records in batches of
+/// about this many writes, so a national survey or course is not one
+/// giant batch. What makes the enrolment live (the record, its due
+/// entries) goes in the last batch alone: a check or a crash between two
+/// batches sees records of a workflow that does not exist yet, never
+/// something due for it. Small under test, so that a handful of workers
+/// crosses batches.
+pub(crate) const ENROL_BATCH: usize = if cfg!(test) { 2 } else { 30_000 };
+
 /// `prefix | id`: a workflow record (a survey, a course).
 pub(crate) fn key(prefix: u8, id: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);

@@ -235,7 +235,10 @@ impl Surveys {
             ));
         }
         let mut out = Vec::new();
-        let mut batch = Batch::new();
+        // The id is claimed with the first batch; what makes the sessions
+        // live goes with the record in the last.
+        let mut batch = claim(record.id);
+        let mut asked = Vec::new();
         for number in &selected {
             let Some(contact) = self.directory.contact(number)? else {
                 continue;
@@ -254,7 +257,8 @@ impl Surveys {
                 &mut batch,
                 &mut out,
             );
-            if batch.len() >= 30_000 {
+            asked.push(number);
+            if batch.len() >= super::ENROL_BATCH {
                 self.engine.write(std::mem::take(&mut batch))?;
             }
         }
@@ -263,6 +267,9 @@ impl Surveys {
                 "selector",
                 "none of the contacts it selects has an address",
             ));
+        }
+        for number in asked {
+            go_live(&mut batch, &record, number, now);
         }
         let record = self.keep(record, &aggregate, batch)?;
         self.personalise(&mut out)?;
@@ -278,7 +285,8 @@ impl Surveys {
         now: u64,
     ) -> Result<Arc<SurveyRecord>> {
         let (record, aggregate, _) = self.define(spec, channels, now)?;
-        self.keep(record, &aggregate, Batch::new())
+        let batch = claim(record.id);
+        self.keep(record, &aggregate, batch)
     }
 
     /// Opens sessions of a survey for these workers (a course reaching its
@@ -308,6 +316,7 @@ impl Surveys {
                 &mut batch,
                 &mut out,
             );
+            go_live(&mut batch, &record, number, now);
         }
         batch.put(Cf::Workflows, key(SURVEY, survey), encode(&record));
         batch.put(Cf::Workflows, key(AGGREGATE, survey), encode(&aggregate));
@@ -379,7 +388,8 @@ impl Surveys {
         Ok((record, aggregate, first))
     }
 
-    /// Writes a new survey with `batch` and keeps it in memory.
+    /// Writes a new survey with `batch` (which [`claim`]s its id) and
+    /// keeps it in memory.
     fn keep(
         &self,
         record: SurveyRecord,
@@ -389,7 +399,6 @@ impl Surveys {
         let id = record.id;
         batch.put(Cf::Workflows, key(SURVEY, id), encode(&record));
         batch.put(Cf::Workflows, key(AGGREGATE, id), encode(aggregate));
-        batch.put(Cf::Workflows, NEXT.to_vec(), encode(&(id + 1)));
         self.engine.write(batch)?;
         let record = Arc::new(record);
         self.surveys.write().insert(id, Arc::clone(&record));
@@ -964,6 +973,7 @@ fn first_question(record: &SurveyRecord) -> Result<u32> {
 }
 
 /// A worker's session at the first question: its writes, the question.
+/// What makes it live is the caller's to write ([`go_live`]).
 #[allow(clippy::too_many_arguments)]
 fn open_session(
     record: &mut SurveyRecord,
@@ -1000,16 +1010,34 @@ fn open_session(
         ),
     });
     batch.put(Cf::Workflows, session_key(id, number), encode(&session));
-    batch.put(Cf::Workflows, active_key(number), id.to_be_bytes().to_vec());
-    batch.put(
-        Cf::Workflows,
-        timeout_key(now + record.question_timeout_ms, id, number),
-        Vec::new(),
-    );
     record.sessions += 1;
     if let Some(t) = aggregate.questions.get_mut(first as usize) {
         t.asked += 1;
     }
+}
+
+/// What makes a worker's new session live: the survey becomes the one
+/// that takes their replies, and the first question (asked at `now`) its
+/// timeout.
+fn go_live(batch: &mut Batch, record: &SurveyRecord, contact: u32, now: u64) {
+    let id = record.id;
+    batch.put(
+        Cf::Workflows,
+        active_key(contact),
+        id.to_be_bytes().to_vec(),
+    );
+    batch.put(
+        Cf::Workflows,
+        timeout_key(now + record.question_timeout_ms, id, contact),
+        Vec::new(),
+    );
+}
+
+/// A batch that claims survey id `id` (the next id after it is kept).
+fn claim(id: u64) -> Batch {
+    let mut batch = Batch::new();
+    batch.put(Cf::Workflows, NEXT.to_vec(), encode(&(id + 1)));
+    batch
 }
 
 fn session_key(survey: u64, contact: u32) -> Vec<u8> {

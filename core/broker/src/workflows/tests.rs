@@ -13,7 +13,7 @@ use crate::Broker;
 use crate::config::Config;
 use crate::directory::{Incoming, IncomingContact, IncomingPlace};
 use crate::dispatch::Body;
-use crate::store::{Engine, MemoryEngine};
+use crate::store::{Batch, Cf, Engine, MemoryEngine, Op, Ticket};
 use crate::testkit::{broker_on, phone_worker};
 
 const START_MS: u64 = 1_800_000_000_000;
@@ -912,5 +912,180 @@ async fn a_quiz_ended_by_its_timeout_or_a_stop_moves_the_course_on_at_once() {
     assert_eq!(progress(one).state, ProgressState::Waiting);
     let lag = progress(one).updated_ms - session(&b, survey, one).updated_ms;
     assert!(lag <= 5_000, "scored {lag} ms after the quiz ended");
+    b.shutdown().await;
+}
+
+/// An engine that shows each batch to `check` before passing it on. A
+/// batch `check` refuses fails unwritten, as one cut short by a crash.
+struct Watched {
+    inner: Arc<dyn Engine>,
+    #[allow(clippy::type_complexity)]
+    check: parking_lot::Mutex<Box<dyn FnMut(&dyn Engine, &Batch) -> bool + Send>>,
+}
+
+impl Engine for Watched {
+    fn get(&self, cf: Cf, key: &[u8]) -> crate::store::Result<Option<Vec<u8>>> {
+        self.inner.get(cf, key)
+    }
+
+    fn scan(
+        &self,
+        cf: Cf,
+        lower: &[u8],
+        upper: &[u8],
+        visit: &mut crate::store::engine::Visit<'_>,
+    ) -> crate::store::Result<()> {
+        self.inner.scan(cf, lower, upper, visit)
+    }
+
+    fn submit(&self, batch: Batch) -> Ticket {
+        if !(self.check.lock())(&*self.inner, &batch) {
+            return Ticket::done(Err(crate::store::Error::Internal("cut short".into())));
+        }
+        self.inner.submit(batch)
+    }
+}
+
+/// The workflow record (prefix, id) that an entry putting something due
+/// for a worker belongs to: a course step's (`d`), a question's
+/// timeout (`t`).
+fn due_for(op: &Op) -> Option<(u8, [u8; 8])> {
+    let Op::Put {
+        cf: Cf::Workflows,
+        key,
+        ..
+    } = op
+    else {
+        return None;
+    };
+    let record = match key.first() {
+        Some(b'd') => b'C',
+        Some(b't') => b'S',
+        _ => return None,
+    };
+    (key.len() == 21).then(|| (record, key[9..17].try_into().unwrap()))
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_enrolment_in_several_batches_makes_nothing_due_before_its_record_and_a_cut_one_leaves_nothing_live()
+ {
+    let memory: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+    // Entries putting a step or a question due, written before the
+    // course or survey they belong to.
+    let early = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    // Enrolment batches (with a worker's progress or session) to let
+    // through before one is cut short.
+    let cut_after = Arc::new(parking_lot::Mutex::new(None::<usize>));
+    let watched = {
+        let (early, cut_after) = (Arc::clone(&early), Arc::clone(&cut_after));
+        Arc::new(Watched {
+            inner: Arc::clone(&memory),
+            check: parking_lot::Mutex::new(Box::new(move |inner: &dyn Engine, batch: &Batch| {
+                for op in &batch.ops {
+                    let Some((prefix, id)) = due_for(op) else {
+                        continue;
+                    };
+                    let mut record = vec![prefix];
+                    record.extend_from_slice(&id);
+                    let with_it = batch.ops.iter().any(
+                        |o| matches!(o, Op::Put { cf: Cf::Workflows, key, .. } if *key == record),
+                    );
+                    if !with_it && inner.get(Cf::Workflows, &record).unwrap().is_none() {
+                        early
+                            .lock()
+                            .push(format!("{}{}", prefix as char, u64::from_be_bytes(id)));
+                    }
+                }
+                let enrols = batch.ops.iter().any(|o| {
+                    matches!(o, Op::Put { cf: Cf::Workflows, key, .. }
+                        if matches!(key.first(), Some(b'c' | b's')))
+                });
+                match &mut *cut_after.lock() {
+                    Some(0) if enrols => false,
+                    Some(n) if enrols => {
+                        *n -= 1;
+                        true
+                    }
+                    _ => true,
+                }
+            })),
+        })
+    };
+    let b = open(Arc::clone(&watched) as Arc<dyn Engine>, START_MS).await;
+    let (one, _, _) = three_nurses(&b);
+    let now = b.dispatcher().now_ms();
+    let survey_spec = |selector: &str| SurveySpec {
+        questionnaire: stock_check(),
+        selector: selector.into(),
+        channels: Vec::new(),
+        lane: None,
+        question_timeout_s: Some(600),
+        deadline_ms: None,
+        thanks: None,
+    };
+    // A second view of the courses, opened before the course is made, as
+    // a check sees a course committed but not yet known.
+    let late = super::Courses::open(
+        Arc::clone(&watched) as Arc<dyn Engine>,
+        Arc::clone(b.directory()),
+        Arc::clone(b.surveys()),
+    )
+    .unwrap();
+    // Three workers take several batches each (two writes a batch here).
+    let course = b
+        .courses()
+        .create(course_spec(), vec!["sms".into()], now)
+        .unwrap();
+    assert_eq!(course.enrolled, 3);
+    // Its first step (a lesson, due at once) is found, not dropped.
+    let (_, due) = late.due(now).unwrap();
+    assert_eq!(due.lessons.len(), 3);
+    assert!(due.lessons.iter().all(|l| l.course == course.id));
+    let (first, _) = b
+        .surveys()
+        .create(survey_spec("role:nurse"), vec!["sms".into()], now)
+        .unwrap();
+    assert_eq!(first.sessions, 3);
+    assert_eq!(*early.lock(), Vec::<String>::new());
+
+    // An enrolment cut short after its first batch: the request fails.
+    *cut_after.lock() = Some(1);
+    let e = b.courses().create(course_spec(), vec!["sms".into()], now);
+    assert!(e.is_err(), "{e:?}");
+    *cut_after.lock() = Some(1);
+    let e = b
+        .surveys()
+        .create(survey_spec("role:nurse"), vec!["sms".into()], now);
+    assert!(e.is_err(), "{e:?}");
+    *cut_after.lock() = None;
+    assert_eq!(*early.lock(), Vec::<String>::new());
+    b.shutdown().await;
+
+    // After a restart, what the cut enrolments wrote is live nowhere: the
+    // next course and survey take new ids and show only their own
+    // workers, and worker one's replies still go to the first survey.
+    let b = open(Arc::clone(&watched) as Arc<dyn Engine>, START_MS + 1000).await;
+    let now = b.dispatcher().now_ms();
+    let mut spec = course_spec();
+    spec.selector = "lang:fr".into();
+    b.courses().create(spec, vec!["sms".into()], now).unwrap();
+    b.surveys()
+        .create(survey_spec("lang:fr"), vec!["sms".into()], now)
+        .unwrap();
+    let courses = b.courses().list();
+    assert_eq!(courses.len(), 2);
+    for c in &courses {
+        let workers = b.courses().progress(c.id, None, 100).unwrap();
+        assert_eq!(workers.len() as u32, c.enrolled, "course c{}", c.id);
+    }
+    for s in b.surveys().list() {
+        let workers = b.surveys().sessions(s.id, None, 100).unwrap();
+        assert_eq!(workers.len() as u32, s.sessions, "survey s{}", s.id);
+    }
+    assert_eq!(
+        b.surveys().session_of(one, now).unwrap().map(|(s, _)| s.id),
+        Some(first.id)
+    );
+    assert_eq!(*early.lock(), Vec::<String>::new());
     b.shutdown().await;
 }
