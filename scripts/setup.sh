@@ -175,8 +175,12 @@ if [ "$peers" = 1 ]; then
   command -v promtool >/dev/null 2>&1 || apt_install prometheus
   command -v chromium >/dev/null 2>&1 || apt_install chromium
   # The Python plugin example builds componentize-py (from PyPI) into a
-  # virtualenv of its own.
-  if ! python3 -m venv --help >/dev/null 2>&1; then
+  # virtualenv of its own, which pip comes into through ensurepip: Debian
+  # ships the venv module without it (python3-venv adds it), so a venv is
+  # made here the way the example's build makes one.
+  venv_check=$(mktemp -d)
+  if ! python3 -m venv "$venv_check/venv" >/dev/null 2>&1; then
     apt_install python3-venv
   fi
+  rm -rf "$venv_check"
 fi

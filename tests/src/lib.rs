@@ -44,8 +44,10 @@ pub mod examples {
                 .output()
                 .is_ok_and(|o| o.status.success())
         };
-        if !works("python3", &["-m", "venv", "--help"]) {
-            return Some("python3 with venv".into());
+        // A venv gets pip through ensurepip, which Debian leaves out of
+        // python3 (python3-venv adds it).
+        if !works("python3", &["-c", "import ensurepip, venv"]) {
+            return Some("python3 with venv and ensurepip".into());
         }
         if !works("node", &["--version"]) {
             return Some("node".into());
