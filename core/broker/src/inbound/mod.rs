@@ -58,7 +58,7 @@ use crate::plugin::bindings::classifier_types::{AnswerType, Classification, Clas
 use crate::store::{Batch, InboundRecord, InboundResult, SentRef, Store};
 use crate::workflows::lab::{Ack, LabResults};
 use crate::workflows::reports::{self, Report, Reports};
-use crate::workflows::survey::{Session, SurveyRecord};
+use crate::workflows::survey::{self, Session, SurveyRecord};
 use crate::workflows::{self, Surveys, Workflows};
 
 /// Most messages processed in one step.
@@ -267,7 +267,11 @@ impl Pipeline {
         let courses = Arc::clone(&self.courses);
         let engine = Arc::clone(self.store.engine());
         let (mut out, lessons) = blocking(move || {
-            let (mut batch, out, ended) = surveys.due(now)?;
+            let survey::Moved {
+                mut batch,
+                out,
+                ended,
+            } = surveys.due(now)?;
             // A course's quiz whose last question timed out: scored now,
             // not at the course's next look.
             batch.append(courses.nudge(&ended, now)?);
@@ -842,16 +846,16 @@ impl Pipeline {
             .iter()
             .map(|&i| {
                 let w = &work[i];
-                (
-                    w.result.contact.expect("a session has a contact"),
-                    w.record.text.clone(),
-                    w.result.label.clone(),
-                    w.result.fields.clone(),
-                    w.result.language.clone(),
-                )
+                survey::Reply {
+                    contact: w.result.contact.expect("a session has a contact"),
+                    text: w.record.text.clone(),
+                    label: w.result.label.clone(),
+                    fields: w.result.fields.clone(),
+                    language: w.result.language.clone(),
+                }
             })
             .collect();
-        let contacts: Vec<u32> = input.iter().map(|i| i.0).collect();
+        let contacts: Vec<u32> = input.iter().map(|r| r.contact).collect();
         let surveys = Arc::clone(&self.surveys);
         let courses = Arc::clone(&self.courses);
         let (batch, out, taken) = blocking(move || {

@@ -493,19 +493,25 @@ impl Surveys {
         }
     }
 
-    /// Takes answers, in arrival order: `(contact, text, label, fields,
-    /// language)`. Moves each session on (next question, a re-ask, or the
-    /// end), and returns the writes (to commit with the inbound results),
-    /// the messages to send, and what became of each. Blocking.
-    #[allow(clippy::type_complexity)]
+    /// Takes replies, in arrival order. Moves each session on (next
+    /// question, a re-ask, or the end), and returns the writes (to commit
+    /// with the inbound results), the messages to send, and what became of
+    /// each reply. Blocking.
     pub fn answer(
         &self,
-        answers: Vec<(u32, String, String, Vec<(String, String)>, Option<String>)>,
+        replies: Vec<Reply>,
         now: u64,
     ) -> Result<(Batch, Vec<Outgoing>, Vec<Option<Taken>>)> {
         let mut state = Changes::default();
-        let mut taken = Vec::with_capacity(answers.len());
-        for (contact, text, label, fields, language) in answers {
+        let mut taken = Vec::with_capacity(replies.len());
+        for Reply {
+            contact,
+            text,
+            label,
+            fields,
+            language,
+        } in replies
+        {
             let Some((survey, mut session)) = self.current(&mut state, contact, now)? else {
                 taken.push(None);
                 continue;
@@ -553,9 +559,9 @@ impl Surveys {
                 .sessions
                 .insert((contact, survey.id), (survey, session));
         }
-        let (batch, mut out, _) = state.into_writes();
-        self.personalise(&mut out)?;
-        Ok((batch, out, taken))
+        let mut moved = state.into_writes();
+        self.personalise(&mut moved.out)?;
+        Ok((moved.batch, moved.out, taken))
     }
 
     /// Ends the open session of each contact who opted out. Returns the
@@ -577,15 +583,14 @@ impl Surveys {
                     .insert((contact, survey.id), (survey, session));
             }
         }
-        let (batch, _, ended) = state.into_writes();
-        Ok((batch, ended))
+        let moved = state.into_writes();
+        Ok((moved.batch, moved.ended))
     }
 
     /// Questions whose time ran out by `now`: each left unanswered and the
-    /// next asked. Returns the writes, the messages and the sessions that
-    /// ended (survey, contact): their last question timed out. Blocking.
-    #[allow(clippy::type_complexity)]
-    pub fn due(&self, now: u64) -> Result<(Batch, Vec<Outgoing>, Vec<(u64, u32)>)> {
+    /// next asked. The sessions that ended had their last question time
+    /// out. Blocking.
+    pub fn due(&self, now: u64) -> Result<Moved> {
         let expired = super::due_by(&*self.engine, TIMEOUT, now, TIMEOUTS_PER_CHECK)?;
         let mut state = Changes::default();
         for (due, id, contact) in expired {
@@ -622,9 +627,9 @@ impl Surveys {
             session.updated_ms = now;
             state.sessions.insert((contact, id), (survey, session));
         }
-        let (batch, mut out, ended) = state.into_writes();
-        self.personalise(&mut out)?;
-        Ok((batch, out, ended))
+        let mut moved = state.into_writes();
+        self.personalise(&mut moved.out)?;
+        Ok(moved)
     }
 
     /// The session of `contact` as changed so far in this call, else as
@@ -737,6 +742,25 @@ impl Surveys {
     }
 }
 
+/// A worker's reply that a survey session may take.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub contact: u32,
+    pub text: String,
+    /// What the classifiers made of it: a label, fields, a language.
+    pub label: String,
+    pub fields: Vec<(String, String)>,
+    pub language: Option<String>,
+}
+
+/// Sessions moved on: the writes, the messages to send, and the sessions
+/// that ended (survey, contact).
+pub struct Moved {
+    pub batch: Batch,
+    pub out: Vec<Outgoing>,
+    pub ended: Vec<(u64, u32)>,
+}
+
 /// What one call changes, written together.
 #[derive(Default)]
 struct Changes {
@@ -750,10 +774,7 @@ struct Changes {
 }
 
 impl Changes {
-    /// The writes, the messages, and the sessions that ended (survey,
-    /// contact).
-    #[allow(clippy::type_complexity)]
-    fn into_writes(mut self) -> (Batch, Vec<Outgoing>, Vec<(u64, u32)>) {
+    fn into_writes(mut self) -> Moved {
         for ((contact, id), (_, s)) in &self.sessions {
             self.batch
                 .put(Cf::Workflows, session_key(*id, *contact), encode(s));
@@ -770,7 +791,11 @@ impl Changes {
                 .put(Cf::Workflows, key(AGGREGATE, *id), encode(a));
         }
         let ended = self.ended.iter().map(|&(id, c, _)| (id, c)).collect();
-        (self.batch, self.out, ended)
+        Moved {
+            batch: self.batch,
+            out: self.out,
+            ended,
+        }
     }
 }
 

@@ -919,9 +919,11 @@ async fn a_quiz_ended_by_its_timeout_or_a_stop_moves_the_course_on_at_once() {
 /// batch `check` refuses fails unwritten, as one cut short by a crash.
 struct Watched {
     inner: Arc<dyn Engine>,
-    #[allow(clippy::type_complexity)]
-    check: parking_lot::Mutex<Box<dyn FnMut(&dyn Engine, &Batch) -> bool + Send>>,
+    check: parking_lot::Mutex<Check>,
 }
+
+/// Whether a batch may go on to the engine (given to read what it holds).
+type Check = Box<dyn FnMut(&dyn Engine, &Batch) -> bool + Send>;
 
 impl Engine for Watched {
     fn get(&self, cf: Cf, key: &[u8]) -> crate::store::Result<Option<Vec<u8>>> {
