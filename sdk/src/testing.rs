@@ -503,6 +503,42 @@ mod tests {
     }
 
     #[test]
+    fn config_cached_parses_a_setting_once_until_it_changes() {
+        let parses = std::cell::Cell::new(0);
+        let words = |raw: Option<&str>| -> Result<Vec<String>, String> {
+            parses.set(parses.get() + 1);
+            match raw {
+                None => Ok(Vec::new()),
+                Some("") => Err("empty".into()),
+                Some(r) => Ok(r.split(',').map(str::to_string).collect()),
+            }
+        };
+        let host = MockHost::new().config("words", "a,b").install();
+        for _ in 0..3 {
+            assert_eq!(*host::config_cached("words", words).unwrap(), ["a", "b"]);
+        }
+        assert_eq!(parses.get(), 1);
+        // Another result type under the same key is kept apart.
+        let count = host::config_cached("words", |r| -> Result<usize, String> {
+            Ok(r.map_or(0, |r| r.split(',').count()))
+        });
+        assert_eq!(*count.unwrap(), 2);
+        assert_eq!(*host::config_cached("words", words).unwrap(), ["a", "b"]);
+        assert_eq!(parses.get(), 1);
+        // Changed, unset, not parsing: parsed again each time it changes;
+        // an error is kept like a value.
+        host.set_config("words", Some("c"));
+        assert_eq!(*host::config_cached("words", words).unwrap(), ["c"]);
+        host.set_config("words", None);
+        assert!(host::config_cached("words", words).unwrap().is_empty());
+        host.set_config("words", Some(""));
+        for _ in 0..2 {
+            assert_eq!(host::config_cached("words", words).unwrap_err(), "empty");
+        }
+        assert_eq!(parses.get(), 4);
+    }
+
+    #[test]
     fn the_panic_hook_logs_the_message() {
         let host = MockHost::new().install();
         crate::panic::install();

@@ -292,12 +292,20 @@ pub fn choice(folded: &str, choices: &[String]) -> Option<(usize, f32)> {
         .then_some((index, if ws.len() == 1 { 0.95 } else { 0.85 }))
 }
 
-/// Configured keywords: label → words, from the `keywords` setting (JSON).
-fn configured_keywords() -> Result<Vec<(String, Vec<String>)>, PluginError> {
-    let Some(raw) = host::config("keywords") else {
-        return Ok(Vec::new());
-    };
-    let value: serde_json::Value = serde_json::from_str(&raw)
+/// Configured keywords: label → words, from the `keywords` setting (JSON),
+/// parsed once per instance.
+fn configured_keywords() -> Result<std::rc::Rc<KeywordTable>, PluginError> {
+    host::config_cached("keywords", |raw| match raw {
+        None => Ok(Vec::new()),
+        Some(raw) => parse_keywords(raw),
+    })
+}
+
+/// Label → words, in the order configured.
+type KeywordTable = Vec<(String, Vec<String>)>;
+
+fn parse_keywords(raw: &str) -> Result<KeywordTable, PluginError> {
+    let value: serde_json::Value = serde_json::from_str(raw)
         .map_err(|e| PluginError::invalid(format!("setting `keywords` is not a table: {e}")))?;
     let table = value.as_object().ok_or_else(|| {
         PluginError::invalid("setting `keywords` must be a table of label = [words]")

@@ -278,12 +278,12 @@ fn confidence(best: f32, second: f32) -> f32 {
 }
 
 /// The candidate languages, from the `languages` setting (a JSON list of
-/// codes); all supported ones when unset.
-fn configured_languages() -> Result<Vec<&'static str>, PluginError> {
-    let Some(raw) = host::config("languages") else {
-        return Ok(SUPPORTED.to_vec());
-    };
-    parse_languages(&raw)
+/// codes, parsed once per instance); all supported ones when unset.
+fn configured_languages() -> Result<std::rc::Rc<Vec<&'static str>>, PluginError> {
+    host::config_cached("languages", |raw| match raw {
+        None => Ok(SUPPORTED.to_vec()),
+        Some(raw) => parse_languages(raw),
+    })
 }
 
 /// Parses the `languages` setting; unknown codes are named in the error.
