@@ -40,52 +40,54 @@ pub fn config_parsed<T: std::str::FromStr>(key: &str) -> Result<Option<T>, Strin
     }
 }
 
-/// A setting parsed once and kept: `parse` gets the setting's text
-/// (`None` when unset) on the first call, and again only when the text
-/// changed since. An instance's settings are fixed for its life, so a
-/// setting worth parsing (a JSON table read on every call) is parsed once
-/// per instance; the mock host's settings may change between tests, and
-/// are parsed again when they do. A setting that does not parse gives the
-/// same error each time. Kept per key and result type.
+/// Settings parsed once and kept: `parse` gets the settings' texts
+/// (`None` where unset) on the first call, and again only when one of
+/// them changed since. An instance's settings are fixed for its life, so
+/// settings worth parsing (a JSON table read on every call) are parsed
+/// once per instance; the mock host's settings may change between tests,
+/// and are parsed again when they do. Settings that do not parse give the
+/// same error each time. Kept per keys and result type; several keys make
+/// one result when they are checked against each other.
 ///
 /// ```
 /// use mhero_sdk::host;
-/// let words = host::config_cached("stop_words", |raw| -> Result<Vec<String>, String> {
+/// let words = host::config_cached(["stop_words"], |[raw]| -> Result<Vec<String>, String> {
 ///     Ok(raw.unwrap_or("stop").split(',').map(str::to_string).collect())
 /// });
 /// assert_eq!(*words.unwrap(), ["stop"]);
 /// ```
-pub fn config_cached<T: 'static, E: Clone + 'static>(
-    key: &'static str,
-    parse: impl FnOnce(Option<&str>) -> Result<T, E>,
+pub fn config_cached<const N: usize, T: 'static, E: Clone + 'static>(
+    keys: [&'static str; N],
+    parse: impl FnOnce([Option<&str>; N]) -> Result<T, E>,
 ) -> Result<std::rc::Rc<T>, E> {
     use std::any::{Any, TypeId};
     use std::cell::RefCell;
     use std::rc::Rc;
 
-    /// Per key and result type: the text last read, what it parsed into.
-    type Kept = Vec<(&'static str, TypeId, Option<String>, Box<dyn Any>)>;
+    /// Per keys and result type: the texts last read, what they parsed
+    /// into.
+    type Kept = Vec<(Vec<&'static str>, TypeId, Vec<Option<String>>, Box<dyn Any>)>;
     thread_local! {
         static KEPT: RefCell<Kept> = const { RefCell::new(Vec::new()) };
     }
-    let raw = config(key);
+    let raw = keys.map(config);
     let kind = TypeId::of::<Result<Rc<T>, E>>();
-    let same = |k: &&'static str, t: &TypeId| *k == key && *t == kind;
+    let same = |k: &[&'static str], t: &TypeId| k == keys && *t == kind;
     let found = KEPT.with(|kept| {
         kept.borrow()
             .iter()
-            .find(|(k, t, text, _)| same(k, t) && *text == raw)
+            .find(|(k, t, texts, _)| same(k, t) && *texts == raw)
             .and_then(|(_, _, _, parsed)| parsed.downcast_ref::<Result<Rc<T>, E>>().cloned())
     });
     if let Some(parsed) = found {
         return parsed;
     }
     // Parsed with nothing borrowed: `parse` may read other settings.
-    let parsed = parse(raw.as_deref()).map(Rc::new);
+    let parsed = parse(raw.each_ref().map(Option::as_deref)).map(Rc::new);
     KEPT.with(|kept| {
         let mut kept = kept.borrow_mut();
         kept.retain(|(k, t, _, _)| !same(k, t));
-        kept.push((key, kind, raw, Box::new(parsed.clone())));
+        kept.push((keys.to_vec(), kind, raw.to_vec(), Box::new(parsed.clone())));
     });
     parsed
 }

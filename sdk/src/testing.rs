@@ -505,7 +505,7 @@ mod tests {
     #[test]
     fn config_cached_parses_a_setting_once_until_it_changes() {
         let parses = std::cell::Cell::new(0);
-        let words = |raw: Option<&str>| -> Result<Vec<String>, String> {
+        let words = |[raw]: [Option<&str>; 1]| -> Result<Vec<String>, String> {
             parses.set(parses.get() + 1);
             match raw {
                 None => Ok(Vec::new()),
@@ -515,25 +515,39 @@ mod tests {
         };
         let host = MockHost::new().config("words", "a,b").install();
         for _ in 0..3 {
-            assert_eq!(*host::config_cached("words", words).unwrap(), ["a", "b"]);
+            assert_eq!(*host::config_cached(["words"], words).unwrap(), ["a", "b"]);
         }
         assert_eq!(parses.get(), 1);
         // Another result type under the same key is kept apart.
-        let count = host::config_cached("words", |r| -> Result<usize, String> {
+        let count = host::config_cached(["words"], |[r]| -> Result<usize, String> {
             Ok(r.map_or(0, |r| r.split(',').count()))
         });
         assert_eq!(*count.unwrap(), 2);
-        assert_eq!(*host::config_cached("words", words).unwrap(), ["a", "b"]);
+        // Two settings read together: parsed again when either changes.
+        host.set_config("sep", Some(","));
+        let both = |sep_parses: &std::cell::Cell<u32>| {
+            host::config_cached(["words", "sep"], |[w, s]| -> Result<usize, String> {
+                sep_parses.set(sep_parses.get() + 1);
+                Ok(w.unwrap_or("").split(s.unwrap_or(";")).count())
+            })
+        };
+        let sep_parses = std::cell::Cell::new(0);
+        assert_eq!(*both(&sep_parses).unwrap(), 2);
+        assert_eq!(*both(&sep_parses).unwrap(), 2);
+        host.set_config("sep", Some(";"));
+        assert_eq!(*both(&sep_parses).unwrap(), 1);
+        assert_eq!(sep_parses.get(), 2);
+        assert_eq!(*host::config_cached(["words"], words).unwrap(), ["a", "b"]);
         assert_eq!(parses.get(), 1);
         // Changed, unset, not parsing: parsed again each time it changes;
         // an error is kept like a value.
         host.set_config("words", Some("c"));
-        assert_eq!(*host::config_cached("words", words).unwrap(), ["c"]);
+        assert_eq!(*host::config_cached(["words"], words).unwrap(), ["c"]);
         host.set_config("words", None);
-        assert!(host::config_cached("words", words).unwrap().is_empty());
+        assert!(host::config_cached(["words"], words).unwrap().is_empty());
         host.set_config("words", Some(""));
         for _ in 0..2 {
-            assert_eq!(host::config_cached("words", words).unwrap_err(), "empty");
+            assert_eq!(host::config_cached(["words"], words).unwrap_err(), "empty");
         }
         assert_eq!(parses.get(), 4);
     }

@@ -295,7 +295,7 @@ pub fn choice(folded: &str, choices: &[String]) -> Option<(usize, f32)> {
 /// Configured keywords: label → words, from the `keywords` setting (JSON),
 /// parsed once per instance.
 fn configured_keywords() -> Result<std::rc::Rc<KeywordTable>, PluginError> {
-    host::config_cached("keywords", |raw| match raw {
+    host::config_cached(["keywords"], |[raw]| match raw {
         None => Ok(Vec::new()),
         Some(raw) => parse_keywords(raw),
     })

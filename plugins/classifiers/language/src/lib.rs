@@ -280,7 +280,7 @@ fn confidence(best: f32, second: f32) -> f32 {
 /// The candidate languages, from the `languages` setting (a JSON list of
 /// codes, parsed once per instance); all supported ones when unset.
 fn configured_languages() -> Result<std::rc::Rc<Vec<&'static str>>, PluginError> {
-    host::config_cached("languages", |raw| match raw {
+    host::config_cached(["languages"], |[raw]| match raw {
         None => Ok(SUPPORTED.to_vec()),
         Some(raw) => parse_languages(raw),
     })

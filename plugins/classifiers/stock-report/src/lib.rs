@@ -2,7 +2,6 @@
 //! `CASES MEASLES 3 CHOLERA 1` into a report kind and item quantities,
 //! from a configurable catalogue of item codes and aliases. See README.md.
 
-use std::cell::RefCell;
 use std::rc::Rc;
 
 use mhero_sdk::classifier::{
@@ -82,32 +81,15 @@ pub struct Config {
     pub catalogue: Vec<(String, Vec<Item>)>,
 }
 
-/// The settings as last read from the host, and what they parsed into:
-/// parsed again only when the host's settings change.
-type Cached = (Option<String>, Option<String>, Rc<Config>);
-
-thread_local! {
-    static CACHED: RefCell<Option<Cached>> = const { RefCell::new(None) };
-}
-
 impl Config {
-    /// The settings from the host, the defaults where unset.
+    /// The settings from the host, the defaults where unset: parsed again
+    /// only when the host's settings change.
     fn from_host() -> Result<Rc<Self>, PluginError> {
-        let reports = host::config("reports");
-        let catalogue = host::config("catalogue");
-        CACHED.with(|cached| {
-            if let Some((r, c, config)) = &*cached.borrow()
-                && *r == reports
-                && *c == catalogue
-            {
-                return Ok(Rc::clone(config));
-            }
-            let config = Rc::new(Self::parse(
-                reports.as_deref().unwrap_or(DEFAULT_REPORTS),
-                catalogue.as_deref().unwrap_or(DEFAULT_CATALOGUE),
-            )?);
-            *cached.borrow_mut() = Some((reports, catalogue, Rc::clone(&config)));
-            Ok(config)
+        host::config_cached(["reports", "catalogue"], |[reports, catalogue]| {
+            Self::parse(
+                reports.unwrap_or(DEFAULT_REPORTS),
+                catalogue.unwrap_or(DEFAULT_CATALOGUE),
+            )
         })
     }
 
