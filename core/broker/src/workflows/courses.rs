@@ -480,7 +480,6 @@ impl Courses {
         // by a crash leaves records under an id no later course takes.
         let mut batch = Batch::new();
         batch.put(Cf::Workflows, NEXT.to_vec(), encode(&(id + 1)));
-        let mut tally = Tally::new(record.steps.len());
         for &number in &enrolled {
             let progress = Progress {
                 contact: number,
@@ -494,7 +493,6 @@ impl Courses {
                 completed_ms: None,
             };
             batch.put(Cf::Workflows, progress_key(id, number), encode(&progress));
-            tally.moved(None, &progress);
             if batch.len() >= super::ENROL_BATCH {
                 self.engine.write(std::mem::take(&mut batch))?;
             }
@@ -503,6 +501,9 @@ impl Courses {
         for number in enrolled {
             batch.put(Cf::Workflows, due_key(due, id, number), Vec::new());
         }
+        // Workers waiting for their first step are past none: the tally
+        // starts empty.
+        let tally = Tally::new(record.steps.len());
         batch.put(Cf::Workflows, tally_key(id), encode(&tally));
         batch.put(Cf::Workflows, key(COURSE, id), encode(&record));
         self.engine.write(batch)?;
