@@ -348,6 +348,9 @@ const INBOUND_UNDELIVERED: u8 = b'u';
 /// How far the inbound pipeline has processed.
 pub const INBOUND_PROCESSED: &[u8] = b"Pprocessed";
 
+/// The last message of the page the inbound pipeline is answering.
+pub const INBOUND_PAGE: &[u8] = b"Ppage";
+
 /// What the inbound pipeline made of message `seq`.
 pub fn inbound_result(seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(9);

@@ -20,8 +20,9 @@
 //! 6. records the result with the pipeline's position in one batch, so a
 //!    message is processed once even across a crash (its side effects at
 //!    least once: an opt-out is applied again, harmlessly; an answer is
-//!    keyed by the messages it answers, so it is sent again only if the
-//!    page gained messages of the same channel and action meanwhile).
+//!    keyed by the messages it answers, and a page that answers is marked
+//!    first, so the page read again after a crash is the same one and its
+//!    answers are not sent twice).
 //!
 //! Subscribers read the processed messages from their own positions: the
 //! QUIC inbound stream, and integrators' webhooks ([`subscribers`]),
@@ -327,7 +328,13 @@ impl Pipeline {
     /// duplicates, senders, what each answers. On a blocking thread.
     fn read_page(&self) -> Result<Vec<Work>> {
         let after = self.store.inbound_processed()?;
-        let page = self.store.inbound(after, PAGE)?;
+        let mut page = self.store.inbound(after, PAGE)?;
+        // A page answered before a crash, not committed: the same page
+        // again, whatever arrived since, so its answers make the same keys.
+        let marked = self.store.inbound_page_mark()?;
+        if marked > after {
+            page.retain(|(seq, _)| *seq <= marked);
+        }
         let window_ms = self.config.dedup_window_s * 1000;
         let reply_ms = self.config.reply_window_h * 3_600_000;
         // Digest → (seq, stored ms) of the messages of this page.
@@ -636,12 +643,15 @@ impl Pipeline {
                 .or_default()
                 .push((i, recipient));
         }
+        if !answers.is_empty() {
+            let last = work.last().map_or(0, |w| w.seq);
+            self.store.mark_inbound_page(last).await?;
+        }
         for ((channel, action), recipients) in answers {
             let (indexes, list): (Vec<usize>, Vec<Recipient>) = recipients.into_iter().unzip();
             // Keyed by the messages it answers: a page processed again
-            // after a crash (before its results were committed) answers
-            // them once. A page that grew since is a new key: the
-            // messages it added are answered, the earlier ones again.
+            // after a crash (before its results were committed) is the
+            // page marked above, and answers them once.
             let once = crate::dispatch::Once {
                 scope: "inbound-answer",
                 field: "answer",

@@ -73,6 +73,27 @@ impl Store {
         }
     }
 
+    /// Marks `last` as the end of the page being processed after
+    /// [`Self::inbound_processed`], before what the page does outside its
+    /// own batch (answers keyed by the page's messages). A crash before the
+    /// page's results are committed then reads the same page again, not a
+    /// longer one, and so makes the same keys.
+    pub fn mark_inbound_page(&self, last: u64) -> Pending<()> {
+        let mut batch = Batch::new();
+        batch.put(Cf::Inbound, keys::INBOUND_PAGE.to_vec(), encode(&last));
+        Pending::new((), self.engine.submit(batch))
+    }
+
+    /// The end of the page marked by [`Self::mark_inbound_page`]; 0: none.
+    /// Only a mark past [`Self::inbound_processed`] names a page still to
+    /// be committed.
+    pub fn inbound_page_mark(&self) -> Result<u64> {
+        match self.engine.get(Cf::Inbound, keys::INBOUND_PAGE)? {
+            Some(v) => decode(Cf::Inbound, keys::INBOUND_PAGE, &v),
+            None => Ok(0),
+        }
+    }
+
     /// The latest message whose sender-and-text digest is `digest`:
     /// `(seq, stored_ms)`.
     pub fn recent_inbound(&self, digest: u64) -> Result<Option<(u64, u64)>> {
