@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use mhero_proto::Lane;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use super::questionnaire::{Answer, Kind};
@@ -270,7 +270,7 @@ pub struct Courses {
     courses: RwLock<BTreeMap<u64, Arc<CourseRecord>>>,
     /// Quiz survey → its course.
     quizzes: RwLock<BTreeMap<u64, u64>>,
-    next: Mutex<u64>,
+    ids: super::Ids,
 }
 
 fn quizzes_of(c: &CourseRecord) -> impl Iterator<Item = (u64, u64)> + '_ {
@@ -295,7 +295,7 @@ impl Courses {
                 engine.write(batch)?;
             }
         }
-        let next = super::next_id(&*engine, NEXT)?;
+        let ids = super::Ids::open(&*engine, NEXT)?;
         let quizzes = courses.values().flat_map(|c| quizzes_of(c)).collect();
         Ok(Self {
             engine,
@@ -303,7 +303,7 @@ impl Courses {
             surveys,
             courses: RwLock::new(courses),
             quizzes: RwLock::new(quizzes),
-            next: Mutex::new(next),
+            ids,
         })
     }
 
@@ -425,14 +425,18 @@ impl Courses {
             ));
         }
         // A quiz takes answers until well after the last step could end.
+        // The quizzes are written with the course's record, in the last
+        // batch.
         let deadline = start + total_delay + 30 * 86_400_000;
+        let mut last = Batch::new();
+        let mut kept_quizzes = Vec::new();
         let mut steps = Vec::with_capacity(spec.steps.len());
         let mut quizzes = quizzes.into_iter().peekable();
         for (i, s) in spec.steps.iter().enumerate() {
             let delay_ms = s.delay_s * 1000;
             match quizzes.next_if(|(k, _, _)| *k == i) {
                 Some((_, questionnaire, answers)) => {
-                    let survey = self.surveys.create_empty(
+                    let survey = self.surveys.define_quiz(
                         SurveySpec {
                             questionnaire,
                             selector: spec.selector.clone(),
@@ -444,7 +448,9 @@ impl Courses {
                         },
                         channels.clone(),
                         now,
+                        &mut last,
                     )?;
+                    kept_quizzes.push(Arc::clone(&survey));
                     steps.push(Step::Quiz {
                         survey: survey.id,
                         delay_ms,
@@ -457,12 +463,9 @@ impl Courses {
                 }),
             }
         }
-        let id = {
-            let mut next = self.next.lock();
-            let id = *next;
-            *next += 1;
-            id
-        };
+        // Claimed before anything is written: an enrolment cut short by a
+        // crash leaves records under an id no later course takes.
+        let id = self.ids.claim(&*self.engine)?;
         let record = CourseRecord {
             id,
             name: spec.name,
@@ -476,10 +479,7 @@ impl Courses {
             enrolled: enrolled.len() as u32,
         };
         let due = start + record.steps[0].delay_ms();
-        // The id is claimed with the first batch: an enrolment cut short
-        // by a crash leaves records under an id no later course takes.
         let mut batch = Batch::new();
-        batch.put(Cf::Workflows, NEXT.to_vec(), encode(&(id + 1)));
         for &number in &enrolled {
             let progress = Progress {
                 contact: number,
@@ -506,7 +506,11 @@ impl Courses {
         let tally = Tally::new(record.steps.len());
         batch.put(Cf::Workflows, tally_key(id), encode(&tally));
         batch.put(Cf::Workflows, key(COURSE, id), encode(&record));
+        batch.append(last);
         self.engine.write(batch)?;
+        for quiz in kept_quizzes {
+            self.surveys.remember(quiz);
+        }
         let record = Arc::new(record);
         self.remember(&record);
         Ok(record)
@@ -523,11 +527,10 @@ impl Courses {
         if let Some(c) = self.get(id) {
             return Ok(Some(c));
         }
-        let k = key(COURSE, id);
-        let Some(v) = self.engine.get(Cf::Workflows, &k)? else {
+        let Some(record) = super::load_one::<CourseRecord>(&*self.engine, COURSE, id)? else {
             return Ok(None);
         };
-        let record = Arc::new(decode_value::<CourseRecord>(&v).map_err(|m| bad(&k, m))?);
+        let record = Arc::new(record);
         self.remember(&record);
         Ok(Some(record))
     }

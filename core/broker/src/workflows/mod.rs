@@ -138,11 +138,54 @@ pub(crate) fn load_all<T: Versioned>(
     }
 }
 
-/// The id counter kept under `key`: 1 when there is none yet.
-pub(crate) fn next_id(engine: &dyn Engine, key: &[u8]) -> Result<u64> {
-    match engine.get(Cf::Workflows, key)? {
-        Some(v) => decode_value::<u64>(&v).map_err(|m| bad(key, m)),
-        None => Ok(1),
+/// The record `prefix | id`, as committed; `None` if there is none.
+pub(crate) fn load_one<T: Versioned>(
+    engine: &dyn Engine,
+    prefix: u8,
+    id: u64,
+) -> Result<Option<T>> {
+    let k = key(prefix, id);
+    match engine.get(Cf::Workflows, &k)? {
+        Some(v) => decode_value::<T>(&v).map(Some).map_err(|m| bad(&k, m)),
+        None => Ok(None),
+    }
+}
+
+/// An id counter kept under a key of its own (1 when there is none yet).
+/// Each id is claimed durably, under the counter's lock, before anything
+/// is written under it: two creations at once cannot write the counter
+/// back (the second-claimed committing first), and a creation cut short
+/// by a crash leaves its records under an id nothing takes again.
+pub(crate) struct Ids {
+    key: &'static [u8],
+    next: parking_lot::Mutex<u64>,
+}
+
+impl Ids {
+    pub(crate) fn open(engine: &dyn Engine, key: &'static [u8]) -> Result<Self> {
+        let next = match engine.get(Cf::Workflows, key)? {
+            Some(v) => decode_value::<u64>(&v).map_err(|m| bad(key, m))?,
+            None => 1,
+        };
+        Ok(Self {
+            key,
+            next: parking_lot::Mutex::new(next),
+        })
+    }
+
+    /// The next id, once the counter past it is committed. Blocking.
+    pub(crate) fn claim(&self, engine: &dyn Engine) -> Result<u64> {
+        let mut next = self.next.lock();
+        let id = *next;
+        let mut batch = crate::store::Batch::new();
+        batch.put(
+            Cf::Workflows,
+            self.key.to_vec(),
+            crate::store::encode(&(id + 1)),
+        );
+        engine.write(batch)?;
+        *next = id + 1;
+        Ok(id)
     }
 }
 

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use mhero_proto::Lane;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use super::questionnaire::{Answer, Kind, Parsed, Question};
@@ -193,19 +193,19 @@ pub struct Surveys {
     engine: Arc<dyn Engine>,
     directory: Arc<Directory>,
     surveys: RwLock<BTreeMap<u64, Arc<SurveyRecord>>>,
-    next: Mutex<u64>,
+    ids: super::Ids,
 }
 
 impl Surveys {
     /// Loads the surveys from the store.
     pub fn open(engine: Arc<dyn Engine>, directory: Arc<Directory>) -> Result<Self> {
         let surveys = super::load_all(&*engine, SURVEY, |s: &SurveyRecord| s.id)?;
-        let next = super::next_id(&*engine, NEXT)?;
+        let ids = super::Ids::open(&*engine, NEXT)?;
         Ok(Self {
             engine,
             directory,
             surveys: RwLock::new(surveys),
-            next: Mutex::new(next),
+            ids,
         })
     }
 
@@ -235,9 +235,9 @@ impl Surveys {
             ));
         }
         let mut out = Vec::new();
-        // The id is claimed with the first batch; what makes the sessions
-        // live goes with the record in the last.
-        let mut batch = claim(record.id);
+        // The id is claimed (`define`); what makes the sessions live goes
+        // with the record in the last batch.
+        let mut batch = Batch::new();
         let mut asked = Vec::new();
         for number in &selected {
             let Some(contact) = self.directory.contact(number)? else {
@@ -276,17 +276,45 @@ impl Surveys {
         Ok((record, out))
     }
 
-    /// Keeps a survey that asks no one yet: a course's quiz, whose
-    /// sessions [`Surveys::begin`] opens one worker at a time. Blocking.
-    pub fn create_empty(
+    /// A survey that asks no one yet, with its id claimed: a course's
+    /// quiz, whose sessions [`Surveys::begin`] opens one worker at a time.
+    /// Its writes go into `batch`, which the course commits with its own
+    /// record: a course that is not kept leaves no quiz behind. Once that
+    /// batch is committed, [`Surveys::remember`] makes it known (`begin`
+    /// reads it from the store if it runs first). Blocking.
+    pub fn define_quiz(
         &self,
         spec: SurveySpec,
         channels: Vec<String>,
         now: u64,
+        batch: &mut Batch,
     ) -> Result<Arc<SurveyRecord>> {
         let (record, aggregate, _) = self.define(spec, channels, now)?;
-        let batch = claim(record.id);
-        self.keep(record, &aggregate, batch)
+        batch.put(Cf::Workflows, key(SURVEY, record.id), encode(&record));
+        batch.put(Cf::Workflows, key(AGGREGATE, record.id), encode(&aggregate));
+        Ok(Arc::new(record))
+    }
+
+    /// Makes a committed quiz ([`Surveys::define_quiz`]) known, unless
+    /// [`Surveys::begin`] already read it (and may have moved it on).
+    pub fn remember(&self, quiz: Arc<SurveyRecord>) {
+        self.surveys.write().entry(quiz.id).or_insert(quiz);
+    }
+
+    /// Survey `id` as known, else as committed (a course's quiz committed
+    /// with its course), then known; `None` if it was never kept.
+    /// Blocking.
+    pub fn load(&self, id: u64) -> Result<Option<Arc<SurveyRecord>>> {
+        if let Some(s) = self.get(id) {
+            return Ok(Some(s));
+        }
+        let Some(record) = super::load_one::<SurveyRecord>(&*self.engine, SURVEY, id)? else {
+            return Ok(None);
+        };
+        let mut surveys = self.surveys.write();
+        Ok(Some(Arc::clone(
+            surveys.entry(id).or_insert(Arc::new(record)),
+        )))
     }
 
     /// Opens sessions of a survey for these workers (a course reaching its
@@ -298,7 +326,7 @@ impl Surveys {
         workers: Vec<(u32, Recipient)>,
         now: u64,
     ) -> Result<(Batch, Vec<Outgoing>)> {
-        let Some(current) = self.get(survey) else {
+        let Some(current) = self.load(survey)? else {
             return Err(Error::Internal(format!("no survey s{survey}")));
         };
         let mut record = (*current).clone();
@@ -379,17 +407,11 @@ impl Surveys {
                 _ => Vec::new(),
             };
         }
-        record.id = {
-            let mut next = self.next.lock();
-            let id = *next;
-            *next += 1;
-            id
-        };
+        record.id = self.ids.claim(&*self.engine)?;
         Ok((record, aggregate, first))
     }
 
-    /// Writes a new survey with `batch` (which [`claim`]s its id) and
-    /// keeps it in memory.
+    /// Writes a new survey with `batch` and keeps it in memory.
     fn keep(
         &self,
         record: SurveyRecord,
@@ -1059,12 +1081,6 @@ fn go_live(batch: &mut Batch, record: &SurveyRecord, contact: u32, now: u64) {
 }
 
 /// A batch that claims survey id `id` (the next id after it is kept).
-fn claim(id: u64) -> Batch {
-    let mut batch = Batch::new();
-    batch.put(Cf::Workflows, NEXT.to_vec(), encode(&(id + 1)));
-    batch
-}
-
 fn session_key(survey: u64, contact: u32) -> Vec<u8> {
     member_key(SESSION, survey, contact)
 }

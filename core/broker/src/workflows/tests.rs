@@ -1049,8 +1049,13 @@ async fn an_enrolment_in_several_batches_makes_nothing_due_before_its_record_and
         .unwrap();
     assert_eq!(first.sessions, 3);
     assert_eq!(*early.lock(), Vec::<String>::new());
+    let listed = |b: &Broker| -> Vec<u64> { b.surveys().list().iter().map(|s| s.id).collect() };
+    // The course's quiz and the survey.
+    let surveys = listed(&b);
+    assert_eq!(surveys.len(), 2);
 
-    // An enrolment cut short after its first batch: the request fails.
+    // An enrolment cut short after its first batch: the request fails,
+    // and leaves no survey listed (not even the course's quiz).
     *cut_after.lock() = Some(1);
     let e = b.courses().create(course_spec(), vec!["sms".into()], now);
     assert!(e.is_err(), "{e:?}");
@@ -1061,12 +1066,14 @@ async fn an_enrolment_in_several_batches_makes_nothing_due_before_its_record_and
     assert!(e.is_err(), "{e:?}");
     *cut_after.lock() = None;
     assert_eq!(*early.lock(), Vec::<String>::new());
+    assert_eq!(listed(&b), surveys);
     b.shutdown().await;
 
     // After a restart, what the cut enrolments wrote is live nowhere: the
     // next course and survey take new ids and show only their own
     // workers, and worker one's replies still go to the first survey.
     let b = open(Arc::clone(&watched) as Arc<dyn Engine>, START_MS + 1000).await;
+    assert_eq!(listed(&b), surveys);
     let now = b.dispatcher().now_ms();
     let mut spec = course_spec();
     spec.selector = "lang:fr".into();
@@ -1089,5 +1096,73 @@ async fn an_enrolment_in_several_batches_makes_nothing_due_before_its_record_and
         Some(first.id)
     );
     assert_eq!(*early.lock(), Vec::<String>::new());
+    b.shutdown().await;
+}
+
+/// An id is handed out only once the counter past it is committed, so
+/// two creations at once cannot write the counter back and a restart
+/// never hands it out again; a claim the store refuses hands out nothing.
+#[test]
+fn an_id_is_claimed_durably_before_it_is_handed_out() {
+    let memory: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+    let refuse = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let engine = {
+        let refuse = Arc::clone(&refuse);
+        Watched {
+            inner: Arc::clone(&memory),
+            check: parking_lot::Mutex::new(Box::new(move |_: &dyn Engine, _: &Batch| {
+                !refuse.load(std::sync::atomic::Ordering::SeqCst)
+            })),
+        }
+    };
+    let stored = || -> u64 {
+        crate::store::decode_value(&memory.get(Cf::Workflows, b"Nx").unwrap().unwrap()).unwrap()
+    };
+    let ids = super::Ids::open(&engine, b"Nx").unwrap();
+    assert_eq!(ids.claim(&engine).unwrap(), 1);
+    assert_eq!(stored(), 2, "committed before the id is handed out");
+    assert_eq!(ids.claim(&engine).unwrap(), 2);
+    assert_eq!(stored(), 3);
+    refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(ids.claim(&engine).is_err());
+    refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        ids.claim(&engine).unwrap(),
+        3,
+        "a refused claim took nothing"
+    );
+    // Opened again (a restart), it goes on past every id handed out.
+    let again = super::Ids::open(&engine, b"Nx").unwrap();
+    assert_eq!(again.claim(&engine).unwrap(), 4);
+}
+
+/// A course whose first step is a quiz, due at once: a check that has
+/// not heard of the course or its quiz (the course committed, `create`
+/// not yet returned) finds both in the store and asks the first question.
+#[tokio::test(start_paused = true)]
+async fn a_quiz_committed_with_its_course_is_found_by_a_check_that_has_not_heard_of_it() {
+    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+    let b = open(Arc::clone(&engine), START_MS).await;
+    three_nurses(&b);
+    let surveys =
+        Arc::new(super::Surveys::open(Arc::clone(&engine), Arc::clone(b.directory())).unwrap());
+    let late = super::Courses::open(
+        Arc::clone(&engine),
+        Arc::clone(b.directory()),
+        Arc::clone(&surveys),
+    )
+    .unwrap();
+    let mut spec = course_spec();
+    spec.steps.remove(0);
+    spec.steps[0].delay_s = 0;
+    let now = b.dispatcher().now_ms();
+    let course = b.courses().create(spec, vec!["sms".into()], now).unwrap();
+    let super::courses::Step::Quiz { survey: quiz, .. } = course.steps[0] else {
+        panic!("the first step is the quiz");
+    };
+    assert!(surveys.get(quiz).is_none());
+    let (_, due) = late.due(now).unwrap();
+    assert_eq!(due.questions.len(), 3, "the quiz's first question to each");
+    assert_eq!(surveys.get(quiz).map(|s| s.sessions), Some(3));
     b.shutdown().await;
 }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mhero_proto::Lane;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -156,7 +156,7 @@ pub struct Validations {
     directory: Arc<Directory>,
     surveys: Arc<Surveys>,
     validations: RwLock<BTreeMap<u64, Arc<ValidationRecord>>>,
-    next: Mutex<u64>,
+    ids: super::Ids,
 }
 
 impl Validations {
@@ -166,13 +166,13 @@ impl Validations {
         surveys: Arc<Surveys>,
     ) -> Result<Self> {
         let validations = super::load_all(&*engine, VALIDATION, |v: &ValidationRecord| v.id)?;
-        let next = super::next_id(&*engine, NEXT)?;
+        let ids = super::Ids::open(&*engine, NEXT)?;
         Ok(Self {
             engine,
             directory,
             surveys,
             validations: RwLock::new(validations),
-            next: Mutex::new(next),
+            ids,
         })
     }
 
@@ -218,12 +218,7 @@ impl Validations {
         )?;
         let asked: std::collections::HashSet<u32> = out.iter().map(|o| o.contact).collect();
         let no_address: Vec<u32> = selected.iter().filter(|n| !asked.contains(n)).collect();
-        let id = {
-            let mut next = self.next.lock();
-            let id = *next;
-            *next += 1;
-            id
-        };
+        let id = self.ids.claim(&*self.engine)?;
         let record = ValidationRecord {
             id,
             survey: survey.id,
@@ -233,7 +228,6 @@ impl Validations {
         };
         let mut batch = Batch::new();
         batch.put(Cf::Workflows, key(VALIDATION, id), encode(&record));
-        batch.put(Cf::Workflows, NEXT.to_vec(), encode(&(id + 1)));
         self.engine.write(batch)?;
         let record = Arc::new(record);
         self.validations.write().insert(id, Arc::clone(&record));
