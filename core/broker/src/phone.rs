@@ -9,8 +9,15 @@
 //! parser (which reads any notation: spaces, dashes, `tel:` URIs, trunk
 //! and international prefixes, and costs several times as much). Where the
 //! parser could read such a number otherwise (its national part starts
-//! with something a country strips as a national prefix), or the direct
+//! with something its country strips as a national prefix), or the direct
 //! check does not find it valid, the parser decides.
+//!
+//! A number written with its country code (`+…`) names its country, so
+//! the default region plays no part in reading it. The parser would
+//! otherwise strip the default region's national prefix from another
+//! country's number: in Liberia (prefix 0), `+225 07 01 02 03 04` (Côte
+//! d'Ivoire, whose numbers begin with 0) became `+225 701 020 304`, not a
+//! valid number, and was refused.
 
 use phonenumber::country::Id;
 use phonenumber::metadata::{DATABASE, Descriptor};
@@ -19,9 +26,10 @@ use phonenumber::{Metadata, Mode};
 /// `raw` in E.164, or why it is not a valid phone number. A number
 /// without `+` is read as a national number of `region`.
 pub fn e164(raw: &str, region: Option<Id>) -> Result<String, String> {
-    if let Some(number) = canonical(raw, region) {
+    if let Some(number) = canonical(raw) {
         return Ok(number);
     }
+    let region = if international(raw) { None } else { region };
     match phonenumber::parse(region, raw) {
         Ok(n) if phonenumber::is_valid(&n) => Ok(n.format().mode(Mode::E164).to_string()),
         Ok(_) => Err(format!(
@@ -36,15 +44,26 @@ pub fn e164(raw: &str, region: Option<Id>) -> Result<String, String> {
 const MAX_NSN: usize = 17;
 const MIN_NSN: usize = 3;
 
+/// Whether `raw` is written with its country code: `+` first (after a
+/// `tel:` scheme, if any).
+fn international(raw: &str) -> bool {
+    let s = raw.trim_start();
+    let s = match s.get(..4) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("tel:") => &s[4..],
+        _ => s,
+    };
+    s.trim_start().starts_with('+')
+}
+
 /// `raw` itself when it is E.164 (`+`, then digits only), valid, and the
 /// parser would read it as it is written; `None` leaves it to the parser.
-fn canonical(raw: &str, region: Option<Id>) -> Option<String> {
+fn canonical(raw: &str) -> Option<String> {
     let digits = raw.strip_prefix('+')?;
     if !digits.bytes().all(|b| b.is_ascii_digit()) || digits.starts_with('0') {
         return None;
     }
     // Country codes are a prefix code: one of 1 to 3 digits names one.
-    let (code, national, mut rules) = (1..=3usize).filter(|&n| n < digits.len()).find_map(|n| {
+    let (code, national, rules) = (1..=3usize).filter(|&n| n < digits.len()).find_map(|n| {
         let code: u16 = digits[..n].parse().ok()?;
         DATABASE
             .by_code(&code)
@@ -53,12 +72,9 @@ fn canonical(raw: &str, region: Option<Id>) -> Option<String> {
     if !(MIN_NSN..=MAX_NSN).contains(&national.len()) || national.starts_with('0') {
         return None;
     }
-    // The parser strips a national prefix with the default region's rules
-    // when one is given, else the number's country's: any of them that
-    // could apply here sends the number to the parser.
-    if let Some(meta) = region.and_then(|r| DATABASE.by_id(r.as_ref())) {
-        rules.push(meta);
-    }
+    // The parser strips a national prefix with the rules of the number's
+    // country: any of its regions' rules that could apply here sends the
+    // number to the parser.
     if rules.iter().any(|m| strips(m, national)) {
         return None;
     }
@@ -130,9 +146,10 @@ fn kinds(meta: &Metadata) -> impl Iterator<Item = &Descriptor> {
 mod tests {
     use super::*;
 
-    /// What the general parser alone makes of `raw`.
-    fn parsed(raw: &str, region: Option<Id>) -> Result<String, ()> {
-        match phonenumber::parse(region, raw) {
+    /// What the general parser alone makes of `raw` (written with its
+    /// country code, so without a default region).
+    fn parsed(raw: &str) -> Result<String, ()> {
+        match phonenumber::parse(None, raw) {
             Ok(n) if phonenumber::is_valid(&n) => Ok(n.format().mode(Mode::E164).to_string()),
             _ => Err(()),
         }
@@ -151,6 +168,23 @@ mod tests {
         ] {
             assert_eq!(e164(raw, lr).as_deref(), Ok("+231770000001"), "{raw}");
         }
+        // Another country's number, written with its country code, is
+        // read as written, whatever the default region strips at home:
+        // Côte d'Ivoire's numbers begin with 0, Liberia's prefix.
+        for (raw, number) in [
+            ("+225 07 01 02 03 04", "+2250701020304"),
+            ("+2250501020304", "+2250501020304"),
+            ("tel:+225-07-01-02-03-04", "+2250701020304"),
+            ("+39 06 1234 5678", "+390612345678"),
+        ] {
+            for region in [None, lr, "SL".parse().ok(), "CI".parse().ok()] {
+                assert_eq!(
+                    e164(raw, region).as_deref(),
+                    Ok(number),
+                    "{raw} in {region:?}"
+                );
+            }
+        }
         let refused = e164("+2317", lr).unwrap_err();
         assert!(refused.contains("\"+2317\""), "{refused}");
         assert!(
@@ -161,13 +195,15 @@ mod tests {
     }
 
     /// The direct check agrees with the parser on every number it takes,
-    /// for every country code, with and without a default region: each
-    /// country's example numbers of every kind, and variations of them.
+    /// for every country code, and no default region changes what a
+    /// number written with its country code is: each country's example
+    /// numbers of every kind, and variations of them.
     #[test]
     fn the_direct_check_agrees_with_the_parser() {
         let regions: Vec<Option<Id>> = vec![
             None,
             "LR".parse().ok(),
+            "SL".parse().ok(),
             "US".parse().ok(),
             "IT".parse().ok(),
             "RU".parse().ok(),
@@ -199,13 +235,18 @@ mod tests {
                         }
                     }
                     let raw = format!("+{}{national}", meta.country_code());
+                    let slow = parsed(&raw);
+                    valid += usize::from(slow.is_ok());
+                    if let Some(fast) = canonical(&raw) {
+                        direct += 1;
+                        assert_eq!(Ok(&fast), slow.as_ref(), "{raw}");
+                    }
                     for region in &regions {
-                        let slow = parsed(&raw, *region);
-                        valid += usize::from(slow.is_ok());
-                        if let Some(fast) = canonical(&raw, *region) {
-                            direct += 1;
-                            assert_eq!(Ok(fast), slow, "{raw} in {region:?}");
-                        }
+                        assert_eq!(
+                            e164(&raw, *region).ok(),
+                            slow.clone().ok(),
+                            "{raw} in {region:?}"
+                        );
                     }
                 }
             }
