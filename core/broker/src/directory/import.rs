@@ -264,7 +264,7 @@ fn part(source: &str, c: &IncomingContact, region: Option<phonenumber::country::
 /// The contact's look-up keys: its phone numbers, and its other
 /// addresses as `kind:address` (`telegram:5012…`), so a message from any
 /// of them finds the contact.
-fn phones(c: &Contact) -> Vec<String> {
+pub(super) fn phones(c: &Contact) -> Vec<String> {
     let mut out: Vec<String> = c.parts.iter().filter_map(|p| p.phone.clone()).collect();
     for p in &c.parts {
         for (kind, address) in &p.addresses {

@@ -35,7 +35,7 @@ pub mod sync;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use mhero_proto::CampaignId;
@@ -61,6 +61,12 @@ const IDENTITY: u8 = b's';
 const PHONE: u8 = b't';
 const MARK: u8 = b'm';
 const NEXT: &[u8] = b"Nnext";
+/// Present once every contact's addresses other than phone numbers are
+/// look-up keys (`kind:address`, as imports write them): a store made
+/// before such keys existed gets them at its next open.
+const ADDRESS_KEYS: &[u8] = b"Uaddress-keys";
+/// Writes per batch while adding look-up keys at open.
+const ADDRESS_KEYS_BATCH: usize = 10_000;
 
 fn key(prefix: u8, rest: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + rest.len());
@@ -428,6 +434,9 @@ impl Directory {
         })?;
         if let Some(e) = failure {
             return Err(e);
+        }
+        if engine.get(Cf::Directory, ADDRESS_KEYS)?.is_none() {
+            index_addresses(&*engine)?;
         }
         Ok(Self {
             engine,
@@ -890,6 +899,63 @@ pub(crate) fn write_postings<'a>(
 
 pub(crate) fn encode_contact(c: &Contact) -> Vec<u8> {
     crate::store::encode(c)
+}
+
+/// Gives every stored contact the look-up keys of all its addresses (a
+/// store from before `kind:address` keys has only its phone numbers'),
+/// then marks the store as done. Adding a number a key already holds
+/// changes nothing, so a run cut short is simply run again.
+fn index_addresses(engine: &dyn Engine) -> Result<()> {
+    let mut wanted: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    let mut failure = None;
+    engine.scan(Cf::Contacts, &[], &[0xff; 5], &mut |k, v| {
+        let Ok(number) = <[u8; 4]>::try_from(k).map(u32::from_be_bytes) else {
+            return Ok(true);
+        };
+        match decode_contact(number, v) {
+            Ok(c) => {
+                for address in import::phones(&c) {
+                    wanted.entry(address).or_default().push(number);
+                }
+            }
+            Err(e) => failure = Some(e),
+        }
+        Ok(failure.is_none())
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let mut batch = Batch::new();
+    let mut added = 0usize;
+    for (address, numbers) in wanted {
+        let k = key(PHONE, &address);
+        let mut held = engine
+            .get(Cf::Directory, &k)?
+            .map(|v| numbers_from(&v))
+            .unwrap_or_default();
+        let before = held.len();
+        for n in numbers {
+            if !held.contains(&n) {
+                held.push(n);
+            }
+        }
+        if held.len() > before {
+            added += 1;
+            batch.put(Cf::Directory, k, numbers_to(&held));
+            if batch.len() >= ADDRESS_KEYS_BATCH {
+                engine.write(std::mem::take(&mut batch))?;
+            }
+        }
+    }
+    batch.put(Cf::Directory, ADDRESS_KEYS.to_vec(), Vec::new());
+    engine.write(batch)?;
+    if added > 0 {
+        tracing::info!(
+            keys = added,
+            "Contacts' addresses became look-up keys (a store from before they were)."
+        );
+    }
+    Ok(())
 }
 
 fn decode_contact(number: u32, bytes: &[u8]) -> Result<Contact> {

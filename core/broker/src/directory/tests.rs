@@ -787,3 +787,56 @@ fn a_folder_imports_with_bad_files_reported_by_name() {
     );
     assert!(count(&d, "*") > 0);
 }
+
+/// A store from before addresses other than phone numbers were look-up
+/// keys: its next open adds them (merged with what a key already holds),
+/// once, so a reply from such an address finds its worker.
+#[test]
+fn a_store_without_address_keys_gets_them_at_its_next_open() {
+    let engine: Arc<dyn Engine> = Arc::new(MemoryEngine::new());
+    let d = Directory::open(Arc::clone(&engine)).unwrap();
+    let on_telegram = |id: &str, chat: &str| IncomingContact {
+        telecoms: vec![Telecom {
+            system: "telegram".into(),
+            value: chat.into(),
+            ..Default::default()
+        }],
+        ..worker(id, "", "nurse", "phebe")
+    };
+    d.import(
+        "ihris",
+        "LR",
+        Incoming {
+            contacts: vec![
+                on_telegram("1", "chat-1"),
+                on_telegram("2", "chat-shared"),
+                on_telegram("3", "chat-shared"),
+                worker("4", "0770000004", "nurse", "phebe"),
+            ],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let found = |d: &Directory, chat: &str| -> Vec<u32> { d.numbers_at("telegram", chat).unwrap() };
+    let (one, shared) = (found(&d, "chat-1"), found(&d, "chat-shared"));
+    assert_eq!((one.len(), shared.len()), (1, 2));
+    drop(d);
+    // The old store: no address keys, no mark; one shared key holds one
+    // of its two workers (as a key written by hand or half-way might).
+    let mut old = Batch::new();
+    old.delete(Cf::Directory, key(PHONE, "telegram:chat-1"));
+    old.put(
+        Cf::Directory,
+        key(PHONE, "telegram:chat-shared"),
+        numbers_to(&shared[..1]),
+    );
+    old.delete(Cf::Directory, ADDRESS_KEYS.to_vec());
+    engine.write(old).unwrap();
+
+    let d = Directory::open(Arc::clone(&engine)).unwrap();
+    assert_eq!(found(&d, "chat-1"), one);
+    let mut got = found(&d, "chat-shared");
+    got.sort();
+    assert_eq!(got, shared);
+    assert!(engine.get(Cf::Directory, ADDRESS_KEYS).unwrap().is_some());
+}
