@@ -11,8 +11,8 @@
 //! tenth of a delivery's CPU on a channel at full rate.
 //!
 //! A connection is dropped when the gateway closes it, when it broke in an
-//! exchange, or after `idle` without use (a task looks every `idle` while
-//! any are kept). A request that a reused connection did not take (the
+//! exchange, or after `idle` without use (a task looks when the oldest
+//! kept one's time runs out, while any are kept). A request that a reused connection did not take (the
 //! gateway closed it while idle) goes once more on a new one; nothing else
 //! is retried here, since the gateway may have acted on it.
 
@@ -78,6 +78,25 @@ impl Origin {
 
     fn is_empty(&self) -> bool {
         self.idle.is_empty() && self.shared.is_none()
+    }
+
+    /// When the longest-unused connection kept here was last used.
+    fn oldest(&self) -> Option<Instant> {
+        // The stack holds the most recently used last.
+        let waiting = self.idle.first().map(|(_, used)| *used);
+        let shared = self.shared.as_ref().map(|(_, used)| *used);
+        waiting.into_iter().chain(shared).min()
+    }
+}
+
+/// How long the idle task waits before its next look: until the oldest
+/// kept connection's `idle` runs out (so none stays open much past it),
+/// at least an eighth of `idle` (so a pool in use is not looked at
+/// over and over).
+fn next_look(oldest: Option<Instant>, now: Instant, idle: Duration) -> Duration {
+    match oldest {
+        Some(used) => (used + idle).saturating_duration_since(now).max(idle / 8),
+        None => idle,
     }
 }
 
@@ -249,10 +268,10 @@ where
         }
         state.reaping = true;
         let pool: Weak<Self> = Arc::downgrade(self);
-        let every = self.idle;
+        let mut wait = self.idle;
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(every).await;
+                tokio::time::sleep(wait).await;
                 let Some(pool) = pool.upgrade() else { return };
                 let mut state = pool.state.lock();
                 let cutoff = Instant::now().checked_sub(pool.idle);
@@ -267,6 +286,8 @@ where
                     state.reaping = false;
                     return;
                 }
+                let oldest = state.origins.iter().filter_map(Origin::oldest).min();
+                wait = next_look(oldest, Instant::now(), pool.idle);
             }
         });
     }
@@ -320,5 +341,27 @@ fn origin_form(uri: &Uri) -> Uri {
             Uri::from_parts(parts).unwrap_or_default()
         }
         _ => Uri::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The idle task looks again when the oldest kept connection's time
+    /// runs out: a connection used just after a look is dropped `idle`
+    /// after that use, not nearly two `idle`s later.
+    #[test]
+    fn the_next_look_comes_when_the_oldest_connection_runs_out() {
+        let idle = Duration::from_millis(800);
+        let now = Instant::now();
+        let ago = |ms: u64| now - Duration::from_millis(ms);
+        assert_eq!(
+            next_look(Some(ago(100)), now, idle),
+            Duration::from_millis(700)
+        );
+        assert_eq!(next_look(Some(ago(790)), now, idle), idle / 8);
+        assert_eq!(next_look(Some(ago(5000)), now, idle), idle / 8);
+        assert_eq!(next_look(None, now, idle), idle);
     }
 }
