@@ -177,9 +177,11 @@ if [ "$peers" = 1 ]; then
   # The Python plugin example builds componentize-py (from PyPI) into a
   # virtualenv of its own, which pip comes into through ensurepip: Debian
   # ships the venv module without it (python3-venv adds it), so a venv is
-  # made here the way the example's build makes one.
+  # made here the way the example's build makes one (with the python3 on
+  # PATH, else Debian's own, which is the one python3-venv mends).
   venv_check=$(mktemp -d)
-  if ! python3 -m venv "$venv_check/venv" >/dev/null 2>&1; then
+  if ! python3 -m venv "$venv_check/venv" >/dev/null 2>&1 \
+    && ! /usr/bin/python3 -m venv "$venv_check/venv2" >/dev/null 2>&1; then
     apt_install python3-venv
   fi
   rm -rf "$venv_check"

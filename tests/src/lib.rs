@@ -45,8 +45,10 @@ pub mod examples {
                 .is_ok_and(|o| o.status.success())
         };
         // A venv gets pip through ensurepip, which Debian leaves out of
-        // python3 (python3-venv adds it).
-        if !works("python3", &["-c", "import ensurepip, venv"]) {
+        // python3 (python3-venv adds it). The examples' builds take the
+        // python3 on PATH, else Debian's own.
+        let venv = ["-c", "import ensurepip, venv"];
+        if !works("python3", &venv) && !works("/usr/bin/python3", &venv) {
             return Some("python3 with venv and ensurepip".into());
         }
         if !works("node", &["--version"]) {

@@ -9,7 +9,11 @@ COMPONENTIZE_PY_VERSION=0.25.1
 VENV=build/venv
 
 if ! "$VENV/bin/componentize-py" --version 2>/dev/null | grep -qx "componentize-py $COMPONENTIZE_PY_VERSION"; then
-    python3 -m venv "$VENV"
+    # pip comes into a venv through ensurepip, which Debian's python3 has
+    # only with python3-venv (scripts/setup.sh installs it): a python3
+    # first on PATH without it gives way to Debian's.
+    rm -rf "$VENV"
+    python3 -m venv "$VENV" 2>/dev/null || { rm -rf "$VENV"; /usr/bin/python3 -m venv "$VENV"; }
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"
 fi
 
