@@ -65,8 +65,11 @@ const NEXT: &[u8] = b"Nnext";
 /// look-up keys (`kind:address`, as imports write them): a store made
 /// before such keys existed gets them at its next open.
 const ADDRESS_KEYS: &[u8] = b"Uaddress-keys";
-/// Writes per batch while adding look-up keys at open.
+/// Contacts read per page while adding look-up keys at open.
+#[cfg(not(test))]
 const ADDRESS_KEYS_BATCH: usize = 10_000;
+#[cfg(test)]
+const ADDRESS_KEYS_BATCH: usize = 2;
 
 fn key(prefix: u8, rest: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + rest.len());
@@ -903,52 +906,62 @@ pub(crate) fn encode_contact(c: &Contact) -> Vec<u8> {
 
 /// Gives every stored contact the look-up keys of all its addresses (a
 /// store from before `kind:address` keys has only its phone numbers'),
-/// then marks the store as done. Adding a number a key already holds
-/// changes nothing, so a run cut short is simply run again.
+/// then marks the store as done. Contacts are read a page at a time, each
+/// page's keys merged into what the store holds and written before the
+/// next is read, so memory stays bounded. Adding a number a key already
+/// holds changes nothing, so a run cut short is simply run again.
 fn index_addresses(engine: &dyn Engine) -> Result<()> {
-    let mut wanted: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-    let mut failure = None;
-    engine.scan(Cf::Contacts, &[], &[0xff; 5], &mut |k, v| {
-        let Ok(number) = <[u8; 4]>::try_from(k).map(u32::from_be_bytes) else {
-            return Ok(true);
-        };
-        match decode_contact(number, v) {
-            Ok(c) => {
-                for address in import::phones(&c) {
-                    wanted.entry(address).or_default().push(number);
+    let mut from = 0u32;
+    let mut added = 0usize;
+    loop {
+        let mut wanted: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        let (mut read, mut last) = (0usize, None);
+        let mut failure = None;
+        engine.scan(Cf::Contacts, &contact_key(from), &[0xff; 5], &mut |k, v| {
+            let Ok(number) = <[u8; 4]>::try_from(k).map(u32::from_be_bytes) else {
+                return Ok(true);
+            };
+            match decode_contact(number, v) {
+                Ok(c) => {
+                    for address in import::phones(&c) {
+                        wanted.entry(address).or_default().push(number);
+                    }
+                }
+                Err(e) => failure = Some(e),
+            }
+            (read, last) = (read + 1, Some(number));
+            Ok(failure.is_none() && read < ADDRESS_KEYS_BATCH)
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let mut batch = Batch::new();
+        for (address, numbers) in wanted {
+            let k = key(PHONE, &address);
+            let mut held = engine
+                .get(Cf::Directory, &k)?
+                .map(|v| numbers_from(&v))
+                .unwrap_or_default();
+            let before = held.len();
+            for n in numbers {
+                if !held.contains(&n) {
+                    held.push(n);
                 }
             }
-            Err(e) => failure = Some(e),
-        }
-        Ok(failure.is_none())
-    })?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    let mut batch = Batch::new();
-    let mut added = 0usize;
-    for (address, numbers) in wanted {
-        let k = key(PHONE, &address);
-        let mut held = engine
-            .get(Cf::Directory, &k)?
-            .map(|v| numbers_from(&v))
-            .unwrap_or_default();
-        let before = held.len();
-        for n in numbers {
-            if !held.contains(&n) {
-                held.push(n);
+            if held.len() > before {
+                added += 1;
+                batch.put(Cf::Directory, k, numbers_to(&held));
             }
         }
-        if held.len() > before {
-            added += 1;
-            batch.put(Cf::Directory, k, numbers_to(&held));
-            if batch.len() >= ADDRESS_KEYS_BATCH {
-                engine.write(std::mem::take(&mut batch))?;
-            }
+        engine.write(batch)?;
+        match last {
+            Some(n) if read == ADDRESS_KEYS_BATCH && n < u32::MAX => from = n + 1,
+            _ => break,
         }
     }
-    batch.put(Cf::Directory, ADDRESS_KEYS.to_vec(), Vec::new());
-    engine.write(batch)?;
+    let mut done = Batch::new();
+    done.put(Cf::Directory, ADDRESS_KEYS.to_vec(), Vec::new());
+    engine.write(done)?;
     if added > 0 {
         tracing::info!(
             keys = added,
