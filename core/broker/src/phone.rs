@@ -12,14 +12,15 @@
 //! with something its country strips as a national prefix), or the direct
 //! check does not find it valid, the parser decides.
 //!
-//! A number written with its country code (`+…`) names its country, so
-//! the default region plays no part in reading it. The parser would
+//! A number written with its country code (`+…`, or after the default
+//! region's international prefix, `00…`) names its country, so the
+//! default region plays no part in reading it. The parser would
 //! otherwise strip the default region's national prefix from another
 //! country's number: in Liberia (prefix 0), `+225 07 01 02 03 04` (Côte
 //! d'Ivoire, whose numbers begin with 0) became `+225 701 020 304`, not a
 //! valid number, and was refused.
 
-use phonenumber::country::Id;
+use phonenumber::country::{Id, Source};
 use phonenumber::metadata::{DATABASE, Descriptor};
 use phonenumber::{Metadata, Mode};
 
@@ -29,8 +30,19 @@ pub fn e164(raw: &str, region: Option<Id>) -> Result<String, String> {
     if let Some(number) = canonical(raw) {
         return Ok(number);
     }
-    let region = if international(raw) { None } else { region };
-    match phonenumber::parse(region, raw) {
+    let read = if international(raw) {
+        phonenumber::parse(None, raw)
+    } else {
+        match phonenumber::parse(region, raw) {
+            // Dialled with the region's international prefix: read as
+            // written with `+`, as above.
+            Ok(n) if n.code().source() == Source::Idd => after_idd(raw, region)
+                .and_then(|plus| phonenumber::parse(None, plus).ok())
+                .map_or(Ok(n), Ok),
+            other => other,
+        }
+    };
+    match read {
         Ok(n) if phonenumber::is_valid(&n) => Ok(n.format().mode(Mode::E164).to_string()),
         Ok(_) => Err(format!(
             "{raw:?} is not a valid phone number for its country"
@@ -53,6 +65,23 @@ fn international(raw: &str) -> bool {
         _ => s,
     };
     s.trim_start().starts_with('+')
+}
+
+/// `raw` written with `+` in place of `region`'s international prefix
+/// (`00231 77…` → `+23177…`), when it is written in digits and the usual
+/// separators only.
+fn after_idd(raw: &str, region: Option<Id>) -> Option<String> {
+    let idd = DATABASE.by_id(region?.as_ref())?.international_prefix()?;
+    let mut digits = String::with_capacity(raw.len());
+    for c in raw.trim().chars() {
+        match c {
+            '0'..='9' => digits.push(c),
+            ' ' | '-' | '.' | '(' | ')' | '/' => {}
+            _ => return None,
+        }
+    }
+    let m = idd.find(&digits)?;
+    (m.start() == 0 && m.end() < digits.len()).then(|| format!("+{}", &digits[m.end()..]))
 }
 
 /// `raw` itself when it is E.164 (`+`, then digits only), valid, and the
@@ -177,6 +206,17 @@ mod tests {
             ("tel:+225-07-01-02-03-04", "+2250701020304"),
             ("+39 06 1234 5678", "+390612345678"),
         ] {
+            let dialled = format!(
+                "00{}",
+                raw.trim_start_matches("tel:").trim_start_matches('+')
+            );
+            for region in [lr, "SL".parse().ok(), "CI".parse().ok()] {
+                assert_eq!(
+                    e164(&dialled, region).as_deref(),
+                    Ok(number),
+                    "{dialled} in {region:?}"
+                );
+            }
             for region in [None, lr, "SL".parse().ok(), "CI".parse().ok()] {
                 assert_eq!(
                     e164(raw, region).as_deref(),
