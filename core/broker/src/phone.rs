@@ -25,7 +25,8 @@ use phonenumber::metadata::{DATABASE, Descriptor};
 use phonenumber::{Metadata, Mode};
 
 /// `raw` in E.164, or why it is not a valid phone number. A number
-/// without `+` is read as a national number of `region`.
+/// without its country code (neither `+` nor `region`'s international
+/// prefix) is read as a national number of `region`.
 pub fn e164(raw: &str, region: Option<Id>) -> Result<String, String> {
     if let Some(number) = canonical(raw) {
         return Ok(number);

@@ -67,8 +67,13 @@ impl Store {
 
     /// The last message (seq) the inbound pipeline has processed; 0: none.
     pub fn inbound_processed(&self) -> Result<u64> {
-        match self.engine.get(Cf::Inbound, keys::INBOUND_PROCESSED)? {
-            Some(v) => decode(Cf::Inbound, keys::INBOUND_PROCESSED, &v),
+        self.position(keys::INBOUND_PROCESSED)
+    }
+
+    /// The position (a message's seq) kept under `key`; 0: none.
+    fn position(&self, key: &[u8]) -> Result<u64> {
+        match self.engine.get(Cf::Inbound, key)? {
+            Some(v) => decode(Cf::Inbound, key, &v),
             None => Ok(0),
         }
     }
@@ -88,10 +93,7 @@ impl Store {
     /// Only a mark past [`Self::inbound_processed`] names a page still to
     /// be committed.
     pub fn inbound_page_mark(&self) -> Result<u64> {
-        match self.engine.get(Cf::Inbound, keys::INBOUND_PAGE)? {
-            Some(v) => decode(Cf::Inbound, keys::INBOUND_PAGE, &v),
-            None => Ok(0),
-        }
+        self.position(keys::INBOUND_PAGE)
     }
 
     /// The latest message whose sender-and-text digest is `digest`:
@@ -240,11 +242,7 @@ impl Store {
 
     /// How far subscriber `name` has taken processed messages; 0: none.
     pub fn subscriber_position(&self, name: &str) -> Result<u64> {
-        let key = keys::inbound_subscriber(name);
-        match self.engine.get(Cf::Inbound, &key)? {
-            Some(v) => decode(Cf::Inbound, &key, &v),
-            None => Ok(0),
-        }
+        self.position(&keys::inbound_subscriber(name))
     }
 
     /// Moves subscriber `name` past message `to`; `undelivered`, when the
