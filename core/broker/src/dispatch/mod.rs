@@ -1041,14 +1041,22 @@ async fn submit(
     {
         // Evaluated and written on a blocking thread; the campaign
         // stays `preparing` (never sent, abandoned after a crash)
-        // until its audience is kept.
+        // until its audience is kept. One that selects nobody is
+        // removed there too (the purge reads the store and waits for
+        // its commit).
         let source = Arc::clone(source);
+        let store = Arc::clone(&shared.store);
         let selector = selector.clone();
-        let count = tokio::task::spawn_blocking(move || source.freeze(id, &selector))
-            .await
-            .map_err(|e| Error::Internal(format!("freezing the audience failed: {e}")))??;
+        let count = tokio::task::spawn_blocking(move || {
+            let count = source.freeze(id, &selector)?;
+            if count == 0 {
+                store.purge_campaign(id)?;
+            }
+            Ok::<_, Error>(count)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("freezing the audience failed: {e}")))??;
         if count == 0 {
-            shared.store.purge_campaign(id)?;
             return Err(Error::field_invalid(
                 "audience.selector",
                 "it selects no contact (opted-out and inactive contacts are never selected)",
@@ -1726,8 +1734,15 @@ async fn housekeeping(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
     let mut last_gauges = tokio::time::Instant::now();
     let mut last_retention = tokio::time::Instant::now();
+    // A retention pass reads every campaign record and may scan the
+    // receipt index: it runs beside this loop, so retries and expiry are
+    // not held up behind it, and one at a time.
+    let mut purging: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         if !crate::stop::tick(&mut shutdown, Duration::from_millis(shared.config.tick_ms)).await {
+            if let Some(pass) = purging {
+                let _ = pass.await;
+            }
             return;
         }
         // A promotion scans the delayed queue and waits for a commit: on a
@@ -1767,11 +1782,13 @@ async fn housekeeping(shared: Arc<Shared>) {
         if last_retention.elapsed() >= RETENTION_EVERY {
             last_retention = tokio::time::Instant::now();
             evict_ended(&shared, now);
-            let s = Arc::clone(&shared);
-            match tokio::task::spawn_blocking(move || purge_expired(&s, now)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "Purging ended campaigns failed."),
-                Err(e) => tracing::error!(error = %e, "Purge task failed."),
+            if purging.as_ref().is_none_or(|p| p.is_finished()) {
+                let s = Arc::clone(&shared);
+                purging = Some(tokio::task::spawn_blocking(move || {
+                    if let Err(e) = purge_expired(&s, now) {
+                        tracing::error!(error = %e, "Purging ended campaigns failed.");
+                    }
+                }));
             }
         }
     }
@@ -1844,13 +1861,16 @@ fn ended_at(record: &CampaignRecord) -> Option<u64> {
 }
 
 /// Purges campaigns that ended more than `retention_days` ago (on a
-/// blocking thread: it scans the store).
+/// blocking thread: it scans the store). Campaigns go in groups that share
+/// one scan of the receipt index, each group up to [`PURGE_GROUP`]
+/// deliveries (a bigger campaign alone), so one commit stays bounded.
 fn purge_expired(shared: &Shared, now: u64) -> Result<()> {
     let days = shared.config.retention_days;
     if days == 0 {
         return Ok(());
     }
     let keep_ms = u64::from(days) * 86_400_000;
+    let mut groups: Vec<(Vec<CampaignId>, u64)> = Vec::new();
     for (id, bytes) in shared.store.campaigns()? {
         let Ok(record) = CampaignRecord::decode(&bytes) else {
             continue;
@@ -1858,12 +1878,32 @@ fn purge_expired(shared: &Shared, now: u64) -> Result<()> {
         if ended_at(&record).is_none_or(|t| now.saturating_sub(t) < keep_ms) {
             continue;
         }
-        let purged = shared.store.purge_campaign(id)?;
-        shared.campaigns.write().remove(&id);
-        tracing::info!(campaign = %id, statuses = purged.statuses, dead = purged.dead, receipts = purged.receipts, "Ended campaign purged after {days} days.");
+        let size = shared.store.counters(id).enqueued;
+        match groups.last_mut() {
+            Some((ids, total)) if *total + size <= PURGE_GROUP => {
+                ids.push(id);
+                *total += size;
+            }
+            _ => groups.push((vec![id], size)),
+        }
+    }
+    for (ids, _) in groups {
+        let purged = shared.store.purge_campaigns(&ids)?;
+        let mut live = shared.campaigns.write();
+        for id in &ids {
+            live.remove(id);
+        }
+        drop(live);
+        for (id, p) in ids.iter().zip(purged) {
+            tracing::info!(campaign = %id, statuses = p.statuses, dead = p.dead, receipts = p.receipts, "Ended campaign purged after {days} days.");
+        }
     }
     Ok(())
 }
+
+/// Deliveries whose records one retention commit removes, at most (unless
+/// one campaign alone has more).
+const PURGE_GROUP: u64 = 1_000_000;
 
 fn update_gauges(shared: &Shared, now_ms: u64) {
     let m = &shared.metrics;

@@ -1321,6 +1321,11 @@ async fn ended_campaigns_leave_memory_then_the_store_after_the_retention() {
         .submit(generated("ended", Lane::Normal, 50, &["sms"]))
         .await;
     w.finish(ended, 10).await;
+    // A second one ends at the same time: one pass purges both together.
+    let also = w
+        .submit(generated("also ended", Lane::Normal, 20, &["sms"]))
+        .await;
+    w.finish(also, 10).await;
     run_for(1_500).await;
     // An hour later it has left memory; its progress is read from the store.
     tokio::time::advance(Duration::from_secs(3_600)).await;
@@ -1339,16 +1344,19 @@ async fn ended_campaigns_leave_memory_then_the_store_after_the_retention() {
     // A day later the ended one is purged: record, statuses, counters.
     tokio::time::advance(Duration::from_secs(86_400)).await;
     run_for(61_000).await;
-    assert!(w.dispatcher().progress(ended).is_none());
-    assert_eq!(w.store().campaign(ended).unwrap(), None);
-    let mut statuses = 0;
-    w.store()
-        .scan_statuses(ended, &mut |_, _| {
-            statuses += 1;
-            Ok(true)
-        })
-        .unwrap();
-    assert_eq!(statuses, 0);
+    for gone in [ended, also] {
+        assert!(w.dispatcher().progress(gone).is_none());
+        assert_eq!(w.store().campaign(gone).unwrap(), None);
+        assert_eq!(w.store().counters(gone), Default::default());
+        let mut statuses = 0;
+        w.store()
+            .scan_statuses(gone, &mut |_, _| {
+                statuses += 1;
+                Ok(true)
+            })
+            .unwrap();
+        assert_eq!(statuses, 0);
+    }
     // The later campaign ended less than a day ago: kept.
     assert!(w.dispatcher().progress(active).is_some());
     w.shutdown().await;

@@ -1,6 +1,8 @@
 //! Campaign records, fan-out steps, stored audiences, secrets, and the
 //! purge of an ended campaign.
 
+use std::collections::HashSet;
+
 use super::*;
 
 /// Audience pages up to this size are read by key (see [`Store::audience`]).
@@ -207,43 +209,77 @@ impl Store {
     /// Returns how many status records, dead letters and receipt entries
     /// went. Reads the store: call it from a blocking thread.
     pub fn purge_campaign(&self, id: CampaignId) -> Result<Purged> {
-        if self.counters(id).queued() > 0 || self.campaign_depth(id) != (0, 0) {
-            return Err(Error::Invalid(format!(
-                "campaign {id} still has queued deliveries; only an ended campaign is purged"
-            )));
-        }
-        let (lo, hi) = keys::campaign_deliveries(id);
-        let mut purged = Purged::default();
-        self.engine.scan(Cf::Status, &lo, &hi, &mut |_, _| {
-            purged.statuses += 1;
-            Ok(true)
-        })?;
-        self.engine.scan(Cf::Dead, &lo, &hi, &mut |_, _| {
-            purged.dead += 1;
-            Ok(true)
-        })?;
-        let mut external = Vec::new();
-        let (elo, ehi) = keys::external_range();
-        self.engine.scan(Cf::External, &elo, &ehi, &mut |k, v| {
-            if keys::delivery_from(v).is_some_and(|d| d.campaign == id) {
-                external.push(k.to_vec());
+        let mut purged = self.purge_campaigns(&[id])?;
+        Ok(purged.pop().unwrap_or_default())
+    }
+
+    /// [`Store::purge_campaign`] for several campaigns at once, with one
+    /// scan of the receipt index for all of them (a retention pass that
+    /// finds many campaigns expired reads it once, not once each). All or
+    /// none: refused, with nothing removed, while any of them still has a
+    /// delivery queued. Returns what went, in the order of `ids`.
+    pub fn purge_campaigns(&self, ids: &[CampaignId]) -> Result<Vec<Purged>> {
+        for &id in ids {
+            if self.counters(id).queued() > 0 || self.campaign_depth(id) != (0, 0) {
+                return Err(Error::Invalid(format!(
+                    "campaign {id} still has queued deliveries; only an ended campaign is purged"
+                )));
             }
-            Ok(true)
-        })?;
-        purged.receipts = external.len() as u64;
-        let submitted_as = self.engine.get(Cf::Meta, &keys::submission_of(id))?;
+        }
+        let gone: BTreeSet<CampaignId> = ids.iter().copied().collect();
+        let mut purged: HashMap<CampaignId, Purged> = HashMap::new();
+        for &id in &gone {
+            let (lo, hi) = keys::campaign_deliveries(id);
+            let p = purged.entry(id).or_default();
+            self.engine.scan(Cf::Status, &lo, &hi, &mut |_, _| {
+                p.statuses += 1;
+                Ok(true)
+            })?;
+            self.engine.scan(Cf::Dead, &lo, &hi, &mut |_, _| {
+                p.dead += 1;
+                Ok(true)
+            })?;
+        }
+        // The receipt index is read only for campaigns that queued
+        // something: one that never did (refused while it was
+        // `preparing`) sent nothing a receipt could name.
+        let mut external = Vec::new();
+        let sent: HashSet<CampaignId> = gone
+            .iter()
+            .copied()
+            .filter(|&id| self.counters(id).enqueued > 0)
+            .collect();
+        if !sent.is_empty() {
+            let (elo, ehi) = keys::external_range();
+            self.engine.scan(Cf::External, &elo, &ehi, &mut |k, v| {
+                if let Some(d) = keys::delivery_from(v).filter(|d| sent.contains(&d.campaign)) {
+                    purged.entry(d.campaign).or_default().receipts += 1;
+                    external.push(k.to_vec());
+                }
+                Ok(true)
+            })?;
+        }
+        let mut submitted_as = Vec::new();
+        for &id in &gone {
+            if let Some(key) = self.engine.get(Cf::Meta, &keys::submission_of(id))? {
+                submitted_as.push((id, key));
+            }
+        }
         let mut state = self.state.lock();
         let mut batch = Batch::new();
-        for cf in [Cf::Status, Cf::Dead, Cf::Audience] {
-            batch.delete_range(cf, lo.clone(), hi.clone());
+        for &id in &gone {
+            let (lo, hi) = keys::campaign_deliveries(id);
+            for cf in [Cf::Status, Cf::Dead, Cf::Audience] {
+                batch.delete_range(cf, lo.clone(), hi.clone());
+            }
+            batch.delete(Cf::Campaigns, keys::campaign(id));
+            batch.delete(Cf::Frozen, keys::campaign(id));
+            batch.delete(Cf::Meta, keys::counters(id));
         }
         for k in external {
             batch.delete(Cf::External, k);
         }
-        batch.delete(Cf::Campaigns, keys::campaign(id));
-        batch.delete(Cf::Frozen, keys::campaign(id));
-        batch.delete(Cf::Meta, keys::counters(id));
-        if let Some(key) = submitted_as {
+        for (id, key) in submitted_as {
             batch.delete(Cf::Meta, keys::submission_of(id));
             if let Ok(key) = std::str::from_utf8(&key) {
                 batch.delete(Cf::Meta, keys::submission(key));
@@ -252,17 +288,19 @@ impl Store {
         let mut queues = Vec::new();
         for (channel, ch) in &mut state.queues {
             for (code, lane) in ch.lanes.iter_mut().enumerate() {
-                if lane.queues.remove(&id).is_some() {
-                    lane.active.remove(&id);
-                    if lane.cursor == Some(id) {
-                        lane.cursor = None;
-                    }
-                    if let Some(l) = Lane::from_code(code as u8) {
-                        queues.push(QueueKey {
-                            channel: *channel,
-                            lane: l,
-                            campaign: id,
-                        });
+                for &id in &gone {
+                    if lane.queues.remove(&id).is_some() {
+                        lane.active.remove(&id);
+                        if lane.cursor == Some(id) {
+                            lane.cursor = None;
+                        }
+                        if let Some(l) = Lane::from_code(code as u8) {
+                            queues.push(QueueKey {
+                                channel: *channel,
+                                lane: l,
+                                campaign: id,
+                            });
+                        }
                     }
                 }
             }
@@ -270,8 +308,11 @@ impl Store {
         for q in queues {
             batch.delete(Cf::Meta, keys::queue_meta(q));
         }
-        state.counters.remove(&id);
-        state.globals.dead = state.globals.dead.saturating_sub(purged.dead);
+        let dead: u64 = purged.values().map(|p| p.dead).sum();
+        for id in &gone {
+            state.counters.remove(id);
+        }
+        state.globals.dead = state.globals.dead.saturating_sub(dead);
         let touched = Touched {
             globals: true,
             ..Touched::default()
@@ -279,12 +320,18 @@ impl Store {
         touched.write(&mut state, &mut batch);
         let committed = Arc::clone(&state.committed);
         batch.on_commit(move || {
-            committed.lock().counters.remove(&id);
+            let mut view = committed.lock();
+            for id in &gone {
+                view.counters.remove(id);
+            }
         });
         let ticket = self.engine.submit(batch);
         drop(state);
         ticket.wait()?;
-        Ok(purged)
+        Ok(ids
+            .iter()
+            .map(|id| purged.get(id).cloned().unwrap_or_default())
+            .collect())
     }
 }
 

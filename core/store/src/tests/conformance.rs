@@ -1074,7 +1074,42 @@ fn purging_an_ended_campaign_removes_all_it_left_and_nothing_else(h: &mut dyn Ha
     check(&f.store);
     let (f, _) = crash(h, f);
     check(&f.store);
-    assert_eq!(ids(&lease(&f.store, 10)), vec![(2, 5)]);
+    let last = lease(&f.store, 10);
+    assert_eq!(ids(&last), vec![(2, 5)]);
+
+    // After the restart, campaign 2's counters come from what was
+    // recovered: purged together with a campaign refused before it queued
+    // anything (its audience kept, nothing sent), its receipt entry is
+    // still found, and the other leaves nothing either.
+    let sent = last.into_iter().next().unwrap();
+    let failed = Outcome::Done {
+        status: DeliveryStatus::Failed,
+        external_id: None,
+        reason: Some("rejected".into()),
+    };
+    f.store
+        .settle(vec![(sent, failed)])
+        .unwrap()
+        .wait()
+        .unwrap();
+    let never = f.store.create_campaign(vec![1, 0]).wait().unwrap();
+    f.store
+        .put_audience(never, 0, vec![vec![1, 9]])
+        .wait()
+        .unwrap();
+    let purged = f.store.purge_campaigns(&[CampaignId(2), never]).unwrap();
+    let counts: Vec<_> = purged
+        .iter()
+        .map(|p| (p.statuses, p.dead, p.receipts))
+        .collect();
+    assert_eq!(counts, [(2, 1, 1), (0, 0, 0)]);
+    assert_eq!(f.store.by_external_id(CH, "gw-2").unwrap(), None);
+    assert_eq!(f.store.globals().dead, 0);
+    for c in [CampaignId(2), never] {
+        assert_eq!(f.store.campaign(c).unwrap(), None);
+        assert!(f.store.audience(c, 0, 10).unwrap().is_empty());
+        assert_eq!(f.store.counters(c), Default::default());
+    }
 }
 
 fn a_history_replayed_many_times_stays_bounded(h: &mut dyn Harness) {
