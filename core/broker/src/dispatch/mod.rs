@@ -1740,8 +1740,10 @@ async fn housekeeping(shared: Arc<Shared>) {
     let mut purging: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         if !crate::stop::tick(&mut shutdown, Duration::from_millis(shared.config.tick_ms)).await {
-            if let Some(pass) = purging {
-                let _ = pass.await;
+            if let Some(pass) = purging
+                && let Err(e) = pass.await
+            {
+                tracing::error!(error = %e, "Purge task failed.");
             }
             return;
         }
@@ -1782,7 +1784,12 @@ async fn housekeeping(shared: Arc<Shared>) {
         if last_retention.elapsed() >= RETENTION_EVERY {
             last_retention = tokio::time::Instant::now();
             evict_ended(&shared, now);
-            if purging.as_ref().is_none_or(|p| p.is_finished()) {
+            if let Some(pass) = purging.take_if(|p| p.is_finished())
+                && let Err(e) = pass.await
+            {
+                tracing::error!(error = %e, "Purge task failed.");
+            }
+            if purging.is_none() {
                 let s = Arc::clone(&shared);
                 purging = Some(tokio::task::spawn_blocking(move || {
                     if let Err(e) = purge_expired(&s, now) {
