@@ -1868,9 +1868,10 @@ fn ended_at(record: &CampaignRecord) -> Option<u64> {
 }
 
 /// Purges campaigns that ended more than `retention_days` ago (on a
-/// blocking thread: it scans the store). Campaigns go in groups that share
-/// one scan of the receipt index, each group up to [`PURGE_GROUP`]
-/// deliveries (a bigger campaign alone), so one commit stays bounded.
+/// blocking thread: it reads the store). Campaigns go in groups, each
+/// removed in one commit of up to [`PURGE_GROUP`] deliveries (a bigger
+/// campaign alone): many small campaigns take few commits, and one commit
+/// stays bounded.
 fn purge_expired(shared: &Shared, now: u64) -> Result<()> {
     let days = shared.config.retention_days;
     if days == 0 {

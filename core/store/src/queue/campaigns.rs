@@ -1,12 +1,13 @@
 //! Campaign records, fan-out steps, stored audiences, secrets, and the
 //! purge of an ended campaign.
 
-use std::collections::HashSet;
-
 use super::*;
 
 /// Audience pages up to this size are read by key (see [`Store::audience`]).
 const POINT_READ_PAGE: u32 = 8;
+
+/// Receipt entries a purge looks up in one batched read.
+const PURGE_LOOKUPS: usize = 4096;
 
 impl Store {
     /// Stores a campaign body once and allocates its id.
@@ -204,8 +205,9 @@ impl Store {
     /// its record, counters, queue positions, status records, dead letters,
     /// stored audience, receipt index entries and idempotency key. Keyed
     /// by campaign, most of it goes as one range delete per keyspace
-    /// (cheap for compaction); the receipt index, keyed by channel, is
-    /// scanned. Refused while any of its deliveries is still queued.
+    /// (cheap for compaction); the receipt index, keyed by channel and
+    /// gateway id, is looked up from the campaign's status records.
+    /// Refused while any of its deliveries is still queued.
     /// Returns how many status records, dead letters and receipt entries
     /// went. Reads the store: call it from a blocking thread.
     pub fn purge_campaign(&self, id: CampaignId) -> Result<Purged> {
@@ -213,11 +215,10 @@ impl Store {
         Ok(purged.pop().unwrap_or_default())
     }
 
-    /// [`Store::purge_campaign`] for several campaigns at once, with one
-    /// scan of the receipt index for all of them (a retention pass that
-    /// finds many campaigns expired reads it once, not once each). All or
-    /// none: refused, with nothing removed, while any of them still has a
-    /// delivery queued. Returns what went, in the order of `ids`.
+    /// [`Store::purge_campaign`] for several campaigns at once, in one
+    /// commit. All or none: refused, with nothing removed, while any of
+    /// them still has a delivery queued. Returns what went, in the order
+    /// of `ids`.
     pub fn purge_campaigns(&self, ids: &[CampaignId]) -> Result<Vec<Purged>> {
         for &id in ids {
             if self.counters(id).queued() > 0 || self.campaign_depth(id) != (0, 0) {
@@ -228,11 +229,20 @@ impl Store {
         }
         let gone: BTreeSet<CampaignId> = ids.iter().copied().collect();
         let mut purged: HashMap<CampaignId, Purged> = HashMap::new();
+        // A status record names the receipt entry its send wrote (channel
+        // and gateway id): the entries are looked up from the campaign's
+        // own statuses, not found by scanning the whole receipt index,
+        // which holds every message sent within the retention.
+        let mut named: Vec<(Vec<u8>, DeliveryId)> = Vec::new();
         for &id in &gone {
             let (lo, hi) = keys::campaign_deliveries(id);
             let p = purged.entry(id).or_default();
-            self.engine.scan(Cf::Status, &lo, &hi, &mut |_, _| {
+            self.engine.scan(Cf::Status, &lo, &hi, &mut |k, v| {
                 p.statuses += 1;
+                let record: StatusRecord = decode(Cf::Status, k, v)?;
+                if let (Some(ext), Some(d)) = (&record.external_id, keys::delivery_from(k)) {
+                    named.push((keys::external(record.channel, ext), d));
+                }
                 Ok(true)
             })?;
             self.engine.scan(Cf::Dead, &lo, &hi, &mut |_, _| {
@@ -240,24 +250,19 @@ impl Store {
                 Ok(true)
             })?;
         }
-        // The receipt index is read only for campaigns that queued
-        // something: one that never did (refused while it was
-        // `preparing`) sent nothing a receipt could name.
+        // An entry goes only while it still names that delivery: a gateway
+        // that used the same id again since (one that restarted its
+        // numbering) has it naming a later message, which keeps it.
         let mut external = Vec::new();
-        let sent: HashSet<CampaignId> = gone
-            .iter()
-            .copied()
-            .filter(|&id| self.counters(id).enqueued > 0)
-            .collect();
-        if !sent.is_empty() {
-            let (elo, ehi) = keys::external_range();
-            self.engine.scan(Cf::External, &elo, &ehi, &mut |k, v| {
-                if let Some(d) = keys::delivery_from(v).filter(|d| sent.contains(&d.campaign)) {
-                    purged.entry(d.campaign).or_default().receipts += 1;
-                    external.push(k.to_vec());
+        for chunk in named.chunks(PURGE_LOOKUPS) {
+            let keys: Vec<Vec<u8>> = chunk.iter().map(|(k, _)| k.clone()).collect();
+            let found = self.engine.get_many(Cf::External, &keys)?;
+            for ((key, delivery), value) in chunk.iter().zip(found) {
+                if value.as_deref().and_then(keys::delivery_from) == Some(*delivery) {
+                    purged.entry(delivery.campaign).or_default().receipts += 1;
+                    external.push(key.clone());
                 }
-                Ok(true)
-            })?;
+            }
         }
         let mut submitted_as = Vec::new();
         for &id in &gone {

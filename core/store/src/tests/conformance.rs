@@ -42,6 +42,7 @@ conformance!(
     an_unreadable_ready_record_is_quarantined_and_the_queue_goes_on,
     an_unreadable_delayed_record_is_quarantined_and_promotion_goes_on,
     purging_an_ended_campaign_removes_all_it_left_and_nothing_else,
+    a_purge_keeps_a_gateway_id_a_later_message_took,
     a_history_replayed_many_times_stays_bounded,
     audience_pages_read_the_same_by_key_or_by_scan,
 );
@@ -1109,6 +1110,49 @@ fn purging_an_ended_campaign_removes_all_it_left_and_nothing_else(h: &mut dyn Ha
         assert_eq!(f.store.campaign(c).unwrap(), None);
         assert!(f.store.audience(c, 0, 10).unwrap().is_empty());
         assert_eq!(f.store.counters(c), Default::default());
+    }
+}
+
+fn a_purge_keeps_a_gateway_id_a_later_message_took(h: &mut dyn Harness) {
+    let f = fixture(h);
+    // A gateway that restarted its numbering gives campaign 2's message
+    // the id campaign 1's had: the receipt entry names campaign 2's now.
+    for c in [1, 2] {
+        let campaign = f.store.create_campaign(vec![1, 0]).wait().unwrap();
+        f.store
+            .enqueue(q(Lane::Normal, c), new(0..2))
+            .wait()
+            .unwrap();
+        let mut got = lease(&f.store, 2).into_iter();
+        let wired = |ext: String| Outcome::Done {
+            status: DeliveryStatus::Wired,
+            external_id: Some(ext),
+            reason: None,
+        };
+        f.store
+            .settle(vec![
+                (got.next().unwrap(), wired("gw-7".into())),
+                (got.next().unwrap(), wired(format!("gw-{c}0"))),
+            ])
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(campaign, CampaignId(c));
+    }
+    let later = DeliveryId::new(CampaignId(2), 0);
+    assert_eq!(f.store.by_external_id(CH, "gw-7").unwrap(), Some(later));
+
+    let purged = f.store.purge_campaign(CampaignId(1)).unwrap();
+    assert_eq!((purged.statuses, purged.receipts), (2, 1));
+    assert_eq!(f.store.by_external_id(CH, "gw-10").unwrap(), None);
+    assert_eq!(f.store.by_external_id(CH, "gw-7").unwrap(), Some(later));
+    let (f, _) = crash(h, f);
+    assert_eq!(f.store.by_external_id(CH, "gw-7").unwrap(), Some(later));
+
+    let purged = f.store.purge_campaign(CampaignId(2)).unwrap();
+    assert_eq!((purged.statuses, purged.receipts), (2, 2));
+    for ext in ["gw-7", "gw-20"] {
+        assert_eq!(f.store.by_external_id(CH, ext).unwrap(), None);
     }
 }
 
