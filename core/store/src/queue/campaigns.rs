@@ -239,9 +239,17 @@ impl Store {
             let p = purged.entry(id).or_default();
             self.engine.scan(Cf::Status, &lo, &hi, &mut |k, v| {
                 p.statuses += 1;
-                let record: StatusRecord = decode(Cf::Status, k, v)?;
-                if let (Some(ext), Some(d)) = (&record.external_id, keys::delivery_from(k)) {
-                    named.push((keys::external(record.channel, ext), d));
+                // An unreadable record goes with the range all the same and
+                // holds up nothing; the entry it may have named stays, and a
+                // receipt that finds it finds no status (skipped, unknown).
+                if let Ok(StatusRecord {
+                    channel,
+                    external_id: Some(ext),
+                    ..
+                }) = decode::<StatusRecord>(Cf::Status, k, v)
+                    && let Some(d) = keys::delivery_from(k)
+                {
+                    named.push((keys::external(channel, &ext), d));
                 }
                 Ok(true)
             })?;
