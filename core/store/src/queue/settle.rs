@@ -154,9 +154,10 @@ impl Store {
 
     /// Moves a delivery whose receipt said it failed back into a queue: the
     /// campaign's next channel (fallback after wiring), which `next` picks
-    /// from its status record. Its status record and receipt index go, its
-    /// history keeps the failure. Returns false, writing nothing, unless
-    /// its status is `failed` and `next` names a queue. Reads the status:
+    /// from its status record. Its status record and receipt index entry
+    /// go (the entry only while it names this delivery), its history keeps
+    /// the failure. Returns false, writing nothing, unless
+    /// its status is `failed` and `next` names a queue. Reads the store:
     /// call it from a blocking thread.
     pub fn reroute_failed(
         &self,
@@ -180,11 +181,21 @@ impl Store {
         let Some((to, delivery)) = next(&record)? else {
             return Ok(Pending::ready(false));
         };
+        // The receipt entry goes only while it names this delivery: a
+        // gateway that gave its id to a later message keeps that one's.
+        let entry = match &record.external_id {
+            Some(ext) => {
+                let k = keys::external(record.channel, ext);
+                let named = self.engine.get(Cf::External, &k)?;
+                (named.as_deref().and_then(keys::delivery_from) == Some(id)).then_some(k)
+            }
+            None => None,
+        };
         let mut state = self.state.lock();
         let mut batch = Batch::new();
         batch.delete(Cf::Status, key);
-        if let Some(ext) = &record.external_id {
-            batch.delete(Cf::External, keys::external(record.channel, ext));
+        if let Some(k) = entry {
+            batch.delete(Cf::External, k);
         }
         let item = Item {
             index: id.index,

@@ -43,6 +43,7 @@ conformance!(
     an_unreadable_delayed_record_is_quarantined_and_promotion_goes_on,
     purging_an_ended_campaign_removes_all_it_left_and_nothing_else,
     a_purge_keeps_a_gateway_id_a_later_message_took_and_passes_an_unreadable_status,
+    a_fallback_keeps_a_gateway_id_a_later_message_took,
     a_history_replayed_many_times_stays_bounded,
     audience_pages_read_the_same_by_key_or_by_scan,
 );
@@ -1163,6 +1164,58 @@ fn a_purge_keeps_a_gateway_id_a_later_message_took_and_passes_an_unreadable_stat
         None
     );
     assert_eq!(f.store.campaign(CampaignId(2)).unwrap(), None);
+}
+
+fn a_fallback_keeps_a_gateway_id_a_later_message_took(h: &mut dyn Harness) {
+    let f = fixture(h);
+    // Campaign 2's message took the gateway id campaign 1's had.
+    for c in [1, 2] {
+        f.store
+            .enqueue(q(Lane::Normal, c), new(0..1))
+            .wait()
+            .unwrap();
+        let got = lease(&f.store, 1).into_iter().next().unwrap();
+        f.store
+            .settle(vec![(
+                got,
+                Outcome::Done {
+                    status: DeliveryStatus::Wired,
+                    external_id: Some("gw-7".into()),
+                    reason: None,
+                },
+            )])
+            .unwrap()
+            .wait()
+            .unwrap();
+    }
+    let (first, later) = (
+        DeliveryId::new(CampaignId(1), 0),
+        DeliveryId::new(CampaignId(2), 0),
+    );
+    let reroute = |id: DeliveryId| {
+        f.store
+            .update_statuses(&[(id, DeliveryStatus::Failed, Some("expired".into()))])
+            .unwrap()
+            .wait()
+            .unwrap();
+        let to = q(Lane::Normal, id.campaign.0);
+        f.store
+            .reroute_failed(id, "failed after wiring".into(), |_| {
+                Ok(Some((to, new(0..1).remove(0))))
+            })
+            .unwrap()
+            .wait()
+            .unwrap()
+    };
+    // The first message's failure moves it on and leaves the entry, which
+    // names the later message.
+    assert!(reroute(first));
+    assert_eq!(f.store.status(first).unwrap(), None);
+    assert_eq!(f.store.by_external_id(CH, "gw-7").unwrap(), Some(later));
+    // The later message's own failure takes its entry with it.
+    assert!(reroute(later));
+    assert_eq!(f.store.by_external_id(CH, "gw-7").unwrap(), None);
+    assert_eq!(ids(&lease(&f.store, 10)), vec![(1, 0), (2, 0)]);
 }
 
 fn a_history_replayed_many_times_stays_bounded(h: &mut dyn Harness) {
