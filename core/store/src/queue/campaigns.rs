@@ -233,7 +233,7 @@ impl Store {
         // and gateway id): the entries are looked up from the campaign's
         // own statuses, not found by scanning the whole receipt index,
         // which holds every message sent within the retention.
-        let mut named: Vec<(Vec<u8>, DeliveryId)> = Vec::new();
+        let mut named: Vec<(ChannelId, String, DeliveryId)> = Vec::new();
         for &id in &gone {
             let (lo, hi) = keys::campaign_deliveries(id);
             let p = purged.entry(id).or_default();
@@ -249,7 +249,7 @@ impl Store {
                 }) = decode::<StatusRecord>(Cf::Status, k, v)
                     && let Some(d) = keys::delivery_from(k)
                 {
-                    named.push((keys::external(channel, &ext), d));
+                    named.push((channel, ext, d));
                 }
                 Ok(true)
             })?;
@@ -263,12 +263,13 @@ impl Store {
         // numbering) has it naming a later message, which keeps it.
         let mut external = Vec::new();
         for chunk in named.chunks(PURGE_LOOKUPS) {
-            let keys: Vec<Vec<u8>> = chunk.iter().map(|(k, _)| k.clone()).collect();
-            let found = self.engine.get_many(Cf::External, &keys)?;
-            for ((key, delivery), value) in chunk.iter().zip(found) {
-                if value.as_deref().and_then(keys::delivery_from) == Some(*delivery) {
+            let ids: Vec<(ChannelId, &str)> =
+                chunk.iter().map(|(c, e, _)| (*c, e.as_str())).collect();
+            let found = self.by_external_ids(&ids)?;
+            for ((channel, ext, delivery), names) in chunk.iter().zip(found) {
+                if names == Some(*delivery) {
                     purged.entry(delivery.campaign).or_default().receipts += 1;
-                    external.push(key.clone());
+                    external.push(keys::external(*channel, ext));
                 }
             }
         }

@@ -156,9 +156,9 @@ impl Store {
     /// campaign's next channel (fallback after wiring), which `next` picks
     /// from its status record. Its status record and receipt index entry
     /// go (the entry only while it names this delivery), its history keeps
-    /// the failure. Returns false, writing nothing, unless
-    /// its status is `failed` and `next` names a queue. Reads the store:
-    /// call it from a blocking thread.
+    /// the failure. Returns false, writing nothing, unless its status is
+    /// `failed` and `next` names a queue. Reads the store: call it from a
+    /// blocking thread.
     pub fn reroute_failed(
         &self,
         id: DeliveryId,
@@ -184,12 +184,10 @@ impl Store {
         // The receipt entry goes only while it names this delivery: a
         // gateway that gave its id to a later message keeps that one's.
         let entry = match &record.external_id {
-            Some(ext) => {
-                let k = keys::external(record.channel, ext);
-                let named = self.engine.get(Cf::External, &k)?;
-                (named.as_deref().and_then(keys::delivery_from) == Some(id)).then_some(k)
+            Some(ext) if self.by_external_id(record.channel, ext)? == Some(id) => {
+                Some(keys::external(record.channel, ext))
             }
-            None => None,
+            _ => None,
         };
         let mut state = self.state.lock();
         let mut batch = Batch::new();
