@@ -16,7 +16,7 @@ use mhero_broker::store::{
     Engine, Item, NewDelivery, Outcome, QueueKey, RocksEngine, SentRef, StatusRecord, Store,
     SystemClock, Ticket, records,
 };
-use mhero_proto::{CampaignId, DeliveryId, DeliveryStatus, Lane};
+use mhero_proto::{CampaignId, ChannelId, DeliveryId, DeliveryStatus, Lane};
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -62,7 +62,6 @@ pub fn run(args: &StoreArgs) -> Result<()> {
     };
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
     let scratch = mhero_benches::scratch(args.dir.as_deref())?;
-    let sizes = Sizes::of_records();
     // The store and its limit take turns, each on a fresh database, so a
     // machine that speeds up or slows down within the run moves both: each
     // round's ratio compares neighbours in time.
@@ -75,6 +74,7 @@ pub fn run(args: &StoreArgs) -> Result<()> {
         );
         let store = store_round(&queue, args, durability)?;
         latency.add(&store.latency)?;
+        let sizes = Sizes::of_records(store.channel);
         let limit = raw_limit(
             &raw,
             &RawWork {
@@ -96,6 +96,7 @@ pub fn run(args: &StoreArgs) -> Result<()> {
             groups: store.groups,
             group_ops: store.group_ops,
             limit_msgs_per_s: limit,
+            sizes,
         });
     }
     let median = |f: &dyn Fn(&Round) -> f64| {
@@ -130,8 +131,8 @@ pub fn run(args: &StoreArgs) -> Result<()> {
         "p99_ms": round(latency.value_at_quantile(0.99) as f64 / 1000.0, 3),
         "p_means": "commit latency of each enqueue, lease and settle call, over every round",
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "value_bytes": sizes.ready,
-        "status_value_bytes": sizes.status,
+        "value_bytes": rounds[0].sizes.ready,
+        "status_value_bytes": rounds[0].sizes.status,
         "mean_group_ops": median(&|r| r.group_ops as f64).round() as u64,
         "limit_msgs_per_s": round(median(&|r| r.limit_msgs_per_s), 0),
         "limit_does": "raw RocksDB, one thread, the same writes per delivery (a ready put of the same key and value size, a status put, a last-sent put of the same key and value size, a range delete per leased run, the queue-meta and counter puts per call) in synced WriteBatches of the mean size the store's writer formed in the same round",
@@ -150,6 +151,7 @@ struct Round {
     groups: f64,
     group_ops: usize,
     limit_msgs_per_s: f64,
+    sizes: Sizes,
 }
 
 /// What the store's run measured, and the commit groups its writer formed.
@@ -158,6 +160,8 @@ struct StoreRun {
     latency: Histogram<u64>,
     groups: f64,
     group_ops: usize,
+    /// The channel it leased from, which its status records name.
+    channel: ChannelId,
 }
 
 /// `n` deliveries through enqueue → lease → settle on a fresh store in
@@ -290,10 +294,12 @@ fn store_round(
         latency,
         groups,
         group_ops,
+        channel,
     })
 }
 
-/// The encoded sizes of the values the store writes per delivery.
+/// The encoded sizes of the values the store writes per delivery, its
+/// status records naming `channel`.
 struct Sizes {
     ready: usize,
     status: usize,
@@ -301,7 +307,7 @@ struct Sizes {
 }
 
 impl Sizes {
-    fn of_records() -> Self {
+    fn of_records(channel: ChannelId) -> Self {
         let ready = records::encode(&Item {
             index: 123_456,
             recipient: "+231700123456".into(),
@@ -314,7 +320,7 @@ impl Sizes {
         .len();
         let status = records::encode(&StatusRecord {
             status: DeliveryStatus::Wired,
-            channel: mhero_proto::ChannelId(1),
+            channel,
             attempts: 1,
             updated_ms: 1_764_000_000_000,
             external_id: None,
