@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use mhero_client::wire::{Recipient, Submit};
-use mhero_client::{Client, ClientError, Pin};
+use mhero_client::{Client, ClientError, Pin, Subscription, Update};
 use reqwest::blocking::Client as Http;
 
 use super::server::{Server, make_token};
@@ -24,6 +24,25 @@ fn quic_of(server: &Server) -> (std::net::SocketAddr, Pin) {
         .and_then(|rest| rest.split(')').next())
         .unwrap_or_else(|| panic!("no certificate in {banner:?}"));
     (addr.parse().unwrap(), Pin::parse(pin).unwrap())
+}
+
+/// Opens subscription `i`, reads it until it has caught up, and closes
+/// it; within 10 s, or the test fails.
+async fn caught_up<T>(
+    i: usize,
+    open: impl std::future::Future<Output = Result<Subscription<T>, ClientError>>,
+) {
+    let read = async {
+        let mut s = open.await.unwrap();
+        while !matches!(
+            s.next().await.unwrap().expect("the stream stays open"),
+            Update::CaughtUp
+        ) {}
+        s.close();
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .unwrap_or_else(|_| panic!("subscription {i} was not opened and caught up within 10 s"));
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -145,6 +164,13 @@ fn integrators_submit_batches_and_follow_statuses_and_replies_over_quic() {
         let again = resumed.next_event().await.unwrap().unwrap();
         assert!(again.updated_ms >= last_ms, "{again:?}");
         resumed.close();
+        // A closed subscription ends on the server too: a client that
+        // subscribes again and again never runs out of the streams one
+        // connection may hold open (256).
+        for i in 0..300 {
+            let s = read_only.statuses(&campaign, last_ms);
+            caught_up(i, s).await;
+        }
 
         // Replies come back through the inbound stream, in order; resuming
         // after the last one seen starts after it.
@@ -178,6 +204,9 @@ fn integrators_submit_batches_and_follow_statuses_and_replies_over_quic() {
         let mut later = read_only.inbound(Some(seqs[4])).await.unwrap();
         assert_eq!(later.next_event().await.unwrap().unwrap().seq, seqs[5]);
         later.close();
+        for i in 0..300 {
+            caught_up(i, read_only.inbound(Some(seqs[9]))).await;
+        }
 
         // Last, as its recipients reply too: under an idempotency key a
         // batch is accepted once, and the retry (a lost answer, a timeout)

@@ -22,6 +22,12 @@
 //! subscription to a campaign of a million costs a scan of a million short
 //! records (about a third of a second of one core here) each time it moves,
 //! nothing while it stands still.
+//!
+//! A subscription ends when its client stops reading it (it closed the
+//! subscription, or its connection is gone), not only when the server
+//! stops: otherwise each one closed would go on reading for no one and
+//! hold one of the connection's streams, and a client that subscribes
+//! again and again would run out of them.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -484,13 +490,16 @@ async fn statuses(
     let mut caught_up = false;
     let margin = COMMIT_MARGIN.as_millis() as u64;
     let mut reads = ReadGate::default();
+    let mut gone = Box::pin(send.stopped());
     loop {
         if api.stopping.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(());
         }
         let counts = api.broker.dispatcher().live_progress(id);
         if !reads.due(caught_up, counts, tokio::time::Instant::now()) {
-            tokio::time::sleep(STATUS_POLL).await;
+            if !still_read(&mut gone, STATUS_POLL).await {
+                return Ok(());
+            }
             continue;
         }
         let read_at = api.broker.dispatcher().now_ms();
@@ -512,7 +521,19 @@ async fn statuses(
             caught_up = true;
         }
         since = since.max(read_at.saturating_sub(margin));
-        tokio::time::sleep(STATUS_POLL).await;
+        if !still_read(&mut gone, STATUS_POLL).await {
+            return Ok(());
+        }
+    }
+}
+
+/// Waits `pause`: whether the client still reads the subscription's
+/// stream after it (`gone` is the stream's `stopped()`: the client
+/// stopped reading, or its connection is gone).
+async fn still_read<F: std::future::Future + Unpin>(gone: &mut F, pause: Duration) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(pause) => true,
+        _ = gone => false,
     }
 }
 
@@ -523,6 +544,7 @@ async fn inbound(
 ) -> std::result::Result<(), String> {
     let mut after = after.unwrap_or(0);
     let mut caught_up = false;
+    let mut gone = Box::pin(send.stopped());
     loop {
         if api.stopping.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(());
@@ -564,7 +586,9 @@ async fn inbound(
             write(send, &Response::CaughtUp).await?;
             caught_up = true;
         }
-        tokio::time::sleep(INBOUND_POLL).await;
+        if !still_read(&mut gone, INBOUND_POLL).await {
+            return Ok(());
+        }
     }
 }
 
