@@ -1,7 +1,7 @@
 //! `loadgen quic`: one `mhero-client` connection submitting batches of
 //! messages to explicit recipients over the QUIC API (a lab system's
-//! results, reminders), then status subscriptions reading what became of
-//! them.
+//! results, reminders), then status subscriptions reading back what
+//! became of every one of them.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,8 +28,9 @@ pub struct QuicArgs {
     /// Batches in flight at once on the one connection.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-    /// Status subscriptions read at once after the run (one campaign
-    /// each, from the start).
+    /// Status subscriptions open at once after the run, each reading one
+    /// campaign from the start to its end, then the next, until every
+    /// campaign submitted was read.
     #[arg(long, default_value_t = 16)]
     subscriptions: usize,
     /// Parent folder of the scratch store (default: the system's temp dir).
@@ -44,8 +45,8 @@ pub struct QuicArgs {
 }
 
 pub fn run(args: &QuicArgs) -> Result<()> {
-    if args.concurrency == 0 || args.batch == 0 || args.batch > 100_000 {
-        bail!("--concurrency must be > 0 and --batch between 1 and 100000");
+    if args.concurrency == 0 || args.subscriptions == 0 || args.batch == 0 || args.batch > 100_000 {
+        bail!("--concurrency and --subscriptions must be > 0 and --batch between 1 and 100000");
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -133,22 +134,34 @@ async fn bench(args: &QuicArgs) -> Result<()> {
         .await;
     let sent_s = started.elapsed().as_secs_f64();
     let read = Instant::now();
+    let campaigns = Arc::new(campaigns);
+    let next_read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut readers = Vec::new();
-    for (_, campaign) in campaigns.iter().take(args.subscriptions) {
-        let (client, campaign) = (client.clone(), campaign.clone());
+    for _ in 0..args.subscriptions.min(campaigns.len()) {
+        let (client, campaigns, next) = (
+            client.clone(),
+            Arc::clone(&campaigns),
+            Arc::clone(&next_read),
+        );
         readers.push(tokio::spawn(async move {
-            let mut s = client.statuses(&campaign, 0).await?;
             let mut events = 0u64;
-            while let Some(update) = s.next().await? {
-                match update {
-                    mhero_client::Update::Event(_) => events += 1,
-                    mhero_client::Update::CaughtUp => break,
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((_, campaign)) = campaigns.get(i) else {
+                    return anyhow::Ok(events);
+                };
+                let mut s = client.statuses(campaign, 0).await?;
+                while let Some(update) = s.next().await? {
+                    match update {
+                        mhero_client::Update::Event(_) => events += 1,
+                        mhero_client::Update::CaughtUp => break,
+                    }
                 }
+                s.close();
             }
-            s.close();
-            anyhow::Ok(events)
         }));
     }
+    let subscriptions = readers.len();
     let mut events = 0;
     for r in readers {
         events += r.await??;
@@ -179,14 +192,15 @@ async fn bench(args: &QuicArgs) -> Result<()> {
             "submit_seconds": round(submit_s, 2),
             "all_sent": all_sent,
             "sent_seconds": round(sent_s, 2),
-            "subscriptions": args.subscriptions.min(campaigns.len()),
+            "subscriptions": subscriptions,
+            "campaigns_read": campaigns.len(),
             "status_events": events,
             "events_per_s": round(events as f64 / read_s, 0),
             "peak_rss_mb": round(rss, 1),
             "data_dir": data_dir.display().to_string(),
             "filesystem": fs_type(&data_dir),
             "durability": args.durability,
-            "path": "mhero-client over QUIC on loopback (TLS 1.3, pinned certificate) to the QUIC server of `mhero serve` with its defaults (the sandbox channel, no rate limit): each batch is a campaign (record, stored audience: synced writes) answered once durable; its messages are sent through the sandbox connector while batches arrive; then status subscriptions each read one whole campaign (status records) until caught up",
+            "path": "mhero-client over QUIC on loopback (TLS 1.3, pinned certificate) to the QUIC server of `mhero serve` with its defaults (the sandbox channel, no rate limit): each batch is a campaign (record, stored audience: synced writes) answered once durable; its messages are sent through the sandbox connector while batches arrive; then status subscriptions (`subscriptions` open at once) read every campaign from its start until caught up, one event per delivery (its status record or dead letter)",
             "differs": "server and client share one process and its 2 cores; the gateway is the sandbox simulator inside the broker",
         })
     );
