@@ -191,6 +191,11 @@ const MAX_ACCEPT_LOG: usize = 5_000_000;
 
 struct State {
     rng: SmallRng,
+    /// The message ids it hands out, `sbx-<run>-<n>`: `run` is drawn at
+    /// each start and `n` counts from 1, so a restarted simulator does not
+    /// give a new message an id an earlier one had (a real gateway's ids
+    /// are unique; the broker's receipt index is keyed by them).
+    run: u32,
     next_id: u64,
     accepted_ids: HashSet<u64, std::hash::BuildHasherDefault<Prehashed>>,
     /// The same ids, oldest first: past [`IDEMPOTENCY_WINDOW`] the oldest
@@ -281,6 +286,7 @@ impl SandboxGateway {
     pub fn new(config: SandboxConfig) -> Self {
         let state = State {
             rng: SmallRng::seed_from_u64(config.seed),
+            run: rand::random(),
             next_id: 1,
             accepted_ids: HashSet::default(),
             accepted_order: VecDeque::new(),
@@ -466,7 +472,7 @@ impl SandboxGateway {
         }
         let n = state.next_id;
         state.next_id += 1;
-        let message_id = format!("sbx-{n}");
+        let message_id = format!("sbx-{:08x}-{n}", state.run);
         if self.config.receipts {
             self.schedule_receipts(state, &message_id, &m.to, now_ms);
         }
@@ -856,6 +862,33 @@ mod tests {
         );
         assert!(gw.take_webhook(5000, 10, false).is_none());
         assert_eq!((gw.stats().receipts, gw.stats().replies), (2, 1));
+    }
+
+    #[test]
+    fn a_restarted_gateway_does_not_reuse_an_earlier_message_id() {
+        let accepted = |gw: &SandboxGateway, id: &str| -> String {
+            let answer = gw.handle(&send(id, "+231770000001", "sandbox-token"), 1000);
+            assert_eq!(answer.status, 202);
+            let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+            body["message_id"].as_str().unwrap().to_string()
+        };
+        let config = SandboxConfig {
+            receipts: false,
+            ..SandboxConfig::default()
+        };
+        let before = SandboxGateway::new(config.clone());
+        let first = [accepted(&before, "c1-1"), accepted(&before, "c1-2")];
+        assert_ne!(first[0], first[1]);
+        // The same configuration (and seed) after a restart: the next
+        // campaign's messages get ids of their own.
+        let after = SandboxGateway::new(config);
+        let second = [accepted(&after, "c2-1"), accepted(&after, "c2-2")];
+        for id in &second {
+            assert!(
+                !first.contains(id),
+                "{id} was handed out before the restart"
+            );
+        }
     }
 
     #[test]
