@@ -21,8 +21,8 @@ impl Store {
     }
 
     /// Leases up to `max` ready deliveries of `channel`: the highest lane
-    /// first, round-robin across the campaigns of a lane, oldest first
-    /// within a campaign. Send nothing before the returned value is
+    /// first, round-robin across the campaigns of a lane (up to [`DEAL`] of
+    /// one campaign at a time), oldest first within a campaign. Send nothing before the returned value is
     /// committed.
     ///
     /// The queues are read from the engine outside the store's lock (under
@@ -125,12 +125,13 @@ impl Store {
                 }
                 touched.queues.insert(q);
             }
-            // Hand them out in the order the round-robin dealt them.
+            // Hand them out in the order the round-robin dealt them, up
+            // to DEAL of a campaign at a time.
             let mut iters: Vec<_> = taken.into_iter().map(Vec::into_iter).collect();
             loop {
                 let before = out.len();
                 for it in &mut iters {
-                    if let Some(l) = it.next() {
+                    for l in it.by_ref().take(DEAL as usize) {
                         ls.cursor = Some(l.queue.campaign);
                         out.push(l);
                     }
@@ -247,8 +248,18 @@ struct Unreadable {
     reason: String,
 }
 
-/// Deals `want` leases round-robin, one at a time, across the lane's active
-/// campaigns, starting after the cursor. Returns (campaign, share) in
+/// The most a campaign is dealt at a time when a lease is shared across a
+/// lane's campaigns. Each share is one read of consecutive queue keys and,
+/// once sent, a run of consecutive status keys; dealt one at a time, a
+/// lease over many small campaigns (lab results, reminders: a campaign per
+/// batch) cost a seek per delivery and scattered every write across the
+/// memtable. A campaign waits behind at most this many deliveries of each
+/// other campaign of its lane.
+pub const DEAL: u64 = 32;
+
+/// Deals `want` leases round-robin across the lane's active campaigns,
+/// starting after the cursor: up to [`DEAL`] to each in turn, until `want`
+/// are dealt or the campaigns have no more. Returns (campaign, share) in
 /// dealing order.
 fn round_robin(lane: &LaneState, want: usize) -> Vec<(CampaignId, u64)> {
     let order: Vec<CampaignId> = match lane.cursor {
@@ -266,29 +277,18 @@ fn round_robin(lane: &LaneState, want: usize) -> Vec<(CampaignId, u64)> {
         .collect();
     let mut shares = vec![0u64; order.len()];
     let mut left = want as u64;
-    // Whole rounds first, then one more for the first campaigns in order.
     while left > 0 {
-        let open: Vec<usize> = (0..order.len()).filter(|&i| shares[i] < avail[i]).collect();
-        if open.is_empty() {
-            break;
+        let before = left;
+        for (share, avail) in shares.iter_mut().zip(&avail) {
+            let give = DEAL.min(left).min(avail - *share);
+            *share += give;
+            left -= give;
+            if left == 0 {
+                break;
+            }
         }
-        let n = open.len() as u64;
-        let room = open
-            .iter()
-            .map(|&i| avail[i] - shares[i])
-            .min()
-            .unwrap_or(0);
-        let rounds = (left / n).min(room);
-        if rounds > 0 {
-            for &i in &open {
-                shares[i] += rounds;
-            }
-            left -= rounds * n;
-        } else {
-            for &i in open.iter().take(left as usize) {
-                shares[i] += 1;
-            }
-            left = 0;
+        if left == before {
+            break;
         }
     }
     order

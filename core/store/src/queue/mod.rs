@@ -48,6 +48,7 @@ mod settle;
 mod status;
 
 pub use campaigns::Purged;
+pub use lease::DEAL;
 pub use status::DeliveryPage;
 
 /// Milliseconds since the Unix epoch, as the store stamps records.

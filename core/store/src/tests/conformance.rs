@@ -238,39 +238,60 @@ fn higher_lanes_are_leased_first(h: &mut dyn Harness) {
 }
 
 fn campaigns_in_a_lane_share_round_robin(h: &mut dyn Harness) {
-    let f = fixture(h);
-    f.store
-        .enqueue(q(Lane::Normal, 1), new(0..10))
-        .wait()
-        .unwrap();
-    f.store
-        .enqueue(q(Lane::Normal, 2), new(0..10))
-        .wait()
-        .unwrap();
-    f.store
-        .enqueue(q(Lane::Normal, 3), new(0..2))
-        .wait()
-        .unwrap();
-    let got = ids(&lease(&f.store, 9));
     assert_eq!(
-        got,
-        vec![
-            (1, 0),
-            (2, 0),
-            (3, 0),
-            (1, 1),
-            (2, 1),
-            (3, 1),
-            (1, 2),
-            (2, 2),
-            (1, 3)
-        ]
+        crate::queue::DEAL,
+        32,
+        "the expectations below deal 32 at a time"
     );
-    // The next lease starts after the campaign served last.
-    assert_eq!(ids(&lease(&f.store, 3)), vec![(2, 3), (1, 4), (2, 4)]);
+    let f = fixture(h);
+    for (campaign, n) in [(1, 50), (2, 50), (3, 3)] {
+        f.store
+            .enqueue(q(Lane::Normal, campaign), new(0..n))
+            .wait()
+            .unwrap();
+    }
+    let run = |campaign: u64, range: std::ops::Range<u32>| range.map(move |i| (campaign, i));
+    // Too few for 32 each: up to 32 of each campaign in turn (all 3 of
+    // the third), then on from the first.
+    let got = ids(&lease(&f.store, 70));
+    let want: Vec<_> = run(1, 0..32)
+        .chain(run(2, 0..32))
+        .chain(run(3, 0..3))
+        .chain(run(1, 32..35))
+        .collect();
+    assert_eq!(got, want);
+    // The next lease starts after the campaign served last (the third is
+    // empty now).
+    let want: Vec<_> = run(2, 32..42).collect();
+    assert_eq!(ids(&lease(&f.store, 10)), want);
     // A single lease of one each keeps rotating.
-    assert_eq!(ids(&lease(&f.store, 1)), vec![(1, 5)]);
-    assert_eq!(ids(&lease(&f.store, 1)), vec![(2, 5)]);
+    assert_eq!(ids(&lease(&f.store, 1)), vec![(1, 35)]);
+    assert_eq!(ids(&lease(&f.store, 1)), vec![(2, 42)]);
+    // Two bigger campaigns join; the next lease starts after the second,
+    // and the two that are nearly done give out first.
+    for campaign in [4, 5] {
+        f.store
+            .enqueue(q(Lane::Normal, campaign), new(0..100))
+            .wait()
+            .unwrap();
+    }
+    let got = ids(&lease(&f.store, 140));
+    let want: Vec<_> = run(4, 0..32)
+        .chain(run(5, 0..32))
+        .chain(run(1, 36..50))
+        .chain(run(2, 43..50))
+        .chain(run(4, 32..64))
+        .chain(run(5, 32..55))
+        .collect();
+    assert_eq!(got, want);
+    // More than they have: 32 of each in turn until each gave all it had.
+    let got = ids(&lease(&f.store, 200));
+    let want: Vec<_> = run(4, 64..96)
+        .chain(run(5, 55..87))
+        .chain(run(4, 96..100))
+        .chain(run(5, 87..100))
+        .collect();
+    assert_eq!(got, want);
 }
 
 fn settle_done_records_status_and_receipt_index(h: &mut dyn Harness) {

@@ -111,18 +111,21 @@ impl Model {
             }
             loop {
                 let mut progress = false;
+                // Each campaign in turn gives up to DEAL.
                 for &k in &active {
-                    if out.len() == n {
-                        break;
-                    }
-                    if let Some(item) = self
-                        .ready
-                        .get_mut(&(ch, lane, k))
-                        .and_then(VecDeque::pop_front)
-                    {
-                        self.cursors.insert((ch, lane), k);
-                        out.push(((ch, lane, k), item));
-                        progress = true;
+                    for _ in 0..crate::queue::DEAL {
+                        if out.len() == n {
+                            break;
+                        }
+                        if let Some(item) = self
+                            .ready
+                            .get_mut(&(ch, lane, k))
+                            .and_then(VecDeque::pop_front)
+                        {
+                            self.cursors.insert((ch, lane), k);
+                            out.push(((ch, lane, k), item));
+                            progress = true;
+                        }
                     }
                 }
                 if !progress || out.len() == n {
