@@ -262,25 +262,31 @@ pub const DEAL: u64 = 32;
 /// are dealt or the campaigns have no more. Returns (campaign, share) in
 /// dealing order.
 fn round_robin(lane: &LaneState, want: usize) -> Vec<(CampaignId, u64)> {
-    let order: Vec<CampaignId> = match lane.cursor {
-        Some(c) => lane
-            .active
-            .range((Bound::Excluded(c), Bound::Unbounded))
-            .chain(lane.active.range(..=c))
-            .copied()
-            .collect(),
-        None => lane.active.iter().copied().collect(),
+    let (after_cursor, up_to_cursor) = match lane.cursor {
+        Some(c) => (
+            lane.active.range((Bound::Excluded(c), Bound::Unbounded)),
+            lane.active.range(..=c),
+        ),
+        None => (lane.active.range(..), lane.active.range(..CampaignId(0))),
     };
-    let avail: Vec<u64> = order
-        .iter()
-        .map(|c| lane.queues.get(c).map_or(0, |q| q.meta.ready))
-        .collect();
-    let mut shares = vec![0u64; order.len()];
     let mut left = want as u64;
+    // The first turn visits only the campaigns it deals to (a lane may
+    // hold thousands of small campaigns); later turns, if they had less
+    // than `want`, go round those again.
+    let mut dealt: Vec<(CampaignId, u64, u64)> = Vec::new();
+    for &campaign in after_cursor.chain(up_to_cursor) {
+        if left == 0 {
+            break;
+        }
+        let avail = lane.queues.get(&campaign).map_or(0, |q| q.meta.ready);
+        let give = DEAL.min(left).min(avail);
+        left -= give;
+        dealt.push((campaign, avail, give));
+    }
     while left > 0 {
         let before = left;
-        for (share, avail) in shares.iter_mut().zip(&avail) {
-            let give = DEAL.min(left).min(avail - *share);
+        for (_, avail, share) in &mut dealt {
+            let give = DEAL.min(left).min(*avail - *share);
             *share += give;
             left -= give;
             if left == 0 {
@@ -291,9 +297,9 @@ fn round_robin(lane: &LaneState, want: usize) -> Vec<(CampaignId, u64)> {
             break;
         }
     }
-    order
+    dealt
         .into_iter()
-        .zip(shares)
-        .filter(|(_, s)| *s > 0)
+        .filter(|&(_, _, share)| share > 0)
+        .map(|(campaign, _, share)| (campaign, share))
         .collect()
 }
