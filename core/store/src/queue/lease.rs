@@ -22,8 +22,8 @@ impl Store {
 
     /// Leases up to `max` ready deliveries of `channel`: the highest lane
     /// first, round-robin across the campaigns of a lane (up to [`DEAL`] of
-    /// one campaign at a time), oldest first within a campaign. Send nothing before the returned value is
-    /// committed.
+    /// one campaign at a time), oldest first within a campaign. Send
+    /// nothing before the returned value is committed.
     ///
     /// The queues are read from the engine outside the store's lock (under
     /// the channel's own lease lock, so the heads it read from cannot

@@ -244,11 +244,14 @@ fn campaigns_in_a_lane_share_round_robin(h: &mut dyn Harness) {
         "the expectations below deal 32 at a time"
     );
     let f = fixture(h);
-    for (campaign, n) in [(1, 50), (2, 50), (3, 3)] {
+    let fill = |campaign: u64, n: u32| {
         f.store
             .enqueue(q(Lane::Normal, campaign), new(0..n))
             .wait()
             .unwrap();
+    };
+    for (campaign, n) in [(1, 50), (2, 50), (3, 3)] {
+        fill(campaign, n);
     }
     let run = |campaign: u64, range: std::ops::Range<u32>| range.map(move |i| (campaign, i));
     // Too few for 32 each: up to 32 of each campaign in turn (all 3 of
@@ -267,14 +270,11 @@ fn campaigns_in_a_lane_share_round_robin(h: &mut dyn Harness) {
     // A single lease of one each keeps rotating.
     assert_eq!(ids(&lease(&f.store, 1)), vec![(1, 35)]);
     assert_eq!(ids(&lease(&f.store, 1)), vec![(2, 42)]);
-    // Two bigger campaigns join; the next lease starts after the second,
-    // and the two that are nearly done give out first.
-    for campaign in [4, 5] {
-        f.store
-            .enqueue(q(Lane::Normal, campaign), new(0..100))
-            .wait()
-            .unwrap();
-    }
+    // Two bigger campaigns join. The next lease starts after the campaign
+    // served last (the second), so they come first; the two nearly done
+    // give all they have in the first turn.
+    fill(4, 100);
+    fill(5, 100);
     let got = ids(&lease(&f.store, 140));
     let want: Vec<_> = run(4, 0..32)
         .chain(run(5, 0..32))
