@@ -60,11 +60,8 @@ impl RocksEngine {
             // A store from before a family was added gets it now.
             opts.create_missing_column_families(true);
         }
-        let descriptors = Cf::ALL
-            .iter()
-            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf)));
         let db =
-            DB::open_cf_descriptors(&opts, path, descriptors).map_err(|e| open_error(path, e))?;
+            DB::open_cf_descriptors(&opts, path, families()).map_err(|e| open_error(path, e))?;
         let db = Arc::new(db);
         check_schema(&db, path, fresh)?;
 
@@ -436,6 +433,20 @@ fn check_schema(db: &DB, path: &Path, fresh: bool) -> Result<()> {
             reason: "it is a RocksDB database without the mHero schema marker".into(),
         }),
     }
+}
+
+/// The options the engine opens a new database with, and one column family
+/// per [`Cf`] with its own options: what a raw-RocksDB baseline of the
+/// store's writes (`loadgen store`'s limit) must run on to do the same work.
+pub fn raw_options(config: &StoreConfig) -> (Options, Vec<ColumnFamilyDescriptor>) {
+    (db_options(config, true), families())
+}
+
+fn families() -> Vec<ColumnFamilyDescriptor> {
+    Cf::ALL
+        .iter()
+        .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf)))
+        .collect()
 }
 
 fn db_options(config: &StoreConfig, fresh: bool) -> Options {

@@ -3,6 +3,7 @@
 //! the same run on the same disk, doing the same writes per delivery.
 
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,9 +13,11 @@ use hdrhistogram::Histogram;
 use mhero_benches::{fs_type, peak_rss_mb, round};
 use mhero_broker::config::{Durability, StoreConfig};
 use mhero_broker::metrics::Metrics;
+use mhero_broker::store::queue::{DEAL, MIN_RANGE_DELETE};
+use mhero_broker::store::records::QueueMeta;
 use mhero_broker::store::{
-    Engine, Item, NewDelivery, Outcome, QueueKey, RocksEngine, SentRef, StatusRecord, Store,
-    SystemClock, Ticket, records,
+    Cf, Counters, Engine, Item, NewDelivery, Outcome, QueueKey, RocksEngine, SentRef, StatusRecord,
+    Store, SystemClock, Ticket, keys, records, rocks,
 };
 use mhero_proto::{CampaignId, ChannelId, DeliveryId, DeliveryStatus, Lane};
 use serde_json::json;
@@ -80,11 +83,14 @@ pub fn run(args: &StoreArgs) -> Result<()> {
             &RawWork {
                 n: args.n,
                 batch: args.batch,
+                channel: store.channel,
+                campaigns: &store.campaigns,
                 ready_value: sizes.ready,
                 status_value: sizes.status,
                 last_sent_value: sizes.last_sent,
                 group_ops: store.group_ops.max(1),
             },
+            &config(durability),
             durability == Durability::Sync,
         )?;
         // The next round starts on a disk as empty as this one did.
@@ -135,7 +141,7 @@ pub fn run(args: &StoreArgs) -> Result<()> {
         "status_value_bytes": rounds[0].sizes.status,
         "mean_group_ops": median(&|r| r.group_ops as f64).round() as u64,
         "limit_msgs_per_s": round(median(&|r| r.limit_msgs_per_s), 0),
-        "limit_does": "raw RocksDB, one thread, the same writes per delivery (a ready put of the same key and value size, a status put, a last-sent put of the same key and value size, a range delete per leased run, the queue-meta and counter puts per call) in synced WriteBatches of the mean size the store's writer formed in the same round",
+        "limit_does": format!("raw RocksDB, one thread, opened with the store's own database and column-family options, doing the store's writes with its keys and value sizes: per enqueue call a ready put per delivery of one campaign in turn, the queue's meta and the campaign's counters; per lease of `batch` deliveries, dealt across the campaigns up to {DEAL} of one at a time as the store deals them, a queue-meta put per queue dealt from; per settle, in the dealt order, a status and a last-sent put per delivery, then per queue a range delete of its run (key by key below {MIN_RANGE_DELETE}), its meta and its counters; in synced WriteBatches of the mean size the store's writer formed in the same round, one thread building the next group while another commits the last. It does no reads"),
         "data_dir": data_dir.display().to_string(),
         "filesystem": fs_type(&data_dir),
         "ratio_to_limit": round(median(&|r| r.msgs_per_s / r.limit_msgs_per_s), 3),
@@ -162,6 +168,17 @@ struct StoreRun {
     group_ops: usize,
     /// The channel it leased from, which its status records name.
     channel: ChannelId,
+    /// The campaigns it spread the deliveries over.
+    campaigns: Vec<CampaignId>,
+}
+
+/// The store's default configuration with `durability`, for the store's
+/// run and its limit alike.
+fn config(durability: Durability) -> StoreConfig {
+    StoreConfig {
+        durability,
+        ..StoreConfig::default()
+    }
 }
 
 /// `n` deliveries through enqueue → lease → settle on a fresh store in
@@ -171,10 +188,7 @@ fn store_round(
     args: &StoreArgs,
     durability: Durability,
 ) -> Result<StoreRun> {
-    let config = StoreConfig {
-        durability,
-        ..StoreConfig::default()
-    };
+    let config = config(durability);
     let registry = Metrics::new();
     let metrics = registry.store.clone();
     let engine: Arc<dyn Engine> = Arc::new(RocksEngine::open(path, &config, metrics.clone())?);
@@ -295,6 +309,7 @@ fn store_round(
         groups,
         group_ops,
         channel,
+        campaigns,
     })
 }
 
@@ -342,10 +357,14 @@ impl Sizes {
 }
 
 /// The work the limit does, matching the store's per delivery.
-struct RawWork {
+struct RawWork<'a> {
     n: u64,
     /// Deliveries per enqueue / lease / settle call.
     batch: usize,
+    /// The channel and campaigns the store's run used: the limit writes
+    /// the same keys.
+    channel: ChannelId,
+    campaigns: &'a [CampaignId],
     ready_value: usize,
     status_value: usize,
     last_sent_value: usize,
@@ -353,95 +372,218 @@ struct RawWork {
     group_ops: usize,
 }
 
-/// Raw RocksDB on the same disk doing the store's writes without its
-/// logic: per call of `batch` deliveries, the enqueue (a ready put each,
-/// queue meta, counters), the lease (queue meta) and the settle (a status
-/// put each, one range delete of the leased run, queue meta, counters), in
-/// column families like the store's, committed in synced groups of
-/// `group_ops` writes. Deliveries per second.
-fn raw_limit(path: &std::path::Path, work: &RawWork, sync: bool) -> Result<f64> {
-    let mut opts = rocksdb::Options::default();
-    opts.create_if_missing(true);
-    opts.create_missing_column_families(true);
-    let db = rocksdb::DB::open_cf(&opts, path, ["ready", "status", "last_sent"])?;
-    let (meta, ready, status, last_sent) = (
-        db.cf_handle("default").context("default family")?,
-        db.cf_handle("ready").context("ready family")?,
-        db.cf_handle("status").context("status family")?,
-        db.cf_handle("last_sent").context("last_sent family")?,
-    );
+/// One campaign's queue in the limit: what it has been given, what was
+/// leased, and the global index of each position (its status key and
+/// recipient).
+#[derive(Default)]
+struct RawQueue {
+    head: u64,
+    indices: Vec<u32>,
+    settled: u64,
+}
+
+/// Raw RocksDB on the same disk, opened with the store's own options and
+/// column families, doing the store's writes without its logic, with the
+/// store's keys:
+/// - each enqueue call, `batch` deliveries of one campaign in turn: a
+///   ready put each, the queue's meta and the campaign's counters;
+/// - each lease, `batch` deliveries dealt across the campaigns up to
+///   [`DEAL`] at a time, as the store deals them: a queue-meta put per
+///   queue dealt from;
+/// - each settle, in the dealt order: a status put and a last-sent put per
+///   delivery, then per queue its run deleted (one range, or key by key
+///   below [`MIN_RANGE_DELETE`]), its meta and its campaign's counters.
+///
+/// Enqueues run `campaigns` calls ahead of the leases, so each lease is
+/// dealt across every campaign as in the store's run, whose producer runs
+/// ahead of its consumer. Everything commits in synced groups of
+/// `group_ops` writes, one thread building the next group while another
+/// commits the last, as the store's writer commits while other threads
+/// prepare. Deliveries per second.
+fn raw_limit(
+    path: &std::path::Path,
+    work: &RawWork<'_>,
+    config: &StoreConfig,
+    sync: bool,
+) -> Result<f64> {
+    let (opts, families) = rocks::raw_options(config);
+    let db = rocksdb::DB::open_cf_descriptors(&opts, path, families)?;
     let mut wo = rocksdb::WriteOptions::default();
     wo.set_sync(sync);
+    // Pipelined as the store's writer is: one thread builds the next
+    // group while another commits the last (memtable inserts, WAL, fsync).
+    let (groups, commits) = std::sync::mpsc::sync_channel::<rocksdb::WriteBatch>(2);
+    let started = Instant::now();
+    std::thread::scope(|scope| -> Result<()> {
+        let writer = scope.spawn(|| -> Result<()> {
+            for wb in commits {
+                db.write_opt(wb, &wo)?;
+            }
+            Ok(())
+        });
+        let built = build_groups(work, &db, groups);
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the limit's writer panicked"))??;
+        built
+    })?;
+    Ok(work.n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Builds the limit's writes (see [`raw_limit`]) into groups of
+/// `group_ops` and hands each to the committing thread.
+fn build_groups(
+    work: &RawWork<'_>,
+    db: &rocksdb::DB,
+    groups: std::sync::mpsc::SyncSender<rocksdb::WriteBatch>,
+) -> Result<()> {
+    let cf = |c: Cf| {
+        db.cf_handle(c.name())
+            .with_context(|| format!("{} family", c.name()))
+    };
+    let (meta, ready, status, last_sent) = (
+        cf(Cf::Meta)?,
+        cf(Cf::Ready)?,
+        cf(Cf::Status)?,
+        cf(Cf::LastSent)?,
+    );
     let ready_value = vec![0x5au8; work.ready_value];
     let status_value = vec![0xa5u8; work.status_value];
     let last_sent_value = vec![0x3cu8; work.last_sent_value];
-    let meta_value = [0x11u8; 40];
-    // Ready keys as the store writes them: channel | lane | campaign | qseq.
-    let ready_key = |qseq: u64| {
-        let mut k = Vec::with_capacity(21);
-        k.extend_from_slice(&1u32.to_be_bytes());
-        k.push(2);
-        k.extend_from_slice(&1u64.to_be_bytes());
-        k.extend_from_slice(&qseq.to_be_bytes());
-        k
+    let queue = |c: usize| QueueKey {
+        channel: work.channel,
+        lane: Lane::Normal,
+        campaign: work.campaigns[c],
     };
-    let status_key = |i: u64| {
-        let mut k = Vec::with_capacity(12);
-        k.extend_from_slice(&1u64.to_be_bytes());
-        k.extend_from_slice(&(i as u32).to_be_bytes());
-        k
+    let mut queues: Vec<RawQueue> = work.campaigns.iter().map(|_| RawQueue::default()).collect();
+    let encode_meta = |q: &RawQueue| {
+        records::encode(&QueueMeta {
+            low: q.settled,
+            head: q.head,
+            tail: q.indices.len() as u64,
+            ready: q.indices.len() as u64 - q.head,
+            redeliver_below: 0,
+        })
     };
-    // Last-sent keys: channel | recipient address (as in the store bench,
-    // `+2317…` numbers).
-    let last_sent_key = |i: u64| {
-        let mut k = Vec::with_capacity(17);
-        k.extend_from_slice(&1u32.to_be_bytes());
-        k.extend_from_slice(format!("+2317{i:08}").as_bytes());
-        k
+    let encode_counters = |q: &RawQueue| {
+        let mut counters = Counters {
+            enqueued: q.indices.len() as u64,
+            ..Counters::default()
+        };
+        counters.statuses[DeliveryStatus::Wired.code() as usize] = q.settled;
+        records::encode(&counters)
     };
     let mut wb = rocksdb::WriteBatch::default();
     let mut ops = 0usize;
     let flush = |wb: &mut rocksdb::WriteBatch, ops: &mut usize, force: bool| -> Result<()> {
         if *ops >= work.group_ops || (force && *ops > 0) {
-            db.write_opt(std::mem::take(wb), &wo)?;
+            groups
+                .send(std::mem::take(wb))
+                .map_err(|_| anyhow::anyhow!("the limit's writer stopped"))?;
             *ops = 0;
         }
         Ok(())
     };
-    let started = Instant::now();
-    let mut i = 0u64;
-    while i < work.n {
-        let count = (work.batch as u64).min(work.n - i);
-        // Enqueue.
-        for q in i..i + count {
-            wb.put_cf(&ready, ready_key(q), &ready_value);
-            ops += 1;
-            flush(&mut wb, &mut ops, false)?;
-        }
-        wb.put_cf(&meta, b"Qqueue", meta_value);
-        wb.put_cf(&meta, b"Kcounters", meta_value);
-        ops += 2;
-        flush(&mut wb, &mut ops, false)?;
-        // Lease.
-        wb.put_cf(&meta, b"Qqueue", meta_value);
-        ops += 1;
-        flush(&mut wb, &mut ops, false)?;
-        // Settle.
-        for q in i..i + count {
-            wb.put_cf(&status, status_key(q), &status_value);
-            wb.put_cf(&last_sent, last_sent_key(q), &last_sent_value);
+    let count = work.campaigns.len();
+    let batch = work.batch as u64;
+    let mut recipient = String::with_capacity(16);
+    let (mut enqueued, mut settled, mut turn, mut cursor) = (0u64, 0u64, 0usize, 0usize);
+    while settled < work.n {
+        // Enqueue, one campaign per call.
+        while enqueued < work.n && enqueued < settled + count as u64 * batch {
+            let c = turn % count;
+            turn += 1;
+            let q = &mut queues[c];
+            for i in enqueued..enqueued + batch.min(work.n - enqueued) {
+                wb.put_cf(
+                    &ready,
+                    keys::ready(queue(c), q.indices.len() as u64),
+                    &ready_value,
+                );
+                q.indices.push(i as u32);
+                ops += 1;
+                flush(&mut wb, &mut ops, false)?;
+            }
+            enqueued += batch.min(work.n - enqueued);
+            wb.put_cf(&meta, keys::queue_meta(queue(c)), encode_meta(q));
+            wb.put_cf(&meta, keys::counters(queue(c).campaign), encode_counters(q));
             ops += 2;
             flush(&mut wb, &mut ops, false)?;
         }
-        wb.delete_range_cf(&ready, ready_key(i), ready_key(i + count));
-        wb.put_cf(&meta, b"Qqueue", meta_value);
-        wb.put_cf(&meta, b"Kcounters", meta_value);
-        ops += 3;
-        flush(&mut wb, &mut ops, false)?;
-        i += count;
+        // Lease: up to DEAL of each campaign in turn.
+        let mut dealt: Vec<(usize, u64, u64)> = Vec::new();
+        let mut left = batch;
+        loop {
+            let before = left;
+            for k in 0..count {
+                let c = (cursor + k) % count;
+                let q = &mut queues[c];
+                let give = DEAL.min(left).min(q.indices.len() as u64 - q.head);
+                if give == 0 {
+                    continue;
+                }
+                dealt.push((c, q.head, give));
+                q.head += give;
+                left -= give;
+                if left == 0 {
+                    cursor = c + 1;
+                    break;
+                }
+            }
+            if left == 0 || left == before {
+                break;
+            }
+        }
+        let mut touched: Vec<usize> = dealt.iter().map(|&(c, ..)| c).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        for &c in &touched {
+            wb.put_cf(&meta, keys::queue_meta(queue(c)), encode_meta(&queues[c]));
+            ops += 1;
+            flush(&mut wb, &mut ops, false)?;
+        }
+        // Settle, in the dealt order.
+        for &(c, from, give) in &dealt {
+            for qseq in from..from + give {
+                let index = queues[c].indices[qseq as usize];
+                let id = DeliveryId::new(work.campaigns[c], index);
+                wb.put_cf(&status, keys::delivery(id), &status_value);
+                recipient.clear();
+                write!(recipient, "+2317{index:08}")?;
+                wb.put_cf(
+                    &last_sent,
+                    keys::last_sent(work.channel, &recipient),
+                    &last_sent_value,
+                );
+                ops += 2;
+                flush(&mut wb, &mut ops, false)?;
+            }
+        }
+        for &c in &touched {
+            let q = &mut queues[c];
+            let (start, end) = (q.settled, q.head);
+            if end - start < MIN_RANGE_DELETE {
+                for qseq in start..end {
+                    wb.delete_cf(&ready, keys::ready(queue(c), qseq));
+                }
+                ops += (end - start) as usize;
+            } else {
+                wb.delete_range_cf(
+                    &ready,
+                    keys::ready(queue(c), start),
+                    keys::ready(queue(c), end),
+                );
+                ops += 1;
+            }
+            settled += end - start;
+            q.settled = end;
+            wb.put_cf(&meta, keys::queue_meta(queue(c)), encode_meta(q));
+            wb.put_cf(&meta, keys::counters(queue(c).campaign), encode_counters(q));
+            ops += 2;
+            flush(&mut wb, &mut ops, false)?;
+        }
     }
-    flush(&mut wb, &mut ops, true)?;
-    Ok(work.n as f64 / started.elapsed().as_secs_f64())
+    flush(&mut wb, &mut ops, true)
 }
 
 pub fn new_histogram() -> Histogram<u64> {
@@ -451,4 +593,56 @@ pub fn new_histogram() -> Histogram<u64> {
 pub fn record(h: &mut Histogram<u64>, since: Instant) {
     let us = since.elapsed().as_micros() as u64;
     h.saturating_record(us.max(1));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys left in `cf` of the limit's database at `path`.
+    fn keys_in(path: &std::path::Path, cf: Cf) -> usize {
+        let (opts, families) = rocks::raw_options(&config(Durability::Async));
+        let db = rocksdb::DB::open_cf_descriptors(&opts, path, families).unwrap();
+        let handle = db.cf_handle(cf.name()).unwrap();
+        db.iterator_cf(&handle, rocksdb::IteratorMode::Start)
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+            .len()
+    }
+
+    /// The limit does the store's whole work: every delivery it enqueued
+    /// is leased and settled (a status and a last-sent record each), and
+    /// every queue is emptied, whether its runs are deleted as ranges or
+    /// key by key.
+    #[test]
+    fn the_limit_settles_every_delivery_it_enqueues() {
+        // 4 campaigns: runs of 250 per lease of 1,000 (ranges); 16: runs
+        // of 62 (key by key); n not a multiple of the batch.
+        for (campaigns, n) in [(4u64, 10_500u64), (16, 19_999)] {
+            let dir = tempfile::tempdir().unwrap();
+            let ids: Vec<CampaignId> = (1..=campaigns).map(CampaignId).collect();
+            let sizes = Sizes::of_records(ChannelId(1));
+            let work = RawWork {
+                n,
+                batch: 1000,
+                channel: ChannelId(1),
+                campaigns: &ids,
+                ready_value: sizes.ready,
+                status_value: sizes.status,
+                last_sent_value: sizes.last_sent,
+                group_ops: 700,
+            };
+            let rate = raw_limit(dir.path(), &work, &config(Durability::Async), false).unwrap();
+            assert!(rate > 0.0);
+            assert_eq!(keys_in(dir.path(), Cf::Status), n as usize, "{campaigns}");
+            assert_eq!(keys_in(dir.path(), Cf::LastSent), n as usize, "{campaigns}");
+            assert_eq!(keys_in(dir.path(), Cf::Ready), 0, "{campaigns}");
+            // A queue meta and counters per campaign.
+            assert_eq!(
+                keys_in(dir.path(), Cf::Meta),
+                2 * campaigns as usize,
+                "{campaigns}"
+            );
+        }
+    }
 }

@@ -49,6 +49,7 @@ mod status;
 
 pub use campaigns::Purged;
 pub use lease::DEAL;
+pub use settle::MIN_RANGE_DELETE;
 pub use status::DeliveryPage;
 
 /// Milliseconds since the Unix epoch, as the store stamps records.

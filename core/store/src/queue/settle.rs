@@ -224,7 +224,7 @@ impl Store {
 /// Runs shorter than this are deleted key by key: every range tombstone in
 /// the memtable is fragmented again by each new iterator, so thousands of
 /// small ones would slow every lease.
-const MIN_RANGE_DELETE: u64 = 128;
+pub const MIN_RANGE_DELETE: u64 = 128;
 
 /// Deletes settled positions: one range per long run of consecutive
 /// positions, point deletes for the rest.
