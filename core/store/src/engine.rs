@@ -204,6 +204,10 @@ pub trait Engine: Send + Sync + 'static {
     /// until `visit` returns `false`.
     fn scan(&self, cf: Cf, lower: &[u8], upper: &[u8], visit: &mut Visit<'_>) -> Result<()>;
 
+    /// [`Engine::scan`] from the highest key down: what "the newest n"
+    /// reads when keys grow with time.
+    fn scan_rev(&self, cf: Cf, lower: &[u8], upper: &[u8], visit: &mut Visit<'_>) -> Result<()>;
+
     /// Queues `batch` for commit behind every batch submitted before it.
     fn submit(&self, batch: Batch) -> Ticket;
 

@@ -34,14 +34,15 @@ impl Engine for MemoryEngine {
             return Ok(());
         }
         let spaces = self.spaces.read();
-        let range =
-            spaces[cf as usize].range::<[u8], _>((Bound::Included(lower), Bound::Excluded(upper)));
-        for (key, value) in range {
-            if !visit(key, value)? {
-                break;
-            }
+        visit_all(range(&spaces[cf as usize], lower, upper), visit)
+    }
+
+    fn scan_rev(&self, cf: Cf, lower: &[u8], upper: &[u8], visit: &mut Visit<'_>) -> Result<()> {
+        if lower >= upper {
+            return Ok(());
         }
-        Ok(())
+        let spaces = self.spaces.read();
+        visit_all(range(&spaces[cf as usize], lower, upper).rev(), visit)
     }
 
     fn submit(&self, batch: Batch) -> Ticket {
@@ -70,4 +71,26 @@ impl Engine for MemoryEngine {
         }
         Ticket::done(Ok(()))
     }
+}
+
+/// The entries of `space` with `lower <= key < upper`.
+fn range<'a>(
+    space: &'a Space,
+    lower: &[u8],
+    upper: &[u8],
+) -> std::collections::btree_map::Range<'a, Vec<u8>, Vec<u8>> {
+    space.range::<[u8], _>((Bound::Included(lower), Bound::Excluded(upper)))
+}
+
+/// Visits entries in the order given until `visit` returns `false`.
+fn visit_all<'a>(
+    entries: impl Iterator<Item = (&'a Vec<u8>, &'a Vec<u8>)>,
+    visit: &mut Visit<'_>,
+) -> Result<()> {
+    for (key, value) in entries {
+        if !visit(key, value)? {
+            break;
+        }
+    }
+    Ok(())
 }

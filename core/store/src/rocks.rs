@@ -39,6 +39,50 @@ pub struct RocksEngine {
 }
 
 impl RocksEngine {
+    /// Visits `lower <= key < upper` upwards (`forward`) or downwards
+    /// until `visit` returns `false`.
+    fn walk(
+        &self,
+        cf: Cf,
+        lower: &[u8],
+        upper: &[u8],
+        forward: bool,
+        visit: &mut Visit<'_>,
+    ) -> Result<()> {
+        if lower >= upper {
+            return Ok(());
+        }
+        let Some(handle) = self.cf(cf) else {
+            return Ok(());
+        };
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_lower_bound(lower.to_vec());
+        ro.set_iterate_upper_bound(upper.to_vec());
+        // Queue scans read each entry once; keep them out of the block cache.
+        ro.fill_cache(!cf.is_queue());
+        let mut it = self.db.raw_iterator_cf_opt(handle, ro);
+        if forward {
+            it.seek(lower);
+        } else {
+            // The last key below the upper bound.
+            it.seek_to_last();
+        }
+        while it.valid() {
+            let (Some(key), Some(value)) = (it.key(), it.value()) else {
+                break;
+            };
+            if !visit(key, value)? {
+                return Ok(());
+            }
+            if forward {
+                it.next();
+            } else {
+                it.prev();
+            }
+        }
+        it.status().map_err(|e| read_error(&self.path, e))
+    }
+
     /// Opens the store at `path`, creating it when the folder is absent or
     /// empty. Refuses folders that hold anything else.
     pub fn open(path: &Path, config: &StoreConfig, metrics: StoreMetrics) -> Result<Self> {
@@ -208,29 +252,11 @@ impl Engine for RocksEngine {
     }
 
     fn scan(&self, cf: Cf, lower: &[u8], upper: &[u8], visit: &mut Visit<'_>) -> Result<()> {
-        if lower >= upper {
-            return Ok(());
-        }
-        let Some(handle) = self.cf(cf) else {
-            return Ok(());
-        };
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_lower_bound(lower.to_vec());
-        ro.set_iterate_upper_bound(upper.to_vec());
-        // Queue scans read each entry once; keep them out of the block cache.
-        ro.fill_cache(!cf.is_queue());
-        let mut it = self.db.raw_iterator_cf_opt(handle, ro);
-        it.seek(lower);
-        while it.valid() {
-            let (Some(key), Some(value)) = (it.key(), it.value()) else {
-                break;
-            };
-            if !visit(key, value)? {
-                return Ok(());
-            }
-            it.next();
-        }
-        it.status().map_err(|e| read_error(&self.path, e))
+        self.walk(cf, lower, upper, true, visit)
+    }
+
+    fn scan_rev(&self, cf: Cf, lower: &[u8], upper: &[u8], visit: &mut Visit<'_>) -> Result<()> {
+        self.walk(cf, lower, upper, false, visit)
     }
 
     fn submit(&self, batch: Batch) -> Ticket {

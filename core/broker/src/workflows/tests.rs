@@ -940,6 +940,16 @@ impl Engine for Watched {
         self.inner.scan(cf, lower, upper, visit)
     }
 
+    fn scan_rev(
+        &self,
+        cf: Cf,
+        lower: &[u8],
+        upper: &[u8],
+        visit: &mut crate::store::engine::Visit<'_>,
+    ) -> crate::store::Result<()> {
+        self.inner.scan_rev(cf, lower, upper, visit)
+    }
+
     fn submit(&self, batch: Batch) -> Ticket {
         if !(self.check.lock())(&*self.inner, &batch) {
             return Ticket::done(Err(crate::store::Error::Internal("cut short".into())));

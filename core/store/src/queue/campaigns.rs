@@ -98,6 +98,24 @@ impl Store {
         Ok(all)
     }
 
+    /// The ids of the newest `limit` stored campaigns, newest first: the
+    /// highest ids, read from the top of the key space (a store holding
+    /// months of campaigns reads only these).
+    pub fn newest_campaigns(&self, limit: usize) -> Result<Vec<CampaignId>> {
+        let mut ids = Vec::with_capacity(limit.min(1024));
+        if limit == 0 {
+            return Ok(ids);
+        }
+        let (lo, hi) = keys::campaigns_range();
+        self.engine.scan_rev(Cf::Campaigns, &lo, &hi, &mut |k, _| {
+            if let Ok(raw) = <[u8; 8]>::try_from(k) {
+                ids.push(CampaignId(u64::from_be_bytes(raw)));
+            }
+            Ok(ids.len() < limit)
+        })?;
+        Ok(ids)
+    }
+
     /// One step of a campaign's fan-out, atomically: deliveries enqueued
     /// into their queues, recipients that cannot be reached on any channel
     /// settled as failed at once, and the campaign's record (its cursor)

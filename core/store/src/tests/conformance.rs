@@ -152,6 +152,32 @@ fn engine_scans_in_key_order_within_bounds(h: &mut dyn Harness) {
         })
         .unwrap();
     assert_eq!(first, vec![1, 3]);
+    // Backwards: from the highest key below the upper bound down to the
+    // lower bound, stopping when told.
+    let mut down = Vec::new();
+    engine
+        .scan_rev(Cf::Ready, &[3], &[9], &mut |k, v| {
+            down.push((k[0], v[0]));
+            Ok(true)
+        })
+        .unwrap();
+    assert_eq!(down, vec![(7, 70), (5, 50), (3, 30)]);
+    let mut last = Vec::new();
+    engine
+        .scan_rev(Cf::Ready, &[0], &[255], &mut |k, _| {
+            last.push(k[0]);
+            Ok(last.len() < 2)
+        })
+        .unwrap();
+    assert_eq!(last, vec![9, 7]);
+    let mut none = Vec::new();
+    engine
+        .scan_rev(Cf::Ready, &[8], &[8], &mut |k, _| {
+            none.push(k[0]);
+            Ok(true)
+        })
+        .unwrap();
+    assert!(none.is_empty());
     assert_eq!(engine.get(Cf::Delayed, &[4]).unwrap(), Some(vec![0]));
     assert_eq!(engine.get(Cf::Ready, &[4]).unwrap(), None);
     // A batched read answers in the caller's order, repeats and misses
@@ -740,6 +766,13 @@ fn channels_and_campaigns_persist(h: &mut dyn Harness) {
     );
     let c3 = f.store.create_campaign(Vec::new()).wait().unwrap();
     assert!(c3 > c2, "campaign ids are never reused after a restart");
+    // The newest first, as many as asked; a purged one is not listed.
+    let c4 = f.store.create_campaign(Vec::new()).wait().unwrap();
+    assert_eq!(f.store.newest_campaigns(2).unwrap(), vec![c4, c3]);
+    f.store.purge_campaign(c3).unwrap();
+    assert_eq!(f.store.newest_campaigns(2).unwrap(), vec![c4, c2]);
+    assert_eq!(f.store.newest_campaigns(100).unwrap(), vec![c4, c2, c1]);
+    assert!(f.store.newest_campaigns(0).unwrap().is_empty());
 }
 
 fn counters_account_for_every_delivery(h: &mut dyn Harness) {
