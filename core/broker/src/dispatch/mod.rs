@@ -40,7 +40,7 @@ pub mod sender;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -209,6 +209,11 @@ pub(crate) struct Shared {
     pub clock: TokioClock,
     pub config: DispatchConfig,
     pub campaigns: RwLock<BTreeMap<CampaignId, Arc<Live>>>,
+    /// Ended campaigns not yet purged, by when they ended: what the
+    /// retention pass looks at instead of reading every stored record.
+    /// Filled from the records at start, and as campaigns are stamped
+    /// ended.
+    pub ended: Mutex<BTreeSet<(u64, CampaignId)>>,
     pub channels: BTreeMap<String, Arc<sender::Channel>>,
     /// Selector audiences (the directory), when the broker has one.
     pub audiences: Option<Arc<dyn AudienceSource>>,
@@ -351,6 +356,7 @@ impl Dispatcher {
             clock,
             config,
             campaigns: RwLock::new(BTreeMap::new()),
+            ended: Mutex::new(BTreeSet::new()),
             channels: built,
             audiences,
             metrics,
@@ -507,17 +513,11 @@ impl Dispatcher {
     /// Progress of every stored campaign, newest first, at most `limit`
     /// (reads the store: call it off the async workers).
     pub fn list_progress(&self, limit: usize) -> Result<Vec<Progress>> {
-        let mut ids: Vec<CampaignId> = self
+        Ok(self
             .shared
             .store
-            .campaigns()?
+            .newest_campaigns(limit)?
             .into_iter()
-            .map(|(id, _)| id)
-            .collect();
-        ids.reverse();
-        Ok(ids
-            .into_iter()
-            .take(limit)
             .filter_map(|id| progress(&self.shared, id))
             .collect())
     }
@@ -1404,7 +1404,9 @@ fn resume(shared: &Shared) -> Result<()> {
             tracing::warn!(campaign = %id, "Campaign submission did not complete before the last stop; it is abandoned.");
             record.state = CampaignState::Abandoned;
             shared.store.update_campaign(id, record.encode()).wait()?;
-            continue;
+        }
+        if let Some(t) = ended_at(&record) {
+            shared.ended.lock().insert((t, id));
         }
         if record.state == CampaignState::Abandoned {
             continue;
@@ -1830,8 +1832,13 @@ async fn mark_finished(shared: &Shared, now: u64) {
             };
             shared.store.update_campaign(live.id, bytes)
         };
-        if let Err(e) = written.await {
-            tracing::error!(campaign = %live.id, error = %e, "Cannot record that the campaign ended.");
+        match written.await {
+            Ok(()) => {
+                shared.ended.lock().insert((now, live.id));
+            }
+            Err(e) => {
+                tracing::error!(campaign = %live.id, error = %e, "Cannot record that the campaign ended.")
+            }
         }
     }
 }
@@ -1868,7 +1875,9 @@ fn ended_at(record: &CampaignRecord) -> Option<u64> {
 }
 
 /// Purges campaigns that ended more than `retention_days` ago (on a
-/// blocking thread: it reads the store). Campaigns go in groups, each
+/// blocking thread: it reads the store). They are found in
+/// [`Shared::ended`], so a pass reads only their records, however many
+/// campaigns the store keeps. Campaigns go in groups, each
 /// removed in one commit of up to [`PURGE_GROUP`] deliveries (a bigger
 /// campaign alone): many small campaigns take few commits, and one commit
 /// stays bounded.
@@ -1877,26 +1886,68 @@ fn purge_expired(shared: &Shared, now: u64) -> Result<()> {
     if days == 0 {
         return Ok(());
     }
-    let keep_ms = u64::from(days) * 86_400_000;
-    let mut groups: Vec<(Vec<CampaignId>, u64)> = Vec::new();
-    for (id, bytes) in shared.store.campaigns()? {
+    let Some(cutoff) = now.checked_sub(u64::from(days) * 86_400_000) else {
+        return Ok(());
+    };
+    // Those that ended at or before the cutoff leave the index; each is
+    // checked against its stored record (work that came back for it
+    // since, a later end) before it is purged.
+    let due: Vec<(u64, CampaignId)> = {
+        let mut ended = shared.ended.lock();
+        let later = ended.split_off(&(cutoff + 1, CampaignId(0)));
+        std::mem::replace(&mut *ended, later).into_iter().collect()
+    };
+    let mut groups: Vec<(Vec<(CampaignId, u64)>, u64)> = Vec::new();
+    for (i, &(_, id)) in due.iter().enumerate() {
+        let bytes = match shared.store.campaign(id) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => continue,
+            Err(e) => {
+                // Tried again at the next pass.
+                shared.ended.lock().extend(due[i..].iter().copied());
+                return Err(e.into());
+            }
+        };
         let Ok(record) = CampaignRecord::decode(&bytes) else {
             continue;
         };
-        if ended_at(&record).is_none_or(|t| now.saturating_sub(t) < keep_ms) {
+        // Brought back to memory for work that came back (a replayed dead
+        // letter, a late receipt's fallback): it is stamped anew when it
+        // ends again.
+        let working = shared
+            .campaigns
+            .read()
+            .get(&id)
+            .is_some_and(|l| l.record.lock().finished_ms.is_none());
+        let Some(t) = ended_at(&record).filter(|_| !working) else {
+            continue;
+        };
+        if t > cutoff {
+            shared.ended.lock().insert((t, id));
             continue;
         }
         let size = shared.store.counters(id).enqueued;
         match groups.last_mut() {
             Some((ids, total)) if *total + size <= PURGE_GROUP => {
-                ids.push(id);
+                ids.push((id, t));
                 *total += size;
             }
-            _ => groups.push((vec![id], size)),
+            _ => groups.push((vec![(id, t)], size)),
         }
     }
-    for (ids, _) in groups {
-        let purged = shared.store.purge_campaigns(&ids)?;
+    for (i, (group, _)) in groups.iter().enumerate() {
+        let ids: Vec<CampaignId> = group.iter().map(|&(id, _)| id).collect();
+        let purged = match shared.store.purge_campaigns(&ids) {
+            Ok(p) => p,
+            Err(e) => {
+                // This group and the rest are tried again at the next pass.
+                let mut ended = shared.ended.lock();
+                for (group, _) in &groups[i..] {
+                    ended.extend(group.iter().map(|&(id, t)| (t, id)));
+                }
+                return Err(e.into());
+            }
+        };
         let mut live = shared.campaigns.write();
         for id in &ids {
             live.remove(id);

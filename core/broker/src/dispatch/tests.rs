@@ -674,11 +674,14 @@ async fn the_in_flight_window_bounds_concurrent_requests() {
 
 /// The in-memory engine whose commits can be held: while held, batches
 /// are applied but their tickets wait, as a write waits for its fsync.
+/// It counts the forward scans of the campaign records.
+#[derive(Default)]
 struct HeldCommits {
     inner: MemoryEngine,
     /// While held: each batch's own ticket, and the sender of the one
     /// handed out for it.
     held: parking_lot::Mutex<Option<Vec<HeldTicket>>>,
+    campaign_scans: std::sync::atomic::AtomicUsize,
 }
 
 type HeldTicket = (
@@ -711,7 +714,21 @@ impl crate::store::Engine for HeldCommits {
         upper: &[u8],
         visit: &mut crate::store::engine::Visit<'_>,
     ) -> crate::store::Result<()> {
+        if cf == crate::store::Cf::Campaigns {
+            self.campaign_scans
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         self.inner.scan(cf, lower, upper, visit)
+    }
+
+    fn scan_rev(
+        &self,
+        cf: crate::store::Cf,
+        lower: &[u8],
+        upper: &[u8],
+        visit: &mut crate::store::engine::Visit<'_>,
+    ) -> crate::store::Result<()> {
+        self.inner.scan_rev(cf, lower, upper, visit)
     }
 
     fn submit(&self, batch: crate::store::Batch) -> crate::store::Ticket {
@@ -729,10 +746,7 @@ impl crate::store::Engine for HeldCommits {
 
 #[tokio::test(start_paused = true)]
 async fn nothing_leased_goes_to_the_gateway_before_its_lease_commits() {
-    let engine = Arc::new(HeldCommits {
-        inner: MemoryEngine::new(),
-        held: parking_lot::Mutex::new(None),
-    });
+    let engine = Arc::new(HeldCommits::default());
     let w = world_on(engine.clone(), sms(0.0), crate::Config::default()).await;
     w.dispatcher().hold_channel("sms", true).await.unwrap();
     let id = w.submit(generated("x", Lane::Normal, 30, &["sms"])).await;
@@ -1359,6 +1373,57 @@ async fn ended_campaigns_leave_memory_then_the_store_after_the_retention() {
     }
     // The later campaign ended less than a day ago: kept.
     assert!(w.dispatcher().progress(active).is_some());
+    w.shutdown().await;
+}
+
+/// After a restart, campaigns that ended before it are purged once their
+/// retention has passed; neither a retention pass nor a campaign list
+/// reads every stored campaign record (a server keeps months of them).
+#[tokio::test(start_paused = true)]
+async fn the_retention_finds_campaigns_that_ended_before_a_restart_without_reading_them_all() {
+    let mut config = crate::Config::default();
+    config.dispatch.retention_days = 1;
+    let engine = Arc::new(HeldCommits::default());
+    let w = world_on(engine.clone(), sms(0.0), config.clone()).await;
+    let ended = w
+        .submit(generated("ended", Lane::Normal, 30, &["sms"]))
+        .await;
+    w.finish(ended, 10).await;
+    run_for(1_500).await;
+    w.shutdown().await;
+
+    let w = world_on(engine.clone(), sms(0.0), config).await;
+    let scans = engine
+        .campaign_scans
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // A day later (this start's clock began where the last one's did),
+    // the one that ended before the restart is purged.
+    tokio::time::advance(Duration::from_secs(86_400 + 120)).await;
+    run_for(61_000).await;
+    assert_eq!(w.store().campaign(ended).unwrap(), None, "purged");
+    assert_eq!(w.store().counters(ended), Default::default());
+    let kept = w.submit(generated("kept", Lane::Normal, 5, &["sms"])).await;
+    w.finish(kept, 10).await;
+    run_for(61_000).await;
+    assert!(
+        w.dispatcher().progress(kept).is_some(),
+        "ended, but not long"
+    );
+    let listed: Vec<String> = w
+        .dispatcher()
+        .list_progress(5)
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    assert_eq!(listed, vec![kept.to_string()]);
+    assert_eq!(
+        engine
+            .campaign_scans
+            .load(std::sync::atomic::Ordering::Relaxed),
+        scans,
+        "records read only at start"
+    );
     w.shutdown().await;
 }
 
