@@ -1935,17 +1935,19 @@ fn purge_expired(shared: &Shared, now: u64) -> Result<()> {
             _ => groups.push((vec![(id, t)], size)),
         }
     }
-    for (i, (group, _)) in groups.iter().enumerate() {
+    let mut failed = None;
+    for (group, _) in &groups {
         let ids: Vec<CampaignId> = group.iter().map(|&(id, _)| id).collect();
         let purged = match shared.store.purge_campaigns(&ids) {
             Ok(p) => p,
             Err(e) => {
-                // This group and the rest are tried again at the next pass.
-                let mut ended = shared.ended.lock();
-                for (group, _) in &groups[i..] {
-                    ended.extend(group.iter().map(|&(id, t)| (t, id)));
-                }
-                return Err(e.into());
+                // Tried again at the next pass; the other groups go on.
+                shared
+                    .ended
+                    .lock()
+                    .extend(group.iter().map(|&(id, t)| (t, id)));
+                failed.get_or_insert(e);
+                continue;
             }
         };
         let mut live = shared.campaigns.write();
@@ -1957,7 +1959,7 @@ fn purge_expired(shared: &Shared, now: u64) -> Result<()> {
             tracing::info!(campaign = %id, statuses = p.statuses, dead = p.dead, receipts = p.receipts, "Ended campaign purged after {days} days.");
         }
     }
-    Ok(())
+    failed.map_or(Ok(()), |e| Err(e.into()))
 }
 
 /// Deliveries whose records one retention commit removes, at most (unless

@@ -674,7 +674,8 @@ async fn the_in_flight_window_bounds_concurrent_requests() {
 
 /// The in-memory engine whose commits can be held: while held, batches
 /// are applied but their tickets wait, as a write waits for its fsync.
-/// It counts the forward scans of the campaign records.
+/// It counts the forward scans of the campaign records, and can refuse
+/// the batches that delete one (a purge), as a failing disk would.
 #[derive(Default)]
 struct HeldCommits {
     inner: MemoryEngine,
@@ -682,6 +683,7 @@ struct HeldCommits {
     /// handed out for it.
     held: parking_lot::Mutex<Option<Vec<HeldTicket>>>,
     campaign_scans: std::sync::atomic::AtomicUsize,
+    refuse_purges: AtomicBool,
 }
 
 type HeldTicket = (
@@ -732,6 +734,20 @@ impl crate::store::Engine for HeldCommits {
     }
 
     fn submit(&self, batch: crate::store::Batch) -> crate::store::Ticket {
+        let purge = batch.ops.iter().any(|op| {
+            matches!(
+                op,
+                crate::store::Op::Delete {
+                    cf: crate::store::Cf::Campaigns,
+                    ..
+                }
+            )
+        });
+        if purge && self.refuse_purges.load(Ordering::Relaxed) {
+            return crate::store::Ticket::done(Err(crate::store::Error::Internal(
+                "disk failing".into(),
+            )));
+        }
         let ticket = self.inner.submit(batch);
         match self.held.lock().as_mut() {
             Some(held) => {
@@ -1397,8 +1413,13 @@ async fn the_retention_finds_campaigns_that_ended_before_a_restart_without_readi
         .campaign_scans
         .load(std::sync::atomic::Ordering::Relaxed);
     // A day later (this start's clock began where the last one's did),
-    // the one that ended before the restart is purged.
+    // the one that ended before the restart is purged; a pass that fails
+    // leaves it for the next.
+    engine.refuse_purges.store(true, Ordering::Relaxed);
     tokio::time::advance(Duration::from_secs(86_400 + 120)).await;
+    run_for(61_000).await;
+    assert!(w.store().campaign(ended).unwrap().is_some(), "refused");
+    engine.refuse_purges.store(false, Ordering::Relaxed);
     run_for(61_000).await;
     assert_eq!(w.store().campaign(ended).unwrap(), None, "purged");
     assert_eq!(w.store().counters(ended), Default::default());
