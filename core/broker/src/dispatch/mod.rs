@@ -1558,31 +1558,37 @@ async fn fan_out_task(shared: Arc<Shared>) {
             .filter(|l| !l.fanned_out.load(Ordering::Relaxed))
             .cloned()
             .collect();
-        // Campaigns' pages are submitted one after another and their
-        // commits waited for together, a page's worth of deliveries at a
-        // time: many small campaigns (survey questions, lab results,
-        // answers) share a commit round instead of waiting one each, and
-        // big ones still go a page at a time.
-        let mut written = Vec::new();
-        let mut in_flight = 0u64;
-        for live in active {
-            match fan_out_step(&shared, &live).await {
-                Ok(Some((pending, last, n))) => {
-                    progressed = true;
-                    written.push((live, pending, last));
-                    in_flight += n;
+        // Campaigns' pages are read a page's worth of recipients at a time
+        // (many small campaigns in one trip to a blocking thread, a big
+        // one's page alone), submitted one after another, and their
+        // commits waited for together: many small campaigns (survey
+        // questions, lab results, answers) share a read and a commit round
+        // instead of waiting one each, and big ones still go a page at a
+        // time.
+        let page = u64::from(shared.config.fanout_page);
+        let mut pass = FanOutPass::default();
+        let mut due: Vec<Due<'_>> = Vec::new();
+        let mut planned = 0u64;
+        for live in &active {
+            match fan_out_due(&shared, live).await {
+                Ok(Some(d)) => {
+                    let n = u64::from(d.total - d.cursor).min(page);
+                    if !due.is_empty() && planned + n > page {
+                        pass.step(&shared, std::mem::take(&mut due)).await;
+                        planned = 0;
+                    }
+                    planned += n;
+                    due.push(d);
                 }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::error!(campaign = %live.id, error = %e, "Fan-out failed; retrying shortly.");
                 }
             }
-            if in_flight >= FANOUT_WINDOW {
-                committed(std::mem::take(&mut written)).await;
-                in_flight = 0;
-            }
         }
-        committed(written).await;
+        pass.step(&shared, due).await;
+        progressed |= pass.progressed;
+        committed(pass.written).await;
         if progressed {
             shared.work.notify_waiters();
             tokio::task::yield_now().await;
@@ -1592,6 +1598,64 @@ async fn fan_out_task(shared: Arc<Shared>) {
             () = shared.fanout_wake.notified() => {}
             () = tokio::time::sleep(Duration::from_millis(shared.config.tick_ms)) => {}
             _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// One pass of the fan-out over the active campaigns: the pages written
+/// and not yet waited for.
+#[derive(Default)]
+struct FanOutPass {
+    written: Vec<(Arc<Live>, crate::store::Pending<()>, bool)>,
+    in_flight: u64,
+    progressed: bool,
+}
+
+impl FanOutPass {
+    /// Reads the pages of `due` in one trip to a blocking thread (a stored
+    /// audience is read from the store) and submits each campaign's write;
+    /// waits for the commits once [`FANOUT_WINDOW`] recipients are in
+    /// flight.
+    async fn step(&mut self, shared: &Shared, due: Vec<Due<'_>>) {
+        if due.is_empty() {
+            return;
+        }
+        let size = shared.config.fanout_page;
+        let reads: Vec<(Arc<Live>, u32)> =
+            due.iter().map(|d| (Arc::clone(d.live), d.cursor)).collect();
+        let pages = tokio::task::spawn_blocking(move || {
+            reads
+                .into_iter()
+                .map(|(live, cursor)| live.audience.page(cursor, size))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let pages = match pages {
+            Ok(pages) => pages,
+            Err(e) => {
+                for d in &due {
+                    tracing::error!(campaign = %d.live.id, error = %e, "Fan-out read failed; retrying shortly.");
+                }
+                return;
+            }
+        };
+        for (d, page) in due.into_iter().zip(pages) {
+            let live = Arc::clone(d.live);
+            match page {
+                Ok(page) => {
+                    let (pending, last, n) = fan_out_write(shared, d, page);
+                    self.progressed = true;
+                    self.written.push((live, pending, last));
+                    self.in_flight += n;
+                }
+                Err(e) => {
+                    tracing::error!(campaign = %live.id, error = %e, "Fan-out failed; retrying shortly.");
+                }
+            }
+            if self.in_flight >= FANOUT_WINDOW {
+                committed(std::mem::take(&mut self.written)).await;
+                self.in_flight = 0;
+            }
         }
     }
 }
@@ -1616,12 +1680,18 @@ async fn committed(written: Vec<(Arc<Live>, crate::store::Pending<()>, bool)>) {
     }
 }
 
-/// One page of one campaign, submitted: its write, whether it was the
-/// last page, and how many recipients it took. `None` when nothing moved.
-async fn fan_out_step(
-    shared: &Shared,
-    live: &Arc<Live>,
-) -> Result<Option<(crate::store::Pending<()>, bool, u64)>> {
+/// A campaign whose next fan-out page is due: its write order held (see
+/// `Live::persist`) until the page's write is with the store.
+struct Due<'a> {
+    live: &'a Arc<Live>,
+    order: tokio::sync::MutexGuard<'a, ()>,
+    cursor: u32,
+    total: u32,
+}
+
+/// Whether `live` has a fan-out page due now (not stopped, started, not
+/// expired, not too far ahead of its sending); `None` when not.
+async fn fan_out_due<'a>(shared: &Shared, live: &'a Arc<Live>) -> Result<Option<Due<'a>>> {
     let now = crate::store::Clock::now_ms(&shared.clock);
     // Held until the page's write is with the store (see `Live::persist`).
     let order = live.persist.lock().await;
@@ -1648,12 +1718,24 @@ async fn fan_out_step(
         live.fanned_out.store(true, Ordering::Relaxed);
         return Ok(None);
     }
-    // A stored audience is read from the store: on a blocking thread.
-    let reader = Arc::clone(live);
-    let size = shared.config.fanout_page;
-    let page = tokio::task::spawn_blocking(move || reader.audience.page(cursor, size))
-        .await
-        .map_err(|e| Error::Internal(format!("fan-out read failed: {e}")))??;
+    Ok(Some(Due {
+        live,
+        order,
+        cursor,
+        total,
+    }))
+}
+
+/// Submits one campaign's page: its write, whether it was the last page,
+/// and how many recipients it took.
+fn fan_out_write(
+    shared: &Shared,
+    due: Due<'_>,
+    page: Vec<(u32, Member)>,
+) -> (crate::store::Pending<()>, bool, u64) {
+    let Due {
+        live, order, total, ..
+    } = due;
     let next = page.last().map_or(total, |(i, _)| i + 1);
     let taken = page.len() as u64;
     let mut queues: HashMap<ChannelId, Vec<NewDelivery>> = HashMap::new();
@@ -1701,7 +1783,7 @@ async fn fan_out_step(
         .collect();
     let written = shared.store.fan_out(live.id, bytes, queues, unreachable);
     drop(order);
-    Ok(Some((written, next >= total, taken)))
+    (written, next >= total, taken)
 }
 
 /// The first channel from preference position `from` on which the
@@ -1736,9 +1818,9 @@ async fn housekeeping(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
     let mut last_gauges = tokio::time::Instant::now();
     let mut last_retention = tokio::time::Instant::now();
-    // A retention pass reads every campaign record and may scan the
-    // receipt index: it runs beside this loop, so retries and expiry are
-    // not held up behind it, and one at a time.
+    // A retention pass reads the records of the campaigns it purges and
+    // may scan the receipt index: it runs beside this loop, so retries
+    // and expiry are not held up behind it, and one at a time.
     let mut purging: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         if !crate::stop::tick(&mut shutdown, Duration::from_millis(shared.config.tick_ms)).await {

@@ -601,6 +601,59 @@ async fn a_million_recipient_audience_fans_out_lazily() {
     w.shutdown().await;
 }
 
+/// Small campaigns' pages are read together, a page's worth at a time,
+/// beside big ones: each campaign gets its own recipients, all of them,
+/// once, whatever group its page was read in.
+#[tokio::test(start_paused = true)]
+async fn many_small_campaigns_fan_out_beside_a_big_one_each_to_its_own_recipients() {
+    let w = world(sms(0.0)).await;
+    let mut small = Vec::new();
+    let big = w
+        .submit(generated("big", Lane::Normal, 1_000, &["sms"]))
+        .await;
+    for c in 0..150u32 {
+        // 1 to 7 recipients, numbered by campaign and position.
+        let size = 1 + c % 7;
+        let mut spec = generated(&format!("lab {c}"), Lane::Normal, 1, &["sms"]);
+        spec.audience = AudienceSpec::Recipients(
+            (0..size)
+                .map(|i| Recipient {
+                    phone: Some(format!("+23177{c:04}{i:03}")),
+                    ..Recipient::default()
+                })
+                .collect(),
+        );
+        small.push((w.submit(spec).await, size));
+    }
+    let p = w.finish(big, 30).await;
+    assert_eq!(p.wired, 1_000);
+    let sms_id = w.store().channel("sms").unwrap();
+    for &(id, size) in &small {
+        let p = w.finish(id, 30).await;
+        assert_eq!(
+            (p.wired, p.fanned_out),
+            (u64::from(size), u64::from(size)),
+            "{id}"
+        );
+        // What went to each number was this campaign's delivery to it.
+        let c = id.0 - big.0 - 1;
+        for i in 0..size {
+            let sent = w
+                .store()
+                .last_sent(sms_id, &format!("+23177{c:04}{i:03}"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(sent.delivery, DeliveryId::new(id, i), "{id}");
+        }
+    }
+    let total: u64 = small.iter().map(|&(_, s)| u64::from(s)).sum();
+    assert_eq!(
+        w.dispatcher().sandbox("sms").unwrap().stats().accepted,
+        1_000 + total
+    );
+    w.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_scheduled_campaign_waits_for_its_start_time() {
     let w = world(sms(0.0)).await;
