@@ -312,6 +312,14 @@ webhook_secret = "{SECRET}"
     let (_, dead) = get_json(&client, &server, &sender, "/v1/dead-letters?limit=1000");
     let dead = dead.as_array().unwrap();
     assert_eq!(dead.len() as u64, malformed);
+    // The last ones, as the dashboard asks: the same, still in order.
+    let (_, last) = get_json(
+        &client,
+        &server,
+        &sender,
+        "/v1/dead-letters?newest=true&limit=3",
+    );
+    assert_eq!(last.as_array().unwrap(), &dead[dead.len() - 3..]);
     for d in dead {
         let index: u64 = d["id"]
             .as_str()

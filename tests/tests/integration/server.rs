@@ -501,6 +501,13 @@ fn serve_takes_campaigns_over_http_with_tokens_roles_and_clear_errors() {
     );
     let (status, dead) = get_json(&client, &server, &viewer, "/v1/dead-letters");
     assert_eq!((status, dead), (StatusCode::OK, json!([])));
+    let r = with(
+        client.get(server.url("/v1/dead-letters?newest=true&after=c1-0")),
+        &viewer,
+    )
+    .send()
+    .unwrap();
+    assert_eq!(error_code(r), (StatusCode::BAD_REQUEST, "invalid".into()));
     let r = with(client.post(server.url("/v1/dead-letters/replay")), &admin)
         .json_body(&json!({}))
         .send()

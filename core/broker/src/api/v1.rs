@@ -717,6 +717,9 @@ pub struct DeadQuery {
     pub limit: Option<usize>,
     /// List those after this delivery id (the last one of a page).
     pub after: Option<String>,
+    /// The last `limit` dead letters (those of the newest campaigns,
+    /// still in delivery order) instead of those after `after`.
+    pub newest: Option<bool>,
 }
 
 /// A delivery that failed for good, kept with its history.
@@ -733,7 +736,8 @@ pub struct DeadLetterView {
     pub dead_ms: u64,
 }
 
-/// Dead letters, oldest first.
+/// Dead letters in delivery order (campaign, then position): those after
+/// `after`, or with `newest=true` the last ones.
 #[utoipa::path(get, path = "/v1/dead-letters", tag = "dead letters", security(("token" = [])),
     params(DeadQuery),
     responses((status = 200, body = Vec<DeadLetterView>), (status = 400, body = ErrorBody)))]
@@ -749,8 +753,19 @@ pub async fn dead_letters(
         ),
         None => None,
     };
+    let newest = query.newest.unwrap_or(false);
+    if newest && after.is_some() {
+        return Err(ApiError::invalid("give after or newest=true, not both"));
+    }
     let store = Arc::clone(api.broker.store());
-    let letters = tokio::task::spawn_blocking(move || store.dead_letters(after, limit)).await??;
+    let letters = tokio::task::spawn_blocking(move || {
+        if newest {
+            store.newest_dead_letters(limit)
+        } else {
+            store.dead_letters(after, limit)
+        }
+    })
+    .await??;
     Ok(Json(
         letters
             .into_iter()

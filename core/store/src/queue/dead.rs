@@ -25,6 +25,23 @@ impl Store {
         Ok(out)
     }
 
+    /// The last `limit` dead letters in delivery order (those of the newest
+    /// campaigns), still in delivery order: what an operator looks at
+    /// first during a send. Reads only those.
+    pub fn newest_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        self.engine
+            .scan_rev(Cf::Dead, &[], &keys::deliveries_end(), &mut |k, v| {
+                out.push(decode(Cf::Dead, k, v)?);
+                Ok(out.len() < limit)
+            })?;
+        out.reverse();
+        Ok(out)
+    }
+
     /// Puts dead letters back at the tail of their queues with a fresh
     /// attempt count; their history is kept. Refuses the whole call if any
     /// id has no dead letter.

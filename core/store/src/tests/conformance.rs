@@ -554,6 +554,10 @@ fn dead_letters_keep_reason_and_history_and_replay(h: &mut dyn Harness) {
     assert_eq!(dead[0].item.history[0].reason, "503 from gateway");
     assert_eq!(dead[1].reason, "invalid number");
     assert_eq!(f.store.dead_letters(Some(dead[0].id), 10).unwrap().len(), 1);
+    // The last ones, still in delivery order.
+    assert_eq!(f.store.newest_dead_letters(10).unwrap(), dead);
+    assert_eq!(f.store.newest_dead_letters(1).unwrap(), &dead[1..]);
+    assert!(f.store.newest_dead_letters(0).unwrap().is_empty());
     assert_eq!(f.store.globals().dead, 2);
 
     let missing = DeliveryId::new(CampaignId(2), 99);
