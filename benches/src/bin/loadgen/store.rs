@@ -91,7 +91,6 @@ pub fn run(args: &StoreArgs) -> Result<()> {
                 group_ops: store.group_ops.max(1),
             },
             &config(durability),
-            durability == Durability::Sync,
         )?;
         // The next round starts on a disk as empty as this one did.
         for dir in [&queue, &raw] {
@@ -400,16 +399,11 @@ struct RawQueue {
 /// `group_ops` writes, one thread building the next group while another
 /// commits the last, as the store's writer commits while other threads
 /// prepare. Deliveries per second.
-fn raw_limit(
-    path: &std::path::Path,
-    work: &RawWork<'_>,
-    config: &StoreConfig,
-    sync: bool,
-) -> Result<f64> {
+fn raw_limit(path: &std::path::Path, work: &RawWork<'_>, config: &StoreConfig) -> Result<f64> {
     let (opts, families) = rocks::raw_options(config);
     let db = rocksdb::DB::open_cf_descriptors(&opts, path, families)?;
     let mut wo = rocksdb::WriteOptions::default();
-    wo.set_sync(sync);
+    wo.set_sync(config.durability == Durability::Sync);
     // Pipelined as the store's writer is: one thread builds the next
     // group while another commits the last (memtable inserts, WAL, fsync).
     let (groups, commits) = std::sync::mpsc::sync_channel::<rocksdb::WriteBatch>(2);
@@ -526,13 +520,16 @@ fn build_groups(
                 q.head += give;
                 left -= give;
                 if left == 0 {
-                    cursor = c + 1;
                     break;
                 }
             }
             if left == 0 || left == before {
                 break;
             }
+        }
+        // The next lease starts after the campaign served last.
+        if let Some(&(c, ..)) = dealt.last() {
+            cursor = c + 1;
         }
         let mut touched: Vec<usize> = dealt.iter().map(|&(c, ..)| c).collect();
         touched.sort_unstable();
@@ -632,7 +629,7 @@ mod tests {
                 last_sent_value: sizes.last_sent,
                 group_ops: 700,
             };
-            let rate = raw_limit(dir.path(), &work, &config(Durability::Async), false).unwrap();
+            let rate = raw_limit(dir.path(), &work, &config(Durability::Async)).unwrap();
             assert!(rate > 0.0);
             assert_eq!(keys_in(dir.path(), Cf::Status), n as usize, "{campaigns}");
             assert_eq!(keys_in(dir.path(), Cf::LastSent), n as usize, "{campaigns}");

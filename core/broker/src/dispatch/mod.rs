@@ -212,7 +212,7 @@ pub(crate) struct Shared {
     /// Ended campaigns not yet purged, by when they ended: what the
     /// retention pass looks at instead of reading every stored record.
     /// Filled from the records at start, and as campaigns are stamped
-    /// ended.
+    /// ended ([`Shared::ended_at`]); empty when nothing is ever purged.
     pub ended: Mutex<BTreeSet<(u64, CampaignId)>>,
     pub channels: BTreeMap<String, Arc<sender::Channel>>,
     /// Selector audiences (the directory), when the broker has one.
@@ -247,6 +247,14 @@ impl Shared {
         record.finished_ms = None;
         let live = live(self, id, record).ok()?;
         Some(Arc::clone(self.campaigns.write().entry(id).or_insert(live)))
+    }
+
+    /// Notes that campaign `id` ended at `t`, for the retention pass; with
+    /// `retention_days = 0` nothing is purged, so nothing is noted.
+    fn ended_at(&self, t: u64, id: CampaignId) {
+        if self.config.retention_days > 0 {
+            self.ended.lock().insert((t, id));
+        }
     }
 
     /// The name of the channel with store id `id` (a handful of
@@ -1406,7 +1414,7 @@ fn resume(shared: &Shared) -> Result<()> {
             shared.store.update_campaign(id, record.encode()).wait()?;
         }
         if let Some(t) = ended_at(&record) {
-            shared.ended.lock().insert((t, id));
+            shared.ended_at(t, id);
         }
         if record.state == CampaignState::Abandoned {
             continue;
@@ -1550,7 +1558,6 @@ async fn fan_out_task(shared: Arc<Shared>) {
         if crate::stop::stopping(&shutdown) {
             return;
         }
-        let mut progressed = false;
         let active: Vec<Arc<Live>> = shared
             .campaigns
             .read()
@@ -1587,9 +1594,8 @@ async fn fan_out_task(shared: Arc<Shared>) {
             }
         }
         pass.step(&shared, due).await;
-        progressed |= pass.progressed;
         committed(pass.written).await;
-        if progressed {
+        if pass.progressed {
             shared.work.notify_waiters();
             tokio::task::yield_now().await;
             continue;
@@ -1915,9 +1921,7 @@ async fn mark_finished(shared: &Shared, now: u64) {
             shared.store.update_campaign(live.id, bytes)
         };
         match written.await {
-            Ok(()) => {
-                shared.ended.lock().insert((now, live.id));
-            }
+            Ok(()) => shared.ended_at(now, live.id),
             Err(e) => {
                 tracing::error!(campaign = %live.id, error = %e, "Cannot record that the campaign ended.")
             }

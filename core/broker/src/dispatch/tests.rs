@@ -1445,6 +1445,23 @@ async fn ended_campaigns_leave_memory_then_the_store_after_the_retention() {
     w.shutdown().await;
 }
 
+/// The ended-campaign index is kept only when something will be purged:
+/// with `retention_days = 0` it would only grow.
+#[tokio::test(start_paused = true)]
+async fn the_ended_index_is_kept_only_with_a_retention() {
+    for days in [0, 1] {
+        let mut config = crate::Config::default();
+        config.dispatch.retention_days = days;
+        let w = world_with(sms(0.0), config).await;
+        let id = w.submit(generated("x", Lane::Normal, 3, &["sms"])).await;
+        w.finish(id, 10).await;
+        run_for(1_500).await;
+        let noted = w.dispatcher().shared.ended.lock().len();
+        assert_eq!(noted, usize::from(days > 0), "retention {days}");
+        w.shutdown().await;
+    }
+}
+
 /// After a restart, campaigns that ended before it are purged once their
 /// retention has passed; neither a retention pass nor a campaign list
 /// reads every stored campaign record (a server keeps months of them).
