@@ -209,6 +209,16 @@ pub(crate) struct Shared {
     pub clock: TokioClock,
     pub config: DispatchConfig,
     pub campaigns: RwLock<BTreeMap<CampaignId, Arc<Live>>>,
+    /// The campaigns in memory not yet stamped ended: what the expiry
+    /// check and the end stamping walk. Ended campaigns stay in memory an
+    /// hour, and an integration that makes a campaign per lab result or
+    /// reminder ends thousands a minute: a walk of them all on every
+    /// pass grew with that hour's traffic.
+    pub open: Mutex<BTreeMap<CampaignId, Arc<Live>>>,
+    /// The campaigns with recipients left to fan out (and, until the
+    /// fan-out's next pass drops them, those that just finished): what
+    /// the fan-out walks on each pass.
+    pub fanning: Mutex<BTreeMap<CampaignId, Arc<Live>>>,
     /// Ended campaigns not yet purged, by when they ended: what the
     /// retention pass looks at instead of reading every stored record.
     /// Filled from the records at start, and as campaigns are stamped
@@ -246,7 +256,37 @@ impl Shared {
         // Ended again once this work ends: stamped anew then.
         record.finished_ms = None;
         let live = live(self, id, record).ok()?;
-        Some(Arc::clone(self.campaigns.write().entry(id).or_insert(live)))
+        Some(self.admit(live))
+    }
+
+    /// Puts a campaign in memory (the one already there, if another
+    /// thread brought it back first); one not yet ended is also open, and
+    /// one with recipients left to fan out is also fanning.
+    fn admit(&self, live: Arc<Live>) -> Arc<Live> {
+        let live = Arc::clone(self.campaigns.write().entry(live.id).or_insert(live));
+        if live.record.lock().finished_ms.is_none() {
+            self.open
+                .lock()
+                .entry(live.id)
+                .or_insert_with(|| Arc::clone(&live));
+        }
+        if !live.fanned_out.load(Ordering::Relaxed) {
+            self.fanning
+                .lock()
+                .entry(live.id)
+                .or_insert_with(|| Arc::clone(&live));
+        }
+        live
+    }
+
+    /// The open campaigns (not yet stamped ended) that `keep` selects.
+    fn open_where(&self, keep: impl Fn(&Live) -> bool) -> Vec<Arc<Live>> {
+        self.open
+            .lock()
+            .values()
+            .filter(|l| keep(l))
+            .cloned()
+            .collect()
     }
 
     /// Notes that campaign `id` ended at `t`, for the retention pass; with
@@ -364,6 +404,8 @@ impl Dispatcher {
             clock,
             config,
             campaigns: RwLock::new(BTreeMap::new()),
+            open: Mutex::new(BTreeMap::new()),
+            fanning: Mutex::new(BTreeMap::new()),
             ended: Mutex::new(BTreeSet::new()),
             channels: built,
             audiences,
@@ -1099,8 +1141,7 @@ async fn submit(
         }
         None => shared.store.update_campaign(id, record.encode()).await?,
     }
-    let live = live(shared, id, record)?;
-    shared.campaigns.write().insert(id, live);
+    shared.admit(live(shared, id, record)?);
     shared.fanout_wake.notify_one();
     tracing::info!(campaign = %id, lane = %spec.lane, recipients = total, rejected = rejected.len(), "Campaign accepted.");
     Ok(Submitted {
@@ -1434,11 +1475,10 @@ fn resume(shared: &Shared) -> Result<()> {
                 continue;
             }
         };
-        let done = progress_of(shared, &live).done;
-        if !done {
+        if !progress_of(shared, &live).done {
             resumed += 1;
         }
-        shared.campaigns.write().insert(id, live);
+        shared.admit(live);
     }
     if resumed > 0 {
         tracing::info!(campaigns = resumed, "Resuming campaigns.");
@@ -1558,13 +1598,11 @@ async fn fan_out_task(shared: Arc<Shared>) {
         if crate::stop::stopping(&shutdown) {
             return;
         }
-        let active: Vec<Arc<Live>> = shared
-            .campaigns
-            .read()
-            .values()
-            .filter(|l| !l.fanned_out.load(Ordering::Relaxed))
-            .cloned()
-            .collect();
+        let active: Vec<Arc<Live>> = {
+            let mut fanning = shared.fanning.lock();
+            fanning.retain(|_, l| !l.fanned_out.load(Ordering::Relaxed));
+            fanning.values().cloned().collect()
+        };
         // Campaigns' pages are read a page's worth of recipients at a time
         // (many small campaigns in one trip to a blocking thread, a big
         // one's page alone), submitted one after another, and their
@@ -1849,16 +1887,13 @@ async fn housekeeping(shared: Arc<Shared>) {
             }
         }
         let now = crate::store::Clock::now_ms(&shared.clock);
-        let expiring: Vec<CampaignId> = shared
-            .campaigns
-            .read()
-            .values()
-            .filter(|l| {
-                !l.stopped.load(Ordering::Relaxed) && l.expires_at_ms.is_some_and(|t| now >= t)
-            })
-            .map(|l| l.id)
-            .collect();
-        for id in expiring {
+        // A campaign that ended (every recipient settled) has nothing left
+        // to expire; its state stays as it ended.
+        let expiring = shared.open_where(|l| {
+            !l.stopped.load(Ordering::Relaxed) && l.expires_at_ms.is_some_and(|t| now >= t)
+        });
+        for live in expiring {
+            let id = live.id;
             if let Err(e) = stop_campaign(&shared, id, CampaignState::Expired).await {
                 tracing::error!(campaign = %id, error = %e, "Cannot expire campaign.");
             }
@@ -1900,14 +1935,11 @@ const EVICT_AFTER_MS: u64 = 3_600_000;
 /// Stamps campaigns whose every recipient has ended: retention counts
 /// from then.
 async fn mark_finished(shared: &Shared, now: u64) {
-    let live: Vec<Arc<Live>> = shared
-        .campaigns
-        .read()
-        .values()
-        .filter(|l| l.record.lock().finished_ms.is_none())
-        .cloned()
-        .collect();
-    for live in live {
+    // Every stamp is handed to the store, then all are waited for: they
+    // share commit rounds (a server taking thousands of campaigns a
+    // second ends thousands a second).
+    let mut stamps = Vec::new();
+    for live in shared.open_where(|_| true) {
         if !progress_of(shared, &live).done {
             continue;
         }
@@ -1920,9 +1952,17 @@ async fn mark_finished(shared: &Shared, now: u64) {
             };
             shared.store.update_campaign(live.id, bytes)
         };
+        stamps.push((live, written));
+    }
+    for (live, written) in stamps {
         match written.await {
-            Ok(()) => shared.ended_at(now, live.id),
+            Ok(()) => {
+                shared.open.lock().remove(&live.id);
+                shared.ended_at(now, live.id);
+            }
             Err(e) => {
+                // Stamped again at the next pass.
+                live.record.lock().finished_ms = None;
                 tracing::error!(campaign = %live.id, error = %e, "Cannot record that the campaign ended.")
             }
         }
@@ -2041,6 +2081,12 @@ fn purge_expired(shared: &Shared, now: u64) -> Result<()> {
             live.remove(id);
         }
         drop(live);
+        for index in [&shared.open, &shared.fanning] {
+            let mut index = index.lock();
+            for id in &ids {
+                index.remove(id);
+            }
+        }
         for (id, p) in ids.iter().zip(purged) {
             tracing::info!(campaign = %id, statuses = p.statuses, dead = p.dead, receipts = p.receipts, "Ended campaign purged after {days} days.");
         }

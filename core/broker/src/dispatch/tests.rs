@@ -737,6 +737,8 @@ struct HeldCommits {
     held: parking_lot::Mutex<Option<Vec<HeldTicket>>>,
     campaign_scans: std::sync::atomic::AtomicUsize,
     refuse_purges: AtomicBool,
+    /// Refuses writes of a campaign record stamped ended.
+    refuse_stamps: AtomicBool,
 }
 
 type HeldTicket = (
@@ -796,7 +798,17 @@ impl crate::store::Engine for HeldCommits {
                 }
             )
         });
-        if purge && self.refuse_purges.load(Ordering::Relaxed) {
+        let stamp = batch.ops.iter().any(|op| match op {
+            crate::store::Op::Put {
+                cf: crate::store::Cf::Campaigns,
+                value,
+                ..
+            } => CampaignRecord::decode(value).is_ok_and(|r| r.finished_ms.is_some()),
+            _ => false,
+        });
+        if (purge && self.refuse_purges.load(Ordering::Relaxed))
+            || (stamp && self.refuse_stamps.load(Ordering::Relaxed))
+        {
             return crate::store::Ticket::done(Err(crate::store::Error::Internal(
                 "disk failing".into(),
             )));
@@ -1514,6 +1526,53 @@ async fn the_retention_finds_campaigns_that_ended_before_a_restart_without_readi
             .load(std::sync::atomic::Ordering::Relaxed),
         scans,
         "records read only at start"
+    );
+    w.shutdown().await;
+}
+
+/// The fan-out, the expiry check and the end stamping walk only the
+/// campaigns not yet ended: one that ended leaves that index once its end
+/// is stored (a refused write is stamped again at the next pass), and an
+/// expiry that passes after it ended leaves its state as it ended.
+#[tokio::test(start_paused = true)]
+async fn campaigns_leave_the_open_index_once_their_end_is_stored() {
+    let mut config = crate::Config::default();
+    config.dispatch.retention_days = 1;
+    let engine = Arc::new(HeldCommits::default());
+    let w = world_on(engine.clone(), sms(0.0), config).await;
+    let open = |w: &World| -> Vec<CampaignId> {
+        w.dispatcher().shared.open.lock().keys().copied().collect()
+    };
+    let stored =
+        |w: &World, id| CampaignRecord::decode(&w.store().campaign(id).unwrap().unwrap()).unwrap();
+    engine.refuse_stamps.store(true, Ordering::Relaxed);
+    let mut spec = generated("x", Lane::Normal, 3, &["sms"]);
+    spec.expires_at_ms = Some(1_800_000_000_000 + 10_000);
+    let id = w.submit(spec).await;
+    assert_eq!(open(&w), vec![id], "open while it sends");
+    w.finish(id, 10).await;
+    run_for(2_500).await;
+    assert_eq!(stored(&w, id).finished_ms, None, "the stamp was refused");
+    assert_eq!(open(&w), vec![id], "still open: stamped again next pass");
+    assert!(w.dispatcher().shared.ended.lock().is_empty());
+
+    engine.refuse_stamps.store(false, Ordering::Relaxed);
+    run_for(1_500).await;
+    assert!(stored(&w, id).finished_ms.is_some(), "stamped");
+    assert!(open(&w).is_empty(), "ended: no longer walked");
+    assert_eq!(w.dispatcher().shared.ended.lock().len(), 1);
+    assert_eq!(
+        w.dispatcher().live_progress(id).unwrap().wired,
+        3,
+        "kept in memory"
+    );
+
+    run_for(10_000).await;
+    let p = w.dispatcher().progress(id).unwrap();
+    assert_eq!(
+        (p.state, p.wired, p.expired),
+        ("sending", 3, 0),
+        "not relabelled expired"
     );
     w.shutdown().await;
 }
