@@ -24,6 +24,10 @@ pub struct DispatchConfig {
     /// Days an ended campaign is kept (its statuses, dead letters,
     /// audience and receipt index) before it is purged; 0: forever.
     pub retention_days: u32,
+    /// Most ended campaigns kept in memory, where their progress is read
+    /// without the store; the oldest leave first, and any leaves an hour
+    /// after it ended. Reads of those that left go to the store.
+    pub ended_in_memory: usize,
 }
 
 impl Default for DispatchConfig {
@@ -36,6 +40,7 @@ impl Default for DispatchConfig {
             receipt_poll_ms: 50,
             tick_ms: 20,
             retention_days: 90,
+            ended_in_memory: 10_000,
         }
     }
 }

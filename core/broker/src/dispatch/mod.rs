@@ -219,6 +219,9 @@ pub(crate) struct Shared {
     /// fan-out's next pass drops them, those that just finished): what
     /// the fan-out walks on each pass.
     pub fanning: Mutex<BTreeMap<CampaignId, Arc<Live>>>,
+    /// The ended campaigns in memory, in the order they were stamped: the
+    /// oldest leave memory first (see [`evict_ended`]).
+    pub resident: Mutex<std::collections::VecDeque<(u64, CampaignId)>>,
     /// Ended campaigns not yet purged, by when they ended: what the
     /// retention pass looks at instead of reading every stored record.
     /// Filled from the records at start, and as campaigns are stamped
@@ -406,6 +409,7 @@ impl Dispatcher {
             campaigns: RwLock::new(BTreeMap::new()),
             open: Mutex::new(BTreeMap::new()),
             fanning: Mutex::new(BTreeMap::new()),
+            resident: Mutex::new(std::collections::VecDeque::new()),
             ended: Mutex::new(BTreeSet::new()),
             channels: built,
             audiences,
@@ -1434,6 +1438,7 @@ fn live(shared: &Shared, id: CampaignId, record: CampaignRecord) -> Result<Arc<L
 /// Loads every campaign the store holds.
 fn resume(shared: &Shared) -> Result<()> {
     let mut resumed = 0;
+    let mut ended = Vec::new();
     for (id, bytes) in shared.store.campaigns()? {
         // An unreadable record stops nothing but itself: it is moved to the
         // quarantine, and what was queued for it settles as dead letters.
@@ -1478,11 +1483,17 @@ fn resume(shared: &Shared) -> Result<()> {
         if !progress_of(shared, &live).done {
             resumed += 1;
         }
+        if let Some(t) = live.record.lock().finished_ms {
+            ended.push((t, id));
+        }
         shared.admit(live);
     }
     if resumed > 0 {
         tracing::info!(campaigns = resumed, "Resuming campaigns.");
     }
+    ended.sort_unstable();
+    shared.resident.lock().extend(ended);
+    evict_ended(shared, crate::store::Clock::now_ms(&shared.clock));
     Ok(())
 }
 
@@ -1518,7 +1529,8 @@ async fn stop_campaign(shared: &Shared, id: CampaignId, state: CampaignState) ->
 }
 
 /// A campaign's progress: from memory while it is active, else from its
-/// stored record (an ended campaign leaves memory an hour after it ended).
+/// stored record (an ended campaign leaves memory an hour after it ended,
+/// or sooner when many more ended since: see [`evict_ended`]).
 fn progress(shared: &Shared, id: CampaignId) -> Option<Progress> {
     let in_memory = shared.campaigns.read().get(&id).cloned();
     if let Some(live) = in_memory {
@@ -1905,10 +1917,10 @@ async fn housekeeping(shared: Arc<Shared>) {
             let s = Arc::clone(&shared);
             let _ = tokio::task::spawn_blocking(move || update_gauges(&s, now)).await;
             mark_finished(&shared, now).await;
+            evict_ended(&shared, now);
         }
         if last_retention.elapsed() >= RETENTION_EVERY {
             last_retention = tokio::time::Instant::now();
-            evict_ended(&shared, now);
             if let Some(pass) = purging.take_if(|p| p.is_finished())
                 && let Err(e) = pass.await
             {
@@ -1958,6 +1970,7 @@ async fn mark_finished(shared: &Shared, now: u64) {
         match written.await {
             Ok(()) => {
                 shared.open.lock().remove(&live.id);
+                shared.resident.lock().push_back((now, live.id));
                 shared.ended_at(now, live.id);
             }
             Err(e) => {
@@ -1969,24 +1982,40 @@ async fn mark_finished(shared: &Shared, now: u64) {
     }
 }
 
-/// Drops ended campaigns from memory an hour after they ended (unless
-/// work for them came back since).
+/// Drops ended campaigns from memory, oldest first, once more than
+/// `ended_in_memory` are there or an hour after they ended (unless work
+/// for them came back since): memory stays bounded however many
+/// campaigns a day brings (a campaign per lab result or reminder).
 fn evict_ended(shared: &Shared, now: u64) {
-    let ended: Vec<CampaignId> = shared
-        .campaigns
-        .read()
-        .values()
-        .filter(|l| {
-            l.record
-                .lock()
-                .finished_ms
-                .is_some_and(|t| now.saturating_sub(t) >= EVICT_AFTER_MS)
-        })
-        .filter(|l| progress_of(shared, l).done)
-        .map(|l| l.id)
-        .collect();
+    let max = shared.config.ended_in_memory;
+    let mut gone = Vec::new();
+    let mut busy = Vec::new();
+    let mut resident = shared.resident.lock();
+    while let Some(&(t, id)) = resident.front() {
+        if resident.len() <= max && now.saturating_sub(t) < EVICT_AFTER_MS {
+            break;
+        }
+        resident.pop_front();
+        let Some(live) = shared.campaigns.read().get(&id).cloned() else {
+            continue;
+        };
+        // Stamped anew since (brought back for work, ended again): that
+        // stamp has its own place in the line.
+        if live.record.lock().finished_ms != Some(t) {
+            continue;
+        }
+        if progress_of(shared, &live).done {
+            gone.push(id);
+        } else {
+            // Work came back for it (a late failure's fallback): it stays
+            // until that work ends.
+            busy.push((t, id));
+        }
+    }
+    resident.extend(busy);
+    drop(resident);
     let mut campaigns = shared.campaigns.write();
-    for id in ended {
+    for id in gone {
         campaigns.remove(&id);
     }
 }

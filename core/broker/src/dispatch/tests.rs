@@ -1577,6 +1577,48 @@ async fn campaigns_leave_the_open_index_once_their_end_is_stored() {
     w.shutdown().await;
 }
 
+/// Ended campaigns beyond `ended_in_memory` leave memory, oldest first;
+/// their progress is then read from the store, the same as before. A
+/// restart keeps the bound too.
+#[tokio::test(start_paused = true)]
+async fn ended_campaigns_beyond_the_memory_bound_are_read_from_the_store() {
+    let mut config = crate::Config::default();
+    config.dispatch.ended_in_memory = 2;
+    let engine = Arc::new(MemoryEngine::new());
+    let w = world_on(engine.clone(), sms(0.0), config.clone()).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let id = w
+            .submit(generated(&format!("c{i}"), Lane::Normal, 3, &["sms"]))
+            .await;
+        w.finish(id, 10).await;
+        // Each ends in its own second: stamped, and so evicted, in order.
+        run_for(1_100).await;
+        ids.push(id);
+    }
+    let resident = |w: &World| -> Vec<CampaignId> {
+        w.dispatcher()
+            .shared
+            .campaigns
+            .read()
+            .keys()
+            .copied()
+            .collect()
+    };
+    assert_eq!(resident(&w), ids[3..].to_vec(), "the newest two stay");
+    for &id in &ids {
+        let p = w.dispatcher().progress(id).unwrap();
+        assert_eq!((p.wired, p.done, p.state), (3, true, "sending"), "{id}");
+    }
+    assert!(w.dispatcher().live_progress(ids[0]).is_none());
+    w.shutdown().await;
+
+    let w = world_on(engine, sms(0.0), config).await;
+    assert_eq!(resident(&w), ids[3..].to_vec(), "bounded after a restart");
+    assert_eq!(w.dispatcher().progress(ids[0]).unwrap().wired, 3);
+    w.shutdown().await;
+}
+
 #[test]
 fn channel_addresses_are_checked_like_numbers_or_as_ids() {
     let with = |channel: &str, address: &str| Recipient {
