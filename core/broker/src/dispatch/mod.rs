@@ -1480,7 +1480,7 @@ fn resume(shared: &Shared) -> Result<()> {
                 continue;
             }
         };
-        if !progress_of(shared, &live).done {
+        if !done(shared, &live) {
             resumed += 1;
         }
         if let Some(t) = live.record.lock().finished_ms {
@@ -1594,12 +1594,29 @@ fn progress_from(
         ended: 0,
         done: false,
     };
-    let ended = k.settled() + k.dead + k.quarantined + unsent;
+    let ended = ended_count(record, k);
     Progress {
         ended,
-        done: ended >= u64::from(record.total) && k.queued() == 0,
+        done: is_done(record, k),
         ..p
     }
+}
+
+/// Recipients that ended: settled, dead, quarantined, or never to be sent
+/// (a stopped campaign's unsent).
+fn ended_count(record: &CampaignRecord, k: &crate::store::Counters) -> u64 {
+    k.settled() + k.dead + k.quarantined + u64::from(record.unsent())
+}
+
+fn is_done(record: &CampaignRecord, k: &crate::store::Counters) -> bool {
+    ended_count(record, k) >= u64::from(record.total) && k.queued() == 0
+}
+
+/// [`Progress::done`] of a campaign in memory, without building the rest
+/// of its progress: what the passes over many campaigns ask.
+fn done(shared: &Shared, live: &Live) -> bool {
+    let k = shared.store.counters(live.id);
+    is_done(&live.record.lock(), &k)
 }
 
 /// Expands audiences into channel queues, a page at a time, while each
@@ -1952,7 +1969,7 @@ async fn mark_finished(shared: &Shared, now: u64) {
     // second ends thousands a second).
     let mut stamps = Vec::new();
     for live in shared.open_where(|_| true) {
-        if !progress_of(shared, &live).done {
+        if !done(shared, &live) {
             continue;
         }
         let written = {
@@ -2004,7 +2021,7 @@ fn evict_ended(shared: &Shared, now: u64) {
         if live.record.lock().finished_ms != Some(t) {
             continue;
         }
-        if progress_of(shared, &live).done {
+        if done(shared, &live) {
             gone.push(id);
         } else {
             // Work came back for it (a late failure's fallback): it stays
