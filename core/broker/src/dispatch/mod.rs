@@ -225,7 +225,7 @@ pub(crate) struct Shared {
     /// Ended campaigns not yet purged, by when they ended: what the
     /// retention pass looks at instead of reading every stored record.
     /// Filled from the records at start, and as campaigns are stamped
-    /// ended ([`Shared::ended_at`]); empty when nothing is ever purged.
+    /// ended ([`Shared::note_ended`]); empty when nothing is ever purged.
     pub ended: Mutex<BTreeSet<(u64, CampaignId)>>,
     pub channels: BTreeMap<String, Arc<sender::Channel>>,
     /// Selector audiences (the directory), when the broker has one.
@@ -294,7 +294,7 @@ impl Shared {
 
     /// Notes that campaign `id` ended at `t`, for the retention pass; with
     /// `retention_days = 0` nothing is purged, so nothing is noted.
-    fn ended_at(&self, t: u64, id: CampaignId) {
+    fn note_ended(&self, t: u64, id: CampaignId) {
         if self.config.retention_days > 0 {
             self.ended.lock().insert((t, id));
         }
@@ -1460,7 +1460,7 @@ fn resume(shared: &Shared) -> Result<()> {
             shared.store.update_campaign(id, record.encode()).wait()?;
         }
         if let Some(t) = ended_at(&record) {
-            shared.ended_at(t, id);
+            shared.note_ended(t, id);
         }
         if record.state == CampaignState::Abandoned {
             continue;
@@ -1988,7 +1988,7 @@ async fn mark_finished(shared: &Shared, now: u64) {
             Ok(()) => {
                 shared.open.lock().remove(&live.id);
                 shared.resident.lock().push_back((now, live.id));
-                shared.ended_at(now, live.id);
+                shared.note_ended(now, live.id);
             }
             Err(e) => {
                 // Stamped again at the next pass.
@@ -2009,7 +2009,8 @@ fn evict_ended(shared: &Shared, now: u64) {
     let mut busy = Vec::new();
     let mut resident = shared.resident.lock();
     while let Some(&(t, id)) = resident.front() {
-        if resident.len() <= max && now.saturating_sub(t) < EVICT_AFTER_MS {
+        // Those with work again still count against the bound.
+        if resident.len() + busy.len() <= max && now.saturating_sub(t) < EVICT_AFTER_MS {
             break;
         }
         resident.pop_front();

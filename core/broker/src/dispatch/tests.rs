@@ -1619,6 +1619,77 @@ async fn ended_campaigns_beyond_the_memory_bound_are_read_from_the_store() {
     w.shutdown().await;
 }
 
+/// An ended campaign that work came back to (a late failure's fallback)
+/// stays in memory until that work ends, and still counts against
+/// `ended_in_memory`: the others leave in its place.
+#[tokio::test(start_paused = true)]
+async fn an_ended_campaign_with_work_again_stays_in_memory_and_counts_against_the_bound() {
+    let mut whatsapp = channel(
+        0.0,
+        SandboxConfig {
+            receipt_delay_ms: 2_000,
+            undelivered_percent: 100.0,
+            ..SandboxConfig::default()
+        },
+    );
+    whatsapp.sandbox.receipts = true;
+    let mut sms = channel(0.0, SandboxConfig::default());
+    sms.sandbox.receipts = true;
+    sms.sandbox.receipt_delay_ms = 100;
+    let mut config = crate::Config::default();
+    config.dispatch.ended_in_memory = 1;
+    let w = world_with(
+        [("whatsapp".to_string(), whatsapp), ("sms".to_string(), sms)].into(),
+        config,
+    )
+    .await;
+    w.dispatcher().hold_channel("sms", true).await.unwrap();
+    let back = w
+        .submit(generated("back", Lane::Normal, 3, &["whatsapp", "sms"]))
+        .await;
+    // Wired and stamped ended; two seconds later every receipt says
+    // undelivered, and the deliveries wait on the held second channel.
+    run_for(1_500).await;
+    assert!(w.dispatcher().progress(back).unwrap().done);
+    run_for(2_500).await;
+    let p = w.dispatcher().progress(back).unwrap();
+    assert_eq!((p.rerouted, p.done), (3, false), "{p:?}");
+
+    let mut later = Vec::new();
+    for name in ["b", "c"] {
+        later.push(
+            w.submit(generated(name, Lane::Normal, 3, &["whatsapp"]))
+                .await,
+        );
+    }
+    run_for(1_500).await;
+    let resident: Vec<CampaignId> = w
+        .dispatcher()
+        .shared
+        .campaigns
+        .read()
+        .keys()
+        .copied()
+        .collect();
+    assert_eq!(
+        resident,
+        vec![back],
+        "the one with work stays, and fills the bound"
+    );
+    for id in later {
+        assert!(
+            w.dispatcher().progress(id).unwrap().done,
+            "read from the store"
+        );
+    }
+
+    w.dispatcher().hold_channel("sms", false).await.unwrap();
+    run_for(2_000).await;
+    let p = w.dispatcher().progress(back).unwrap();
+    assert_eq!((p.delivered, p.done), (3, true), "{p:?}");
+    w.shutdown().await;
+}
+
 #[test]
 fn channel_addresses_are_checked_like_numbers_or_as_ids() {
     let with = |channel: &str, address: &str| Recipient {
