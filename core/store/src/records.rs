@@ -273,9 +273,17 @@ first_version!(
 );
 
 pub fn encode<T: Versioned>(value: &T) -> Vec<u8> {
+    // Room for a status record, a queued item or a counter set at once:
+    // growing from one byte reallocated four or five times per record, on
+    // every write of the send path.
+    let mut out = Vec::with_capacity(ENCODE_CAPACITY);
+    out.push(T::VERSION);
     // Serializing these plain structs into a Vec cannot fail.
-    postcard::to_extend(value, vec![T::VERSION]).expect("postcard encodes plain structs")
+    postcard::to_extend(value, out).expect("postcard encodes plain structs")
 }
+
+/// Bytes reserved for an encoded value: the common records fit.
+const ENCODE_CAPACITY: usize = 128;
 
 /// Reads a versioned value; the error says what is wrong with it.
 pub fn decode_value<T: Versioned>(value: &[u8]) -> std::result::Result<T, String> {
